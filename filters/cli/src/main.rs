@@ -1,0 +1,173 @@
+//! `fhirgate`: the filters' core logic on the command line, for operators and tests.
+//!
+//! Every subcommand calls the same core functions the Wasm filters run in Envoy.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fhirgate_core::routing::{RequestHead, RoutingPolicy};
+use serde_json::json;
+use std::io::Read;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "fhirgate", version, about = "fhirgate: FHIR gateway filters for Envoy, on the command line")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse a request as the routing filter does and print it as JSON.
+    Route {
+        /// HTTP method (GET, POST, PUT, PATCH, DELETE).
+        method: String,
+        /// Path and query as on the wire (`/fhir/r4/Patient?name=x`), or a full URL.
+        url: String,
+        /// Routing filter config (JSON); the defaults when absent.
+        #[arg(long)]
+        config: Option<String>,
+        /// Request header, `Name: value`; repeatable.
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// Request body file, or `-` for standard input.
+        #[arg(long)]
+        body: Option<String>,
+    },
+    /// Filter configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a filter config with the code the filter runs in on_configure.
+    Lint {
+        /// Config file (JSON), or `-` for standard input.
+        file: String,
+        /// Which filter the config is for.
+        #[arg(long, value_enum, default_value_t = Filter::Routing)]
+        filter: Filter,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Filter {
+    Routing,
+}
+
+fn read_input(path: &str) -> Result<Vec<u8>, String> {
+    if path == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).map_err(|e| format!("reading stdin: {e}"))?;
+        Ok(buf)
+    } else {
+        std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))
+    }
+}
+
+/// `https://host/fhir/r4/Patient?x` → `/fhir/r4/Patient?x`; a path is kept as is.
+fn path_of(url: &str) -> &str {
+    match url.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => url,
+    }
+}
+
+fn route(method: &str, url: &str, config: Option<&str>, headers: &[String], body: Option<&str>) -> Result<serde_json::Value, String> {
+    let config_bytes = match config {
+        Some(path) => read_input(path)?,
+        None => Vec::new(),
+    };
+    let policy = RoutingPolicy::from_json(&config_bytes).map_err(|e| e.to_string())?;
+    let mut parsed_headers = Vec::new();
+    for h in headers {
+        let (name, value) = h.split_once(':').ok_or_else(|| format!("header `{h}` is not `Name: value`"))?;
+        parsed_headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let header = |name: &str| parsed_headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let body_bytes = match body {
+        Some(path) => Some(read_input(path)?),
+        None => None,
+    };
+    let head = RequestHead {
+        method,
+        path: path_of(url),
+        content_type: header("content-type"),
+        content_length: header("content-length"),
+        has_body: body_bytes.as_ref().is_some_and(|b| !b.is_empty()),
+        if_none_exist: header("if-none-exist").is_some(),
+        method_override: ["x-http-method-override", "x-http-method", "x-method-override"].iter().any(|h| header(h).is_some()),
+    };
+    let result = policy.route(&head).and_then(|mut routed| {
+        if routed.awaiting_body {
+            policy.route_body(&mut routed, body_bytes.as_deref().unwrap_or_default())?;
+        }
+        Ok(routed)
+    });
+    Ok(match result {
+        Ok(routed) => json!({ "decision": "allow", "request": routed.to_json() }),
+        Err(rejection) => json!({
+            "decision": "deny",
+            "status": rejection.status,
+            "reason": rejection.reason,
+            "headers": rejection.headers.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "outcome": rejection.outcome.to_value(),
+        }),
+    })
+}
+
+fn lint(file: &str, filter: Filter) -> Result<String, String> {
+    let bytes = read_input(file)?;
+    match filter {
+        Filter::Routing => RoutingPolicy::from_json(&bytes).map(|_| format!("{file}: valid routing config")).map_err(|e| format!("{file}: {e}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Route { method, url, config, headers, body } => {
+            route(&method, &url, config.as_deref(), &headers, body.as_deref()).map(|v| v.to_string())
+        }
+        Command::Config { command: ConfigCommand::Lint { file, filter } } => lint(&file, filter),
+    };
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("fhirgate: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_scheme_and_host_from_urls() {
+        assert_eq!(path_of("https://gw.example/fhir/r4/Patient?x=1"), "/fhir/r4/Patient?x=1");
+        assert_eq!(path_of("http://gw.example"), "/");
+        assert_eq!(path_of("/fhir/r4/Patient"), "/fhir/r4/Patient");
+    }
+
+    #[test]
+    fn routes_a_read_to_allow() {
+        let v = route("GET", "/fhir/r4/Patient/1", None, &[], None).unwrap();
+        assert_eq!(v["decision"], "allow");
+        assert_eq!(v["request"]["interaction"], "read");
+    }
+
+    #[test]
+    fn routes_a_bad_method_to_deny_with_allow_header() {
+        let v = route("POST", "/fhir/r4/Patient/1", None, &[], None).unwrap();
+        assert_eq!(v["decision"], "deny");
+        assert_eq!(v["status"], 405);
+        assert_eq!(v["headers"]["allow"], "GET, PUT, PATCH, DELETE");
+    }
+}

@@ -1,0 +1,119 @@
+//! FHIR R4 vocabulary: the resource type list and the syntax rules for ids and names.
+
+/// Every concrete resource type of FHIR R4 (4.0.1): the 148 codes of CodeSystem `resource-types` less the abstract `Resource` and `DomainResource`. Sorted for binary search.
+pub const R4_RESOURCE_TYPES: &[&str] = &[
+    "Account", "ActivityDefinition", "AdverseEvent", "AllergyIntolerance", "Appointment",
+    "AppointmentResponse", "AuditEvent", "Basic", "Binary", "BiologicallyDerivedProduct",
+    "BodyStructure", "Bundle", "CapabilityStatement", "CarePlan", "CareTeam", "CatalogEntry",
+    "ChargeItem", "ChargeItemDefinition", "Claim", "ClaimResponse", "ClinicalImpression",
+    "CodeSystem", "Communication", "CommunicationRequest", "CompartmentDefinition", "Composition",
+    "ConceptMap", "Condition", "Consent", "Contract", "Coverage", "CoverageEligibilityRequest",
+    "CoverageEligibilityResponse", "DetectedIssue", "Device", "DeviceDefinition", "DeviceMetric",
+    "DeviceRequest", "DeviceUseStatement", "DiagnosticReport", "DocumentManifest",
+    "DocumentReference", "EffectEvidenceSynthesis", "Encounter", "Endpoint", "EnrollmentRequest",
+    "EnrollmentResponse", "EpisodeOfCare", "EventDefinition", "Evidence", "EvidenceVariable",
+    "ExampleScenario", "ExplanationOfBenefit", "FamilyMemberHistory", "Flag", "Goal",
+    "GraphDefinition", "Group", "GuidanceResponse", "HealthcareService", "ImagingStudy",
+    "Immunization", "ImmunizationEvaluation", "ImmunizationRecommendation", "ImplementationGuide",
+    "InsurancePlan", "Invoice", "Library", "Linkage", "List", "Location", "Measure",
+    "MeasureReport", "Media", "Medication", "MedicationAdministration", "MedicationDispense",
+    "MedicationKnowledge", "MedicationRequest", "MedicationStatement", "MedicinalProduct",
+    "MedicinalProductAuthorization", "MedicinalProductContraindication",
+    "MedicinalProductIndication", "MedicinalProductIngredient", "MedicinalProductInteraction",
+    "MedicinalProductManufactured", "MedicinalProductPackaged", "MedicinalProductPharmaceutical",
+    "MedicinalProductUndesirableEffect", "MessageDefinition", "MessageHeader",
+    "MolecularSequence", "NamingSystem", "NutritionOrder", "Observation", "ObservationDefinition",
+    "OperationDefinition", "OperationOutcome", "Organization", "OrganizationAffiliation",
+    "Parameters", "Patient", "PaymentNotice", "PaymentReconciliation", "Person", "PlanDefinition",
+    "Practitioner", "PractitionerRole", "Procedure", "Provenance", "Questionnaire",
+    "QuestionnaireResponse", "RelatedPerson", "RequestGroup", "ResearchDefinition",
+    "ResearchElementDefinition", "ResearchStudy", "ResearchSubject", "RiskAssessment",
+    "RiskEvidenceSynthesis", "Schedule", "SearchParameter", "ServiceRequest", "Slot", "Specimen",
+    "SpecimenDefinition", "StructureDefinition", "StructureMap", "Subscription", "Substance",
+    "SubstanceNucleicAcid", "SubstancePolymer", "SubstanceProtein",
+    "SubstanceReferenceInformation", "SubstanceSourceMaterial", "SubstanceSpecification",
+    "SupplyDelivery", "SupplyRequest", "Task", "TerminologyCapabilities", "TestReport",
+    "TestScript", "ValueSet", "VerificationResult", "VisionPrescription",
+];
+
+/// The resource types that define a compartment in R4 (CompartmentDefinition).
+pub const COMPARTMENT_TYPES: &[&str] = &["Device", "Encounter", "Patient", "Practitioner", "RelatedPerson"];
+
+/// The canonical `&'static str` for an R4 resource type name, or None if R4 has no such type.
+/// Case-sensitive, as FHIR is.
+pub fn resource_type(name: &str) -> Option<&'static str> {
+    R4_RESOURCE_TYPES.binary_search(&name).ok().map(|i| R4_RESOURCE_TYPES[i])
+}
+
+pub fn is_compartment_type(name: &str) -> bool {
+    COMPARTMENT_TYPES.contains(&name)
+}
+
+/// FHIR `id` datatype: `[A-Za-z0-9\-\.]{1,64}`. Also the rule for version ids.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// An operation segment: `$` then a name of letters, digits, `-` and `_` starting with a letter.
+pub fn is_valid_operation(segment: &str) -> bool {
+    let Some(name) = segment.strip_prefix('$') else { return false };
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic())
+        && name.len() <= 64
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn has_all_146_r4_resource_types_sorted_and_unique() {
+        assert_eq!(R4_RESOURCE_TYPES.len(), 146);
+        assert!(R4_RESOURCE_TYPES.windows(2).all(|w| w[0] < w[1]), "not sorted or duplicated");
+    }
+
+    #[test]
+    fn finds_types_case_sensitively() {
+        assert_eq!(resource_type("Patient"), Some("Patient"));
+        assert_eq!(resource_type("VisionPrescription"), Some("VisionPrescription"));
+        assert_eq!(resource_type("Account"), Some("Account"));
+        assert_eq!(resource_type("patient"), None);
+        assert_eq!(resource_type("Resource"), None);
+        assert_eq!(resource_type("DomainResource"), None);
+        assert_eq!(resource_type("Foo"), None);
+        assert_eq!(resource_type(""), None);
+    }
+
+    #[test]
+    fn compartments_are_resource_types() {
+        for t in COMPARTMENT_TYPES {
+            assert!(resource_type(t).is_some(), "{t}");
+        }
+    }
+
+    #[test]
+    fn applies_the_fhir_id_rule() {
+        let valid = ["a", "123", "example-1", "a.b", "A-Z.0-9", &"x".repeat(64)];
+        for id in valid {
+            assert!(is_valid_id(id), "{id}");
+        }
+        let long = "x".repeat(65);
+        let invalid = ["", "a b", "a/b", "a_b", "a%20", "ü", "a:b", "a;b", "a+b", long.as_str(), "a\u{0}"];
+        for id in invalid {
+            assert!(!is_valid_id(id), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn applies_the_operation_name_rule() {
+        for op in ["$export", "$everything", "$validate", "$lastn", "$member-match", "$submit_x"] {
+            assert!(is_valid_operation(op), "{op}");
+        }
+        for op in ["export", "$", "$1abc", "$ex port", "$ex/port", "$$x", "$é"] {
+            assert!(!is_valid_operation(op), "{op}");
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The internal header contract between fhirgate filters and Envoy's routes.
+//!
+//! Every header fhirgate sets on a request starts with [`PREFIX`]. The routing filter, first in
+//! the chain, removes every client-supplied header with that prefix before setting its own, so
+//! later filters and Envoy's route table can trust them.
+
+/// The one prefix of every internal header. Clients can never set these.
+pub const PREFIX: &str = "x-fhirgate-";
+
+pub const INTERACTION: &str = "x-fhirgate-interaction";
+pub const RESOURCE_TYPE: &str = "x-fhirgate-resource-type";
+pub const ID: &str = "x-fhirgate-id";
+pub const VERSION_ID: &str = "x-fhirgate-version-id";
+pub const OPERATION: &str = "x-fhirgate-operation";
+pub const COMPARTMENT: &str = "x-fhirgate-compartment";
+pub const PATIENT: &str = "x-fhirgate-patient";
+pub const POOL: &str = "x-fhirgate-pool";
+pub const BUNDLE_TYPE: &str = "x-fhirgate-bundle-type";
+
+/// True when `name` (any case) is one of fhirgate's internal headers.
+pub fn is_internal(name: &str) -> bool {
+    name.len() >= PREFIX.len() && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_the_prefix_in_any_case() {
+        assert!(is_internal("x-fhirgate-pool"));
+        assert!(is_internal("X-FhirGate-Patient"));
+        assert!(is_internal("x-fhirgate-"));
+        assert!(!is_internal("x-fhirgat"));
+        assert!(!is_internal("x-forwarded-for"));
+        assert!(!is_internal("fhirgate-pool"));
+    }
+}

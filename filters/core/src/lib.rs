@@ -1,0 +1,15 @@
+//! fhirgate's core: every FHIR and policy decision the filters make, as plain Rust.
+//!
+//! Nothing here knows about proxy-wasm or Envoy. The filter crates translate Envoy's request
+//! into the core's input types, call the core, and translate the returned [`Decision`] or
+//! [`Rejection`] back. The `fhirgate` CLI calls exactly the same functions natively.
+
+pub mod config;
+pub mod decision;
+pub mod fhir;
+pub mod headers;
+pub mod outcome;
+pub mod routing;
+
+pub use decision::{Decision, Rejection};
+pub use outcome::{IssueType, OperationOutcome};

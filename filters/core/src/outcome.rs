@@ -1,0 +1,107 @@
+//! FHIR R4 OperationOutcome: the body of every error fhirgate returns.
+
+use serde_json::json;
+
+/// Media type of every body fhirgate writes.
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// Coding system of the stable reason codes carried in `issue.details`.
+pub const REASON_SYSTEM: &str = "urn:fhirgate:reason";
+
+/// The subset of the R4 `IssueType` value set fhirgate uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueType {
+    Invalid,
+    Structure,
+    Required,
+    Value,
+    TooLong,
+    NotSupported,
+    NotFound,
+    Security,
+    Login,
+    Forbidden,
+    Throttled,
+    TooCostly,
+    Exception,
+    Timeout,
+}
+
+impl IssueType {
+    pub fn code(self) -> &'static str {
+        match self {
+            IssueType::Invalid => "invalid",
+            IssueType::Structure => "structure",
+            IssueType::Required => "required",
+            IssueType::Value => "value",
+            IssueType::TooLong => "too-long",
+            IssueType::NotSupported => "not-supported",
+            IssueType::NotFound => "not-found",
+            IssueType::Security => "security",
+            IssueType::Login => "login",
+            IssueType::Forbidden => "forbidden",
+            IssueType::Throttled => "throttled",
+            IssueType::TooCostly => "too-costly",
+            IssueType::Exception => "exception",
+            IssueType::Timeout => "timeout",
+        }
+    }
+}
+
+/// A one-issue OperationOutcome with severity `error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationOutcome {
+    pub code: IssueType,
+    pub reason: &'static str,
+    pub diagnostics: String,
+}
+
+impl OperationOutcome {
+    pub fn error(code: IssueType, reason: &'static str, diagnostics: impl Into<String>) -> Self {
+        OperationOutcome { code, reason, diagnostics: diagnostics.into() }
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{
+                "severity": "error",
+                "code": self.code.code(),
+                "details": {
+                    "coding": [{ "system": REASON_SYSTEM, "code": self.reason }],
+                    "text": self.diagnostics,
+                },
+                "diagnostics": self.diagnostics,
+            }]
+        })
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising a Value built from strings cannot fail; an empty body would still be
+        // a valid local reply, so no panic path is needed here.
+        serde_json::to_vec(&self.to_value()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_valid_r4_operation_outcome() {
+        let outcome = OperationOutcome::error(IssueType::NotFound, "unknown-resource-type", "no such type");
+        let v: serde_json::Value = serde_json::from_slice(&outcome.to_json()).unwrap();
+        assert_eq!(v["resourceType"], "OperationOutcome");
+        assert_eq!(v["issue"][0]["severity"], "error");
+        assert_eq!(v["issue"][0]["code"], "not-found");
+        assert_eq!(v["issue"][0]["details"]["coding"][0]["code"], "unknown-resource-type");
+        assert_eq!(v["issue"][0]["diagnostics"], "no such type");
+    }
+
+    #[test]
+    fn escapes_diagnostics_as_json() {
+        let outcome = OperationOutcome::error(IssueType::Invalid, "x", "quote \" and \\ newline \n");
+        let v: serde_json::Value = serde_json::from_slice(&outcome.to_json()).unwrap();
+        assert_eq!(v["issue"][0]["diagnostics"], "quote \" and \\ newline \n");
+    }
+}

@@ -1,0 +1,70 @@
+//! The proxy-wasm plumbing every fhirgate filter shares, so each filter crate stays a thin
+//! translation between Envoy and the core: load and compile config, send a core
+//! [`Rejection`] as a local reply, and read and write request headers.
+
+use fhirgate_core::config::ConfigError;
+use fhirgate_core::{headers, Rejection};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::RootContext;
+use proxy_wasm::types::{Action, MapType};
+
+/// Reads the plugin configuration and compiles it. On failure logs the refusal, naming the
+/// field, and returns None: `on_configure` then returns false and Envoy refuses the config.
+pub fn load_config<T>(root: &dyn RootContext, filter: &str, compile: impl FnOnce(&[u8]) -> Result<T, ConfigError>) -> Option<T> {
+    let bytes = root.get_plugin_configuration().unwrap_or_default();
+    match compile(&bytes) {
+        Ok(policy) => {
+            log::info!("{filter}: configuration accepted");
+            Some(policy)
+        }
+        Err(err) => {
+            log::error!("{filter}: {err}");
+            None
+        }
+    }
+}
+
+/// Answers the client with the rejection's status, headers and OperationOutcome, and stops
+/// the request: nothing reaches the upstream.
+pub fn reject(filter: &str, rejection: &Rejection) -> Action {
+    // Only the stable reason code is logged: never paths, ids, tokens or bodies.
+    log::debug!("{filter}: refused ({} {})", rejection.status, rejection.reason);
+    let headers = rejection.response_headers();
+    let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let body = rejection.body();
+    if let Err(status) = hostcalls::send_http_response(u32::from(rejection.status), pairs, Some(&body)) {
+        log::error!("{filter}: could not send local reply: {status:?}");
+    }
+    Action::Pause
+}
+
+/// The value of a request header, if present and valid UTF-8.
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+}
+
+/// Removes every request header with the internal prefix, whatever its case: clients must
+/// never be able to speak for fhirgate.
+pub fn strip_internal_request_headers() {
+    let Ok(all) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else { return };
+    for (name, _) in all.iter().filter(|(name, _)| headers::is_internal(name)) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+    }
+}
+
+/// Sets internal request headers, then asks Envoy to pick the route again: since Envoy 1.33
+/// header changes from Wasm no longer clear the route cache by themselves.
+pub fn set_routing_headers(values: &[(&'static str, String)]) {
+    for (name, value) in values {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+    clear_route_cache();
+}
+
+/// Envoy's `clear_route_cache` foreign function. Older hosts without it clear the cache on
+/// every header change, so a failure here is harmless.
+pub fn clear_route_cache() {
+    if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", None) {
+        log::trace!("clear_route_cache unavailable: {status:?}");
+    }
+}
