@@ -380,11 +380,8 @@ impl RoutingPolicy {
         }
         let has_body = head.has_body && body_len != Some(0);
 
-        let mut routed = if let Some(rest) = under(path, &self.base_path) {
-            self.route_fhir(head, rest, query)?
-        } else if let Some(rest) = self.cds_hooks_path.as_deref().and_then(|cds| under(path, cds)) {
-            route_cds(head.method, rest)?
-        } else if let Some(p) = self.passthrough.iter().find(|p| path.starts_with(&p.prefix)) {
+        // Passthrough prefixes first: they may sit under the FHIR base (bulk status URLs).
+        if let Some(p) = self.passthrough.iter().find(|p| path.starts_with(&p.prefix)) {
             if !p.methods.contains(&head.method) {
                 return Err(refuse::method_not_allowed(head.method, &p.methods));
             }
@@ -394,6 +391,11 @@ impl RoutingPolicy {
             r.body = BodyRule::Opaque;
             r.awaiting_body = has_body;
             return Ok(r);
+        }
+        let mut routed = if let Some(rest) = under(path, &self.base_path) {
+            self.route_fhir(head, rest, query)?
+        } else if let Some(rest) = self.cds_hooks_path.as_deref().and_then(|cds| under(path, cds)) {
+            route_cds(head.method, rest)?
         } else {
             return Err(refuse::not_fhir());
         };

@@ -7,7 +7,10 @@ fn policy() -> RoutingPolicy {
         br#"{
             "basePath": "/fhir/r4",
             "cdsHooksPath": "/cds-services",
-            "passthrough": [{"prefix": "/fhir/r4-bulk/", "pool": "bulk", "methods": ["GET", "DELETE"]}],
+            "passthrough": [
+                {"prefix": "/fhir/r4-bulk/", "pool": "bulk", "methods": ["GET", "DELETE"]},
+                {"prefix": "/fhir/r4/bulk-status/", "pool": "bulk"}
+            ],
             "pools": [
                 {"name": "bulk", "operations": ["$export"]},
                 {"name": "validate", "operations": ["$validate"]},
@@ -106,6 +109,7 @@ mod recognises_interactions {
         ("GET", "/cds-services/", "cds-discovery", None, None, None, None, None, "cds-hooks"),
         ("GET", "/fhir/r4-bulk/job/1", "passthrough", None, None, None, None, None, "bulk"),
         ("DELETE", "/fhir/r4-bulk/job/1", "passthrough", None, None, None, None, None, "bulk"),
+        ("GET", "/fhir/r4/bulk-status/job-1", "passthrough", None, None, None, None, None, "bulk"),
     ];
 
     #[test]
@@ -337,6 +341,9 @@ mod refuses_malformed_requests {
         ("POST", "/cds-services", 405, "method-not-allowed"),
         ("GET", "/cds-services/x", 405, "method-not-allowed"),
         ("POST", "/fhir/r4-bulk/job/1", 405, "method-not-allowed"),
+        ("DELETE", "/fhir/r4/bulk-status/job-1", 405, "method-not-allowed"),
+        ("GET", "/fhir/r4/bulk-status/a//b", 400, "invalid-path"),
+        ("GET", "/fhir/r4/bulk-status/%zz", 400, "bad-percent-encoding"),
     ];
 
     #[test]

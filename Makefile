@@ -1,0 +1,60 @@
+# fhirgate — `make run` starts the gateway demo, `make test` runs every test.
+# Every target installs what it needs and is missing; running it twice does no work twice.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      := .venv
+PY        := $(VENV)/bin/python
+TOOLS     := .tools
+EXAMPLES  := $(TOOLS)/node_modules/hl7.fhir.r4.examples
+WASM_DIR  := build/wasm
+CLI       := target/debug/fhirgate
+PORT      ?= 8080
+
+.PHONY: help tools wasm cli test test-native lint test-e2e run bench clean
+
+help:
+	@echo "make run     start the demo gateway (Envoy + fhirgate + a FHIR server with example data)"
+	@echo "make test    build everything and run every test (native, clippy, end-to-end)"
+	@echo "make wasm    build the filters into $(WASM_DIR)/"
+	@echo "make bench   measure the filters' cost against Envoy without them"
+
+# -- toolchain ------------------------------------------------------------------------------
+tools: $(VENV)/.installed $(EXAMPLES)/package.json
+
+$(VENV)/.installed: tools/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r tools/requirements.txt
+	touch $@
+
+$(EXAMPLES)/package.json:
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) hl7.fhir.r4.examples@4.0.1
+
+# -- build ----------------------------------------------------------------------------------
+wasm:
+	tools/build-wasm.sh
+
+cli:
+	cargo build -q -p fhirgate-cli
+
+# -- tests ----------------------------------------------------------------------------------
+test: test-native lint test-e2e
+
+test-native:
+	cargo test -q --workspace
+
+lint:
+	cargo clippy -q --workspace --all-targets -- -D warnings
+
+test-e2e: tools wasm cli
+	$(PY) -m pytest tests/e2e -q -p no:cacheprovider
+
+# -- demo and benchmarks --------------------------------------------------------------------
+run: tools wasm
+	$(PY) tests/e2e/demo.py --port $(PORT)
+
+bench: tools wasm
+	tools/bench.sh
+
+clean:
+	rm -rf build target $(VENV) $(TOOLS)

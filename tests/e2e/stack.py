@@ -1,0 +1,370 @@
+"""The gateway stack the end-to-end tests and `make run` start: a real FHIR server (sekmet),
+upstream recorders in front of it, a CDS Hooks service, and Envoy running the shipped config
+with the built .wasm modules.
+
+Every process and server it starts is stopped by `Stack.stop()`; ports are picked free at run
+time; logs and the rendered Envoy config stay in the log directory.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+VENV = ROOT / ".venv"
+WASM_DIR = ROOT / "build" / "wasm"
+EXAMPLES = ROOT / ".tools" / "node_modules" / "hl7.fhir.r4.examples"
+ENVOY_TEMPLATE = ROOT / "envoy" / "fhirgate.yaml"
+RENDER = ROOT / "envoy" / "render.py"
+
+# The public FHIR base (routing.json basePath) and the upstream server's own base.
+BASE = "/fhir/r4"
+UPSTREAM_BASE = "/fhir"
+
+# Upstream clusters of envoy/fhirgate.yaml, each fronted by its own recorder.
+FHIR_CLUSTERS = ["fhir_api", "fhir_bulk", "fhir_validate", "fhir_prior_auth", "fhir_device"]
+PORT_KEYS = {
+    "fhir_api": "FHIR_PORT",
+    "fhir_bulk": "BULK_PORT",
+    "fhir_validate": "VALIDATE_PORT",
+    "fhir_prior_auth": "PRIOR_AUTH_PORT",
+    "fhir_device": "DEVICE_PORT",
+    "cds_hooks": "CDS_PORT",
+}
+
+# Example resources loaded into the FHIR server: every example of these types.
+EXAMPLE_TYPES = ["Patient", "Practitioner", "Organization", "Observation", "Condition", "Encounter",
+                 "AllergyIntolerance", "MedicationRequest", "Consent", "Device", "Claim", "Group"]
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+              "proxy-authenticate", "proxy-authorization"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def binary(name: str) -> str:
+    path = VENV / "bin" / name
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run `make tools`")
+    return str(path)
+
+
+def read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    if handler.headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(chunks)
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    length = int(handler.headers.get("content-length") or 0)
+    return handler.rfile.read(length) if length else b""
+
+
+class Recorder:
+    """An upstream that records every request it receives, then answers it: by forwarding to
+    the FHIR server (`forward_port`) or with `respond(method, path, body)`.
+
+    This is what proves what the upstream actually saw, not what a filter meant to send."""
+
+    def __init__(self, name: str, forward_port: int | None = None, respond=None):
+        self.name = name
+        self.records: list[dict] = []
+        self.lock = threading.Lock()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def handle_any(self):
+                body = read_body(self)
+                headers: dict[str, list[str]] = {}
+                for k, v in self.headers.items():
+                    headers.setdefault(k.lower(), []).append(v)
+                with recorder.lock:
+                    recorder.records.append({"method": self.command, "path": self.path,
+                                             "headers": headers, "body": body})
+                if respond is not None:
+                    status, rheaders, rbody = respond(self.command, self.path, body)
+                else:
+                    status, rheaders, rbody = forward(forward_port, self.command, self.path, self.headers, body)
+                self.send_response(status)
+                for k, v in rheaders:
+                    if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
+                        self.send_header(k, v)
+                self.send_header("content-length", str(len(rbody)))
+                self.end_headers()
+                self.wfile.write(rbody)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = handle_any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name=f"recorder-{name}", daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def find(self, test_id: str) -> list[dict]:
+        with self.lock:
+            return [r for r in self.records if r["headers"].get("x-test-id") == [test_id]]
+
+
+def forward(port: int, method: str, path: str, headers, body: bytes):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        fwd = {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"}
+        if body or method in ("POST", "PUT", "PATCH"):
+            fwd["content-length"] = str(len(body))
+        conn.request(method, path, body=body or None, headers=fwd)
+        resp = conn.getresponse()
+        return resp.status, resp.getheaders(), resp.read()
+    finally:
+        conn.close()
+
+
+def cds_service(method: str, path: str, body: bytes):
+    """A CDS Hooks 2.0 service: discovery, one prompt hook, and one that never answers in time."""
+    if path.rstrip("/") == "/cds-services":
+        services = {"services": [
+            {"hook": "patient-view", "id": "patient-greeter", "title": "Greeter", "description": "says hello"},
+            {"hook": "patient-view", "id": "slow-hook", "title": "Slow", "description": "answers after 7 s"},
+        ]}
+        return 200, [("content-type", "application/json")], json.dumps(services).encode()
+    if path.startswith("/cds-services/slow-hook"):
+        time.sleep(7)
+    cards = {"cards": [{"summary": "hello from the CDS service", "indicator": "info", "source": {"label": "test"}}]}
+    return 200, [("content-type", "application/json")], json.dumps(cards).encode()
+
+
+class Process:
+    def __init__(self, name: str, argv: list[str], log: pathlib.Path, env=None, cwd=None):
+        self.name = name
+        self.log_path = log
+        self.log = open(log, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                     start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self):
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=10)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def wait_until(what: str, check, timeout: float = 60, process: Process | None = None):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            raise RuntimeError(f"{process.name} exited while waiting for {what}; see {process.log_path}")
+        try:
+            if check():
+                return
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what} ({last})")
+
+
+def http_get(port: int, path: str, timeout: float = 5):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY_TEMPLATE) -> pathlib.Path:
+    args = [sys.executable, str(RENDER), str(template), str(out)]
+    for k, v in values.items():
+        args += ["--set", f"{k}={v}"]
+    subprocess.run(args, check=True)
+    return out
+
+
+def envoy_validate(config: pathlib.Path) -> subprocess.CompletedProcess:
+    return subprocess.run([binary("envoy"), "--mode", "validate", "-c", str(config), "-l", "info",
+                           "--disable-hot-restart"], capture_output=True, text=True, timeout=120)
+
+
+def example_resources(types=EXAMPLE_TYPES):
+    """(type, id, resource) for every example of the given types in hl7.fhir.r4.examples."""
+    if not EXAMPLES.is_dir():
+        raise RuntimeError(f"{EXAMPLES} is missing: run `make tools`")
+    for t in types:
+        for path in sorted(EXAMPLES.glob(f"{t}-*.json")):
+            res = json.loads(path.read_text())
+            if res.get("resourceType") == t and res.get("id"):
+                yield t, res["id"], res
+
+
+class Stack:
+    def __init__(self, log_dir: pathlib.Path, listen_port: int | None = None, demo: bool = False):
+        self.log_dir = log_dir
+        self.listen_port = listen_port or free_port()
+        self.admin_port = free_port()
+        self.fhir_port = free_port()
+        self.demo = demo
+        self.recorders: dict[str, Recorder] = {}
+        self.processes: list[Process] = []
+        self.loaded: list[tuple[str, str]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self):
+        if self.log_dir.exists():
+            shutil.rmtree(self.log_dir)
+        self.log_dir.mkdir(parents=True)
+        try:
+            self._start_fhir_server()
+            self._load_examples()
+            for cluster in FHIR_CLUSTERS:
+                self.recorders[cluster] = Recorder(cluster, forward_port=self.fhir_port).start()
+            self.recorders["cds_hooks"] = Recorder("cds_hooks", respond=cds_service).start()
+            self._start_envoy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self):
+        for p in reversed(self.processes):
+            p.stop()
+        self.processes.clear()
+        for r in self.recorders.values():
+            r.stop()
+        self.recorders.clear()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- parts -----------------------------------------------------------------------------
+    def _start_fhir_server(self):
+        data = self.log_dir / "sekmet"
+        data.mkdir()
+        settings = data / "settings.yaml"
+        settings.write_text("\n".join([
+            f"base_url: http://127.0.0.1:{self.listen_port}{BASE}",
+            "host: 127.0.0.1",
+            f"port: {self.fhir_port}",
+            f"data_dir: {data}",
+            "simulator: {enabled: false}",
+            "validation: {inbound: warn}",
+            "log_inbound: false",
+            "",
+        ]))
+        env = dict(os.environ, SEKMET_CONFIG=str(settings))
+        proc = Process("sekmet", [binary("sekmet"), "serve", "-c", str(settings)], self.log_dir / "sekmet.log",
+                       env=env, cwd=data)
+        self.processes.append(proc)
+        wait_until("the FHIR server", lambda: http_get(self.fhir_port, f"{UPSTREAM_BASE}/metadata")[0] == 200,
+                   timeout=90, process=proc)
+
+    def _load_examples(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.fhir_port, timeout=30)
+        try:
+            for t, rid, res in example_resources():
+                conn.request("PUT", f"{UPSTREAM_BASE}/{t}/{rid}", body=json.dumps(res).encode(),
+                             headers={"content-type": "application/fhir+json"})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status in (200, 201):
+                    self.loaded.append((t, rid))
+        finally:
+            conn.close()
+
+    def envoy_values(self) -> dict:
+        values = {
+            "ADMIN_PORT": self.admin_port,
+            "LISTEN_ADDRESS": "127.0.0.1",
+            "LISTEN_PORT": self.listen_port,
+            "ACCESS_LOG": self.log_dir / "access.log",
+            "UPSTREAM_BASE": UPSTREAM_BASE,
+            "WASM_DIR": WASM_DIR,
+        }
+        for cluster, key in PORT_KEYS.items():
+            values[key] = self.recorders[cluster].port
+        return values
+
+    def _start_envoy(self):
+        for module in ["fhirgate_routing.wasm"]:
+            if not (WASM_DIR / module).exists():
+                raise RuntimeError(f"{WASM_DIR / module} is missing: run `make wasm`")
+        config = render_envoy(self.log_dir / "envoy.yaml", self.envoy_values())
+        proc = Process("envoy", [binary("envoy"), "-c", str(config), "--concurrency", "2",
+                                 "--disable-hot-restart", "-l", "info"], self.log_dir / "envoy.log")
+        self.processes.append(proc)
+        wait_until("Envoy", lambda: http_get(self.admin_port, "/ready")[0] == 200, timeout=60, process=proc)
+
+    # -- client ----------------------------------------------------------------------------
+    def request(self, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None,
+                chunked: bool = False):
+        """Sends one request to the gateway exactly as given (no path normalisation).
+        Returns (status, headers as a lowercased dict, body bytes)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.listen_port, timeout=30)
+        try:
+            if isinstance(body, str):
+                body = body.encode()
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            for k, v in (headers or {}).items():
+                conn.putheader(k, v)
+            if chunked:
+                conn.putheader("transfer-encoding", "chunked")
+                conn.endheaders()
+                step = 64 * 1024
+                try:
+                    for i in range(0, len(body or b""), step):
+                        part = body[i:i + step]
+                        conn.send(b"%x\r\n%s\r\n" % (len(part), part))
+                    conn.send(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the gateway answered and closed before the upload ended; read its answer
+            else:
+                if body is not None:
+                    conn.putheader("content-length", str(len(body)))
+                conn.endheaders(body)
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
