@@ -78,6 +78,14 @@ def read_body(handler: BaseHTTPRequestHandler) -> bytes:
     return handler.rfile.read(length) if length else b""
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A client that hung up (Envoy after a route timeout) is expected, not an error."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class Recorder:
     """An upstream that records every request it receives, then answers it: by forwarding to
     the FHIR server (`forward_port`) or with `respond(method, path, body)`.
@@ -118,7 +126,7 @@ class Recorder:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = handle_any
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name=f"recorder-{name}", daemon=True)

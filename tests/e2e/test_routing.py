@@ -263,3 +263,23 @@ class TestCdsHooks:
         assert headers["content-type"].startswith("application/json")
         assert json.loads(body) == {"cards": []}
         assert [c for c, _ in received(stack, tid)] == ["cds_hooks"], "the hook did reach the CDS service"
+
+
+@pytest.mark.parametrize("method,path,headers,body,cluster,upstream_path,expected", INTERACTIONS,
+                         ids=[f"{r[0]} {r[1]}" for r in INTERACTIONS])
+def test_cli_route_agrees_with_the_filter_in_envoy(stack, tmp_path, method, path, headers, body, cluster, upstream_path, expected):
+    """`fhirgate route` runs the same core code as the filter: same headers, same request."""
+    import subprocess
+    from stack import ROOT
+    tid, _, _, _ = send(stack, method, path, body, headers)
+    [(_, record)] = received(stack, tid)
+    argv = [str(ROOT / "target" / "debug" / "fhirgate"), "route", method, path, "--config", str(ROOT / "envoy" / "routing.json")]
+    for k, v in headers.items():
+        argv += ["-H", f"{k}: {v}"]
+    if body is not None:
+        (tmp_path / "body").write_text(body)
+        argv += ["--body", str(tmp_path / "body")]
+    out = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    assert out["decision"] == "allow"
+    cli_headers = {k[len("x-fhirgate-"):]: [v] for k, v in out["request"]["headers"].items()}
+    assert cli_headers == internal(record)
