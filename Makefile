@@ -54,7 +54,7 @@ run: tools wasm
 	$(PY) tests/e2e/demo.py --port $(PORT)
 
 bench: tools wasm
-	tools/bench.sh
+	$(PY) tools/bench.py
 
 clean:
 	rm -rf build target $(VENV) $(TOOLS)

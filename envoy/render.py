@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Render an fhirgate Envoy template: replace {{NAME}} placeholders.
 
-Filter configs are inlined from their JSON files beside the template ({{ROUTING_CONFIG}} from
+Filter configs are inlined from their JSON files in envoy/ ({{ROUTING_CONFIG}} from
 routing.json), compacted to one line, so the JSON files are the single source of truth.
 Every placeholder must be given; an unknown or missing one is an error, never left in place.
 
@@ -14,13 +14,14 @@ import re
 import sys
 
 FILTER_CONFIGS = {"ROUTING_CONFIG": "routing.json"}
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent
 
 
 def render(template: pathlib.Path, values: dict) -> str:
     text = template.read_text()
     for key, name in FILTER_CONFIGS.items():
         if "{{%s}}" % key in text and key not in values:
-            config = json.loads((template.parent / name).read_text())
+            config = json.loads((CONFIG_DIR / name).read_text())
             compact = json.dumps(config, separators=(",", ":"))
             if "'" in compact:
                 raise SystemExit(f"{name}: single quotes cannot be inlined into YAML")

@@ -9,6 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FILTERS=(fhirgate-routing)
+# Benchmark instruments (fhirgate-bench-floor) are built only when asked for.
+read -r -a extra <<< "${FHIRGATE_EXTRA_FILTERS:-}"
+FILTERS+=("${extra[@]}")
 OUT=build/wasm
 mode=${FHIRGATE_WASM_TOOLCHAIN:-auto}
 pkgs=()

@@ -3,7 +3,7 @@
 use crate::root::FILTER;
 use fhirgate_core::routing::{RequestHead, RoutedRequest, RoutingPolicy};
 use fhirgate_core::Rejection;
-use fhirgate_proxy::{reject, request_header, set_routing_headers, strip_internal_request_headers};
+use fhirgate_proxy::{reject, set_routing_headers, RequestHeaders};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -39,23 +39,20 @@ impl Context for RoutingFilter {}
 
 impl HttpContext for RoutingFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        strip_internal_request_headers();
+        let headers = RequestHeaders::read();
+        headers.strip_internal();
         let Some(policy) = self.policy.clone() else {
             // Unreachable with a refused config; fail closed all the same.
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
-        let method = request_header(":method").unwrap_or_default();
-        let path = request_header(":path").unwrap_or_default();
-        let content_type = request_header("content-type");
-        let content_length = request_header("content-length");
         let head = RequestHead {
-            method: &method,
-            path: &path,
-            content_type: content_type.as_deref(),
-            content_length: content_length.as_deref(),
+            method: headers.get(":method").unwrap_or_default(),
+            path: headers.get(":path").unwrap_or_default(),
+            content_type: headers.get("content-type"),
+            content_length: headers.get("content-length"),
             has_body: !end_of_stream,
-            if_none_exist: request_header("if-none-exist").is_some(),
-            method_override: METHOD_OVERRIDE_HEADERS.iter().any(|h| request_header(h).is_some()),
+            if_none_exist: headers.contains("if-none-exist"),
+            method_override: METHOD_OVERRIDE_HEADERS.iter().any(|h| headers.contains(h)),
         };
         match policy.route(&head) {
             Err(rejection) => reject(FILTER, &rejection),
