@@ -3,11 +3,13 @@
 Every assertion about routing is made on what an upstream recorder received, never on what
 the filter meant to do."""
 import json
+import subprocess
+import time
 import uuid
 
 import pytest
 
-from stack import BASE
+from stack import BASE, ROOT
 
 FHIR_JSON = {"content-type": "application/fhir+json"}
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -269,8 +271,6 @@ class TestCdsHooks:
                          ids=[f"{r[0]} {r[1]}" for r in INTERACTIONS])
 def test_cli_route_agrees_with_the_filter_in_envoy(stack, tmp_path, method, path, headers, body, cluster, upstream_path, expected):
     """`fhirgate route` runs the same core code as the filter: same headers, same request."""
-    import subprocess
-    from stack import ROOT
     tid, _, _, _ = send(stack, method, path, body, headers)
     [(_, record)] = received(stack, tid)
     argv = [str(ROOT / "target" / "debug" / "fhirgate"), "route", method, path, "--config", str(ROOT / "envoy" / "routing.json")]
@@ -283,3 +283,51 @@ def test_cli_route_agrees_with_the_filter_in_envoy(stack, tmp_path, method, path
     assert out["decision"] == "allow"
     cli_headers = {k[len("x-fhirgate-"):]: [v] for k, v in out["request"]["headers"].items()}
     assert cli_headers == internal(record)
+
+
+class TestHttp2:
+    """The same parsing and stripping over HTTP/2 (h2c, prior knowledge), via curl."""
+
+    def curl(self, stack, *args):
+        tid = uuid.uuid4().hex
+        out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+                              "-H", f"x-test-id: {tid}", *args], capture_output=True, text=True, timeout=30, check=True).stdout
+        version, status = out.split()
+        return tid, version, int(status)
+
+    def test_reads_over_http2_with_forged_headers_stripped(self, stack):
+        tid, version, status = self.curl(stack, "-H", "x-fhirgate-pool: bulk", "-H", "X-FHIRGATE-PATIENT: other",
+                                         f"http://127.0.0.1:{stack.listen_port}{BASE}/Patient/example")
+        assert (version, status) == ("2", 200)
+        [(cluster, record)] = received(stack, tid)
+        assert cluster == "fhir_api"
+        assert internal(record)["patient"] == ["example"] and internal(record)["pool"] == ["fhir"]
+
+    def test_refuses_malformed_requests_over_http2(self, stack):
+        tid, version, status = self.curl(stack, "-X", "POST", f"http://127.0.0.1:{stack.listen_port}{BASE}/Patient/example")
+        assert (version, status) == ("2", 405)
+        assert received(stack, tid) == []
+
+    def test_checks_bodies_over_http2(self, stack):
+        tid, version, status = self.curl(stack, "-X", "POST", "-H", "content-type: application/fhir+json",
+                                         "--data-binary", '{"resourceType":"Observation"}',
+                                         f"http://127.0.0.1:{stack.listen_port}{BASE}/Patient")
+        assert (version, status) == ("2", 400)
+        assert received(stack, tid) == []
+
+
+def test_access_log_has_no_paths_queries_or_ids(stack):
+    send(stack, "GET", f"{BASE}/Observation?patient=example&name=SECRETNAME")
+    send(stack, "GET", f"{BASE}/Patient/example")
+    log = stack.log_dir / "access.log"
+    deadline = time.monotonic() + 15  # Envoy flushes file access logs every 10 s by default
+
+    def flushed():
+        text = log.read_text() if log.exists() else ""
+        return "search-type" in text and '"read"' in text
+    while time.monotonic() < deadline and not flushed():
+        time.sleep(0.2)
+    text = log.read_text()
+    assert "search-type" in text and '"read"' in text, "the access log records interactions"
+    for secret in ("SECRETNAME", "patient=", "/fhir/r4", "Patient/example", '"example"'):
+        assert secret not in text

@@ -98,7 +98,7 @@ fn route(method: &str, url: &str, config: Option<&str>, headers: &[String], body
         content_length: header("content-length"),
         has_body: body_bytes.as_ref().is_some_and(|b| !b.is_empty()),
         if_none_exist: header("if-none-exist").is_some(),
-        method_override: ["x-http-method-override", "x-http-method", "x-method-override"].iter().any(|h| header(h).is_some()),
+        method_override: fhirgate_core::headers::METHOD_OVERRIDE.iter().any(|h| header(h).is_some()),
     };
     let result = policy.route(&head).and_then(|mut routed| {
         if routed.awaiting_body {

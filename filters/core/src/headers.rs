@@ -17,6 +17,10 @@ pub const PATIENT: &str = "x-fhirgate-patient";
 pub const POOL: &str = "x-fhirgate-pool";
 pub const BUNDLE_TYPE: &str = "x-fhirgate-bundle-type";
 
+/// Request headers that ask a server to treat a request as another method. fhirgate never
+/// honours them: a request carrying one is refused (lower case, as Envoy keeps header names).
+pub const METHOD_OVERRIDE: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
+
 /// True when `name` (any case) is one of fhirgate's internal headers.
 pub fn is_internal(name: &str) -> bool {
     name.len() >= PREFIX.len() && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)

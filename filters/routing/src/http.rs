@@ -2,14 +2,11 @@
 
 use crate::root::FILTER;
 use fhirgate_core::routing::{RequestHead, RoutedRequest, RoutingPolicy};
-use fhirgate_core::Rejection;
+use fhirgate_core::{headers as internal, Rejection};
 use fhirgate_proxy::{reject, set_routing_headers, RequestHeaders};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
-
-/// Headers that ask a server to treat a request as another method. Never honoured.
-const METHOD_OVERRIDE_HEADERS: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
 
 pub struct RoutingFilter {
     policy: Option<Rc<RoutingPolicy>>,
@@ -52,7 +49,7 @@ impl HttpContext for RoutingFilter {
             content_length: headers.get("content-length"),
             has_body: !end_of_stream,
             if_none_exist: headers.contains("if-none-exist"),
-            method_override: METHOD_OVERRIDE_HEADERS.iter().any(|h| headers.contains(h)),
+            method_override: internal::METHOD_OVERRIDE.iter().any(|h| headers.contains(h)),
         };
         match policy.route(&head) {
             Err(rejection) => reject(FILTER, &rejection),

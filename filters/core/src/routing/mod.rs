@@ -139,6 +139,11 @@ impl Interaction {
         Interaction::ALL.iter().copied().find(|i| i.name() == name)
     }
 
+    /// False for the non-FHIR kinds (CDS Hooks, passthrough), which have no patient or pool rule.
+    pub fn is_fhir(self) -> bool {
+        !matches!(self, Interaction::CdsDiscovery | Interaction::CdsService | Interaction::CdsFeedback | Interaction::Passthrough)
+    }
+
     pub fn is_search(self) -> bool {
         matches!(self, Interaction::SearchType | Interaction::SearchSystem | Interaction::SearchCompartment)
     }
@@ -419,7 +424,7 @@ impl RoutingPolicy {
     }
 
     fn finish(&self, r: &mut RoutedRequest) {
-        if r.interaction != Interaction::Passthrough && !matches!(r.interaction, Interaction::CdsDiscovery | Interaction::CdsService | Interaction::CdsFeedback) {
+        if r.interaction.is_fhir() {
             r.patient = patient::named_patient(r);
             r.pool = self
                 .pools
