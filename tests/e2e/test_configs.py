@@ -3,6 +3,7 @@ rendered chain (which runs the filters' on_configure), the CLI lints each filter
 import json
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -80,3 +81,27 @@ def test_readme_config_example_passes_lint_and_covers_every_documented_field(tmp
     assert result.returncode == 0, result.stderr
     documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
     assert documented == set(json.loads(example)), "README table and example list different fields"
+
+
+def test_patient_compartment_table_matches_the_r4_specification():
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen-patient-compartment.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("scope,expected", [
+    ("patient/Observation.read", {"valid": True, "context": "patient", "resource": "Observation", "permissions": "rs",
+                                  "params": None, "resource_scope": True}),
+    ("user/*.cruds", {"valid": True, "context": "user", "resource": "*", "permissions": "cruds", "params": None,
+                      "resource_scope": True}),
+    ("patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
+     {"valid": True, "context": "patient", "resource": "Observation", "permissions": "rs",
+      "params": {"category": "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"}, "resource_scope": True}),
+    ("launch/patient", {"valid": True, "context": None, "resource": None, "permissions": None, "params": None,
+                        "resource_scope": False}),
+    ("patient/Observation.sr", {"valid": False, "context": None, "resource": None, "permissions": None, "params": None,
+                                "resource_scope": False}),
+])
+def test_cli_scope_parse_prints_the_documented_object(scope, expected):
+    out = subprocess.run([str(CLI), "scope", "parse", scope], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == expected

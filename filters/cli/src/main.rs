@@ -33,11 +33,23 @@ enum Command {
         #[arg(long)]
         body: Option<String>,
     },
+    /// SMART scope tools.
+    Scope {
+        #[command(subcommand)]
+        command: ScopeCommand,
+    },
     /// Filter configuration tools.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ScopeCommand {
+    /// Parse one SMART scope and print it as JSON: valid, context, resource, permissions
+    /// (in-order subset of cruds; v1 normalised), params, resource_scope.
+    Parse { scope: String },
 }
 
 #[derive(Subcommand)]
@@ -131,6 +143,7 @@ fn main() -> ExitCode {
         Command::Route { method, url, config, headers, body } => {
             route(&method, &url, config.as_deref(), &headers, body.as_deref()).map(|v| v.to_string())
         }
+        Command::Scope { command: ScopeCommand::Parse { scope } } => Ok(fhirgate_core::smart::scope::describe(&scope).to_string()),
         Command::Config { command: ConfigCommand::Lint { file, filter } } => lint(&file, filter),
     };
     match result {

@@ -10,6 +10,7 @@ pub mod fhir;
 pub mod headers;
 pub mod outcome;
 pub mod routing;
+pub mod smart;
 
 pub use decision::{Decision, Rejection};
 pub use outcome::{IssueType, OperationOutcome};

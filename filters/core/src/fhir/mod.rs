@@ -1,4 +1,9 @@
-//! FHIR R4 vocabulary: the resource type list and the syntax rules for ids and names.
+//! FHIR R4 vocabulary: the resource type list, the patient compartment, and the syntax rules
+//! for ids and names.
+
+mod patient_compartment;
+
+pub use patient_compartment::PATIENT_COMPARTMENT;
 
 /// Every concrete resource type of FHIR R4 (4.0.1): the 148 codes of CodeSystem `resource-types` less the abstract `Resource` and `DomainResource`. Sorted for binary search.
 pub const R4_RESOURCE_TYPES: &[&str] = &[
@@ -49,6 +54,16 @@ pub fn is_compartment_type(name: &str) -> bool {
     COMPARTMENT_TYPES.contains(&name)
 }
 
+/// The search parameters that place a resource type in a patient's compartment, or None when
+/// the type is not in the Patient compartment (Medication, Practitioner, Organization, …).
+/// `Patient` itself is in its own compartment by id (and by its `link` parameter).
+pub fn patient_compartment_params(resource_type: &str) -> Option<&'static [&'static str]> {
+    PATIENT_COMPARTMENT
+        .binary_search_by(|(t, _)| (*t).cmp(resource_type))
+        .ok()
+        .map(|i| PATIENT_COMPARTMENT[i].1)
+}
+
 /// FHIR `id` datatype: `[A-Za-z0-9\-\.]{1,64}`. Also the rule for version ids.
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -91,6 +106,25 @@ mod tests {
     fn compartments_are_resource_types() {
         for t in COMPARTMENT_TYPES {
             assert!(resource_type(t).is_some(), "{t}");
+        }
+    }
+
+    #[test]
+    fn patient_compartment_is_sorted_and_names_r4_types() {
+        assert!(PATIENT_COMPARTMENT.windows(2).all(|w| w[0].0 < w[1].0));
+        for (t, params) in PATIENT_COMPARTMENT {
+            assert!(resource_type(t).is_some(), "{t}");
+            assert!(!params.is_empty(), "{t}");
+        }
+    }
+
+    #[test]
+    fn knows_which_types_are_in_the_patient_compartment() {
+        assert_eq!(patient_compartment_params("Observation"), Some(&["subject", "performer"][..]));
+        assert_eq!(patient_compartment_params("Patient"), Some(&["link"][..]));
+        assert_eq!(patient_compartment_params("AllergyIntolerance"), Some(&["patient", "recorder", "asserter"][..]));
+        for outside in ["Medication", "Practitioner", "Organization", "Location", "ValueSet", "Foo"] {
+            assert_eq!(patient_compartment_params(outside), None, "{outside}");
         }
     }
 

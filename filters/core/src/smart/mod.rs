@@ -1,0 +1,3 @@
+//! SMART on FHIR: scopes and the authorization decision.
+
+pub mod scope;
