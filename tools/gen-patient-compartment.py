@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes filters/core/src/fhir/patient_compartment.rs from the R4 CompartmentDefinition
-`patient` in npm hl7.fhir.r4.examples (installed by `make tools`). `--check` compares instead
+`patient` and the R4 SearchParameters named `patient`, in npm hl7.fhir.r4.examples (installed
+by `make tools`). `--check` compares instead
 of writing (a test runs it), so the table cannot drift from the specification."""
 import json
 import pathlib
@@ -25,6 +26,18 @@ def render() -> str:
     ]
     for code, params in rows:
         lines.append(f"    ({json.dumps(code)}, &[{', '.join(json.dumps(p) for p in params)}]),")
+    lines += ["];", ""]
+    types = set()
+    for path in sorted(SOURCE.parent.glob("SearchParameter-*.json")):
+        sp = json.loads(path.read_text())
+        if sp.get("code") == "patient" and sp.get("type") == "reference":
+            types.update(sp.get("base", []))
+    lines += [
+        "/// The resource types on which R4 defines a `patient` search parameter (from the",
+        "/// SearchParameter resources with code `patient`), sorted.",
+        "pub const PATIENT_SEARCH_PARAM_TYPES: &[&str] = &[",
+    ]
+    lines += [f"    {json.dumps(t)}," for t in sorted(types)]
     lines += ["];", ""]
     return "\n".join(lines)
 

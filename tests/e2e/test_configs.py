@@ -12,7 +12,7 @@ from stack import ROOT, WASM_DIR, envoy_validate, render_envoy
 ENVOY_DIR = ROOT / "envoy"
 CLI = ROOT / "target" / "debug" / "fhirgate"
 TEMPLATES = sorted(ENVOY_DIR.glob("*.yaml"))
-FILTER_CONFIGS = {"routing.json": "routing"}
+FILTER_CONFIGS = {"routing.json": "routing", "authz.json": "authz"}
 
 PLACEHOLDERS = {
     "ADMIN_PORT": 9901, "LISTEN_ADDRESS": "127.0.0.1", "LISTEN_PORT": 10000, "ACCESS_LOG": "/dev/null",
@@ -105,3 +105,27 @@ def test_patient_compartment_table_matches_the_r4_specification():
 def test_cli_scope_parse_prints_the_documented_object(scope, expected):
     out = subprocess.run([str(CLI), "scope", "parse", scope], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == expected
+
+
+def test_cli_authz_check_answers_each_json_line():
+    lines = [
+        {"method": "GET", "path": "/Observation", "query": "patient=123", "scopes": "patient/Observation.rs", "patient": "123"},
+        {"method": "GET", "path": "/Observation", "query": "", "scopes": "patient/Observation.rs", "patient": "123"},
+        {"method": "GET", "path": "/Observation/1", "query": "", "scopes": "patient/Observation.rs", "patient": "123"},
+        {"method": "GET", "path": "/Observation/1", "query": "", "scopes": "patient/Observation.rs", "patient": "123",
+         "response": {"resourceType": "Observation", "subject": {"reference": "Patient/999"}}},
+        {"method": "GET", "path": "/Patient/1", "query": "", "scopes": "user/*.rs", "token": False},
+        {"method": "GET", "path": "/metadata", "query": "", "scopes": "", "token": False},
+    ]
+    stdin = "\n".join(json.dumps(l) for l in lines) + "\nnot json\n"
+    out = subprocess.run([str(CLI), "authz", "check"], input=stdin, capture_output=True, text=True, check=True).stdout
+    got = [json.loads(l) for l in out.splitlines()]
+    assert got == [
+        {"decision": "allow", "status": 200, "reason": "scope"},
+        {"decision": "allow", "status": 200, "reason": "narrowed", "query": "patient=Patient/123"},
+        {"decision": "pending", "status": 200, "reason": "pending", "needs": "response-body"},
+        {"decision": "deny", "status": 403, "reason": "not-in-patient-compartment"},
+        {"decision": "deny", "status": 401, "reason": "missing-token"},
+        {"decision": "allow", "status": 200, "reason": "public"},
+        {"decision": "deny", "status": 400, "reason": "invalid-input-line"},
+    ]

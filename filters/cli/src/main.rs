@@ -4,8 +4,10 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fhirgate_core::routing::{RequestHead, RoutingPolicy};
+use fhirgate_core::smart::authz::AuthzPolicy;
+use fhirgate_core::smart::check;
 use serde_json::json;
-use std::io::Read;
+use std::io::{BufRead, Read, Write};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -38,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         command: ScopeCommand,
     },
+    /// SMART authorization tools.
+    Authz {
+        #[command(subcommand)]
+        command: AuthzCommand,
+    },
     /// Filter configuration tools.
     Config {
         #[command(subcommand)]
@@ -50,6 +57,18 @@ enum ScopeCommand {
     /// Parse one SMART scope and print it as JSON: valid, context, resource, permissions
     /// (in-order subset of cruds; v1 normalised), params, resource_scope.
     Parse { scope: String },
+}
+
+#[derive(Subcommand)]
+enum AuthzCommand {
+    /// Decide requests read as JSON lines on stdin, one JSON decision line each on stdout:
+    /// in {"method", "path" (relative to the FHIR base), "query", "scopes", "patient"?,
+    /// "token"?, "body"?, "response"?}; out {"decision", "status", "reason", "needs"?, "query"?}.
+    Check {
+        /// Authorization config (JSON); the shipped envoy/authz.json when absent.
+        #[arg(long)]
+        config: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -67,6 +86,35 @@ enum ConfigCommand {
 #[derive(Clone, Copy, ValueEnum)]
 enum Filter {
     Routing,
+    Authz,
+}
+
+/// The shipped configs, the CLI's defaults: what `fhirgate` decides is what the example
+/// gateway decides.
+const SHIPPED_ROUTING: &str = include_str!("../../../envoy/routing.json");
+const SHIPPED_AUTHZ: &str = include_str!("../../../envoy/authz.json");
+
+fn authz_check(config: Option<&str>) -> Result<String, String> {
+    let config_bytes = match config {
+        Some(path) => read_input(path)?,
+        None => SHIPPED_AUTHZ.as_bytes().to_vec(),
+    };
+    let authz = AuthzPolicy::from_json(&config_bytes).map_err(|e| e.to_string())?;
+    let routing = RoutingPolicy::from_json(SHIPPED_ROUTING.as_bytes()).map_err(|e| e.to_string())?;
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let line = line.map_err(|e| format!("reading stdin: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let decision = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(input) if input.is_object() => check::check(&routing, &authz, &input),
+            _ => json!({"decision": "deny", "status": 400, "reason": "invalid-input-line"}),
+        };
+        writeln!(out, "{decision}").map_err(|e| format!("writing stdout: {e}"))?;
+    }
+    Ok(String::new())
 }
 
 fn read_input(path: &str) -> Result<Vec<u8>, String> {
@@ -134,6 +182,7 @@ fn lint(file: &str, filter: Filter) -> Result<String, String> {
     let bytes = read_input(file)?;
     match filter {
         Filter::Routing => RoutingPolicy::from_json(&bytes).map(|_| format!("{file}: valid routing config")).map_err(|e| format!("{file}: {e}")),
+        Filter::Authz => AuthzPolicy::from_json(&bytes).map(|_| format!("{file}: valid authz config")).map_err(|e| format!("{file}: {e}")),
     }
 }
 
@@ -144,11 +193,14 @@ fn main() -> ExitCode {
             route(&method, &url, config.as_deref(), &headers, body.as_deref()).map(|v| v.to_string())
         }
         Command::Scope { command: ScopeCommand::Parse { scope } } => Ok(fhirgate_core::smart::scope::describe(&scope).to_string()),
+        Command::Authz { command: AuthzCommand::Check { config } } => authz_check(config.as_deref()),
         Command::Config { command: ConfigCommand::Lint { file, filter } } => lint(&file, filter),
     };
     match result {
         Ok(out) => {
-            println!("{out}");
+            if !out.is_empty() {
+                println!("{out}");
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {
@@ -174,6 +226,12 @@ mod tests {
         let v = route("GET", "/fhir/r4/Patient/1", None, &[], None).unwrap();
         assert_eq!(v["decision"], "allow");
         assert_eq!(v["request"]["interaction"], "read");
+    }
+
+    #[test]
+    fn shipped_configs_compile() {
+        assert!(RoutingPolicy::from_json(SHIPPED_ROUTING.as_bytes()).is_ok());
+        assert!(AuthzPolicy::from_json(SHIPPED_AUTHZ.as_bytes()).is_ok());
     }
 
     #[test]

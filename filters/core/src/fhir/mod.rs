@@ -3,7 +3,7 @@
 
 mod patient_compartment;
 
-pub use patient_compartment::PATIENT_COMPARTMENT;
+pub use patient_compartment::{PATIENT_COMPARTMENT, PATIENT_SEARCH_PARAM_TYPES};
 
 /// Every concrete resource type of FHIR R4 (4.0.1): the 148 codes of CodeSystem `resource-types` less the abstract `Resource` and `DomainResource`. Sorted for binary search.
 pub const R4_RESOURCE_TYPES: &[&str] = &[
@@ -62,6 +62,11 @@ pub fn patient_compartment_params(resource_type: &str) -> Option<&'static [&'sta
         .binary_search_by(|(t, _)| (*t).cmp(resource_type))
         .ok()
         .map(|i| PATIENT_COMPARTMENT[i].1)
+}
+
+/// Whether R4 defines a `patient` search parameter on this type (Observation, Condition, …).
+pub fn has_patient_search_param(resource_type: &str) -> bool {
+    PATIENT_SEARCH_PARAM_TYPES.binary_search(&resource_type).is_ok()
 }
 
 /// FHIR `id` datatype: `[A-Za-z0-9\-\.]{1,64}`. Also the rule for version ids.
@@ -125,6 +130,17 @@ mod tests {
         assert_eq!(patient_compartment_params("AllergyIntolerance"), Some(&["patient", "recorder", "asserter"][..]));
         for outside in ["Medication", "Practitioner", "Organization", "Location", "ValueSet", "Foo"] {
             assert_eq!(patient_compartment_params(outside), None, "{outside}");
+        }
+    }
+
+    #[test]
+    fn knows_which_types_define_a_patient_search_parameter() {
+        assert!(PATIENT_SEARCH_PARAM_TYPES.windows(2).all(|w| w[0] < w[1]));
+        for t in ["Observation", "Condition", "Encounter", "AllergyIntolerance", "Coverage", "Claim"] {
+            assert!(has_patient_search_param(t), "{t}");
+        }
+        for t in ["Patient", "Practitioner", "Medication", "Organization"] {
+            assert!(!has_patient_search_param(t), "{t}");
         }
     }
 

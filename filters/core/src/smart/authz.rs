@@ -1,0 +1,665 @@
+//! The SMART authorization decision: does a token's grant allow a routed FHIR request?
+//!
+//! Pure decisions over the routing result, no I/O. Union semantics: a request is allowed
+//! when any one resource scope allows it. The order of preference:
+//! 1. an unconstrained `user/` or `system/` scope for the type and permission allows it;
+//! 2. else an unconstrained `patient/` scope allows it confined to the launch patient:
+//!    searches are narrowed to the patient (or refused, by config), paths naming another
+//!    patient are refused, instance reads and writes of other compartment types wait for the
+//!    response or request body to prove the resource is the patient's;
+//! 3. else a granular scope (`?category=…`) allows a search narrowed to its constraints;
+//! 4. else the request is refused with 403.
+//!
+//! Decisions made here, documented in the README:
+//! - `patient/` scopes are unusable without a launch patient in the token.
+//! - `user/` scopes beside a patient context are not confined to that patient (the user's
+//!   own access rights are the FHIR server's to enforce); SMART v1 and v2 scopes mix freely.
+//! - `patient/` scopes for types outside the Patient compartment (Medication, Practitioner)
+//!   allow those types: they hold no patient's data.
+//! - History and system-wide searches cannot be confined to a patient: refused under
+//!   `patient/` scopes.
+//! - Reverse includes, `_has`, chains, `_include`, `_contained` can reach types the scopes do
+//!   not name: allowed only with an unconstrained `*` scope with `rs` in the user or system
+//!   context, refused otherwise.
+
+use super::scope::{Context, Permissions, ResourceScope};
+use crate::fhir;
+use crate::outcome::IssueType;
+use crate::routing::{Interaction, RoutedRequest};
+use crate::Rejection;
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use serde_json::Value;
+
+/// Turns a Bundle entry's method, url and resource into a routed request and its raw query.
+pub type EntryRouter<'a> = dyn Fn(&str, &str, Option<&Value>) -> Result<(RoutedRequest, String), Rejection> + 'a;
+
+/// What a verified token grants.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    pub scopes: Vec<ResourceScope>,
+    /// The launch patient (`patient` claim, or as configured).
+    pub patient: Option<String>,
+}
+
+/// What the filter still needs before it can decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    RequestBody,
+    ResponseBody,
+}
+
+impl Needs {
+    pub fn name(self) -> &'static str {
+        match self {
+            Needs::RequestBody => "request-body",
+            Needs::ResponseBody => "response-body",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthzDecision {
+    /// Allowed; `query` is the rewritten raw query when the request was narrowed.
+    Allow { reason: &'static str, query: Option<String> },
+    Pending { needs: Needs },
+    Deny(Rejection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatientSearch {
+    /// Add the patient constraint to a search that lacks it.
+    Narrow,
+    /// Refuse a search that does not name the patient itself.
+    Refuse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceCheck {
+    /// Decide on the response (reads) or request body (writes).
+    Body,
+    /// Refuse instance access to compartment types other than Patient under `patient/` scopes.
+    Deny,
+}
+
+/// The compiled authorization policy (the part that is not token verification).
+#[derive(Debug, Clone)]
+pub struct AuthzPolicy {
+    pub patient_search: PatientSearch,
+    pub instance_check: InstanceCheck,
+    pub public: Vec<Interaction>,
+    /// Operations a token may call, with the permissions they need on the request's type
+    /// (on every type when `all_types`). Any other operation is refused.
+    pub operations: Vec<OperationRule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OperationRule {
+    pub name: String,
+    pub permissions: Permissions,
+    pub all_types: bool,
+}
+
+impl Default for AuthzPolicy {
+    fn default() -> Self {
+        let rs = Permissions::R.union(Permissions::S);
+        let op = |name: &str, permissions, all_types| OperationRule { name: name.into(), permissions, all_types };
+        AuthzPolicy {
+            patient_search: PatientSearch::Narrow,
+            instance_check: InstanceCheck::Body,
+            public: vec![Interaction::Capabilities, Interaction::SmartConfiguration],
+            operations: vec![op("$everything", rs, true), op("$lastn", Permissions::S, false), op("$validate", Permissions::C, false)],
+        }
+    }
+}
+
+pub(crate) mod deny {
+    use super::*;
+
+    pub fn missing_token() -> Rejection {
+        Rejection::new(401, "missing-token", IssueType::Login, "a bearer token is required")
+            .with_header("www-authenticate", r#"Bearer realm="fhir""#)
+    }
+    pub fn forbidden(reason: &'static str, why: &str) -> Rejection {
+        Rejection::new(403, reason, IssueType::Forbidden, why)
+            .with_header("www-authenticate", r#"Bearer realm="fhir", error="insufficient_scope""#)
+    }
+    pub fn insufficient_scope() -> Rejection {
+        forbidden("insufficient-scope", "the token's scopes do not allow this request")
+    }
+    pub fn patient_mismatch() -> Rejection {
+        forbidden("patient-mismatch", "the request names a patient other than the token's")
+    }
+    pub fn patient_context_missing() -> Rejection {
+        forbidden("patient-context-missing", "patient/ scopes need a launch patient in the token")
+    }
+    pub fn not_confinable() -> Rejection {
+        forbidden("not-confinable", "this request cannot be confined to the token's patient")
+    }
+    pub fn query_shape() -> Rejection {
+        forbidden("query-shape-not-permitted", "includes, chains, _has and _contained need user/*.rs or system/*.rs")
+    }
+    pub fn operation() -> Rejection {
+        forbidden("operation-not-permitted", "this operation is not permitted through the gateway")
+    }
+    pub fn bulk() -> Rejection {
+        forbidden("bulk-requires-system-scope", "bulk export needs unconstrained system/ read and search scopes on every exported type")
+    }
+    pub fn granular() -> Rejection {
+        forbidden("granular-not-narrowable", "the request cannot be narrowed to the token's granular scopes")
+    }
+    pub fn not_patients() -> Rejection {
+        forbidden("not-in-patient-compartment", "the resource does not belong to the token's patient")
+    }
+}
+
+/// The permissions an interaction needs, per SMART App Launch 2.x: create c; read, vread,
+/// instance history r; update, patch u; delete d; search and type/system history s.
+/// Conditional interactions also search; a conditional update may create.
+pub fn required_permissions(interaction: Interaction) -> Option<Permissions> {
+    use Interaction as I;
+    use Permissions as P;
+    Some(match interaction {
+        I::Read | I::Vread | I::HistoryInstance => P::R,
+        I::Update | I::Patch => P::U,
+        I::Delete => P::D,
+        I::Create => P::C,
+        I::ConditionalCreate => P::C.union(P::S),
+        I::ConditionalUpdate => P::C.union(P::U).union(P::S),
+        I::ConditionalPatch => P::U.union(P::S),
+        I::ConditionalDelete => P::D.union(P::S),
+        I::SearchType | I::SearchSystem | I::SearchCompartment | I::HistoryType | I::HistorySystem => P::S,
+        _ => return None,
+    })
+}
+
+/// Query parameters that can reach resource types the scopes do not name.
+fn reaches_other_types(name: &str) -> bool {
+    let base = name.split(':').next().unwrap_or(name);
+    matches!(base, "_include" | "_revinclude" | "_has" | "_contained" | "_containedType") || name.contains('.')
+}
+
+const QUERY_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'#').add(b'&').add(b'+').add(b'=').add(b'%').add(b'"').add(b'<').add(b'>');
+
+fn append_param(raw_query: &str, name: &str, value: &str) -> String {
+    let pair = format!("{name}={}", utf8_percent_encode(value, QUERY_VALUE));
+    if raw_query.is_empty() {
+        pair
+    } else {
+        format!("{raw_query}&{pair}")
+    }
+}
+
+/// The patient ids a parameter value names: `123`, `Patient/123`, or a URL ending in it;
+/// None for a value that is not a patient reference.
+fn patient_refs(value: &str) -> Vec<Option<&str>> {
+    value
+        .split(',')
+        .map(|v| match v.rsplit_once("Patient/") {
+            Some((before, id)) if (before.is_empty() || before.ends_with('/')) && fhir::is_valid_id(id) => Some(id),
+            None if fhir::is_valid_id(v) => Some(v),
+            _ => None,
+        })
+        .collect()
+}
+
+impl AuthzPolicy {
+    /// Decides on the request head. `raw_query` is the query as on the wire (for narrowing).
+    pub fn decide(&self, r: &RoutedRequest, raw_query: &str, grant: Option<&Grant>) -> AuthzDecision {
+        if self.public.contains(&r.interaction) {
+            return AuthzDecision::Allow { reason: "public", query: None };
+        }
+        let Some(grant) = grant else { return AuthzDecision::Deny(deny::missing_token()) };
+        match r.interaction {
+            Interaction::Batch | Interaction::Transaction => return AuthzDecision::Pending { needs: Needs::RequestBody },
+            Interaction::OperationSystem | Interaction::OperationType | Interaction::OperationInstance => {
+                return self.decide_operation(r, raw_query, grant)
+            }
+            Interaction::Passthrough => return AuthzDecision::Allow { reason: "authenticated", query: None },
+            _ => {}
+        }
+        let Some(needed) = required_permissions(r.interaction) else {
+            return AuthzDecision::Deny(deny::insufficient_scope());
+        };
+        if r.interaction == Interaction::SearchSystem || r.interaction == Interaction::HistorySystem {
+            return self.decide_system_wide(r, grant, needed);
+        }
+        let types: Vec<&'static str> = match r.resource_type {
+            Some(t) => vec![t],
+            None => vec![], // compartment search of `*`
+        };
+        self.decide_typed(r, raw_query, grant, &types, needed)
+    }
+
+    fn decide_system_wide(&self, r: &RoutedRequest, grant: &Grant, needed: Permissions) -> AuthzDecision {
+        // `_type` lists what a system search can return; without it, everything.
+        let listed: Vec<&str> = r.params.iter().filter(|p| p.name == "_type").flat_map(|p| p.value.split(',')).collect();
+        let covered = |t: Option<&str>| {
+            grant.scopes.iter().any(|s| {
+                s.context != Context::Patient
+                    && s.params.is_empty()
+                    && s.permissions.contains(needed)
+                    && t.map_or(s.resource.is_none(), |t| s.covers_type(t))
+            })
+        };
+        if r.params.iter().any(|p| reaches_other_types(&p.name)) && !self.has_wildcard_read(grant) {
+            return AuthzDecision::Deny(deny::query_shape());
+        }
+        let ok = if r.interaction == Interaction::SearchSystem && !listed.is_empty() {
+            listed.iter().all(|t| fhir::resource_type(t).is_some() && covered(Some(t)))
+        } else {
+            covered(None)
+        };
+        if ok {
+            AuthzDecision::Allow { reason: "scope", query: None }
+        } else if grant.scopes.iter().any(|s| s.context == Context::Patient) {
+            AuthzDecision::Deny(deny::not_confinable())
+        } else {
+            AuthzDecision::Deny(deny::insufficient_scope())
+        }
+    }
+
+    fn has_wildcard_read(&self, grant: &Grant) -> bool {
+        grant.scopes.iter().any(|s| {
+            s.context != Context::Patient
+                && s.resource.is_none()
+                && s.params.is_empty()
+                && s.permissions.contains(Permissions::R.union(Permissions::S))
+        })
+    }
+
+    /// `types` empty means every type (compartment search of `*`, `$everything`).
+    fn decide_typed(&self, r: &RoutedRequest, raw_query: &str, grant: &Grant, types: &[&str], needed: Permissions) -> AuthzDecision {
+        let matches = |s: &&ResourceScope| {
+            s.permissions.contains(needed)
+                && if types.is_empty() { s.resource.is_none() } else { types.iter().all(|t| s.covers_type(t)) }
+        };
+        let candidates: Vec<&ResourceScope> = grant.scopes.iter().filter(matches).collect();
+        if candidates.is_empty() {
+            return AuthzDecision::Deny(deny::insufficient_scope());
+        }
+        let shape_risky = r.params.iter().any(|p| reaches_other_types(&p.name));
+        // 1. Unconstrained user/ or system/ scopes.
+        if candidates.iter().any(|s| s.context != Context::Patient && s.params.is_empty()) {
+            if shape_risky && !self.has_wildcard_read(grant) {
+                return AuthzDecision::Deny(deny::query_shape());
+            }
+            return AuthzDecision::Allow { reason: "scope", query: None };
+        }
+        // 2. Unconstrained patient/ scopes, confined to the launch patient.
+        if candidates.iter().any(|s| s.context == Context::Patient && s.params.is_empty()) {
+            let Some(patient) = grant.patient.as_deref() else {
+                return AuthzDecision::Deny(deny::patient_context_missing());
+            };
+            if shape_risky {
+                return AuthzDecision::Deny(deny::query_shape());
+            }
+            return self.confine_to_patient(r, raw_query, patient, types);
+        }
+        // 3. Granular scopes: narrow a search to one scope's constraints.
+        if shape_risky {
+            return AuthzDecision::Deny(deny::query_shape());
+        }
+        self.narrow_granular(r, raw_query, grant, &candidates, types)
+    }
+
+    fn confine_to_patient(&self, r: &RoutedRequest, raw_query: &str, patient: &str, types: &[&str]) -> AuthzDecision {
+        use Interaction as I;
+        let allow = |query| AuthzDecision::Allow { reason: "scope", query };
+        // A compartment search names its compartment in the path.
+        if let Some((ctype, cid)) = &r.compartment {
+            if *ctype == "Patient" {
+                return if cid == patient { self.check_named_patients(r, patient, raw_query, types, false) } else { AuthzDecision::Deny(deny::patient_mismatch()) };
+            }
+            return self.check_named_patients(r, patient, raw_query, types, true);
+        }
+        let Some(t) = types.first().copied() else { return AuthzDecision::Deny(deny::not_confinable()) };
+        if t == "Patient" {
+            return match r.interaction {
+                I::SearchType => self.narrow_patient_search(r, raw_query, patient),
+                I::Read | I::Vread | I::HistoryInstance | I::Update | I::Patch | I::Delete => {
+                    if r.id.as_deref() == Some(patient) {
+                        allow(None)
+                    } else {
+                        AuthzDecision::Deny(deny::patient_mismatch())
+                    }
+                }
+                I::Create | I::ConditionalCreate | I::ConditionalUpdate | I::ConditionalPatch | I::ConditionalDelete | I::HistoryType => {
+                    AuthzDecision::Deny(deny::not_confinable())
+                }
+                _ => AuthzDecision::Deny(deny::insufficient_scope()),
+            };
+        }
+        if fhir::patient_compartment_params(t).is_none() {
+            // Not patient data (Medication, Practitioner, …).
+            return allow(None);
+        }
+        match r.interaction {
+            I::SearchType => self.check_named_patients(r, patient, raw_query, types, true),
+            I::Read | I::Vread | I::HistoryInstance => match self.instance_check {
+                InstanceCheck::Body => AuthzDecision::Pending { needs: Needs::ResponseBody },
+                InstanceCheck::Deny => AuthzDecision::Deny(deny::not_confinable()),
+            },
+            I::Create | I::Update | I::Patch | I::Delete => match (self.instance_check, r.interaction) {
+                (InstanceCheck::Body, I::Create | I::Update) => AuthzDecision::Pending { needs: Needs::RequestBody },
+                // A patch or delete carries no resource to check: the current resource
+                // would have to be fetched first. Refused until that lands.
+                _ => AuthzDecision::Deny(deny::not_confinable()),
+            },
+            _ => AuthzDecision::Deny(deny::not_confinable()),
+        }
+    }
+
+    /// `Patient?…` under a patient scope: `_id` must be the patient, or is added.
+    fn narrow_patient_search(&self, r: &RoutedRequest, raw_query: &str, patient: &str) -> AuthzDecision {
+        let ids: Vec<&str> = r.params.iter().filter(|p| p.name == "_id").flat_map(|p| p.value.split(',')).collect();
+        if !ids.is_empty() {
+            return if ids.iter().all(|id| *id == patient) {
+                AuthzDecision::Allow { reason: "scope", query: None }
+            } else {
+                AuthzDecision::Deny(deny::patient_mismatch())
+            };
+        }
+        match self.patient_search {
+            PatientSearch::Narrow => AuthzDecision::Allow { reason: "narrowed", query: Some(append_param(raw_query, "_id", patient)) },
+            PatientSearch::Refuse => AuthzDecision::Deny(deny::not_confinable()),
+        }
+    }
+
+    /// A search of compartment type(s) under a patient scope: every patient reference among the
+    /// type's compartment parameters must be the patient; with none, the search is narrowed.
+    fn check_named_patients(&self, r: &RoutedRequest, patient: &str, raw_query: &str, types: &[&str], must_name: bool) -> AuthzDecision {
+        let Some(t) = types.first().copied() else {
+            // `Patient/{id}/*` is confined by its path; other compartments of `*` cannot be.
+            return if must_name { AuthzDecision::Deny(deny::not_confinable()) } else { AuthzDecision::Allow { reason: "scope", query: None } };
+        };
+        let Some(params) = fhir::patient_compartment_params(t) else {
+            return AuthzDecision::Allow { reason: "scope", query: None };
+        };
+        // Parameters that confine a search to a patient: the compartment's, and `patient`
+        // where R4 defines it for the type (a server ignoring an unknown parameter would
+        // otherwise return every patient's data).
+        let has_patient = fhir::has_patient_search_param(t);
+        let confines = |base: &str| params.contains(&base) || (has_patient && base == "patient");
+        let mut named = false;
+        for p in &r.params {
+            let (base, modifier) = match p.name.split_once(':') {
+                Some((b, m)) => (b, Some(m)),
+                None => (p.name.as_str(), None),
+            };
+            if !confines(base) || modifier.is_some_and(|m| m != "Patient") {
+                continue;
+            }
+            for id in patient_refs(&p.value) {
+                match id {
+                    Some(id) if id == patient => named = true,
+                    // Another patient, or a value that is no patient reference (an OR-list
+                    // naming a Group, a chained identifier): refuse rather than guess.
+                    _ => return AuthzDecision::Deny(deny::patient_mismatch()),
+                }
+            }
+        }
+        if named || !must_name {
+            return AuthzDecision::Allow { reason: "scope", query: None };
+        }
+        match self.patient_search {
+            PatientSearch::Refuse => AuthzDecision::Deny(deny::not_confinable()),
+            PatientSearch::Narrow => {
+                let param = if has_patient { "patient" } else { ["subject", "beneficiary"].into_iter().find(|p| params.contains(p)).unwrap_or(params[0]) };
+                AuthzDecision::Allow { reason: "narrowed", query: Some(append_param(raw_query, param, &format!("Patient/{patient}"))) }
+            }
+        }
+    }
+
+    /// Only granular scopes match: a search is narrowed to the constraints of one of them
+    /// (several scopes with the same single parameter combine as an OR-list); instance
+    /// reads wait for the response.
+    fn narrow_granular(&self, r: &RoutedRequest, raw_query: &str, grant: &Grant, candidates: &[&ResourceScope], types: &[&str]) -> AuthzDecision {
+        // Granular patient/ scopes are still confined to the patient.
+        if candidates.iter().any(|s| s.context == Context::Patient) && grant.patient.is_none() {
+            return AuthzDecision::Deny(deny::patient_context_missing());
+        }
+        if !r.interaction.is_search() {
+            return if matches!(r.interaction, Interaction::Read | Interaction::Vread | Interaction::HistoryInstance) {
+                AuthzDecision::Pending { needs: Needs::ResponseBody }
+            } else {
+                AuthzDecision::Deny(deny::granular())
+            };
+        }
+        // Already constrained by the request itself?
+        let satisfied = |s: &&ResourceScope| s.params.iter().all(|(n, v)| r.params.iter().any(|p| &p.name == n && &p.value == v));
+        let mut query = raw_query.to_string();
+        let mut narrowed = false;
+        if !candidates.iter().any(satisfied) {
+            let single: Vec<&(String, String)> = candidates.iter().filter(|s| s.params.len() == 1).map(|s| &s.params[0]).collect();
+            let same_name = single.len() == candidates.len() && single.windows(2).all(|w| w[0].0 == w[1].0);
+            if !same_name {
+                return AuthzDecision::Deny(deny::granular());
+            }
+            if r.params.iter().any(|p| p.name == single[0].0) {
+                // The request constrains the same parameter differently: refuse, not guess.
+                return AuthzDecision::Deny(deny::granular());
+            }
+            let values: Vec<&str> = single.iter().map(|(_, v)| v.as_str()).collect();
+            query = append_param(&query, &single[0].0, &values.join(","));
+            narrowed = true;
+        }
+        if candidates.iter().any(|s| s.context == Context::Patient) {
+            if let Some(patient) = grant.patient.as_deref() {
+                let mut confined = r.clone();
+                confined.params.extend(crate::routing::parse_query(&query, usize::MAX).unwrap_or_default());
+                return match self.confine_to_patient(&confined, &query, patient, types) {
+                    AuthzDecision::Allow { query: Some(q), .. } => AuthzDecision::Allow { reason: "narrowed", query: Some(q) },
+                    AuthzDecision::Allow { query: None, .. } if narrowed => AuthzDecision::Allow { reason: "narrowed", query: Some(query) },
+                    other => other,
+                };
+            }
+        }
+        if narrowed {
+            AuthzDecision::Allow { reason: "narrowed", query: Some(query) }
+        } else {
+            AuthzDecision::Allow { reason: "scope", query: None }
+        }
+    }
+
+    fn decide_operation(&self, r: &RoutedRequest, raw_query: &str, grant: &Grant) -> AuthzDecision {
+        let Some(op) = r.operation.as_deref() else { return AuthzDecision::Deny(deny::operation()) };
+        if op == "$export" {
+            return decide_export(r, grant);
+        }
+        let Some(rule) = self.operations.iter().find(|o| o.name == op) else {
+            return AuthzDecision::Deny(deny::operation());
+        };
+        let types: Vec<&str> = if rule.all_types { vec![] } else { r.resource_type.into_iter().collect() };
+        if rule.all_types && r.resource_type == Some("Patient") {
+            // Patient/{id}/$everything: a patient scope must be for that patient.
+            if let (Some(id), Some(patient)) = (r.id.as_deref(), grant.patient.as_deref()) {
+                let only_patient_scopes = !grant.scopes.iter().any(|s| s.context != Context::Patient && s.permissions.contains(rule.permissions) && s.resource.is_none() && s.params.is_empty());
+                if only_patient_scopes && id != patient {
+                    return AuthzDecision::Deny(deny::patient_mismatch());
+                }
+            }
+        }
+        let mut as_read = r.clone();
+        as_read.interaction = if r.id.is_some() { Interaction::Read } else { Interaction::SearchType };
+        match self.decide_typed(&as_read, raw_query, grant, &types, rule.permissions) {
+            // `$everything` on the patient's own record is confined by its path.
+            AuthzDecision::Deny(d) if d.reason == "not-confinable" && rule.all_types && r.id.is_some() && r.id == grant.patient => {
+                AuthzDecision::Allow { reason: "scope", query: None }
+            }
+            AuthzDecision::Pending { .. } if rule.all_types && r.id.is_some() && r.id == grant.patient => {
+                AuthzDecision::Allow { reason: "scope", query: None }
+            }
+            other => other,
+        }
+    }
+}
+
+/// Bulk Data `$export` (system, Patient, Group): unconstrained `system/` scopes with read and
+/// search on every exported type (`_type`, or every type without it). Patient and granular
+/// scopes never authorize an export.
+fn decide_export(r: &RoutedRequest, grant: &Grant) -> AuthzDecision {
+    if !matches!(r.resource_type, None | Some("Patient") | Some("Group")) || (r.resource_type == Some("Patient") && r.id.is_some()) {
+        return AuthzDecision::Deny(deny::operation());
+    }
+    let rs = Permissions::R.union(Permissions::S);
+    let system: Vec<&ResourceScope> = grant.scopes.iter().filter(|s| s.context == Context::System && s.params.is_empty() && s.permissions.contains(rs)).collect();
+    let listed: Vec<&str> = r.params.iter().filter(|p| p.name == "_type").flat_map(|p| p.value.split(',')).collect();
+    let ok = if listed.is_empty() {
+        system.iter().any(|s| s.resource.is_none())
+    } else {
+        listed.iter().all(|t| fhir::resource_type(t).is_some() && system.iter().any(|s| s.covers_type(t)))
+    };
+    if ok {
+        AuthzDecision::Allow { reason: "scope", query: None }
+    } else {
+        AuthzDecision::Deny(deny::bulk())
+    }
+}
+
+/// Does `reference` (a Reference's `reference` string) point at `Patient/{patient}`?
+fn references_patient(reference: &str, patient: &str) -> bool {
+    let path = reference.split("/_history/").next().unwrap_or(reference);
+    match path.rsplit_once("Patient/") {
+        Some((before, id)) => (before.is_empty() || before.ends_with('/')) && id == patient,
+        None => false,
+    }
+}
+
+/// Every `reference` string in `value`, at any depth (Reference, arrays, `participant.actor`).
+fn collect_references<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("reference") {
+                out.push(r);
+            }
+            for (k, v) in map {
+                if k != "reference" {
+                    collect_references(v, out);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_references(v, out)),
+        _ => {}
+    }
+}
+
+/// Is `resource` in the patient's compartment? Patient by id; other types when an element
+/// named like one of its compartment parameters (or `subject`/`patient`) references the
+/// patient. An approximation of the CompartmentDefinition's search expressions that errs on
+/// refusing: a resource it cannot place is not the patient's.
+pub fn belongs_to_patient(resource: &Value, patient: &str) -> bool {
+    let Some(t) = resource.get("resourceType").and_then(Value::as_str) else { return false };
+    if t == "Patient" {
+        return resource.get("id").and_then(Value::as_str) == Some(patient);
+    }
+    let Some(params) = fhir::patient_compartment_params(t) else { return true };
+    params.iter().chain(["subject", "patient"].iter()).any(|element| {
+        let mut refs = Vec::new();
+        if let Some(v) = resource.get(*element) {
+            collect_references(v, &mut refs);
+        }
+        refs.iter().any(|r| references_patient(r, patient))
+    })
+}
+
+/// Does `resource` meet a granular constraint `name=value` (`system|code`, `|code` or `code`)
+/// on a coded element of that name?
+fn meets_constraint(resource: &Value, name: &str, value: &str) -> bool {
+    let (system, code) = match value.split_once('|') {
+        Some((s, c)) => (Some(s), c),
+        None => (None, value),
+    };
+    let concepts: Vec<&Value> = match resource.get(name) {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(v) => vec![v],
+        None => return false,
+    };
+    concepts.iter().any(|c| {
+        let codings: Vec<&Value> = match c.get("coding") {
+            Some(Value::Array(items)) => items.iter().collect(),
+            _ => vec![*c],
+        };
+        codings.iter().any(|coding| {
+            coding.get("code").and_then(Value::as_str) == Some(code)
+                && system.is_none_or(|s| s.is_empty() || coding.get("system").and_then(Value::as_str) == Some(s))
+        })
+    })
+}
+
+impl AuthzPolicy {
+    /// Finishes a `Pending { needs: ResponseBody }` decision on the upstream's response.
+    pub fn decide_response(&self, r: &RoutedRequest, grant: &Grant, response: &Value) -> AuthzDecision {
+        let types: Vec<&str> = r.resource_type.into_iter().collect();
+        let Some(needed) = required_permissions(r.interaction) else { return AuthzDecision::Deny(deny::insufficient_scope()) };
+        let scopes: Vec<&ResourceScope> = grant.scopes.iter().filter(|s| s.permissions.contains(needed) && types.iter().all(|t| s.covers_type(t))).collect();
+        let allowed = scopes.iter().any(|s| {
+            let patient_ok = s.context != Context::Patient || grant.patient.as_deref().is_some_and(|p| belongs_to_patient(response, p));
+            patient_ok && s.params.iter().all(|(n, v)| v.split(',').any(|v| meets_constraint(response, n, v)))
+        });
+        if allowed {
+            AuthzDecision::Allow { reason: "scope", query: None }
+        } else if scopes.iter().any(|s| s.context == Context::Patient && s.params.is_empty()) {
+            AuthzDecision::Deny(deny::not_patients())
+        } else {
+            AuthzDecision::Deny(deny::insufficient_scope())
+        }
+    }
+
+    /// Finishes a `Pending { needs: RequestBody }` decision: a created or updated resource must
+    /// be the patient's; a batch or transaction is decided entry by entry with `route`, which
+    /// turns an entry's method and url into a routed request.
+    pub fn decide_body(
+        &self,
+        r: &RoutedRequest,
+        grant: &Grant,
+        body: &Value,
+        route: &EntryRouter,
+    ) -> AuthzDecision {
+        match r.interaction {
+            Interaction::Batch | Interaction::Transaction => {
+                let entries = body.get("entry").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                for entry in entries {
+                    let request = entry.get("request");
+                    let method = request.and_then(|q| q.get("method")).and_then(Value::as_str).unwrap_or("");
+                    let url = request.and_then(|q| q.get("url")).and_then(Value::as_str).unwrap_or("");
+                    let resource = entry.get("resource");
+                    let (routed, raw_query) = match route(method, url, resource) {
+                        Ok(x) => x,
+                        Err(rejection) => return AuthzDecision::Deny(rejection),
+                    };
+                    let decision = match self.decide(&routed, &raw_query, Some(grant)) {
+                        AuthzDecision::Pending { needs: Needs::RequestBody } => match resource {
+                            Some(res) => self.decide_body(&routed, grant, res, route),
+                            None => AuthzDecision::Deny(deny::not_confinable()),
+                        },
+                        // An entry cannot be narrowed or checked on its response here.
+                        AuthzDecision::Allow { query: Some(_), .. } | AuthzDecision::Pending { .. } => AuthzDecision::Deny(deny::not_confinable()),
+                        other => other,
+                    };
+                    if let AuthzDecision::Deny(_) = decision {
+                        return decision;
+                    }
+                }
+                AuthzDecision::Allow { reason: "scope", query: None }
+            }
+            _ => {
+                let Some(needed) = required_permissions(r.interaction) else { return AuthzDecision::Deny(deny::insufficient_scope()) };
+                let ok = grant.scopes.iter().any(|s| {
+                    s.permissions.contains(needed)
+                        && r.resource_type.is_some_and(|t| s.covers_type(t))
+                        && (s.context != Context::Patient || grant.patient.as_deref().is_some_and(|p| belongs_to_patient(body, p)))
+                        && s.params.iter().all(|(n, v)| v.split(',').any(|v| meets_constraint(body, n, v)))
+                });
+                if ok {
+                    AuthzDecision::Allow { reason: "scope", query: None }
+                } else {
+                    AuthzDecision::Deny(deny::not_patients())
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "authz_tests.rs"]
+mod tests;

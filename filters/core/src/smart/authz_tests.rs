@@ -1,0 +1,285 @@
+//! Table-driven authorization cases, each run through `check()` exactly as the CLI runs them.
+
+use super::super::check::check;
+use super::*;
+use crate::routing::RoutingPolicy;
+use serde_json::json;
+
+fn run(input: Value) -> Value {
+    let routing = RoutingPolicy::from_json(b"").unwrap();
+    check(&routing, &AuthzPolicy::default(), &input)
+}
+
+/// (method, path, query, scopes, patient, expected decision, status, reason, narrowed query or "")
+type Row = (&'static str, &'static str, &'static str, &'static str, Option<&'static str>, &'static str, u16, &'static str, &'static str);
+
+const P: Option<&str> = Some("123");
+
+const ROWS: &[Row] = &[
+    // public interactions need no scope
+    ("GET", "/metadata", "", "", None, "allow", 200, "public", ""),
+    ("GET", "/.well-known/smart-configuration", "", "", None, "allow", 200, "public", ""),
+    // permission letters per interaction
+    ("GET", "/Observation/1", "", "user/Observation.r", None, "allow", 200, "scope", ""),
+    ("GET", "/Observation/1", "", "user/Observation.s", None, "deny", 403, "insufficient-scope", ""),
+    ("GET", "/Observation", "", "user/Observation.s", None, "allow", 200, "scope", ""),
+    ("GET", "/Observation", "", "user/Observation.r", None, "deny", 403, "insufficient-scope", ""),
+    ("GET", "/Observation/1/_history/2", "", "user/Observation.r", None, "allow", 200, "scope", ""),
+    ("GET", "/Observation/1/_history", "", "user/Observation.r", None, "allow", 200, "scope", ""),
+    ("GET", "/Observation/_history", "", "user/Observation.r", None, "deny", 403, "insufficient-scope", ""),
+    ("GET", "/Observation/_history", "", "user/Observation.s", None, "allow", 200, "scope", ""),
+    ("DELETE", "/Observation/1", "", "user/Observation.cru", None, "deny", 403, "insufficient-scope", ""),
+    ("DELETE", "/Observation/1", "", "user/Observation.d", None, "allow", 200, "scope", ""),
+    ("DELETE", "/Observation", "code=x", "user/Observation.d", None, "deny", 403, "insufficient-scope", ""),
+    ("DELETE", "/Observation", "code=x", "user/Observation.ds", None, "allow", 200, "scope", ""),
+    ("GET", "/Observation/1", "", "user/Observation.read", None, "allow", 200, "scope", ""),
+    ("GET", "/Observation/1", "", "user/Observation.write", None, "deny", 403, "insufficient-scope", ""),
+    ("DELETE", "/Observation/1", "", "user/Observation.write", None, "allow", 200, "scope", ""),
+    ("GET", "/Observation/1", "", "user/*.read", None, "allow", 200, "scope", ""),
+    ("GET", "/Observation/1", "", "user/Condition.read", None, "deny", 403, "insufficient-scope", ""),
+    ("GET", "/Observation/1", "", "system/*.*", None, "allow", 200, "scope", ""),
+    // malformed and non-resource scopes grant nothing
+    ("GET", "/Observation/1", "", "openid fhirUser launch/patient offline_access", None, "deny", 403, "insufficient-scope", ""),
+    ("GET", "/Observation/1", "", "user/Observation.sr", None, "deny", 403, "insufficient-scope", ""),
+    ("GET", "/Observation/1", "", "user/Observatio.rs", None, "deny", 403, "insufficient-scope", ""),
+    ("GET", "/Observation/1", "", "User/Observation.rs", None, "deny", 403, "insufficient-scope", ""),
+    ("GET", "/Observation/1", "", "", None, "deny", 403, "insufficient-scope", ""),
+    // union semantics
+    ("GET", "/Observation", "", "patient/Condition.rs user/Observation.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Observation", "", "user/Condition.rs user/Observation.c", None, "deny", 403, "insufficient-scope", ""),
+    // patient/ scopes need a launch patient
+    ("GET", "/Observation", "patient=123", "patient/Observation.rs", None, "deny", 403, "patient-context-missing", ""),
+    ("GET", "/Patient/123", "", "patient/Patient.r", None, "deny", 403, "patient-context-missing", ""),
+    // Patient instance access is the patient's own only
+    ("GET", "/Patient/123", "", "patient/Patient.r", P, "allow", 200, "scope", ""),
+    ("GET", "/Patient/456", "", "patient/Patient.r", P, "deny", 403, "patient-mismatch", ""),
+    ("DELETE", "/Patient/456", "", "patient/Patient.d", P, "deny", 403, "patient-mismatch", ""),
+    ("GET", "/Patient/123/_history/1", "", "patient/Patient.read", P, "allow", 200, "scope", ""),
+    ("GET", "/Patient", "", "patient/Patient.rs", P, "allow", 200, "narrowed", "_id=123"),
+    ("GET", "/Patient", "name=smith", "patient/Patient.rs", P, "allow", 200, "narrowed", "name=smith&_id=123"),
+    ("GET", "/Patient", "_id=123", "patient/Patient.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Patient", "_id=456", "patient/Patient.rs", P, "deny", 403, "patient-mismatch", ""),
+    ("GET", "/Patient", "_id=123,456", "patient/Patient.rs", P, "deny", 403, "patient-mismatch", ""),
+    ("GET", "/Patient/_history", "", "patient/Patient.rs", P, "deny", 403, "not-confinable", ""),
+    // searches of compartment types are confined, narrowed or refused
+    ("GET", "/Observation", "", "patient/Observation.rs", P, "allow", 200, "narrowed", "patient=Patient/123"),
+    ("GET", "/Observation", "code=x", "patient/Observation.rs", P, "allow", 200, "narrowed", "code=x&patient=Patient/123"),
+    ("GET", "/Condition", "", "patient/Condition.rs", P, "allow", 200, "narrowed", "patient=Patient/123"),
+    ("GET", "/Observation", "patient=123", "patient/Observation.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Observation", "subject=Patient/123", "patient/Observation.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Observation", "subject:Patient=123", "patient/Observation.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Observation", "patient=456", "patient/Observation.rs", P, "deny", 403, "patient-mismatch", ""),
+    ("GET", "/Observation", "patient=123,456", "patient/Observation.rs", P, "deny", 403, "patient-mismatch", ""),
+    ("GET", "/Observation", "patient=123&subject=Patient/456", "patient/Observation.rs", P, "deny", 403, "patient-mismatch", ""),
+    ("GET", "/Observation", "subject=Group/1", "patient/Observation.rs", P, "deny", 403, "patient-mismatch", ""),
+    ("GET", "/Observation", "performer=Patient/456", "patient/Observation.rs", P, "deny", 403, "patient-mismatch", ""),
+    ("GET", "/Observation", "performer=Patient/123", "patient/Observation.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Medication", "patient=456", "patient/Medication.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Coverage", "", "patient/Coverage.rs", P, "allow", 200, "narrowed", "patient=Patient/123"),
+    ("GET", "/Person", "", "patient/Person.rs", P, "allow", 200, "narrowed", "patient=Patient/123"),
+    ("GET", "/Appointment", "actor=Patient/123", "patient/Appointment.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Patient/123/Observation", "", "patient/Observation.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Patient/456/Observation", "", "patient/Observation.rs", P, "deny", 403, "patient-mismatch", ""),
+    ("GET", "/Patient/123/Observation", "patient=456", "patient/Observation.rs", P, "deny", 403, "patient-mismatch", ""),
+    ("GET", "/Patient/123/*", "", "patient/*.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Patient/123/*", "", "patient/Observation.rs", P, "deny", 403, "insufficient-scope", ""),
+    ("GET", "/Encounter/e1/Observation", "", "patient/Observation.rs", P, "allow", 200, "narrowed", "patient=Patient/123"),
+    ("GET", "/Observation", "", "user/Observation.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Observation/_history", "", "patient/Observation.rs", P, "deny", 403, "not-confinable", ""),
+    ("GET", "", "_type=Observation", "patient/*.rs", P, "deny", 403, "not-confinable", ""),
+    ("GET", "/_history", "", "patient/*.rs", P, "deny", 403, "not-confinable", ""),
+    // types outside the Patient compartment are not patient data
+    ("GET", "/Medication/m1", "", "patient/Medication.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Practitioner", "name=x", "patient/Practitioner.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Organization/o1", "", "patient/*.rs", P, "allow", 200, "scope", ""),
+    // instance access to other compartment types waits for a body
+    ("GET", "/Observation/1", "", "patient/Observation.rs", P, "pending", 200, "pending", ""),
+    ("POST", "/Observation", "", "patient/Observation.c", P, "pending", 200, "pending", ""),
+    ("DELETE", "/Observation/1", "", "patient/Observation.d", P, "deny", 403, "not-confinable", ""),
+    // system-wide search
+    ("GET", "", "_type=Observation,Condition", "user/Observation.rs user/Condition.rs", None, "allow", 200, "scope", ""),
+    ("GET", "", "_type=Observation,Condition", "user/Observation.rs", None, "deny", 403, "insufficient-scope", ""),
+    ("GET", "", "", "user/*.rs", None, "allow", 200, "scope", ""),
+    ("GET", "", "", "user/Observation.rs", None, "deny", 403, "insufficient-scope", ""),
+    // query shapes that reach other types
+    ("GET", "/Observation", "_include=Observation:patient", "user/Observation.rs", None, "deny", 403, "query-shape-not-permitted", ""),
+    ("GET", "/Observation", "_include=Observation:patient", "user/*.rs", None, "allow", 200, "scope", ""),
+    ("GET", "/Patient", "_revinclude=Observation:subject", "user/Patient.rs", None, "deny", 403, "query-shape-not-permitted", ""),
+    ("GET", "/Patient", "_has:Observation:patient:code=1234", "user/Patient.rs", None, "deny", 403, "query-shape-not-permitted", ""),
+    ("GET", "/Observation", "subject.name=smith", "user/Observation.rs", None, "deny", 403, "query-shape-not-permitted", ""),
+    ("GET", "/Observation", "subject:Patient.name=smith", "user/*.rs", None, "allow", 200, "scope", ""),
+    ("GET", "/Observation", "patient=123&_include=Observation:patient", "patient/*.rs", P, "deny", 403, "query-shape-not-permitted", ""),
+    ("GET", "/Observation", "_contained=true", "user/Observation.rs", None, "deny", 403, "query-shape-not-permitted", ""),
+    ("GET", "/Observation", "_include:iterate=Observation:patient", "system/*.rs", None, "allow", 200, "scope", ""),
+    // granular scopes
+    ("GET", "/Observation", "", "user/Observation.rs?category=laboratory", None, "allow", 200, "narrowed", "category=laboratory"),
+    ("GET", "/Observation", "category=laboratory", "user/Observation.rs?category=laboratory", None, "allow", 200, "scope", ""),
+    ("GET", "/Observation", "category=vital-signs", "user/Observation.rs?category=laboratory", None, "deny", 403, "granular-not-narrowable", ""),
+    ("GET", "/Observation", "", "user/Observation.rs?category=laboratory user/Observation.rs?category=vital-signs", None, "allow", 200, "narrowed", "category=laboratory,vital-signs"),
+    ("GET", "/Observation", "", "user/Observation.rs?category=laboratory user/Observation.rs?code=1", None, "deny", 403, "granular-not-narrowable", ""),
+    ("GET", "/Observation", "", "patient/Observation.rs?category=laboratory", P, "allow", 200, "narrowed", "category=laboratory&patient=Patient/123"),
+    ("GET", "/Observation", "", "patient/Observation.rs?category=laboratory", None, "deny", 403, "patient-context-missing", ""),
+    ("GET", "/Observation/1", "", "user/Observation.rs?category=laboratory", None, "pending", 200, "pending", ""),
+    ("GET", "/Observation", "", "user/Observation.rs?category=laboratory user/Observation.rs", None, "allow", 200, "scope", ""),
+    ("DELETE", "/Observation/1", "", "user/Observation.d?category=laboratory", None, "deny", 403, "granular-not-narrowable", ""),
+    // bulk export
+    ("GET", "/$export", "", "system/*.rs", None, "allow", 200, "scope", ""),
+    ("GET", "/$export", "", "system/*.read", None, "allow", 200, "scope", ""),
+    ("GET", "/$export", "_type=Patient,Observation", "system/Patient.rs system/Observation.rs", None, "allow", 200, "scope", ""),
+    ("GET", "/$export", "_type=Patient,Observation", "system/Patient.rs", None, "deny", 403, "bulk-requires-system-scope", ""),
+    ("GET", "/$export", "", "system/Patient.rs", None, "deny", 403, "bulk-requires-system-scope", ""),
+    ("GET", "/$export", "", "user/*.rs", None, "deny", 403, "bulk-requires-system-scope", ""),
+    ("GET", "/$export", "", "patient/*.rs", P, "deny", 403, "bulk-requires-system-scope", ""),
+    ("GET", "/$export", "", "system/*.r", None, "deny", 403, "bulk-requires-system-scope", ""),
+    ("GET", "/$export", "_type=Observation", "system/Observation.rs?category=laboratory", None, "deny", 403, "bulk-requires-system-scope", ""),
+    ("GET", "/Patient/$export", "", "system/*.rs", None, "allow", 200, "scope", ""),
+    ("GET", "/Group/g1/$export", "_type=Condition", "system/Condition.rs", None, "allow", 200, "scope", ""),
+    ("GET", "/Observation/$export", "", "system/*.rs", None, "deny", 403, "operation-not-permitted", ""),
+    ("GET", "/Patient/1/$export", "", "system/*.rs", None, "deny", 403, "operation-not-permitted", ""),
+    // other operations
+    ("GET", "/Patient/123/$everything", "", "patient/*.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Patient/456/$everything", "", "patient/*.rs", P, "deny", 403, "patient-mismatch", ""),
+    ("GET", "/Patient/456/$everything", "", "user/*.rs", P, "allow", 200, "scope", ""),
+    ("GET", "/Patient/123/$everything", "", "patient/Patient.rs", P, "deny", 403, "insufficient-scope", ""),
+    ("GET", "/Observation/$lastn", "patient=123", "patient/Observation.s", P, "allow", 200, "scope", ""),
+    ("GET", "/Observation/$lastn", "patient=456", "patient/Observation.s", P, "deny", 403, "patient-mismatch", ""),
+    ("POST", "/Patient/$purge", "", "system/*.*", None, "deny", 403, "operation-not-permitted", ""),
+    // routing refusals come first
+    ("GET", "/Foo/1", "", "system/*.*", None, "deny", 404, "unknown-resource-type", ""),
+];
+
+#[test]
+fn every_row_of_the_authorization_table() {
+    for (method, path, query, scopes, patient, decision, status, reason, narrowed) in ROWS {
+        let mut input = json!({"method": method, "path": path, "query": query, "scopes": scopes});
+        if let Some(p) = patient {
+            input["patient"] = json!(p);
+        }
+        let out = run(input);
+        let ctx = format!("{method} {path}?{query} [{scopes}] {patient:?} -> {out}");
+        assert_eq!(out["decision"], *decision, "{ctx}");
+        assert_eq!(out["status"], *status, "{ctx}");
+        assert_eq!(out["reason"], *reason, "{ctx}");
+        if narrowed.is_empty() {
+            assert!(out.get("query").is_none(), "{ctx}");
+        } else {
+            assert_eq!(out["query"], *narrowed, "{ctx}");
+        }
+    }
+}
+
+#[test]
+fn no_token_is_401_with_www_authenticate_except_public_interactions() {
+    for path in ["/Observation/1", "/Patient", "/$export", "/Patient/1/$everything"] {
+        let out = run(json!({"method": "GET", "path": path, "scopes": "system/*.*", "token": false}));
+        assert_eq!((out["decision"].clone(), out["status"].clone(), out["reason"].clone()), (json!("deny"), json!(401), json!("missing-token")), "{path}");
+    }
+    let out = run(json!({"method": "GET", "path": "/metadata", "token": false}));
+    assert_eq!(out["decision"], "allow");
+    assert_eq!(deny::missing_token().headers, vec![("www-authenticate", r#"Bearer realm="fhir""#.to_string())]);
+}
+
+#[test]
+fn every_interaction_needs_its_permission_letter_for_every_type() {
+    let cases = [("GET", "/{t}/x1", "r"), ("GET", "/{t}", "s"), ("DELETE", "/{t}/x1", "d"), ("GET", "/{t}/x1/_history", "r")];
+    for t in crate::fhir::R4_RESOURCE_TYPES {
+        for (method, path, letter) in cases {
+            let path = path.replace("{t}", t);
+            let allowed = run(json!({"method": method, "path": path, "scopes": format!("user/{t}.{letter}")}));
+            assert_eq!(allowed["decision"], "allow", "{method} {path}: {allowed}");
+            let others: String = "cruds".chars().filter(|c| c.to_string() != letter).collect();
+            let denied = run(json!({"method": method, "path": path, "scopes": format!("user/{t}.{others}")}));
+            assert_eq!(denied["reason"], "insufficient-scope", "{method} {path}");
+        }
+    }
+}
+
+mod bodies_and_responses {
+    use super::*;
+
+    fn obs(subject: &str) -> Value {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": subject},
+               "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}]})
+    }
+
+    #[test]
+    fn reads_under_patient_scopes_are_decided_on_the_response() {
+        let cases = [
+            (obs("Patient/123"), "allow"),
+            (obs("https://ehr.example/fhir/Patient/123"), "allow"),
+            (obs("Patient/123/_history/3"), "allow"),
+            (obs("Patient/456"), "deny"),
+            (obs("Group/1"), "deny"),
+            (obs("Patient/1234"), "deny"),
+            (json!({"resourceType": "Observation", "status": "final"}), "deny"),
+        ];
+        for (response, decision) in cases {
+            let out = run(json!({"method": "GET", "path": "/Observation/1", "scopes": "patient/Observation.rs", "patient": "123", "response": response}));
+            assert_eq!(out["decision"], decision, "{response} -> {out}");
+            if decision == "deny" {
+                assert_eq!(out["reason"], "not-in-patient-compartment");
+            }
+        }
+    }
+
+    #[test]
+    fn creates_under_patient_scopes_are_decided_on_the_request_body() {
+        let ok = run(json!({"method": "POST", "path": "/Observation", "scopes": "patient/Observation.c", "patient": "123", "body": obs("Patient/123")}));
+        assert_eq!(ok["decision"], "allow", "{ok}");
+        let other = run(json!({"method": "POST", "path": "/Observation", "scopes": "patient/Observation.c", "patient": "123", "body": obs("Patient/456")}));
+        assert_eq!((other["status"].clone(), other["reason"].clone()), (json!(403), json!("not-in-patient-compartment")));
+        let allergy = json!({"resourceType": "AllergyIntolerance", "patient": {"reference": "Patient/123"}});
+        let out = run(json!({"method": "POST", "path": "/AllergyIntolerance", "scopes": "patient/AllergyIntolerance.c", "patient": "123", "body": allergy}));
+        assert_eq!(out["decision"], "allow", "{out}");
+        let enc = json!({"resourceType": "Encounter", "id": "e1", "subject": {"reference": "Patient/123"}});
+        let out = run(json!({"method": "PUT", "path": "/Encounter/e1", "scopes": "patient/Encounter.u", "patient": "123", "body": enc}));
+        assert_eq!(out["decision"], "allow", "{out}");
+    }
+
+    #[test]
+    fn granular_reads_are_decided_on_the_response() {
+        let scopes = "user/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory";
+        let lab = run(json!({"method": "GET", "path": "/Observation/1", "scopes": scopes, "response": obs("Patient/1")}));
+        assert_eq!(lab["decision"], "allow", "{lab}");
+        let mut vital = obs("Patient/1");
+        vital["category"][0]["coding"][0]["code"] = json!("vital-signs");
+        let out = run(json!({"method": "GET", "path": "/Observation/1", "scopes": scopes, "response": vital}));
+        assert_eq!(out["reason"], "insufficient-scope", "{out}");
+    }
+
+    #[test]
+    fn bundles_are_authorized_entry_by_entry() {
+        let bundle = |entries: Value| json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        let create = |subject: &str| json!({"resource": obs(subject), "request": {"method": "POST", "url": "Observation"}});
+        let read = |url: &str| json!({"request": {"method": "GET", "url": url}});
+        let cases = [
+            (bundle(json!([create("Patient/123"), read("Patient/123")])), "patient/Observation.c patient/Patient.r", "allow", ""),
+            (bundle(json!([create("Patient/123"), create("Patient/456")])), "patient/Observation.c", "deny", "not-in-patient-compartment"),
+            (bundle(json!([read("Patient/456")])), "patient/Patient.r", "deny", "patient-mismatch"),
+            (bundle(json!([read("Observation?patient=123")])), "patient/Observation.rs", "allow", ""),
+            (bundle(json!([read("Observation")])), "patient/Observation.rs", "deny", "not-confinable"),
+            (bundle(json!([read("Observation/1")])), "patient/Observation.rs", "deny", "not-confinable"),
+            (bundle(json!([read("Foo/1")])), "user/*.*", "deny", "unknown-resource-type"),
+            (bundle(json!([create("Patient/1"), {"request": {"method": "DELETE", "url": "Observation/9"}}])), "user/Observation.c", "deny", "insufficient-scope"),
+            (bundle(json!([create("Patient/1"), {"request": {"method": "DELETE", "url": "Observation/9"}}])), "user/Observation.cd", "allow", ""),
+            (bundle(json!([])), "user/*.*", "allow", ""),
+        ];
+        for (body, scopes, decision, reason) in cases {
+            let out = run(json!({"method": "POST", "path": "", "scopes": scopes, "patient": "123", "body": body}));
+            assert_eq!(out["decision"], decision, "{scopes}: {out}");
+            if !reason.is_empty() {
+                assert_eq!(out["reason"], reason, "{scopes}: {out}");
+            }
+        }
+    }
+
+    #[test]
+    fn pending_without_the_body_says_what_it_needs() {
+        let out = run(json!({"method": "GET", "path": "/Observation/1", "scopes": "patient/Observation.rs", "patient": "123"}));
+        assert_eq!(out, json!({"decision": "pending", "status": 200, "reason": "pending", "needs": "response-body"}));
+        let out = run(json!({"method": "POST", "path": "", "scopes": "user/*.*"}));
+        assert_eq!(out["needs"], "request-body", "a batch or transaction is decided on its entries: {out}");
+        let out = run(json!({"method": "POST", "path": "", "scopes": "user/*.*", "body": {"resourceType": "Patient"}}));
+        assert_eq!((out["status"].clone(), out["reason"].clone()), (json!(400), json!("resource-type-mismatch")), "{out}");
+    }
+}
