@@ -4,3 +4,4 @@ pub mod authz;
 pub mod check;
 pub mod config;
 pub mod scope;
+pub mod token;
