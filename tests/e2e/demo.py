@@ -18,40 +18,49 @@ import urllib.request
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from stack import BASE, ROOT, Stack  # noqa: E402
 
-# (what it shows, method, path, content type, body, expected status)
+# (what it shows, token, method, path, content type, body, expected status); token is the
+# name of a shell variable the demo prints, or None.
 EXAMPLES = [
-    ("capabilities of the FHIR server behind the gateway", "GET", f"{BASE}/metadata", None, None, 200),
-    ("read an example patient", "GET", f"{BASE}/Patient/example", None, None, 200),
-    ("search that patient's observations", "GET", f"{BASE}/Observation?patient=example&_count=2", None, None, 200),
-    ("compartment search", "GET", f"{BASE}/Patient/example/Condition", None, None, 200),
-    ("create a patient", "POST", f"{BASE}/Patient", "application/fhir+json",
+    ("capabilities, no token needed", None, "GET", f"{BASE}/metadata", None, None, 200),
+    ("no token: 401 with WWW-Authenticate", None, "GET", f"{BASE}/Patient/example", None, None, 401),
+    ("a patient app reads its own patient", "PATIENT_TOKEN", "GET", f"{BASE}/Patient/example", None, None, 200),
+    ("...searches observations: narrowed to its patient", "PATIENT_TOKEN", "GET", f"{BASE}/Observation?_count=2", None, None, 200),
+    ("...reads another patient: 403", "PATIENT_TOKEN", "GET", f"{BASE}/Patient/pat1", None, None, 403),
+    ("...reads an observation by id: checked on the response", "PATIENT_TOKEN", "GET", f"{BASE}/Observation/example", None, None, 200),
+    ("a system client creates a patient", "SYSTEM_TOKEN", "POST", f"{BASE}/Patient", "application/fhir+json",
      '{"resourceType":"Patient","name":[{"family":"Demo"}]}', 201),
-    ("a CDS Hooks service, routed to its own cluster", "POST", "/cds-services/patient-greeter", "application/json",
+    ("a CDS Hooks service, routed to its own cluster", None, "POST", "/cds-services/patient-greeter", "application/json",
      '{"hook":"patient-view","context":{}}', 200),
-    ("unknown resource type: 404 OperationOutcome", "GET", f"{BASE}/Foo/1", None, None, 404),
-    ("invalid id: 400 OperationOutcome", "GET", f"{BASE}/Patient/not_valid", None, None, 400),
-    ("method the path does not allow: 405 with Allow", "POST", f"{BASE}/Patient/example", None, None, 405),
-    ("body that disagrees with the path: 400", "POST", f"{BASE}/Patient", "application/fhir+json",
+    ("unknown resource type: 404 OperationOutcome", "SYSTEM_TOKEN", "GET", f"{BASE}/Foo/1", None, None, 404),
+    ("invalid id: 400 OperationOutcome", "SYSTEM_TOKEN", "GET", f"{BASE}/Patient/not_valid", None, None, 400),
+    ("method the path does not allow: 405 with Allow", "SYSTEM_TOKEN", "POST", f"{BASE}/Patient/example", None, None, 405),
+    ("body that disagrees with the path: 400", "SYSTEM_TOKEN", "POST", f"{BASE}/Patient", "application/fhir+json",
      '{"resourceType":"Observation"}', 400),
 ]
 
 
-def curl(port, method, path, content_type, body):
+def curl(port, token, method, path, content_type, body):
     parts = ["curl", "-s", "-i"]
     if method != "GET":
         parts += ["-X", method]
+    if token:
+        parts += ["-H", f"authorization: Bearer ${token}"]
     if content_type:
         parts += ["-H", f"content-type: {content_type}"]
     if body:
         parts += ["-d", body]
     parts.append(f"http://127.0.0.1:{port}{path}")
-    return " ".join(shlex.quote(p) for p in parts)
+    # The token variable must expand in the shell: quote everything but it.
+    return " ".join(shlex.quote(p).replace("'authorization: Bearer $", '"authorization: Bearer $').replace("_TOKEN'", '_TOKEN"')
+                    if p.startswith("authorization:") else shlex.quote(p) for p in parts)
 
 
-def call(port, method, path, content_type, body):
+def call(port, token, method, path, content_type, body):
+    headers = {"content-type": content_type} if content_type else {}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 data=body.encode() if body else None,
-                                 headers={"content-type": content_type} if content_type else {})
+                                 data=body.encode() if body else None, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, resp.read()
@@ -71,12 +80,20 @@ def main():
         print(f"\nfhirgate is serving FHIR R4 at http://127.0.0.1:{args.port}{BASE}"
               f"  ({len(stack.loaded)} example resources loaded)")
         print(f"Envoy admin: http://127.0.0.1:{stack.admin_port}/stats?filter=wasm   access log: {log_dir / 'access.log'}\n")
+        tokens = {
+            "PATIENT_TOKEN": stack.token("launch/patient patient/*.rs", patient="example", sub="demo-patient-app"),
+            "SYSTEM_TOKEN": stack.token("system/*.cruds", sub="demo-system-client"),
+        }
+        print("# tokens from the demo's OAuth issuer (valid 5 minutes; the patient app's launch patient is `example`):")
+        for name, value in tokens.items():
+            print(f"export {name}={value}")
+        print()
         failures = 0
-        for what, method, path, ct, body, expected in EXAMPLES:
+        for what, token, method, path, ct, body, expected in EXAMPLES:
             print(f"# {what} (expect {expected})")
-            print(curl(args.port, method, path, ct, body))
+            print(curl(args.port, token, method, path, ct, body))
             if args.smoke:
-                status, payload = call(args.port, method, path, ct, body)
+                status, payload = call(args.port, tokens.get(token), method, path, ct, body)
                 ok = status == expected
                 failures += not ok
                 print(f"  -> {status} {'ok' if ok else 'UNEXPECTED: ' + payload[:200].decode(errors='replace')}")

@@ -23,7 +23,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv"
 WASM_DIR = ROOT / "build" / "wasm"
-EXAMPLES = ROOT / ".tools" / "node_modules" / "hl7.fhir.r4.examples"
+NODE_MODULES = ROOT / ".tools" / "node_modules"
+EXAMPLES = NODE_MODULES / "hl7.fhir.r4.examples"
+ISSUER_SCRIPT = ROOT / "tests" / "e2e" / "issuer.mjs"
 ENVOY_TEMPLATE = ROOT / "envoy" / "fhirgate.yaml"
 RENDER = ROOT / "envoy" / "render.py"
 
@@ -221,10 +223,13 @@ def http_get(port: int, path: str, timeout: float = 5):
         conn.close()
 
 
-def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY_TEMPLATE) -> pathlib.Path:
+def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY_TEMPLATE,
+                 issuers: pathlib.Path | None = None) -> pathlib.Path:
     args = [sys.executable, str(RENDER), str(template), str(out)]
     for k, v in values.items():
         args += ["--set", f"{k}={v}"]
+    if issuers is not None:
+        args += ["--issuers", str(issuers)]
     subprocess.run(args, check=True)
     return out
 
@@ -252,6 +257,11 @@ class Stack:
         self.admin_port = free_port()
         self.fhir_port = free_port()
         self.demo = demo
+        self.issuer_port = free_port()
+        self.control_port = free_port()
+        self.issuer = f"http://localhost:{self.issuer_port}"
+        self.audience = f"http://127.0.0.1:{self.listen_port}{BASE}"
+        self.default_token = ""
         self.recorders: dict[str, Recorder] = {}
         self.processes: list[Process] = []
         self.loaded: list[tuple[str, str]] = []
@@ -267,7 +277,9 @@ class Stack:
             for cluster in FHIR_CLUSTERS:
                 self.recorders[cluster] = Recorder(cluster, forward_port=self.fhir_port).start()
             self.recorders["cds_hooks"] = Recorder("cds_hooks", respond=cds_service).start()
+            self._start_issuer()
             self._start_envoy()
+            self.default_token = self.token("system/*.cruds", sub="e2e-system-client")
         except BaseException:
             self.stop()
             raise
@@ -322,6 +334,43 @@ class Stack:
         finally:
             conn.close()
 
+    def _start_issuer(self):
+        proc = Process("issuer", ["node", str(ISSUER_SCRIPT), str(self.issuer_port), str(self.control_port), str(NODE_MODULES)],
+                       self.log_dir / "issuer.log")
+        self.processes.append(proc)
+        wait_until("the token issuer", lambda: http_get(self.issuer_port, "/jwks")[0] == 200, timeout=30, process=proc)
+        wait_until("the issuer's control port", lambda: self._control("/mint", {}) is not None, timeout=30, process=proc)
+
+    def issuers_file(self) -> pathlib.Path:
+        """The trusted-issuer list rendered into the authz filter's config: the issuer's JWKS
+        as published right now."""
+        jwks = json.loads(http_get(self.issuer_port, "/jwks")[1])
+        path = self.log_dir / "issuers.json"
+        path.write_text(json.dumps([{"issuer": self.issuer, "audiences": [self.audience], "algorithms": ["RS256", "ES256"],
+                                     "jwks": jwks, "requiredClaims": ["sub"]}], indent=2))
+        return path
+
+    def _control(self, path: str, body: dict):
+        conn = http.client.HTTPConnection("127.0.0.1", self.control_port, timeout=10)
+        try:
+            conn.request("POST", path, body=json.dumps(body), headers={"content-type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            return json.loads(data) if resp.status == 200 else None
+        finally:
+            conn.close()
+
+    def token(self, scope: str, patient: str | None = None, alg: str = "RS256", expires_in: int = 300, **claims) -> str:
+        """A token from the real issuer, for this gateway's audience unless `aud` is given."""
+        payload = {"scope": scope, "aud": self.audience, "sub": "e2e-user", **claims}
+        if patient is not None:
+            payload["patient"] = patient
+        payload = {k: v for k, v in payload.items() if v is not None}
+        minted = self._control("/mint", {"alg": alg, "claims": payload, "expiresIn": expires_in})
+        if minted is None:
+            raise RuntimeError("the issuer did not mint a token")
+        return minted["token"]
+
     def envoy_values(self) -> dict:
         values = {
             "ADMIN_PORT": self.admin_port,
@@ -336,10 +385,10 @@ class Stack:
         return values
 
     def _start_envoy(self):
-        for module in ["fhirgate_routing.wasm"]:
+        for module in ["fhirgate_routing.wasm", "fhirgate_authz.wasm"]:
             if not (WASM_DIR / module).exists():
                 raise RuntimeError(f"{WASM_DIR / module} is missing: run `make wasm`")
-        config = render_envoy(self.log_dir / "envoy.yaml", self.envoy_values())
+        config = render_envoy(self.log_dir / "envoy.yaml", self.envoy_values(), issuers=self.issuers_file())
         proc = Process("envoy", [binary("envoy"), "-c", str(config), "--concurrency", "2",
                                  "--disable-hot-restart", "-l", "info"], self.log_dir / "envoy.log")
         self.processes.append(proc)

@@ -182,7 +182,9 @@ fn lint(file: &str, filter: Filter) -> Result<String, String> {
     let bytes = read_input(file)?;
     match filter {
         Filter::Routing => RoutingPolicy::from_json(&bytes).map(|_| format!("{file}: valid routing config")).map_err(|e| format!("{file}: {e}")),
-        Filter::Authz => AuthzPolicy::from_json(&bytes).map(|_| format!("{file}: valid authz config")).map_err(|e| format!("{file}: {e}")),
+        Filter::Authz => fhirgate_core::smart::filter::AuthzFilterPolicy::from_json(&bytes)
+            .map(|_| format!("{file}: valid authz config"))
+            .map_err(|e| format!("{file}: {e}")),
     }
 }
 

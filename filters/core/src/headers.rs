@@ -17,6 +17,13 @@ pub const PATIENT: &str = "x-fhirgate-patient";
 pub const POOL: &str = "x-fhirgate-pool";
 pub const BUNDLE_TYPE: &str = "x-fhirgate-bundle-type";
 
+// Set by the authorization filter, for the filters after it.
+pub const AUTHZ_DECISION: &str = "x-fhirgate-authz-decision";
+pub const SUBJECT: &str = "x-fhirgate-subject";
+pub const CLIENT_ID: &str = "x-fhirgate-client-id";
+pub const TENANT: &str = "x-fhirgate-tenant";
+pub const LAUNCH_PATIENT: &str = "x-fhirgate-launch-patient";
+
 /// Request headers that ask a server to treat a request as another method. fhirgate never
 /// honours them: a request carrying one is refused (lower case, as Envoy keeps header names).
 pub const METHOD_OVERRIDE: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];

@@ -2,6 +2,9 @@
 //! (Token verification settings — issuers, JWKS, introspection — join it with that work.)
 
 use super::authz::{AuthzPolicy, InstanceCheck, OperationRule, PatientSearch};
+use super::filter::AuthzFilterPolicy;
+use super::token::{parse_jwks, Issuer, TokenVerifier, SUPPORTED_ALGORITHMS};
+use crate::routing::RoutingConfig;
 use crate::config::{parse_json, ConfigError};
 use crate::fhir;
 use crate::routing::Interaction;
@@ -10,6 +13,21 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthzConfig {
+    /// The routing filter's configuration: the authorization filter parses requests the same
+    /// way (envoy/render.py inlines envoy/routing.json here).
+    #[serde(default)]
+    pub routing: Option<RoutingConfig>,
+    /// Trusted token issuers.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Token ids (`jti`) refused even when otherwise valid.
+    #[serde(default)]
+    pub revoked_jtis: Vec<String>,
+    /// Verified tokens remembered per worker until they expire.
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_size: usize,
     /// `narrow` adds the patient to a search under patient/ scopes; `refuse` refuses it.
     #[serde(default = "default_patient_search")]
     pub patient_search: String,
@@ -24,6 +42,42 @@ pub struct AuthzConfig {
     /// Bulk Data rules).
     #[serde(default = "default_operations")]
     pub operations: Vec<OperationConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IssuerConfig {
+    /// The `iss` claim, exactly.
+    pub issuer: String,
+    /// Accepted `aud` values; at least one.
+    pub audiences: Vec<String>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// The issuer's JWKS, inline (`{"keys": [...]}`).
+    pub jwks: serde_json::Value,
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_seconds: i64,
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// The claim holding the launch patient.
+    #[serde(default = "default_patient_claim")]
+    pub patient_claim: String,
+}
+
+fn default_max_token_bytes() -> usize {
+    8192
+}
+fn default_token_cache_size() -> usize {
+    10_000
+}
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+fn default_clock_skew() -> i64 {
+    60
+}
+fn default_patient_claim() -> String {
+    "patient".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +106,50 @@ fn default_operations() -> Vec<OperationConfig> {
 }
 
 impl AuthzConfig {
+    /// The whole filter: routing, token verification and policy.
+    pub fn compile_filter(self) -> Result<AuthzFilterPolicy, ConfigError> {
+        let routing = self.routing.clone().map_or_else(|| crate::routing::RoutingConfig::from_json(b""), Ok)?.compile()
+            .map_err(|e| ConfigError::new(format!("routing.{}", e.field), e.message))?;
+        if self.max_token_bytes < 256 || self.max_token_bytes > 64 * 1024 {
+            return Err(ConfigError::new("maxTokenBytes", "must be between 256 and 65536"));
+        }
+        let mut issuers = Vec::with_capacity(self.issuers.len());
+        for (i, c) in self.issuers.iter().enumerate() {
+            let field = format!("issuers[{i}]");
+            if c.issuer.is_empty() {
+                return Err(ConfigError::new(format!("{field}.issuer"), "is empty"));
+            }
+            if c.audiences.is_empty() || c.audiences.iter().any(String::is_empty) {
+                return Err(ConfigError::new(format!("{field}.audiences"), "needs at least one non-empty audience"));
+            }
+            for (j, a) in c.algorithms.iter().enumerate() {
+                if !SUPPORTED_ALGORITHMS.contains(&a.as_str()) {
+                    return Err(ConfigError::new(format!("{field}.algorithms[{j}]"), format!("`{a}` is not one of {}", SUPPORTED_ALGORITHMS.join(", "))));
+                }
+            }
+            if !(0..=600).contains(&c.clock_skew_seconds) {
+                return Err(ConfigError::new(format!("{field}.clockSkewSeconds"), "must be between 0 and 600"));
+            }
+            let keys = parse_jwks(&c.jwks).map_err(|e| ConfigError::new(format!("{field}.jwks"), e))?;
+            if keys.is_empty() {
+                return Err(ConfigError::new(format!("{field}.jwks"), "holds no signing key"));
+            }
+            issuers.push(Issuer {
+                issuer: c.issuer.clone(),
+                audiences: c.audiences.clone(),
+                algorithms: c.algorithms.clone(),
+                keys,
+                clock_skew_seconds: c.clock_skew_seconds,
+                required_claims: c.required_claims.clone(),
+                patient_claim: c.patient_claim.clone(),
+            });
+        }
+        let verifier = TokenVerifier { issuers, max_token_bytes: self.max_token_bytes, revoked_jtis: self.revoked_jtis.clone() };
+        let token_cache_size = self.token_cache_size;
+        let policy = self.compile()?;
+        Ok(AuthzFilterPolicy { routing, verifier, policy, token_cache_size })
+    }
+
     pub fn compile(self) -> Result<AuthzPolicy, ConfigError> {
         let patient_search = match self.patient_search.as_str() {
             "narrow" => PatientSearch::Narrow,

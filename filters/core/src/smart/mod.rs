@@ -1,7 +1,9 @@
 //! SMART on FHIR: scopes and the authorization decision.
 
 pub mod authz;
+pub mod cache;
 pub mod check;
 pub mod config;
+pub mod filter;
 pub mod scope;
 pub mod token;

@@ -1,0 +1,117 @@
+//! The verified-token cache: a token verified once is not verified again until it expires.
+//! Keyed by the SHA-256 of the token (the token itself is never kept), bounded in size,
+//! entries expiring with their token.
+
+use super::token::VerifiedToken;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+
+pub struct TokenCache {
+    capacity: usize,
+    entries: HashMap<[u8; 32], VerifiedToken>,
+    /// Insertion order, for eviction when full.
+    order: VecDeque<[u8; 32]>,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> Self {
+        TokenCache { capacity, entries: HashMap::new(), order: VecDeque::new(), hits: 0, misses: 0 }
+    }
+
+    pub fn key(token: &str) -> [u8; 32] {
+        Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// The cached verification of `token`, if still unexpired at `now`.
+    pub fn get(&mut self, key: &[u8; 32], now: i64) -> Option<VerifiedToken> {
+        match self.entries.get(key) {
+            Some(v) if v.expires_at > now => {
+                self.hits += 1;
+                Some(v.clone())
+            }
+            Some(_) => {
+                self.entries.remove(key);
+                self.misses += 1;
+                None
+            }
+            None => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
+    pub fn put(&mut self, key: [u8; 32], token: VerifiedToken) {
+        if self.capacity == 0 {
+            return;
+        }
+        while self.entries.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.entries.remove(&old);
+                }
+                None => break,
+            }
+        }
+        if self.entries.insert(key, token).is_none() {
+            self.order.push_back(key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(exp: i64) -> VerifiedToken {
+        VerifiedToken {
+            issuer: "i".into(),
+            subject: None,
+            client_id: None,
+            scopes: String::new(),
+            patient: None,
+            fhir_user: None,
+            tenant: None,
+            expires_at: exp,
+        }
+    }
+
+    #[test]
+    fn returns_a_cached_token_until_it_expires() {
+        let mut c = TokenCache::new(4);
+        let k = TokenCache::key("a.b.c");
+        assert_eq!(c.get(&k, 100), None);
+        c.put(k, token(200));
+        assert!(c.get(&k, 199).is_some());
+        assert_eq!(c.get(&k, 200), None, "expired at its exp");
+        assert!(c.is_empty(), "expired entries are dropped");
+        assert_eq!((c.hits, c.misses), (1, 2));
+    }
+
+    #[test]
+    fn stays_within_its_capacity_evicting_the_oldest() {
+        let mut c = TokenCache::new(3);
+        for i in 0..10 {
+            c.put(TokenCache::key(&format!("t{i}")), token(1000));
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c.get(&TokenCache::key("t9"), 0).is_some());
+        assert!(c.get(&TokenCache::key("t0"), 0).is_none());
+    }
+
+    #[test]
+    fn keys_are_hashes_not_tokens() {
+        assert_ne!(TokenCache::key("a"), TokenCache::key("b"));
+        assert_eq!(TokenCache::key("a").len(), 32);
+    }
+}

@@ -1,0 +1,162 @@
+//! The authorization filter's whole decision, step by step as Envoy delivers the request:
+//! head, then (when needed) request body, then (when needed) response body. The Wasm crate
+//! only carries these steps between Envoy and here.
+
+use super::authz::{AuthzDecision, AuthzPolicy, Grant, Needs};
+use super::cache::TokenCache;
+use super::check::route_relative;
+use super::config::AuthzConfig;
+use super::scope::resource_scopes;
+use super::token::{bearer_token, TokenVerifier, VerifiedToken};
+use crate::config::{parse_json, ConfigError};
+use crate::headers;
+use crate::outcome::IssueType;
+use crate::routing::{RequestHead, RoutedRequest, RoutingPolicy};
+use crate::Rejection;
+use serde_json::Value;
+
+/// Everything the authorization filter runs on, compiled once in `on_configure`.
+pub struct AuthzFilterPolicy {
+    pub routing: RoutingPolicy,
+    pub verifier: TokenVerifier,
+    pub policy: AuthzPolicy,
+    pub token_cache_size: usize,
+}
+
+impl AuthzFilterPolicy {
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        parse_json::<AuthzConfig>(bytes)?.compile_filter()
+    }
+}
+
+/// What the filter does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Forward, setting these internal headers, and `:path` when the query was narrowed.
+    Allow { headers: Vec<(&'static str, String)>, path: Option<String> },
+    Deny(Rejection),
+    /// Buffer the request body and call [`AuthzFilterPolicy::on_request_body`].
+    WaitRequestBody,
+    /// Forward (with these headers), hold the response and call
+    /// [`AuthzFilterPolicy::on_response_body`] with it whole.
+    WaitResponseBody { headers: Vec<(&'static str, String)> },
+}
+
+/// The per-request state between steps.
+pub struct Exchange {
+    routed: Option<RoutedRequest>,
+    /// The request's path without its query, and its raw query.
+    path: String,
+    raw_query: String,
+    grant: Option<Grant>,
+    token: Option<VerifiedToken>,
+}
+
+fn identity_headers(token: Option<&VerifiedToken>) -> Vec<(&'static str, String)> {
+    let mut h = vec![(headers::AUTHZ_DECISION, "allow".to_string())];
+    if let Some(t) = token {
+        for (name, value) in [
+            (headers::SUBJECT, &t.subject),
+            (headers::CLIENT_ID, &t.client_id),
+            (headers::TENANT, &t.tenant),
+            (headers::LAUNCH_PATIENT, &t.patient),
+        ] {
+            if let Some(v) = value.as_ref().filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b))) {
+                h.push((name, v.clone()));
+            }
+        }
+    }
+    h
+}
+
+impl AuthzFilterPolicy {
+    /// Decides on the request head. `authorization` is the `Authorization` header value;
+    /// `now` is seconds since the Unix epoch.
+    pub fn on_head(&self, head: &RequestHead, authorization: Option<&str>, now: i64, cache: &mut TokenCache) -> (Step, Exchange) {
+        let mut ex = Exchange { routed: None, path: String::new(), raw_query: String::new(), grant: None, token: None };
+        let routed = match self.routing.route(head) {
+            Ok(r) => r,
+            Err(rejection) => return (Step::Deny(rejection), ex),
+        };
+        let (path, query) = head.path.split_once('?').unwrap_or((head.path, ""));
+        ex.path = path.to_string();
+        ex.raw_query = query.to_string();
+        if !self.policy.public.contains(&routed.interaction) {
+            match self.verify(authorization, now, cache) {
+                Ok(token) => {
+                    ex.grant = Some(Grant { scopes: resource_scopes(&token.scopes), patient: token.patient.clone() });
+                    ex.token = Some(token);
+                }
+                Err(rejection) => return (Step::Deny(rejection), ex),
+            }
+        }
+        // A body that can change the decision (form search parameters, a resource, a
+        // Bundle) is read first.
+        let awaiting = routed.awaiting_body;
+        ex.routed = Some(routed);
+        if awaiting {
+            return (Step::WaitRequestBody, ex);
+        }
+        let step = self.decide(&mut ex, None);
+        (step, ex)
+    }
+
+    fn verify(&self, authorization: Option<&str>, now: i64, cache: &mut TokenCache) -> Result<VerifiedToken, Rejection> {
+        let token = bearer_token(authorization).map_err(|e| e.rejection())?;
+        let key = TokenCache::key(token);
+        if let Some(hit) = cache.get(&key, now) {
+            return Ok(hit);
+        }
+        let verified = self.verifier.verify(token, now).map_err(|e| e.rejection())?;
+        cache.put(key, verified.clone());
+        Ok(verified)
+    }
+
+    pub fn on_request_body(&self, ex: &mut Exchange, body: &[u8]) -> Step {
+        let Some(routed) = ex.routed.as_mut() else { return Step::Deny(Rejection::not_configured("fhirgate.authz")) };
+        if let Err(rejection) = self.routing.route_body(routed, body) {
+            return Step::Deny(rejection);
+        }
+        let json: Option<Value> = serde_json::from_slice(body).ok();
+        self.decide(ex, json.as_ref())
+    }
+
+    fn decide(&self, ex: &mut Exchange, body: Option<&Value>) -> Step {
+        let Some(routed) = ex.routed.as_ref() else { return Step::Deny(Rejection::not_configured("fhirgate.authz")) };
+        let mut decision = self.policy.decide(routed, &ex.raw_query, ex.grant.as_ref());
+        if let (AuthzDecision::Pending { needs: Needs::RequestBody }, Some(grant), Some(body)) = (&decision, ex.grant.as_ref(), body) {
+            let route = |m: &str, u: &str, b: Option<&Value>| route_relative(&self.routing, m, u, b);
+            decision = self.policy.decide_body(routed, grant, body, &route);
+        }
+        let ids = identity_headers(ex.token.as_ref());
+        match decision {
+            AuthzDecision::Allow { query, .. } => {
+                let path = query.map(|q| format!("{}?{q}", ex.path));
+                Step::Allow { headers: ids, path }
+            }
+            AuthzDecision::Deny(r) => Step::Deny(r),
+            AuthzDecision::Pending { needs: Needs::ResponseBody } => Step::WaitResponseBody { headers: ids },
+            AuthzDecision::Pending { needs: Needs::RequestBody } => {
+                Step::Deny(Rejection::new(403, "not-confinable", IssueType::Forbidden, "the request body could not be checked"))
+            }
+        }
+    }
+
+    /// Decides on a held response. Responses other than 200 pass: they carry no resource.
+    pub fn on_response_body(&self, ex: &Exchange, status: u16, body: &[u8]) -> Step {
+        if status != 200 {
+            return Step::Allow { headers: vec![], path: None };
+        }
+        let (Some(routed), Some(grant)) = (ex.routed.as_ref(), ex.grant.as_ref()) else {
+            return Step::Deny(Rejection::not_configured("fhirgate.authz"));
+        };
+        let Ok(json) = serde_json::from_slice::<Value>(body) else {
+            return Step::Deny(Rejection::new(502, "unverifiable-response", IssueType::Exception, "the upstream response could not be checked"));
+        };
+        match self.policy.decide_response(routed, grant, &json) {
+            AuthzDecision::Allow { .. } => Step::Allow { headers: vec![], path: None },
+            AuthzDecision::Deny(r) => Step::Deny(r),
+            AuthzDecision::Pending { .. } => Step::Deny(Rejection::new(502, "unverifiable-response", IssueType::Exception, "the upstream response could not be checked")),
+        }
+    }
+}
