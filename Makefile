@@ -6,7 +6,6 @@ SHELL := /bin/bash
 VENV      := .venv
 PY        := $(VENV)/bin/python
 TOOLS     := .tools
-EXAMPLES  := $(TOOLS)/node_modules/hl7.fhir.r4.examples
 WASM_DIR  := build/wasm
 CLI       := target/debug/fhirgate
 PORT      ?= 8080
@@ -20,15 +19,18 @@ help:
 	@echo "make bench   measure the filters' cost against Envoy without them"
 
 # -- toolchain ------------------------------------------------------------------------------
-tools: $(VENV)/.installed $(EXAMPLES)/package.json
+tools: $(VENV)/.installed $(TOOLS)/.installed
 
 $(VENV)/.installed: tools/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r tools/requirements.txt
 	touch $@
 
-$(EXAMPLES)/package.json:
-	npm install --silent --no-audit --no-fund --prefix $(TOOLS) hl7.fhir.r4.examples@4.0.1
+# HL7 R4 example data and the OAuth issuer the tests run (tools/package.json pins both).
+$(TOOLS)/.installed: tools/package.json
+	mkdir -p $(TOOLS) && cp tools/package.json $(TOOLS)/package.json
+	cd $(TOOLS) && npm install --silent --no-audit --no-fund --no-package-lock
+	touch $@
 
 # -- build ----------------------------------------------------------------------------------
 wasm:

@@ -1,0 +1,184 @@
+"""The SMART authorization filter in a real Envoy, with tokens from a real OAuth issuer
+(oauth2-mock-server, RS256 and ES256 keys from its JWKS). What the upstream received is read
+from the recorders."""
+import base64
+import json
+import uuid
+
+import pytest
+
+from stack import BASE
+from test_routing import FHIR_JSON, internal, outcome_reason, received
+
+
+def call(stack, method, path, token=None, body=None, headers=None):
+    tid = uuid.uuid4().hex
+    h = {"x-test-id": tid, **(headers or {})}
+    if token is not None:
+        h["authorization"] = f"Bearer {token}"
+    status, rheaders, rbody = stack.request(method, path, body, h)
+    return tid, status, rheaders, rbody
+
+
+def b64(obj) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+class TestTokenAttacks:
+    """Every one is refused with 401, an RFC 6750 challenge and an OperationOutcome, and
+    nothing reaches the upstream."""
+
+    def cases(self, stack):
+        good = stack.token("system/*.rs")
+        head, payload, sig = good.split(".")
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+        forged = dict(claims, scope="system/*.cruds")
+        return [
+            ("no token", None, "missing-token"),
+            ("alg none", f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}.", "token-algorithm-not-allowed"),
+            ("HS256 header", f"{b64({'alg': 'HS256', 'typ': 'JWT'})}.{b64(claims)}.{sig}", "token-algorithm-not-allowed"),
+            ("payload swapped", f"{head}.{b64(forged)}.{sig}", "token-bad-signature"),
+            ("signature stripped", f"{head}.{payload}.", "token-bad-signature"),
+            ("unknown kid", f"{b64({'alg': 'RS256', 'kid': 'nope'})}.{payload}.{sig}", "token-unknown-key"),
+            ("kid path junk", f"{b64({'alg': 'RS256', 'kid': '../../../etc/passwd'})}.{payload}.{sig}", "token-unknown-key"),
+            ("kid sql junk", f"{b64({'alg': 'RS256', 'kid': chr(39) + ' OR 1=1 --'})}.{payload}.{sig}", "token-unknown-key"),
+            ("expired", stack.token("system/*.rs", expires_in=-120), "token-expired"),
+            ("nbf in the future", stack.token("system/*.rs", nbf=4102444800), "token-not-yet-valid"),
+            ("wrong aud", stack.token("system/*.rs", aud="https://other.example/fhir"), "token-wrong-audience"),
+            ("no sub", stack.token("system/*.rs", sub=None), "token-missing-claim"),
+            ("wrong iss", f"{head}.{b64(dict(claims, iss='https://evil.example'))}.{sig}", "token-unknown-issuer"),
+            ("oversize", stack.token("system/*.rs", pad="x" * 9000), "token-too-large"),
+            ("bad base64", "eyJhbGciOiJSUzI1NiJ9.***.abc", "token-malformed"),
+            ("opaque", "not-a-jwt", "token-malformed"),
+        ]
+
+    def test_every_attack_is_refused_with_401(self, stack):
+        for name, token, reason in self.cases(stack):
+            tid, status, headers, body = call(stack, "GET", f"{BASE}/Patient/example", token)
+            assert status == 401, f"{name}: {status} {body[:200]!r}"
+            assert outcome_reason(body) == reason, name
+            assert headers["www-authenticate"].startswith('Bearer realm="fhir"'), name
+            if token and len(token) > 20:
+                assert token[:40] not in headers["www-authenticate"] and token[:40].encode() not in body, f"{name}: token echoed"
+            assert received(stack, tid) == [], name
+
+    def test_basic_auth_is_not_a_bearer_token(self, stack):
+        tid, status, headers, body = call(stack, "GET", f"{BASE}/Patient/example", headers={"authorization": "Basic dXNlcjpwYXNz"})
+        assert (status, outcome_reason(body)) == (401, "token-not-bearer")
+
+
+class TestValidTokens:
+    def test_rs256_and_es256_tokens_are_accepted(self, stack):
+        for alg in ("RS256", "ES256"):
+            tid, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", stack.token("user/Patient.rs", alg=alg))
+            assert status == 200, f"{alg}: {body[:200]!r}"
+
+    def test_identity_reaches_the_upstream_as_internal_headers(self, stack):
+        token = stack.token("patient/*.rs", patient="example", sub="user-42", client_id="app-7", tenant="hospital-a")
+        tid, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", token)
+        assert status == 200
+        [(_, record)] = received(stack, tid)
+        seen = internal(record)
+        assert seen["authz-decision"] == ["allow"]
+        assert (seen["subject"], seen["client-id"], seen["tenant"], seen["launch-patient"]) == (["user-42"], ["app-7"], ["hospital-a"], ["example"])
+        assert "authorization" in record["headers"], "the FHIR server still gets the token"
+
+    def test_metadata_needs_no_token(self, stack):
+        _, status, _, _ = call(stack, "GET", f"{BASE}/metadata")
+        assert status == 200
+
+
+class TestPatientCompartment:
+    @pytest.fixture(scope="class")
+    def patient_token(self, stack):
+        return stack.token("launch/patient patient/*.rs", patient="example")
+
+    def test_reads_its_own_patient(self, stack, patient_token):
+        _, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", patient_token)
+        assert status == 200 and json.loads(body)["id"] == "example"
+
+    def test_another_patient_is_refused_before_the_upstream(self, stack, patient_token):
+        tid, status, _, body = call(stack, "GET", f"{BASE}/Patient/pat1", patient_token)
+        assert (status, outcome_reason(body)) == (403, "patient-mismatch")
+        assert received(stack, tid) == []
+
+    def test_a_search_is_narrowed_to_the_patient_at_the_upstream(self, stack, patient_token):
+        tid, status, _, body = call(stack, "GET", f"{BASE}/Observation?code=http://loinc.org%7C29463-7", patient_token)
+        assert status == 200
+        [(_, record)] = received(stack, tid)
+        assert record["path"] == "/fhir/Observation?code=http://loinc.org%7C29463-7&patient=Patient/example"
+        for entry in json.loads(body).get("entry", []):
+            assert entry["resource"]["subject"]["reference"].endswith("Patient/example")
+
+    def test_a_search_naming_another_patient_is_refused(self, stack, patient_token):
+        tid, status, _, body = call(stack, "GET", f"{BASE}/Observation?patient=pat1", patient_token)
+        assert (status, outcome_reason(body)) == (403, "patient-mismatch")
+        assert received(stack, tid) == []
+
+    def test_an_or_list_smuggling_another_patient_is_refused(self, stack, patient_token):
+        _, status, _, body = call(stack, "GET", f"{BASE}/Observation?subject=Patient/example,Patient/pat1", patient_token)
+        assert (status, outcome_reason(body)) == (403, "patient-mismatch")
+
+    def test_a_read_by_id_is_checked_on_the_response(self, stack, patient_token):
+        # Observation/example is Patient/example's; a resource of another patient is replaced
+        # by 403 after the upstream answered, before any of it reaches the client.
+        other = json.dumps({"resourceType": "Observation", "id": "e2e-other", "status": "final", "code": {"text": "x"},
+                            "subject": {"reference": "Patient/pat1"}})
+        assert stack.request("PUT", f"{BASE}/Observation/e2e-other", other,
+                             {"authorization": f"Bearer {stack.default_token}", **FHIR_JSON})[0] in (200, 201)
+        _, status, _, body = call(stack, "GET", f"{BASE}/Observation/example", patient_token)
+        assert status == 200 and json.loads(body)["subject"]["reference"] == "Patient/example"
+        tid, status, headers, body = call(stack, "GET", f"{BASE}/Observation/e2e-other", patient_token)
+        assert (status, outcome_reason(body)) == (403, "not-in-patient-compartment")
+        assert b"pat1" not in body and headers["content-type"] == "application/fhir+json"
+        assert len(received(stack, tid)) == 1, "the upstream was asked; its answer was withheld"
+
+    def test_a_create_for_another_patient_is_refused_on_the_request_body(self, stack):
+        token = stack.token("patient/Observation.c", patient="example")
+        obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+        mine = json.dumps(dict(obs, subject={"reference": "Patient/example"}))
+        theirs = json.dumps(dict(obs, subject={"reference": "Patient/pat1"}))
+        _, status, _, body = call(stack, "POST", f"{BASE}/Observation", token, mine, FHIR_JSON)
+        assert status == 201, body[:300]
+        tid, status, _, body = call(stack, "POST", f"{BASE}/Observation", token, theirs, FHIR_JSON)
+        assert (status, outcome_reason(body)) == (403, "not-in-patient-compartment")
+        assert received(stack, tid) == []
+
+    def test_patient_scopes_without_a_launch_patient_grant_nothing(self, stack):
+        tid, status, _, body = call(stack, "GET", f"{BASE}/Observation", stack.token("patient/*.rs"))
+        assert (status, outcome_reason(body)) == (403, "patient-context-missing")
+
+
+class TestScopesAndShapes:
+    def test_insufficient_scope_is_403_with_insufficient_scope_challenge(self, stack):
+        tid, status, headers, body = call(stack, "DELETE", f"{BASE}/Patient/example", stack.token("user/Patient.rs"))
+        assert (status, outcome_reason(body)) == (403, "insufficient-scope")
+        assert 'error="insufficient_scope"' in headers["www-authenticate"]
+        assert received(stack, tid) == []
+
+    def test_a_reverse_include_needs_a_wildcard_scope(self, stack):
+        _, status, _, body = call(stack, "GET", f"{BASE}/Patient?_revinclude=Observation:subject", stack.token("user/Patient.rs"))
+        assert (status, outcome_reason(body)) == (403, "query-shape-not-permitted")
+        _, status, _, _ = call(stack, "GET", f"{BASE}/Patient?_revinclude=Observation:subject&_count=1", stack.token("user/*.rs"))
+        assert status == 200
+
+    def test_bulk_export_needs_system_scopes(self, stack):
+        for scope, expected in (("user/*.rs", 403), ("patient/*.rs", 403), ("system/Patient.rs", 403), ("system/*.rs", None)):
+            tid, status, _, body = call(stack, "GET", f"{BASE}/$export", stack.token(scope, patient="example"))
+            if expected:
+                assert (status, outcome_reason(body)) == (403, "bulk-requires-system-scope"), scope
+                assert received(stack, tid) == []
+            else:
+                assert [c for c, _ in received(stack, tid)] == ["fhir_bulk"], scope
+
+    def test_a_transaction_is_authorized_entry_by_entry(self, stack):
+        token = stack.token("patient/Observation.c patient/Patient.r", patient="example")
+        entry = lambda ref: {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                                          "subject": {"reference": ref}}, "request": {"method": "POST", "url": "Observation"}}
+        bad = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [entry("Patient/example"), entry("Patient/pat1")]})
+        tid, status, _, body = call(stack, "POST", f"{BASE}", token, bad, FHIR_JSON)
+        assert (status, outcome_reason(body)) == (403, "not-in-patient-compartment")
+        assert received(stack, tid) == []
+        good = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [entry("Patient/example")]})
+        tid, status, _, body = call(stack, "POST", f"{BASE}", token, good, FHIR_JSON)
+        assert len(received(stack, tid)) == 1, body[:300]
