@@ -48,6 +48,9 @@ PORT_KEYS = {
 EXAMPLE_TYPES = ["Patient", "Practitioner", "Organization", "Observation", "Condition", "Encounter",
                  "AllergyIntolerance", "MedicationRequest", "Consent", "Device", "Claim", "Group"]
 
+# Least seconds between JWKS fetches caused by unknown kids (the tests' setting; default 30).
+UNKNOWN_KID_INTERVAL = 1
+
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
               "proxy-authenticate", "proxy-authorization"}
 
@@ -261,6 +264,7 @@ class Stack:
         self.control_port = free_port()
         self.issuer = f"http://localhost:{self.issuer_port}"
         self.audience = f"http://127.0.0.1:{self.listen_port}{BASE}"
+        self.failing_issuer = "https://issuer-that-is-down.example"
         self.default_token = ""
         self.recorders: dict[str, Recorder] = {}
         self.processes: list[Process] = []
@@ -344,11 +348,25 @@ class Stack:
     def issuers_file(self) -> pathlib.Path:
         """The trusted-issuer list rendered into the authz filter's config: the issuer's JWKS
         as published right now."""
-        jwks = json.loads(http_get(self.issuer_port, "/jwks")[1])
         path = self.log_dir / "issuers.json"
-        path.write_text(json.dumps([{"issuer": self.issuer, "audiences": [self.audience], "algorithms": ["RS256", "ES256"],
-                                     "jwks": jwks, "requiredClaims": ["sub"]}], indent=2))
+        path.write_text(json.dumps([
+            {"issuer": self.issuer, "audiences": [self.audience], "algorithms": ["RS256", "ES256"],
+             "jwksUri": f"{self.issuer}/jwks", "jwksCluster": "token_issuer", "requiredClaims": ["sub"],
+             "jwksUnknownKidIntervalSeconds": UNKNOWN_KID_INTERVAL},
+            # An issuer whose JWKS endpoint fails (404), as one that is down would.
+            {"issuer": self.failing_issuer, "audiences": [self.audience], "algorithms": ["RS256"],
+             "jwksUri": f"{self.issuer}/no-jwks-here", "jwksCluster": "token_issuer"},
+        ], indent=2))
         return path
+
+    def rotate_key(self, alg: str = "RS256") -> str:
+        """Adds a new signing key at the issuer; tokens minted afterwards use it. Waits out the
+        gateway's unknown-kid fetch interval, so an earlier unknown kid cannot hide the new key."""
+        rotated = self._control("/rotate", {"alg": alg})
+        if rotated is None:
+            raise RuntimeError("the issuer did not rotate")
+        time.sleep(UNKNOWN_KID_INTERVAL + 0.1)
+        return rotated["kid"]
 
     def _control(self, path: str, body: dict):
         conn = http.client.HTTPConnection("127.0.0.1", self.control_port, timeout=10)
@@ -379,6 +397,7 @@ class Stack:
             "ACCESS_LOG": self.log_dir / "access.log",
             "UPSTREAM_BASE": UPSTREAM_BASE,
             "WASM_DIR": WASM_DIR,
+            "ISSUER_PORT": self.issuer_port,
         }
         for cluster, key in PORT_KEYS.items():
             values[key] = self.recorders[cluster].port

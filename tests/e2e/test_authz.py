@@ -62,6 +62,12 @@ class TestTokenAttacks:
                 assert token[:40] not in headers["www-authenticate"] and token[:40].encode() not in body, f"{name}: token echoed"
             assert received(stack, tid) == [], name
 
+    def test_a_token_of_an_issuer_whose_jwks_is_unreachable_is_refused(self, stack):
+        token = stack.token("system/*.rs", iss=stack.failing_issuer)
+        tid, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", token)
+        assert (status, outcome_reason(body)) == (401, "token-unknown-key")
+        assert received(stack, tid) == []
+
     def test_basic_auth_is_not_a_bearer_token(self, stack):
         tid, status, headers, body = call(stack, "GET", f"{BASE}/Patient/example", headers={"authorization": "Basic dXNlcjpwYXNz"})
         assert (status, outcome_reason(body)) == (401, "token-not-bearer")
@@ -86,6 +92,23 @@ class TestValidTokens:
     def test_metadata_needs_no_token(self, stack):
         _, status, _, _ = call(stack, "GET", f"{BASE}/metadata")
         assert status == 200
+
+
+class TestKeyRotation:
+    def test_a_key_rotated_while_envoy_runs_is_fetched_on_first_sight(self, stack):
+        old = stack.token("user/Patient.rs")
+        kid = stack.rotate_key("RS256")
+        new = stack.token("user/Patient.rs")
+        assert json.loads(base64.urlsafe_b64decode(new.split(".")[0] + "=="))["kid"] == kid
+        _, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", new)
+        assert status == 200, body[:300]
+        _, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", old)
+        assert status == 200, "tokens signed with the previous key still verify"
+
+    def test_es256_key_rotation_too(self, stack):
+        stack.rotate_key("ES256")
+        _, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", stack.token("user/Patient.rs", alg="ES256"))
+        assert status == 200, body[:300]
 
 
 class TestPatientCompartment:

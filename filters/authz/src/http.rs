@@ -1,33 +1,57 @@
-//! Per-request context: carries the core's steps (head, request body, response body).
+//! Per-request context: carries the core's steps (head, request body, response body), and
+//! pauses a request whose signing key is unknown while the issuer's JWKS is fetched once.
 
-use crate::root::FILTER;
+use crate::root::{dispatch_jwks_fetch, finish_jwks_fetch, now_of, FILTER};
 use fhirgate_core::headers as internal;
 use fhirgate_core::routing::RequestHead;
-use fhirgate_core::smart::cache::TokenCache;
-use fhirgate_core::smart::filter::{AuthzFilterPolicy, Exchange, Step};
+use fhirgate_core::smart::filter::{AuthzRuntime, Exchange, Step};
 use fhirgate_core::Rejection;
 use fhirgate_proxy::{reject, set_routing_headers, RequestHeaders};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+
+/// The request head, kept while a JWKS fetch is under way.
+struct HeldHead {
+    method: String,
+    path: String,
+    content_type: Option<String>,
+    content_length: Option<String>,
+    has_body: bool,
+    if_none_exist: bool,
+    method_override: bool,
+    authorization: Option<String>,
+}
+
+impl HeldHead {
+    fn head(&self) -> RequestHead<'_> {
+        RequestHead {
+            method: &self.method,
+            path: &self.path,
+            content_type: self.content_type.as_deref(),
+            content_length: self.content_length.as_deref(),
+            has_body: self.has_body,
+            if_none_exist: self.if_none_exist,
+            method_override: self.method_override,
+        }
+    }
+}
 
 pub struct AuthzFilter {
-    policy: Option<Rc<AuthzFilterPolicy>>,
-    cache: Option<Rc<RefCell<TokenCache>>>,
+    runtime: Option<Rc<RefCell<AuthzRuntime>>>,
     exchange: Option<Exchange>,
     awaiting_request_body: bool,
     holding_response: bool,
+    /// Set while a JWKS fetch for this request's unknown key is under way.
+    refreshing: Option<(u32, usize, HeldHead)>,
+    /// Body seen while refreshing: its size and whether it was complete.
+    held_body: (usize, bool),
 }
 
 impl AuthzFilter {
-    pub fn new(policy: Option<Rc<AuthzFilterPolicy>>, cache: Option<Rc<RefCell<TokenCache>>>) -> Self {
-        AuthzFilter { policy, cache, exchange: None, awaiting_request_body: false, holding_response: false }
-    }
-
-    fn now(&self) -> i64 {
-        self.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    pub fn new(runtime: Option<Rc<RefCell<AuthzRuntime>>>) -> Self {
+        AuthzFilter { runtime, exchange: None, awaiting_request_body: false, holding_response: false, refreshing: None, held_body: (0, false) }
     }
 
     fn apply(&mut self, step: Step) -> Action {
@@ -52,6 +76,17 @@ impl AuthzFilter {
         }
     }
 
+    fn decide_body(&mut self, body_size: usize) -> Action {
+        self.awaiting_request_body = false;
+        let (Some(runtime), Some(mut exchange)) = (self.runtime.clone(), self.exchange.take()) else {
+            return reject(FILTER, &Rejection::not_configured(FILTER));
+        };
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let step = runtime.borrow().policy.on_request_body(&mut exchange, &body);
+        self.exchange = Some(exchange);
+        self.apply(step)
+    }
+
     /// Replaces a held response with the rejection (headers are still held, so the status
     /// can change).
     fn replace_response(&mut self, rejection: &Rejection, body_size: usize) {
@@ -66,11 +101,32 @@ impl AuthzFilter {
     }
 }
 
-impl Context for AuthzFilter {}
+impl Context for AuthzFilter {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(runtime) = self.runtime.clone() else { return };
+        let Some((token, issuer, held)) = self.refreshing.take() else { return };
+        if token != token_id {
+            return;
+        }
+        let now = now_of(self);
+        finish_jwks_fetch(self, &runtime, issuer, body_size, now);
+        let (step, exchange) = runtime.borrow_mut().on_head(&held.head(), held.authorization.as_deref(), now);
+        self.exchange = Some(exchange);
+        let (size, complete) = self.held_body;
+        let action = match self.apply(step) {
+            // The body arrived while the key was fetched: decide on it now.
+            Action::Pause if self.awaiting_request_body && complete => self.decide_body(size),
+            other => other,
+        };
+        if action == Action::Continue {
+            self.resume_http_request();
+        }
+    }
+}
 
 impl HttpContext for AuthzFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let (Some(policy), Some(cache)) = (self.policy.clone(), self.cache.clone()) else {
+        let Some(runtime) = self.runtime.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
         let headers = RequestHeaders::read();
@@ -83,27 +139,45 @@ impl HttpContext for AuthzFilter {
             if_none_exist: headers.contains("if-none-exist"),
             method_override: internal::METHOD_OVERRIDE.iter().any(|h| headers.contains(h)),
         };
-        let now = self.now();
-        let (step, exchange) = policy.on_head(&head, headers.get("authorization"), now, &mut cache.borrow_mut());
+        let authorization = headers.get("authorization");
+        let now = now_of(self);
+        let (step, exchange) = runtime.borrow_mut().on_head(&head, authorization, now);
+        if matches!(&step, Step::Deny(r) if r.reason == "token-unknown-key") {
+            let fetch = runtime.borrow_mut().fetch_for_unknown_key(authorization, now);
+            if let Some(fetch) = fetch {
+                if let Some(token) = dispatch_jwks_fetch(self, &fetch) {
+                    let held = HeldHead {
+                        method: head.method.to_string(),
+                        path: head.path.to_string(),
+                        content_type: head.content_type.map(str::to_string),
+                        content_length: head.content_length.map(str::to_string),
+                        has_body: head.has_body,
+                        if_none_exist: head.if_none_exist,
+                        method_override: head.method_override,
+                        authorization: authorization.map(str::to_string),
+                    };
+                    self.refreshing = Some((token, fetch.0, held));
+                    return Action::Pause;
+                }
+                runtime.borrow_mut().fetched(fetch.0, now, None, b"");
+            }
+        }
         self.exchange = Some(exchange);
         self.apply(step)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.refreshing.is_some() {
+            self.held_body = (body_size, end_of_stream);
+            return Action::Pause;
+        }
         if !self.awaiting_request_body {
             return Action::Continue;
         }
         if !end_of_stream {
             return Action::Pause;
         }
-        self.awaiting_request_body = false;
-        let (Some(policy), Some(mut exchange)) = (self.policy.clone(), self.exchange.take()) else {
-            return reject(FILTER, &Rejection::not_configured(FILTER));
-        };
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        let step = policy.on_request_body(&mut exchange, &body);
-        self.exchange = Some(exchange);
-        self.apply(step)
+        self.decide_body(body_size)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -122,10 +196,11 @@ impl HttpContext for AuthzFilter {
             return Action::Pause;
         }
         self.holding_response = false;
-        let (Some(policy), Some(exchange)) = (self.policy.clone(), self.exchange.as_ref()) else { return Action::Continue };
+        let (Some(runtime), Some(exchange)) = (self.runtime.clone(), self.exchange.as_ref()) else { return Action::Continue };
         let status = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         let body = self.get_http_response_body(0, body_size).unwrap_or_default();
-        if let Step::Deny(rejection) = policy.on_response_body(exchange, status, &body) {
+        let step = runtime.borrow().policy.on_response_body(exchange, status, &body);
+        if let Step::Deny(rejection) = step {
             self.replace_response(&rejection, body_size);
         }
         Action::Continue

@@ -3,6 +3,7 @@
 
 use super::authz::{AuthzPolicy, InstanceCheck, OperationRule, PatientSearch};
 use super::filter::AuthzFilterPolicy;
+use super::jwks::JwksSource;
 use super::token::{parse_jwks, Issuer, TokenVerifier, SUPPORTED_ALGORITHMS};
 use crate::routing::RoutingConfig;
 use crate::config::{parse_json, ConfigError};
@@ -53,8 +54,23 @@ pub struct IssuerConfig {
     pub audiences: Vec<String>,
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
-    /// The issuer's JWKS, inline (`{"keys": [...]}`).
-    pub jwks: serde_json::Value,
+    /// The issuer's JWKS, inline (`{"keys": [...]}`); with `jwksUri`, the keys used until
+    /// the first fetch answers.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// Where the issuer publishes its JWKS, fetched through the Envoy cluster `jwksCluster`.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default)]
+    pub jwks_cluster: Option<String>,
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_seconds: i64,
+    /// How long fetched keys keep verifying while the issuer does not answer.
+    #[serde(default = "default_jwks_max_stale")]
+    pub jwks_max_stale_seconds: i64,
+    /// Least time between fetches caused by tokens naming an unknown `kid`.
+    #[serde(default = "default_unknown_kid_interval")]
+    pub jwks_unknown_kid_interval_seconds: i64,
     #[serde(default = "default_clock_skew")]
     pub clock_skew_seconds: i64,
     #[serde(default)]
@@ -64,6 +80,15 @@ pub struct IssuerConfig {
     pub patient_claim: String,
 }
 
+fn default_jwks_refresh() -> i64 {
+    300
+}
+fn default_jwks_max_stale() -> i64 {
+    86_400
+}
+fn default_unknown_kid_interval() -> i64 {
+    30
+}
 fn default_max_token_bytes() -> usize {
     8192
 }
@@ -130,8 +155,32 @@ impl AuthzConfig {
             if !(0..=600).contains(&c.clock_skew_seconds) {
                 return Err(ConfigError::new(format!("{field}.clockSkewSeconds"), "must be between 0 and 600"));
             }
-            let keys = parse_jwks(&c.jwks).map_err(|e| ConfigError::new(format!("{field}.jwks"), e))?;
-            if keys.is_empty() {
+            let source = match (&c.jwks_uri, &c.jwks_cluster) {
+                (None, None) => None,
+                (Some(uri), Some(cluster)) if !cluster.is_empty() => {
+                    if !(10..=86_400).contains(&c.jwks_refresh_seconds) {
+                        return Err(ConfigError::new(format!("{field}.jwksRefreshSeconds"), "must be between 10 and 86400"));
+                    }
+                    if c.jwks_max_stale_seconds < c.jwks_refresh_seconds {
+                        return Err(ConfigError::new(format!("{field}.jwksMaxStaleSeconds"), "must be at least jwksRefreshSeconds"));
+                    }
+                    if !(1..=3600).contains(&c.jwks_unknown_kid_interval_seconds) {
+                        return Err(ConfigError::new(format!("{field}.jwksUnknownKidIntervalSeconds"), "must be between 1 and 3600"));
+                    }
+                    let mut source = JwksSource::from_uri(cluster, uri, c.jwks_refresh_seconds, c.jwks_max_stale_seconds)
+                        .map_err(|e| ConfigError::new(format!("{field}.jwksUri"), e))?;
+                    source.unknown_kid_interval = c.jwks_unknown_kid_interval_seconds;
+                    Some(source)
+                }
+                (Some(_), _) => return Err(ConfigError::new(format!("{field}.jwksCluster"), "names the Envoy cluster that reaches jwksUri")),
+                (None, Some(_)) => return Err(ConfigError::new(format!("{field}.jwksUri"), "is needed with jwksCluster")),
+            };
+            let keys = match &c.jwks {
+                Some(jwks) => parse_jwks(jwks).map_err(|e| ConfigError::new(format!("{field}.jwks"), e))?,
+                None if source.is_some() => Vec::new(),
+                None => return Err(ConfigError::new(format!("{field}.jwks"), "is needed without jwksUri")),
+            };
+            if keys.is_empty() && source.is_none() {
                 return Err(ConfigError::new(format!("{field}.jwks"), "holds no signing key"));
             }
             issuers.push(Issuer {
@@ -142,6 +191,7 @@ impl AuthzConfig {
                 clock_skew_seconds: c.clock_skew_seconds,
                 required_claims: c.required_claims.clone(),
                 patient_claim: c.patient_claim.clone(),
+                source,
             });
         }
         let verifier = TokenVerifier { issuers, max_token_bytes: self.max_token_bytes, revoked_jtis: self.revoked_jtis.clone() };

@@ -4,6 +4,7 @@
 
 use super::authz::{AuthzDecision, AuthzPolicy, Grant, Needs};
 use super::cache::TokenCache;
+use super::jwks::{JwksSource, JwksState};
 use super::check::route_relative;
 use super::config::AuthzConfig;
 use super::scope::resource_scopes;
@@ -26,6 +27,78 @@ pub struct AuthzFilterPolicy {
 impl AuthzFilterPolicy {
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         parse_json::<AuthzConfig>(bytes)?.compile_filter()
+    }
+}
+
+/// A worker's authorization state: the compiled policy with the keys it currently trusts,
+/// the JWKS fetch state of each issuer, and the verified-token cache.
+pub struct AuthzRuntime {
+    pub policy: AuthzFilterPolicy,
+    pub jwks: Vec<JwksState>,
+    pub cache: TokenCache,
+}
+
+/// A JWKS fetch to dispatch: the issuer's index and where to fetch from.
+pub type JwksFetch = (usize, JwksSource);
+
+impl AuthzRuntime {
+    pub fn new(policy: AuthzFilterPolicy) -> Self {
+        let jwks = vec![JwksState::default(); policy.verifier.issuers.len()];
+        let cache = TokenCache::new(policy.token_cache_size);
+        AuthzRuntime { policy, jwks, cache }
+    }
+
+    /// Scheduled fetches now due; each is marked started.
+    pub fn fetches_due(&mut self, now: i64) -> Vec<JwksFetch> {
+        let mut due = Vec::new();
+        for (i, issuer) in self.policy.verifier.issuers.iter().enumerate() {
+            if let Some(source) = &issuer.source {
+                if self.jwks[i].due(source, now) {
+                    self.jwks[i].started(now, false);
+                    due.push((i, source.clone()));
+                }
+            }
+        }
+        due
+    }
+
+    /// After a `token-unknown-key` refusal: the fetch that may find the key, if allowed now.
+    pub fn fetch_for_unknown_key(&mut self, authorization: Option<&str>, now: i64) -> Option<JwksFetch> {
+        let token = bearer_token(authorization).ok()?;
+        let i = self.policy.verifier.claimed_issuer(token)?;
+        let source = self.policy.verifier.issuers[i].source.clone()?;
+        if !self.jwks[i].may_fetch_for_unknown_kid(&source, now) {
+            return None;
+        }
+        self.jwks[i].started(now, true);
+        Some((i, source))
+    }
+
+    /// The answer to a fetch (`status` None: no answer). Returns whether the keys changed.
+    pub fn fetched(&mut self, issuer: usize, now: i64, status: Option<u16>, body: &[u8]) -> bool {
+        let Some(state) = self.jwks.get_mut(issuer) else { return false };
+        match state.finished(now, status, body) {
+            Some(keys) => {
+                self.policy.verifier.issuers[issuer].keys = keys;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops the keys of issuers that have not answered for longer than allowed.
+    pub fn expire_stale_keys(&mut self, now: i64) {
+        for (i, issuer) in self.policy.verifier.issuers.iter_mut().enumerate() {
+            if issuer.source.as_ref().is_some_and(|s| self.jwks[i].stale(s, now)) && !issuer.keys.is_empty() {
+                issuer.keys.clear();
+                // Cached verifications of its tokens go too.
+                self.cache = TokenCache::new(self.policy.token_cache_size);
+            }
+        }
+    }
+
+    pub fn on_head(&mut self, head: &RequestHead, authorization: Option<&str>, now: i64) -> (Step, Exchange) {
+        self.policy.on_head(head, authorization, now, &mut self.cache)
     }
 }
 

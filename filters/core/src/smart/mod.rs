@@ -5,5 +5,6 @@ pub mod cache;
 pub mod check;
 pub mod config;
 pub mod filter;
+pub mod jwks;
 pub mod scope;
 pub mod token;

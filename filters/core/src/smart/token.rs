@@ -93,6 +93,8 @@ pub struct Issuer {
     pub clock_skew_seconds: i64,
     pub required_claims: Vec<String>,
     pub patient_claim: String,
+    /// Where to fetch the keys, when they are not (only) inline.
+    pub source: Option<super::jwks::JwksSource>,
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +206,18 @@ fn claim_str(claims: &Map<String, Value>, name: &str) -> Option<String> {
 }
 
 impl TokenVerifier {
+    /// The index of the trusted issuer a token claims to come from (unverified: only to
+    /// decide where to fetch keys from).
+    pub fn claimed_issuer(&self, token: &str) -> Option<usize> {
+        if token.len() > self.max_token_bytes {
+            return None;
+        }
+        let untrusted = UntrustedToken::new(token).ok()?;
+        let claims: Claims<Map<String, Value>> = untrusted.deserialize_claims_unchecked().ok()?;
+        let iss = claims.custom.get("iss")?.as_str()?;
+        self.issuers.iter().position(|i| i.issuer == iss)
+    }
+
     /// Verifies `token` at `now` (seconds since the Unix epoch).
     pub fn verify(&self, token: &str, now: i64) -> Result<VerifiedToken, TokenError> {
         if token.len() > self.max_token_bytes {

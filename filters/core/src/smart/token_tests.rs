@@ -59,6 +59,7 @@ fn verifier() -> TokenVerifier {
             clock_skew_seconds: 60,
             required_claims: vec!["sub".into()],
             patient_claim: "patient".into(),
+            source: None,
         }],
         max_token_bytes: 8192,
         revoked_jtis: vec!["revoked-1".into()],
