@@ -205,3 +205,23 @@ class TestScopesAndShapes:
         good = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [entry("Patient/example")]})
         tid, status, _, body = call(stack, "POST", f"{BASE}", token, good, FHIR_JSON)
         assert len(received(stack, tid)) == 1, body[:300]
+
+
+def test_decisions_token_cache_and_jwks_are_counted_without_ids(stack):
+    token = stack.token("user/Patient.rs", sub="metrics-user")
+    for _ in range(3):
+        call(stack, "GET", f"{BASE}/Patient/example", token)
+    call(stack, "GET", f"{BASE}/Patient/example", stack.token("user/Patient.rs", expires_in=-120))
+    call(stack, "GET", f"{BASE}/Foo/1", token)
+    status, text = __import__("stack").http_get(stack.admin_port, "/stats?filter=fhirgate")
+    stats = dict(line.split(": ", 1) for line in text.decode().splitlines() if ": " in line)
+    value = lambda suffix: sum(int(v) for k, v in stats.items() if k.endswith(suffix) and v.strip().isdigit())
+    assert value("fhirgate.authz.allowed") >= 3
+    assert value("fhirgate.authz.denied.token-expired") >= 1
+    assert value("fhirgate.routing.denied.unknown-resource-type") >= 1
+    assert value("fhirgate.routing.routed.read") >= 3
+    assert value("fhirgate.authz.token_cache.hit") >= 2
+    assert value("fhirgate.authz.token_cache.miss") >= 1
+    assert value("fhirgate.authz.jwks.refreshed") >= 1
+    for name in stats:
+        assert "metrics-user" not in name and "example" not in name and "eyJ" not in name

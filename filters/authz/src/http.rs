@@ -59,6 +59,9 @@ impl AuthzFilter {
             Step::Allow { headers, path } => {
                 if let Some(path) = path {
                     self.set_http_request_header(":path", Some(&path));
+                    fhirgate_proxy::count(FILTER, "allowed", "narrowed");
+                } else {
+                    fhirgate_proxy::count(FILTER, "allowed", "");
                 }
                 set_routing_headers(&headers);
                 Action::Continue
@@ -141,7 +144,18 @@ impl HttpContext for AuthzFilter {
         };
         let authorization = headers.get("authorization");
         let now = now_of(self);
+        let (hits, misses) = {
+            let r = runtime.borrow();
+            (r.cache.hits, r.cache.misses)
+        };
         let (step, exchange) = runtime.borrow_mut().on_head(&head, authorization, now);
+        let r = runtime.borrow();
+        if r.cache.hits > hits {
+            fhirgate_proxy::count(FILTER, "token_cache", "hit");
+        } else if r.cache.misses > misses {
+            fhirgate_proxy::count(FILTER, "token_cache", "miss");
+        }
+        drop(r);
         if matches!(&step, Step::Deny(r) if r.reason == "token-unknown-key") {
             let fetch = runtime.borrow_mut().fetch_for_unknown_key(authorization, now);
             if let Some(fetch) = fetch {
@@ -201,6 +215,7 @@ impl HttpContext for AuthzFilter {
         let body = self.get_http_response_body(0, body_size).unwrap_or_default();
         let step = runtime.borrow().policy.on_response_body(exchange, status, &body);
         if let Step::Deny(rejection) = step {
+            fhirgate_proxy::count(FILTER, "denied", rejection.reason);
             self.replace_response(&rejection, body_size);
         }
         Action::Continue

@@ -38,8 +38,10 @@ pub fn finish_jwks_fetch(ctx: &dyn Context, runtime: &RefCell<AuthzRuntime>, iss
     let status = ctx.get_http_call_response_header(":status").and_then(|s| s.parse().ok());
     let body = ctx.get_http_call_response_body(0, body_size).unwrap_or_default();
     if runtime.borrow_mut().fetched(issuer, now, status, &body) {
+        fhirgate_proxy::count(FILTER, "jwks", "refreshed");
         log::info!("{FILTER}: JWKS of issuer #{issuer} refreshed");
     } else {
+        fhirgate_proxy::count(FILTER, "jwks", "failed");
         log::warn!("{FILTER}: JWKS fetch of issuer #{issuer} failed (status {status:?}); keeping the keys it had");
     }
 }

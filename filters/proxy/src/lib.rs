@@ -6,11 +6,37 @@ use fhirgate_core::config::ConfigError;
 use fhirgate_core::{headers, Rejection};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::RootContext;
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, MapType, MetricType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+thread_local! {
+    /// Envoy metric ids by (filter, event, detail); defined on first use.
+    static METRICS: RefCell<HashMap<(&'static str, &'static str, &'static str), u32>> = RefCell::new(HashMap::new());
+}
+
+/// Counts one event as the Envoy counter `<filter>.<event>[.<detail>]`, e.g.
+/// `fhirgate.authz.denied.token-expired`. Every part is a static string (a reason code, never
+/// an id, token or path), so nothing from a request can become a metric name.
+pub fn count(filter: &'static str, event: &'static str, detail: &'static str) {
+    let id = METRICS.with(|m| {
+        let mut m = m.borrow_mut();
+        if let Some(id) = m.get(&(filter, event, detail)) {
+            return Some(*id);
+        }
+        let name = if detail.is_empty() { format!("{filter}.{event}") } else { format!("{filter}.{event}.{detail}") };
+        let id = hostcalls::define_metric(MetricType::Counter, &name).ok()?;
+        m.insert((filter, event, detail), id);
+        Some(id)
+    });
+    if let Some(id) = id {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
 
 /// Reads the plugin configuration and compiles it. On failure logs the refusal, naming the
 /// field, and returns None: `on_configure` then returns false and Envoy refuses the config.
-pub fn load_config<T>(root: &dyn RootContext, filter: &str, compile: impl FnOnce(&[u8]) -> Result<T, ConfigError>) -> Option<T> {
+pub fn load_config<T>(root: &dyn RootContext, filter: &'static str, compile: impl FnOnce(&[u8]) -> Result<T, ConfigError>) -> Option<T> {
     let bytes = root.get_plugin_configuration().unwrap_or_default();
     match compile(&bytes) {
         Ok(policy) => {
@@ -26,9 +52,10 @@ pub fn load_config<T>(root: &dyn RootContext, filter: &str, compile: impl FnOnce
 
 /// Answers the client with the rejection's status, headers and OperationOutcome, and stops
 /// the request: nothing reaches the upstream.
-pub fn reject(filter: &str, rejection: &Rejection) -> Action {
-    // Only the stable reason code is logged: never paths, ids, tokens or bodies.
+pub fn reject(filter: &'static str, rejection: &Rejection) -> Action {
+    // Only the stable reason code is logged and counted: never paths, ids, tokens or bodies.
     log::debug!("{filter}: refused ({} {})", rejection.status, rejection.reason);
+    count(filter, "denied", rejection.reason);
     let headers = rejection.response_headers();
     let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let body = rejection.body();

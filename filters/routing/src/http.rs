@@ -25,6 +25,7 @@ impl RoutingFilter {
         match policy.route_body(&mut routed, &body) {
             Ok(()) => {
                 set_routing_headers(&routed.headers());
+                fhirgate_proxy::count(FILTER, "routed", routed.interaction.name());
                 Action::Continue
             }
             Err(rejection) => reject(FILTER, &rejection),
@@ -59,6 +60,7 @@ impl HttpContext for RoutingFilter {
             }
             Ok(routed) => {
                 set_routing_headers(&routed.headers());
+                fhirgate_proxy::count(FILTER, "routed", routed.interaction.name());
                 Action::Continue
             }
         }
