@@ -8,7 +8,13 @@ alike) and, with --issuers FILE, that file's JSON list as `issuers` (the trusted
 issuers and their JWKS, known only where the gateway is deployed).
 Every placeholder must be given; an unknown or missing one is an error, never left in place.
 
-    render.py TEMPLATE OUT --set LISTEN_PORT=10000 --set FHIR_PORT=8090 ... [--issuers FILE]
+    render.py TEMPLATE OUT --set LISTEN_PORT=10000 --set FHIR_PORT=8090 ... [--issuers FILE] [--jwt-authn]
+
+--jwt-authn renders the fast path for RSA tokens: Envoy's own jwt_authn filter, after routing
+and before fhirgate.authz, verifies tokens natively (providers made from the issuers file) and
+forwards the verified payload in x-fhirgate-jwt-payload; fhirgate.authz trusts that instead of
+verifying again. jwt_authn runs with allow_missing_or_failed, so every refusal stays
+fhirgate.authz's, with an OperationOutcome.
 """
 import argparse
 import json
@@ -20,23 +26,60 @@ FILTER_CONFIGS = {"ROUTING_CONFIG": "routing.json", "AUTHZ_CONFIG": "authz.json"
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent
 
 
-def filter_config(key: str, issuers: pathlib.Path | None) -> dict:
+def filter_config(key: str, issuers: pathlib.Path | None, jwt_authn: bool = False) -> dict:
     config = json.loads((CONFIG_DIR / FILTER_CONFIGS[key]).read_text())
     if key == "AUTHZ_CONFIG":
         config.setdefault("routing", json.loads((CONFIG_DIR / FILTER_CONFIGS["ROUTING_CONFIG"]).read_text()))
         if issuers is not None:
             config["issuers"] = json.loads(issuers.read_text())
+        if jwt_authn:
+            config["jwtAuthn"] = {"payloadHeader": JWT_PAYLOAD_HEADER}
     return config
 
 
-def render(template: pathlib.Path, values: dict, issuers: pathlib.Path | None = None) -> str:
+JWT_PAYLOAD_HEADER = "x-fhirgate-jwt-payload"
+
+
+def jwt_authn_filter(issuers: list) -> dict:
+    """Envoy's jwt_authn filter for these issuers: keys from jwksUri (through jwksCluster) or inline jwks."""
+    providers = {}
+    for i, issuer in enumerate(issuers):
+        provider = {"issuer": issuer["issuer"], "audiences": issuer["audiences"], "forward": True,
+                    "forward_payload_header": JWT_PAYLOAD_HEADER, "clock_skew_seconds": issuer.get("clockSkewSeconds", 60)}
+        if "jwksUri" in issuer:
+            provider["remote_jwks"] = {"http_uri": {"uri": issuer["jwksUri"], "cluster": issuer["jwksCluster"], "timeout": "5s"},
+                                       "cache_duration": f"{issuer.get('jwksRefreshSeconds', 300)}s",
+                                       "async_fetch": {"fast_listener": False}}
+        else:
+            provider["local_jwks"] = {"inline_string": json.dumps(issuer["jwks"])}
+        providers[f"issuer{i}"] = provider
+    requirements = [{"provider_name": name} for name in providers] + [{"allow_missing_or_failed": {}}]
+    return {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": providers,
+        "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": requirements}}}]}}
+
+
+def with_jwt_authn(text: str, issuers: list) -> str:
+    """Inserts jwt_authn before fhirgate.authz (one flow-style line: JSON is YAML)."""
+    anchor = "          - name: fhirgate.authz\n"
+    if anchor not in text:
+        raise SystemExit("render.py: --jwt-authn needs a template with the fhirgate.authz filter")
+    return text.replace(anchor, f"          - {json.dumps(jwt_authn_filter(issuers))}\n{anchor}", 1)
+
+
+def render(template: pathlib.Path, values: dict, issuers: pathlib.Path | None = None, jwt_authn: bool = False) -> str:
     text = template.read_text()
     for key in FILTER_CONFIGS:
         if "{{%s}}" % key in text and key not in values:
-            compact = json.dumps(filter_config(key, issuers), separators=(",", ":"))
+            compact = json.dumps(filter_config(key, issuers, jwt_authn), separators=(",", ":"))
             if "'" in compact:
                 raise SystemExit(f"{FILTER_CONFIGS[key]}: single quotes cannot be inlined into YAML")
             values[key] = compact
+    if jwt_authn:
+        if issuers is None:
+            raise SystemExit("render.py: --jwt-authn needs --issuers")
+        text = with_jwt_authn(text, json.loads(issuers.read_text()))
     missing = sorted(set(re.findall(r"\{\{([A-Z_]+)\}\}", text)) - set(values))
     if missing:
         raise SystemExit(f"render.py: no value for {', '.join(missing)}")
@@ -49,6 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("out", type=pathlib.Path)
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--issuers", type=pathlib.Path, help="JSON list of trusted issuers for the authz filter")
+    ap.add_argument("--jwt-authn", action="store_true", help="verify tokens with Envoy's jwt_authn (the RSA fast path)")
     args = ap.parse_args(argv)
     values = {}
     for item in args.set:
@@ -56,7 +100,7 @@ def main(argv=None) -> int:
         if not sep:
             raise SystemExit(f"render.py: --set {item!r} is not NAME=VALUE")
         values[name] = value
-    args.out.write_text(render(args.template, values, args.issuers))
+    args.out.write_text(render(args.template, values, args.issuers, args.jwt_authn))
     return 0
 
 

@@ -227,12 +227,14 @@ def http_get(port: int, path: str, timeout: float = 5):
 
 
 def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY_TEMPLATE,
-                 issuers: pathlib.Path | None = None) -> pathlib.Path:
+                 issuers: pathlib.Path | None = None, jwt_authn: bool = False) -> pathlib.Path:
     args = [sys.executable, str(RENDER), str(template), str(out)]
     for k, v in values.items():
         args += ["--set", f"{k}={v}"]
     if issuers is not None:
         args += ["--issuers", str(issuers)]
+    if jwt_authn:
+        args.append("--jwt-authn")
     subprocess.run(args, check=True)
     return out
 
@@ -258,6 +260,9 @@ class Stack:
         self.log_dir = log_dir
         self.listen_port = listen_port or free_port()
         self.admin_port = free_port()
+        # A second Envoy with the same chain in jwt_authn mode (Envoy verifies tokens natively).
+        self.jwt_authn_port = free_port()
+        self.jwt_authn_admin_port = free_port()
         self.fhir_port = free_port()
         self.demo = demo
         self.issuer_port = free_port()
@@ -407,18 +412,22 @@ class Stack:
         for module in ["fhirgate_routing.wasm", "fhirgate_authz.wasm"]:
             if not (WASM_DIR / module).exists():
                 raise RuntimeError(f"{WASM_DIR / module} is missing: run `make wasm`")
-        config = render_envoy(self.log_dir / "envoy.yaml", self.envoy_values(), issuers=self.issuers_file())
-        proc = Process("envoy", [binary("envoy"), "-c", str(config), "--concurrency", "2",
-                                 "--disable-hot-restart", "-l", "info"], self.log_dir / "envoy.log")
-        self.processes.append(proc)
-        wait_until("Envoy", lambda: http_get(self.admin_port, "/ready")[0] == 200, timeout=60, process=proc)
+        issuers = self.issuers_file()
+        for name, listen, admin, jwt_authn in (("envoy", self.listen_port, self.admin_port, False),
+                                               ("envoy-jwt-authn", self.jwt_authn_port, self.jwt_authn_admin_port, True)):
+            values = dict(self.envoy_values(), LISTEN_PORT=listen, ADMIN_PORT=admin, ACCESS_LOG=self.log_dir / f"{name}-access.log")
+            config = render_envoy(self.log_dir / f"{name}.yaml", values, issuers=issuers, jwt_authn=jwt_authn)
+            proc = Process(name, [binary("envoy"), "-c", str(config), "--concurrency", "2",
+                                  "--disable-hot-restart", "-l", "info"], self.log_dir / f"{name}.log")
+            self.processes.append(proc)
+            wait_until(name, lambda: http_get(admin, "/ready")[0] == 200, timeout=60, process=proc)
 
     # -- client ----------------------------------------------------------------------------
     def request(self, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None,
-                chunked: bool = False):
+                chunked: bool = False, port: int | None = None):
         """Sends one request to the gateway exactly as given (no path normalisation).
         Returns (status, headers as a lowercased dict, body bytes)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.listen_port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.listen_port, timeout=30)
         try:
             if isinstance(body, str):
                 body = body.encode()

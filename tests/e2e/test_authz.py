@@ -11,12 +11,12 @@ from stack import BASE
 from test_routing import FHIR_JSON, internal, outcome_reason, received
 
 
-def call(stack, method, path, token=None, body=None, headers=None):
+def call(stack, method, path, token=None, body=None, headers=None, port=None):
     tid = uuid.uuid4().hex
     h = {"x-test-id": tid, **(headers or {})}
     if token is not None:
         h["authorization"] = f"Bearer {token}"
-    status, rheaders, rbody = stack.request(method, path, body, h)
+    status, rheaders, rbody = stack.request(method, path, body, h, port=port)
     return tid, status, rheaders, rbody
 
 
@@ -92,6 +92,48 @@ class TestValidTokens:
     def test_metadata_needs_no_token(self, stack):
         _, status, _, _ = call(stack, "GET", f"{BASE}/metadata")
         assert status == 200
+
+
+class TestJwtAuthnMode:
+    """The RSA fast path: Envoy's jwt_authn verifies, fhirgate.authz decides on its payload."""
+
+    def test_valid_tokens_are_decided_as_usual(self, stack):
+        port = stack.jwt_authn_port
+        for alg in ("RS256", "ES256"):
+            _, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", stack.token("user/Patient.rs", alg=alg), port=port)
+            assert status == 200, f"{alg}: {body[:200]!r}"
+        token = stack.token("patient/*.rs", patient="example", sub="fast-path-user")
+        tid, status, _, _ = call(stack, "GET", f"{BASE}/Observation", token, port=port)
+        assert status == 200
+        [(_, record)] = received(stack, tid)
+        assert record["path"] == "/fhir/Observation?patient=Patient/example"
+        assert internal(record)["subject"] == ["fast-path-user"]
+        _, status, _, body = call(stack, "GET", f"{BASE}/Patient/pat1", token, port=port)
+        assert (status, outcome_reason(body)) == (403, "patient-mismatch")
+
+    def test_tokens_envoy_refuses_are_401_with_an_operation_outcome(self, stack):
+        port = stack.jwt_authn_port
+        good = stack.token("system/*.rs")
+        head, payload, sig = good.split(".")
+        forged = b64(dict(json.loads(base64.urlsafe_b64decode(payload + "==")), scope="system/*.cruds"))
+        for name, token, reason in [
+            ("payload swapped", f"{head}.{forged}.{sig}", "token-invalid"),
+            ("expired", stack.token("system/*.rs", expires_in=-120), "token-invalid"),
+            ("wrong aud", stack.token("system/*.rs", aud="https://other.example"), "token-invalid"),
+            ("alg none", f"{b64({'alg': 'none'})}.{payload}.", "token-invalid"),
+            ("no token", None, "missing-token"),
+        ]:
+            tid, status, headers, body = call(stack, "GET", f"{BASE}/Patient/example", token, port=port)
+            assert (status, outcome_reason(body)) == (401, reason), name
+            assert received(stack, tid) == [], name
+
+    def test_a_client_cannot_forge_the_forwarded_payload(self, stack):
+        claims = {"iss": stack.issuer, "sub": "attacker", "scope": "system/*.cruds", "exp": 4102444800}
+        forged = {"x-fhirgate-jwt-payload": b64(claims)}
+        for token in (None, "not.a.token"):
+            tid, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", token, headers=forged, port=stack.jwt_authn_port)
+            assert status == 401, body[:200]
+            assert received(stack, tid) == []
 
 
 class TestKeyRotation:

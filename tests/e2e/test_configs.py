@@ -129,3 +129,17 @@ def test_cli_authz_check_answers_each_json_line():
         {"decision": "allow", "status": 200, "reason": "public"},
         {"decision": "deny", "status": 400, "reason": "invalid-input-line"},
     ]
+
+
+def test_the_jwt_authn_fast_path_rendering_passes_envoy_validate(tmp_path):
+    jwks = {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "a"}]}
+    issuers = tmp_path / "issuers.json"
+    issuers.write_text(json.dumps([
+        {"issuer": "https://idp.example", "audiences": ["https://gw.example/fhir/r4"], "jwks": jwks},
+        {"issuer": "https://idp2.example", "audiences": ["x"], "jwksUri": "https://idp2.example/jwks", "jwksCluster": "token_issuer"},
+    ]))
+    rendered = render_envoy(tmp_path / "jwt-authn.yaml", PLACEHOLDERS, ENVOY_DIR / "fhirgate.yaml", issuers=issuers, jwt_authn=True)
+    text = rendered.read_text()
+    assert text.index("envoy.filters.http.jwt_authn") < text.index("name: fhirgate.authz") > text.index("name: fhirgate.routing")
+    result = envoy_validate(rendered)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

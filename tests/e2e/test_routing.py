@@ -330,7 +330,7 @@ class TestHttp2:
 def test_access_log_has_no_paths_queries_or_ids(stack):
     send(stack, "GET", f"{BASE}/Observation?patient=example&name=SECRETNAME")
     send(stack, "GET", f"{BASE}/Patient/example")
-    log = stack.log_dir / "access.log"
+    log = stack.log_dir / "envoy-access.log"
     deadline = time.monotonic() + 15  # Envoy flushes file access logs every 10 s by default
 
     def flushed():

@@ -22,6 +22,7 @@ struct HeldHead {
     if_none_exist: bool,
     method_override: bool,
     authorization: Option<String>,
+    forwarded: Option<String>,
 }
 
 impl HeldHead {
@@ -113,7 +114,7 @@ impl Context for AuthzFilter {
         }
         let now = now_of(self);
         finish_jwks_fetch(self, &runtime, issuer, body_size, now);
-        let (step, exchange) = runtime.borrow_mut().on_head(&held.head(), held.authorization.as_deref(), now);
+        let (step, exchange) = runtime.borrow_mut().on_head(&held.head(), held.authorization.as_deref(), held.forwarded.as_deref(), now);
         self.exchange = Some(exchange);
         let (size, complete) = self.held_body;
         let action = match self.apply(step) {
@@ -143,12 +144,13 @@ impl HttpContext for AuthzFilter {
             method_override: internal::METHOD_OVERRIDE.iter().any(|h| headers.contains(h)),
         };
         let authorization = headers.get("authorization");
+        let forwarded = runtime.borrow().policy.jwt_authn_header.as_deref().and_then(|h| headers.get(h));
         let now = now_of(self);
         let (hits, misses) = {
             let r = runtime.borrow();
             (r.cache.hits, r.cache.misses)
         };
-        let (step, exchange) = runtime.borrow_mut().on_head(&head, authorization, now);
+        let (step, exchange) = runtime.borrow_mut().on_head(&head, authorization, forwarded, now);
         let r = runtime.borrow();
         if r.cache.hits > hits {
             fhirgate_proxy::count(FILTER, "token_cache", "hit");
@@ -169,6 +171,7 @@ impl HttpContext for AuthzFilter {
                         if_none_exist: head.if_none_exist,
                         method_override: head.method_override,
                         authorization: authorization.map(str::to_string),
+                        forwarded: forwarded.map(str::to_string),
                     };
                     self.refreshing = Some((token, fetch.0, held));
                     return Action::Pause;

@@ -29,6 +29,11 @@ pub struct AuthzConfig {
     /// Verified tokens remembered per worker until they expire.
     #[serde(default = "default_token_cache_size")]
     pub token_cache_size: usize,
+    /// Trust Envoy's `jwt_authn` filter (before this one, after routing) to verify tokens:
+    /// the payload it forwards in this header is used instead of verifying here. The fast
+    /// path for RSA: Envoy verifies natively.
+    #[serde(default)]
+    pub jwt_authn: Option<JwtAuthnConfig>,
     /// `narrow` adds the patient to a search under patient/ scopes; `refuse` refuses it.
     #[serde(default = "default_patient_search")]
     pub patient_search: String,
@@ -43,6 +48,14 @@ pub struct AuthzConfig {
     /// Bulk Data rules).
     #[serde(default = "default_operations")]
     pub operations: Vec<OperationConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwtAuthnConfig {
+    /// jwt_authn's `forward_payload_header`; must carry the internal prefix, so the routing
+    /// filter strips any client copy before jwt_authn sets it.
+    pub payload_header: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,10 +190,10 @@ impl AuthzConfig {
             };
             let keys = match &c.jwks {
                 Some(jwks) => parse_jwks(jwks).map_err(|e| ConfigError::new(format!("{field}.jwks"), e))?,
-                None if source.is_some() => Vec::new(),
+                None if source.is_some() || self.jwt_authn.is_some() => Vec::new(),
                 None => return Err(ConfigError::new(format!("{field}.jwks"), "is needed without jwksUri")),
             };
-            if keys.is_empty() && source.is_none() {
+            if keys.is_empty() && source.is_none() && self.jwt_authn.is_none() {
                 return Err(ConfigError::new(format!("{field}.jwks"), "holds no signing key"));
             }
             issuers.push(Issuer {
@@ -196,8 +209,15 @@ impl AuthzConfig {
         }
         let verifier = TokenVerifier { issuers, max_token_bytes: self.max_token_bytes, revoked_jtis: self.revoked_jtis.clone() };
         let token_cache_size = self.token_cache_size;
+        let jwt_authn_header = match &self.jwt_authn {
+            None => None,
+            Some(j) if crate::headers::is_internal(&j.payload_header) && j.payload_header == j.payload_header.to_ascii_lowercase() => {
+                Some(j.payload_header.clone())
+            }
+            Some(_) => return Err(ConfigError::new("jwtAuthn.payloadHeader", "must be a lower-case x-fhirgate-* header, so clients cannot forge it")),
+        };
         let policy = self.compile()?;
-        Ok(AuthzFilterPolicy { routing, verifier, policy, token_cache_size })
+        Ok(AuthzFilterPolicy { routing, verifier, policy, token_cache_size, jwt_authn_header })
     }
 
     pub fn compile(self) -> Result<AuthzPolicy, ConfigError> {
@@ -266,5 +286,39 @@ mod tests {
             let err = AuthzPolicy::from_json(json.as_bytes()).unwrap_err();
             assert_eq!(err.field, field, "{json}: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod filter_config_tests {
+    use crate::smart::filter::AuthzFilterPolicy;
+
+    #[test]
+    fn refuses_bad_issuer_and_jwt_authn_fields_naming_them() {
+        let jwks = r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "a"}]}"#;
+        let issuer = |extra: &str| format!(r#"{{"issuers": [{{"issuer": "https://i", "audiences": ["a"], "jwks": {jwks}{extra}}}]}}"#);
+        assert!(AuthzFilterPolicy::from_json(issuer("").as_bytes()).is_ok());
+        for (json, field) in [
+            (issuer(r#", "algorithms": ["HS256"]"#), "issuers[0].algorithms[0]"),
+            (issuer(r#", "algorithms": ["none"]"#), "issuers[0].algorithms[0]"),
+            (issuer(r#", "clockSkewSeconds": 9999"#), "issuers[0].clockSkewSeconds"),
+            (issuer(r#", "jwksUri": "https://i/jwks""#), "issuers[0].jwksCluster"),
+            (issuer(r#", "jwksUri": "ftp://i/jwks", "jwksCluster": "c""#), "issuers[0].jwksUri"),
+            (issuer(r#", "jwksUri": "https://i/jwks", "jwksCluster": "c", "jwksRefreshSeconds": 1"#), "issuers[0].jwksRefreshSeconds"),
+            (issuer(r#", "jwksUri": "https://i/jwks", "jwksCluster": "c", "jwksUnknownKidIntervalSeconds": 0"#), "issuers[0].jwksUnknownKidIntervalSeconds"),
+            (r#"{"issuers": [{"issuer": "https://i", "audiences": ["a"]}]}"#.to_string(), "issuers[0].jwks"),
+            (r#"{"issuers": [{"issuer": "https://i", "audiences": [], "jwks": {"keys": []}}]}"#.to_string(), "issuers[0].audiences"),
+            (r#"{"issuers": [{"issuer": "", "audiences": ["a"], "jwks": {"keys": []}}]}"#.to_string(), "issuers[0].issuer"),
+            (r#"{"issuers": [{"issuer": "https://i", "audiences": ["a"], "jwks": {"keys": [{"kty": "oct", "k": "AA"}]}}]}"#.to_string(), "issuers[0].jwks"),
+            (r#"{"jwtAuthn": {"payloadHeader": "x-jwt-payload"}}"#.to_string(), "jwtAuthn.payloadHeader"),
+            (r#"{"maxTokenBytes": 10}"#.to_string(), "maxTokenBytes"),
+            (r#"{"routing": {"basePath": "x"}}"#.to_string(), "routing.basePath"),
+        ] {
+            match AuthzFilterPolicy::from_json(json.as_bytes()) {
+                Ok(_) => panic!("accepted {json}"),
+                Err(e) => assert_eq!(e.field, field, "{json}: {e}"),
+            }
+        }
+        assert!(AuthzFilterPolicy::from_json(br#"{"jwtAuthn": {"payloadHeader": "x-fhirgate-jwt-payload"}, "issuers": [{"issuer": "https://i", "audiences": ["a"]}]}"#).is_ok());
     }
 }

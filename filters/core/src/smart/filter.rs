@@ -8,7 +8,7 @@ use super::jwks::{JwksSource, JwksState};
 use super::check::route_relative;
 use super::config::AuthzConfig;
 use super::scope::resource_scopes;
-use super::token::{bearer_token, TokenVerifier, VerifiedToken};
+use super::token::{bearer_token, TokenError, TokenVerifier, VerifiedToken};
 use crate::config::{parse_json, ConfigError};
 use crate::headers;
 use crate::outcome::IssueType;
@@ -22,6 +22,8 @@ pub struct AuthzFilterPolicy {
     pub verifier: TokenVerifier,
     pub policy: AuthzPolicy,
     pub token_cache_size: usize,
+    /// When set, tokens are verified by Envoy's jwt_authn, which forwards the payload here.
+    pub jwt_authn_header: Option<String>,
 }
 
 impl AuthzFilterPolicy {
@@ -51,6 +53,9 @@ impl AuthzRuntime {
     /// Scheduled fetches now due; each is marked started.
     pub fn fetches_due(&mut self, now: i64) -> Vec<JwksFetch> {
         let mut due = Vec::new();
+        if self.policy.jwt_authn_header.is_some() {
+            return due; // Envoy fetches the keys
+        }
         for (i, issuer) in self.policy.verifier.issuers.iter().enumerate() {
             if let Some(source) = &issuer.source {
                 if self.jwks[i].due(source, now) {
@@ -97,8 +102,8 @@ impl AuthzRuntime {
         }
     }
 
-    pub fn on_head(&mut self, head: &RequestHead, authorization: Option<&str>, now: i64) -> (Step, Exchange) {
-        self.policy.on_head(head, authorization, now, &mut self.cache)
+    pub fn on_head(&mut self, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>, now: i64) -> (Step, Exchange) {
+        self.policy.on_head(head, authorization, forwarded, now, &mut self.cache)
     }
 }
 
@@ -145,7 +150,8 @@ fn identity_headers(token: Option<&VerifiedToken>) -> Vec<(&'static str, String)
 impl AuthzFilterPolicy {
     /// Decides on the request head. `authorization` is the `Authorization` header value;
     /// `now` is seconds since the Unix epoch.
-    pub fn on_head(&self, head: &RequestHead, authorization: Option<&str>, now: i64, cache: &mut TokenCache) -> (Step, Exchange) {
+    /// `forwarded` is the value of the jwt_authn payload header, in that mode.
+    pub fn on_head(&self, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>, now: i64, cache: &mut TokenCache) -> (Step, Exchange) {
         let mut ex = Exchange { routed: None, path: String::new(), raw_query: String::new(), grant: None, token: None };
         let routed = match self.routing.route(head) {
             Ok(r) => r,
@@ -155,7 +161,11 @@ impl AuthzFilterPolicy {
         ex.path = path.to_string();
         ex.raw_query = query.to_string();
         if !self.policy.public.contains(&routed.interaction) {
-            match self.verify(authorization, now, cache) {
+            let verified = match &self.jwt_authn_header {
+                Some(_) => self.trust_envoy(authorization, forwarded, now),
+                None => self.verify(authorization, now, cache),
+            };
+            match verified {
                 Ok(token) => {
                     ex.grant = Some(Grant { scopes: resource_scopes(&token.scopes), patient: token.patient.clone() });
                     ex.token = Some(token);
@@ -172,6 +182,15 @@ impl AuthzFilterPolicy {
         }
         let step = self.decide(&mut ex, None);
         (step, ex)
+    }
+
+    /// jwt_authn mode: Envoy verified the token and forwarded its payload; a token it did not
+    /// accept leaves no payload (it runs with `allow_missing_or_failed`, so every refusal is
+    /// this filter's, with an OperationOutcome).
+    fn trust_envoy(&self, authorization: Option<&str>, forwarded: Option<&str>, now: i64) -> Result<VerifiedToken, Rejection> {
+        bearer_token(authorization).map_err(|e| e.rejection())?;
+        let payload = forwarded.ok_or_else(|| TokenError::RejectedByEnvoy.rejection())?;
+        self.verifier.from_forwarded_payload(payload, now).map_err(|e| e.rejection())
     }
 
     fn verify(&self, authorization: Option<&str>, now: i64, cache: &mut TokenCache) -> Result<VerifiedToken, Rejection> {

@@ -135,6 +135,8 @@ pub enum TokenError {
     WrongAudience,
     MissingClaim,
     Revoked,
+    /// Envoy's `jwt_authn` did not accept the token (in the mode that trusts it).
+    RejectedByEnvoy,
 }
 
 impl TokenError {
@@ -154,6 +156,7 @@ impl TokenError {
             TokenError::WrongAudience => "token-wrong-audience",
             TokenError::MissingClaim => "token-missing-claim",
             TokenError::Revoked => "token-revoked",
+            TokenError::RejectedByEnvoy => "token-invalid",
         }
     }
 
@@ -173,6 +176,7 @@ impl TokenError {
             TokenError::WrongAudience => "the token is not meant for this server",
             TokenError::MissingClaim => "the token lacks a required claim",
             TokenError::Revoked => "the token has been revoked",
+            TokenError::RejectedByEnvoy => "the token did not verify",
         }
     }
 
@@ -270,6 +274,11 @@ impl TokenVerifier {
                 return Err(TokenError::WrongAudience);
             }
         }
+        self.finish(issuer, claims, verified.expiration.map_or(0, |e| e.timestamp()))
+    }
+
+    /// Required claims, revocation, and what the token says.
+    fn finish(&self, issuer: &Issuer, claims: &Map<String, Value>, expires_at: i64) -> Result<VerifiedToken, TokenError> {
         if issuer.required_claims.iter().any(|c| claims.get(c).is_none_or(Value::is_null)) {
             return Err(TokenError::MissingClaim);
         }
@@ -286,8 +295,32 @@ impl TokenVerifier {
             patient: claim_str(claims, &issuer.patient_claim),
             fhir_user: claim_str(claims, "fhirUser"),
             tenant: claim_str(claims, "tenant"),
-            expires_at: verified.expiration.map_or(0, |e| e.timestamp()),
+            expires_at,
         })
+    }
+
+    /// A payload Envoy's `jwt_authn` verified and forwarded (base64url JSON, its
+    /// `forward_payload_header`). Signature, issuer keys and audience were Envoy's to check;
+    /// the issuer must still be one of ours (for its claim settings), and expiry, required
+    /// claims and revocation are checked again, cheaply.
+    pub fn from_forwarded_payload(&self, payload: &str, now: i64) -> Result<VerifiedToken, TokenError> {
+        use base64::Engine;
+        if payload.len() > self.max_token_bytes {
+            return Err(TokenError::TooLarge);
+        }
+        let engine = base64::engine::general_purpose::GeneralPurpose::new(
+            &base64::alphabet::URL_SAFE,
+            base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let bytes = engine.decode(payload.trim()).map_err(|_| TokenError::Malformed)?;
+        let claims: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+        let iss = claims.get("iss").and_then(Value::as_str).ok_or(TokenError::UnknownIssuer)?;
+        let issuer = self.issuers.iter().find(|i| i.issuer == iss).ok_or(TokenError::UnknownIssuer)?;
+        let exp = claims.get("exp").and_then(Value::as_i64).ok_or(TokenError::MissingExpiry)?;
+        if exp + issuer.clock_skew_seconds <= now {
+            return Err(TokenError::Expired);
+        }
+        self.finish(issuer, &claims, exp)
     }
 }
 

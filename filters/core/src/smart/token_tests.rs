@@ -237,3 +237,26 @@ fn refuses_jwks_that_hold_what_they_should_not() {
     let enc_only = json!({"keys": [{"kty": "RSA", "use": "enc", "n": "AQAB", "e": "AQAB"}]});
     assert!(parse_jwks(&enc_only).unwrap().is_empty(), "encryption keys are skipped");
 }
+
+#[test]
+fn trusts_a_payload_forwarded_by_envoy_jwt_authn_but_checks_it() {
+    let v = verifier();
+    let payload = |claims: Value| URL_SAFE_NO_PAD.encode(claims.to_string());
+    let good = json!({"iss": ISS, "sub": "u", "scope": "user/*.rs", "patient": "123", "exp": NOW + 300});
+    let t = v.from_forwarded_payload(&payload(good.clone()), NOW).unwrap();
+    assert_eq!((t.scopes.as_str(), t.patient.as_deref(), t.expires_at), ("user/*.rs", Some("123"), NOW + 300));
+    let padded = base64::engine::general_purpose::URL_SAFE.encode(good.to_string());
+    assert!(v.from_forwarded_payload(&padded, NOW).is_ok(), "padding is tolerated");
+    let cases = [
+        (payload(json!({"iss": "https://evil.example", "sub": "u", "exp": NOW + 300})), TokenError::UnknownIssuer),
+        (payload(json!({"iss": ISS, "sub": "u"})), TokenError::MissingExpiry),
+        (payload(json!({"iss": ISS, "sub": "u", "exp": NOW - 61})), TokenError::Expired),
+        (payload(json!({"iss": ISS, "exp": NOW + 300})), TokenError::MissingClaim),
+        (payload(json!({"iss": ISS, "sub": "u", "exp": NOW + 300, "jti": "revoked-1"})), TokenError::Revoked),
+        ("%%%".to_string(), TokenError::Malformed),
+        (URL_SAFE_NO_PAD.encode("[1,2]"), TokenError::Malformed),
+    ];
+    for (p, expected) in cases {
+        assert_eq!(v.from_forwarded_payload(&p, NOW), Err(expected));
+    }
+}
