@@ -4,8 +4,8 @@
 Filter configs are inlined from their JSON files in envoy/, compacted to one line, so the
 JSON files are the single source of truth: {{ROUTING_CONFIG}} is routing.json;
 {{AUTHZ_CONFIG}} is authz.json with routing.json under `routing` (both filters parse requests
-alike) and, with --issuers FILE, that file's JSON list as `issuers` (the trusted token
-issuers and their JWKS, known only where the gateway is deployed).
+alike) and, with --issuers FILE, the settings known only where the gateway is deployed: the
+file is a JSON list of trusted issuers, or an object with `issuers` and `introspection`.
 Every placeholder must be given; an unknown or missing one is an error, never left in place.
 
     render.py TEMPLATE OUT --set LISTEN_PORT=10000 --set FHIR_PORT=8090 ... [--issuers FILE] [--jwt-authn]
@@ -31,13 +31,20 @@ def filter_config(key: str, issuers: pathlib.Path | None, jwt_authn: bool = Fals
     if key == "AUTHZ_CONFIG":
         config.setdefault("routing", json.loads((CONFIG_DIR / FILTER_CONFIGS["ROUTING_CONFIG"]).read_text()))
         if issuers is not None:
-            config["issuers"] = json.loads(issuers.read_text())
+            config.update(deployment_settings(issuers))
         if jwt_authn:
             config["jwtAuthn"] = {"payloadHeader": JWT_PAYLOAD_HEADER}
     return config
 
 
 JWT_PAYLOAD_HEADER = "x-fhirgate-jwt-payload"
+
+
+def deployment_settings(path: pathlib.Path) -> dict:
+    """The --issuers file: a JSON list of issuers, or an object of authz settings known only
+    where the gateway runs (`issuers`, `introspection`)."""
+    settings = json.loads(path.read_text())
+    return {"issuers": settings} if isinstance(settings, list) else settings
 
 
 def jwt_authn_filter(issuers: list) -> dict:
@@ -79,7 +86,7 @@ def render(template: pathlib.Path, values: dict, issuers: pathlib.Path | None = 
     if jwt_authn:
         if issuers is None:
             raise SystemExit("render.py: --jwt-authn needs --issuers")
-        text = with_jwt_authn(text, json.loads(issuers.read_text()))
+        text = with_jwt_authn(text, deployment_settings(issuers).get("issuers", []))
     missing = sorted(set(re.findall(r"\{\{([A-Z_]+)\}\}", text)) - set(values))
     if missing:
         raise SystemExit(f"render.py: no value for {', '.join(missing)}")

@@ -3,8 +3,12 @@
 // for the tests:
 //   POST /mint   {"alg": "RS256"|"ES256", "claims": {...}, "expiresIn": seconds} -> {"token"}
 //   POST /rotate {"alg": "RS256"}  adds a new key, used for tokens minted after it -> {"kid"}
+//   POST /mint-opaque {"claims": {...}, "expiresIn": seconds} -> {"token"}: an opaque token that
+//        the issuer's RFC 7662 /oauth/introspect answers for (active until expired or revoked)
+//   POST /revoke-opaque {"token"}: makes that token inactive
 // usage: node issuer.mjs ISSUER_PORT CONTROL_PORT MODULES_DIR
 import http from 'node:http';
+import crypto from 'node:crypto';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
@@ -12,6 +16,18 @@ const [issuerPort, controlPort, modules] = process.argv.slice(2);
 const { OAuth2Server } = await import(pathToFileURL(path.join(modules, 'oauth2-mock-server', 'dist', 'index.mjs')).href);
 
 const server = new OAuth2Server();
+// Opaque tokens this issuer minted: token -> {claims, exp, revoked}. RFC 7662 introspection
+// at /oauth/introspect answers from it (the mock's own /introspect calls every token active).
+const opaque = new Map();
+server.service.addRoute('POST', '/oauth/introspect', (req, res) => {
+  const entry = opaque.get(req.body && req.body.token);
+  const now = Math.floor(Date.now() / 1000);
+  const body = entry && !entry.revoked && entry.exp > now
+    ? { active: true, ...entry.claims, exp: entry.exp, iss: server.issuer.url }
+    : { active: false };
+  res.writeHead(200, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body));
+});
 const current = {};
 current.RS256 = (await server.issuer.keys.generate('RS256')).kid;
 current.ES256 = (await server.issuer.keys.generate('ES256')).kid;
@@ -37,6 +53,16 @@ const control = http.createServer(async (req, res) => {
       });
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ token }));
+    } else if (req.url === '/mint-opaque') {
+      const token = [...crypto.getRandomValues(new Uint8Array(24))].map((b) => b.toString(16).padStart(2, '0')).join('');
+      opaque.set(token, { claims: body.claims || {}, exp: Math.floor(Date.now() / 1000) + (body.expiresIn ?? 300), revoked: false });
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ token }));
+    } else if (req.url === '/revoke-opaque') {
+      const entry = opaque.get(body.token);
+      if (entry) entry.revoked = true;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ revoked: Boolean(entry) }));
     } else if (req.url === '/rotate') {
       current[alg] = (await server.issuer.keys.generate(alg)).kid;
       res.writeHead(200, { 'content-type': 'application/json' });

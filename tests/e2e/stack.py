@@ -354,15 +354,29 @@ class Stack:
         """The trusted-issuer list rendered into the authz filter's config: the issuer's JWKS
         as published right now."""
         path = self.log_dir / "issuers.json"
-        path.write_text(json.dumps([
+        path.write_text(json.dumps({"issuers": [
             {"issuer": self.issuer, "audiences": [self.audience], "algorithms": ["RS256", "ES256"],
              "jwksUri": f"{self.issuer}/jwks", "jwksCluster": "token_issuer", "requiredClaims": ["sub"],
              "jwksUnknownKidIntervalSeconds": UNKNOWN_KID_INTERVAL},
             # An issuer whose JWKS endpoint fails (404), as one that is down would.
             {"issuer": self.failing_issuer, "audiences": [self.audience], "algorithms": ["RS256"],
              "jwksUri": f"{self.issuer}/no-jwks-here", "jwksCluster": "token_issuer"},
-        ], indent=2))
+        ], "introspection": {"endpoint": f"{self.issuer}/oauth/introspect", "cluster": "token_issuer",
+                             "audiences": [self.audience], "cacheSeconds": 60}}, indent=2))
         return path
+
+    def opaque_token(self, scope: str, patient: str | None = None, expires_in: int = 300, **claims) -> str:
+        """An opaque token the issuer's introspection endpoint vouches for."""
+        payload = {"scope": scope, "aud": self.audience, "sub": "e2e-user", **claims}
+        if patient is not None:
+            payload["patient"] = patient
+        minted = self._control("/mint-opaque", {"claims": payload, "expiresIn": expires_in})
+        if minted is None:
+            raise RuntimeError("the issuer did not mint an opaque token")
+        return minted["token"]
+
+    def revoke_opaque(self, token: str):
+        self._control("/revoke-opaque", {"token": token})
 
     def rotate_key(self, alg: str = "RS256") -> str:
         """Adds a new signing key at the issuer; tokens minted afterwards use it. Waits out the

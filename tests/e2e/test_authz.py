@@ -49,7 +49,7 @@ class TestTokenAttacks:
             ("wrong iss", f"{head}.{b64(dict(claims, iss='https://evil.example'))}.{sig}", "token-unknown-issuer"),
             ("oversize", stack.token("system/*.rs", pad="x" * 9000), "token-too-large"),
             ("bad base64", "eyJhbGciOiJSUzI1NiJ9.***.abc", "token-malformed"),
-            ("opaque", "not-a-jwt", "token-malformed"),
+            ("opaque, unknown to introspection", "not-a-jwt", "token-inactive"),
         ]
 
     def test_every_attack_is_refused_with_401(self, stack):
@@ -134,6 +134,34 @@ class TestJwtAuthnMode:
             tid, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", token, headers=forged, port=stack.jwt_authn_port)
             assert status == 401, body[:200]
             assert received(stack, tid) == []
+
+
+class TestOpaqueTokens:
+    """RFC 7662: opaque tokens are introspected through an Envoy cluster, then decided as JWTs are."""
+
+    def test_an_active_opaque_token_is_decided_like_a_jwt(self, stack):
+        token = stack.opaque_token("patient/*.rs", patient="example", sub="opaque-user", client_id="opaque-app")
+        tid, status, _, body = call(stack, "GET", f"{BASE}/Observation", token)
+        assert status == 200, body[:300]
+        [(_, record)] = received(stack, tid)
+        assert record["path"] == "/fhir/Observation?patient=Patient/example"
+        assert (internal(record)["subject"], internal(record)["client-id"]) == (["opaque-user"], ["opaque-app"])
+        _, status, _, body = call(stack, "GET", f"{BASE}/Patient/pat1", token)
+        assert (status, outcome_reason(body)) == (403, "patient-mismatch")
+
+    def test_unknown_and_revoked_opaque_tokens_are_refused(self, stack):
+        revoked = stack.opaque_token("system/*.rs")
+        stack.revoke_opaque(revoked)
+        for name, token in (("unknown", "0123456789abcdef0123456789abcdef"), ("revoked", revoked)):
+            tid, status, headers, body = call(stack, "GET", f"{BASE}/Patient/example", token)
+            assert (status, outcome_reason(body)) == (401, "token-inactive"), name
+            assert 'error="invalid_token"' in headers["www-authenticate"], name
+            assert received(stack, tid) == [], name
+
+    def test_an_opaque_token_for_another_audience_is_refused(self, stack):
+        token = stack.opaque_token("system/*.rs", aud="https://other.example/fhir")
+        _, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", token)
+        assert (status, outcome_reason(body)) == (401, "token-wrong-audience")
 
 
 class TestKeyRotation:

@@ -11,8 +11,20 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
-/// The request head, kept while a JWKS fetch is under way.
+const INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a paused request waits for.
+#[derive(Clone, Copy)]
+enum Waiting {
+    /// The JWKS of this issuer, for a key the token names and we do not have.
+    Jwks(usize),
+    /// The introspection endpoint's word on an opaque token.
+    Introspection,
+}
+
+/// The request head, kept while a call is under way.
 struct HeldHead {
     method: String,
     path: String,
@@ -44,15 +56,15 @@ pub struct AuthzFilter {
     exchange: Option<Exchange>,
     awaiting_request_body: bool,
     holding_response: bool,
-    /// Set while a JWKS fetch for this request's unknown key is under way.
-    refreshing: Option<(u32, usize, HeldHead)>,
+    /// Set while a call this request waits on is under way: its token, what it is, the head.
+    waiting: Option<(u32, Waiting, HeldHead)>,
     /// Body seen while refreshing: its size and whether it was complete.
     held_body: (usize, bool),
 }
 
 impl AuthzFilter {
     pub fn new(runtime: Option<Rc<RefCell<AuthzRuntime>>>) -> Self {
-        AuthzFilter { runtime, exchange: None, awaiting_request_body: false, holding_response: false, refreshing: None, held_body: (0, false) }
+        AuthzFilter { runtime, exchange: None, awaiting_request_body: false, holding_response: false, waiting: None, held_body: (0, false) }
     }
 
     fn apply(&mut self, step: Step) -> Action {
@@ -77,7 +89,26 @@ impl AuthzFilter {
                 self.holding_response = true;
                 Action::Continue
             }
+            // Only returned before introspection; after it the token is cached.
+            Step::Introspect => reject(FILTER, &Rejection::not_configured(FILTER)),
         }
+    }
+
+    /// Pauses the request until `token_id` answers.
+    fn wait_for(&mut self, token_id: u32, what: Waiting, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>) -> Action {
+        let held = HeldHead {
+            method: head.method.to_string(),
+            path: head.path.to_string(),
+            content_type: head.content_type.map(str::to_string),
+            content_length: head.content_length.map(str::to_string),
+            has_body: head.has_body,
+            if_none_exist: head.if_none_exist,
+            method_override: head.method_override,
+            authorization: authorization.map(str::to_string),
+            forwarded: forwarded.map(str::to_string),
+        };
+        self.waiting = Some((token_id, what, held));
+        Action::Pause
     }
 
     fn decide_body(&mut self, body_size: usize) -> Action {
@@ -108,12 +139,24 @@ impl AuthzFilter {
 impl Context for AuthzFilter {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         let Some(runtime) = self.runtime.clone() else { return };
-        let Some((token, issuer, held)) = self.refreshing.take() else { return };
+        let Some((token, what, held)) = self.waiting.take() else { return };
         if token != token_id {
             return;
         }
         let now = now_of(self);
-        finish_jwks_fetch(self, &runtime, issuer, body_size, now);
+        match what {
+            Waiting::Jwks(issuer) => finish_jwks_fetch(self, &runtime, issuer, body_size, now),
+            Waiting::Introspection => {
+                let status = self.get_http_call_response_header(":status").and_then(|s| s.parse().ok());
+                let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+                let answer = runtime.borrow_mut().introspected(held.authorization.as_deref(), status, &body, now);
+                fhirgate_proxy::count(FILTER, "introspection", if answer.is_ok() { "active" } else { "refused" });
+                if let Err(rejection) = answer {
+                    reject(FILTER, &rejection);
+                    return;
+                }
+            }
+        }
         let (step, exchange) = runtime.borrow_mut().on_head(&held.head(), held.authorization.as_deref(), held.forwarded.as_deref(), now);
         self.exchange = Some(exchange);
         let (size, complete) = self.held_body;
@@ -158,23 +201,28 @@ impl HttpContext for AuthzFilter {
             fhirgate_proxy::count(FILTER, "token_cache", "miss");
         }
         drop(r);
+        if step == Step::Introspect {
+            let known = runtime.borrow_mut().known_inactive(authorization, now);
+            if let Some(rejection) = known {
+                return reject(FILTER, &rejection);
+            }
+            let Some((cluster, call_headers, body)) = runtime.borrow().introspection_request(authorization) else {
+                return reject(FILTER, &Rejection::not_configured(FILTER));
+            };
+            let pairs: Vec<(&str, &str)> = call_headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            return match self.dispatch_http_call(&cluster, pairs, Some(&body), vec![], INTROSPECTION_TIMEOUT) {
+                Ok(token) => self.wait_for(token, Waiting::Introspection, &head, authorization, forwarded),
+                Err(_) => {
+                    let answer = runtime.borrow_mut().introspected(authorization, None, b"", now);
+                    reject(FILTER, &answer.err().unwrap_or_else(|| Rejection::not_configured(FILTER)))
+                }
+            };
+        }
         if matches!(&step, Step::Deny(r) if r.reason == "token-unknown-key") {
             let fetch = runtime.borrow_mut().fetch_for_unknown_key(authorization, now);
             if let Some(fetch) = fetch {
                 if let Some(token) = dispatch_jwks_fetch(self, &fetch) {
-                    let held = HeldHead {
-                        method: head.method.to_string(),
-                        path: head.path.to_string(),
-                        content_type: head.content_type.map(str::to_string),
-                        content_length: head.content_length.map(str::to_string),
-                        has_body: head.has_body,
-                        if_none_exist: head.if_none_exist,
-                        method_override: head.method_override,
-                        authorization: authorization.map(str::to_string),
-                        forwarded: forwarded.map(str::to_string),
-                    };
-                    self.refreshing = Some((token, fetch.0, held));
-                    return Action::Pause;
+                    return self.wait_for(token, Waiting::Jwks(fetch.0), &head, authorization, forwarded);
                 }
                 runtime.borrow_mut().fetched(fetch.0, now, None, b"");
             }
@@ -184,7 +232,7 @@ impl HttpContext for AuthzFilter {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.refreshing.is_some() {
+        if self.waiting.is_some() {
             self.held_body = (body_size, end_of_stream);
             return Action::Pause;
         }

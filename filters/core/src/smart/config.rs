@@ -3,6 +3,7 @@
 
 use super::authz::{AuthzPolicy, InstanceCheck, OperationRule, PatientSearch};
 use super::filter::AuthzFilterPolicy;
+use super::introspection::Introspection;
 use super::jwks::JwksSource;
 use super::token::{parse_jwks, Issuer, TokenVerifier, SUPPORTED_ALGORITHMS};
 use crate::routing::RoutingConfig;
@@ -34,6 +35,9 @@ pub struct AuthzConfig {
     /// path for RSA: Envoy verifies natively.
     #[serde(default)]
     pub jwt_authn: Option<JwtAuthnConfig>,
+    /// RFC 7662 introspection of opaque (non-JWT) tokens; without it they are refused.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
     /// `narrow` adds the patient to a search under patient/ scopes; `refuse` refuses it.
     #[serde(default = "default_patient_search")]
     pub patient_search: String,
@@ -56,6 +60,28 @@ pub struct JwtAuthnConfig {
     /// jwt_authn's `forward_payload_header`; must carry the internal prefix, so the routing
     /// filter strips any client copy before jwt_authn sets it.
     pub payload_header: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IntrospectionConfig {
+    pub endpoint: String,
+    /// The Envoy cluster that reaches `endpoint`.
+    pub cluster: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default = "default_introspection_cache")]
+    pub cache_seconds: i64,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default = "default_patient_claim")]
+    pub patient_claim: String,
+}
+
+fn default_introspection_cache() -> i64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,8 +242,29 @@ impl AuthzConfig {
             }
             Some(_) => return Err(ConfigError::new("jwtAuthn.payloadHeader", "must be a lower-case x-fhirgate-* header, so clients cannot forge it")),
         };
+        let introspection = match &self.introspection {
+            None => None,
+            Some(c) => {
+                if c.cluster.is_empty() {
+                    return Err(ConfigError::new("introspection.cluster", "names the Envoy cluster that reaches the endpoint"));
+                }
+                let mut i = Introspection::new(&c.cluster, &c.endpoint).map_err(|e| ConfigError::new("introspection.endpoint", e))?;
+                if c.client_id.is_some() != c.client_secret.is_some() {
+                    return Err(ConfigError::new("introspection.clientSecret", "clientId and clientSecret go together"));
+                }
+                if !(0..=3600).contains(&c.cache_seconds) {
+                    return Err(ConfigError::new("introspection.cacheSeconds", "must be between 0 and 3600"));
+                }
+                i.client_id = c.client_id.clone();
+                i.client_secret = c.client_secret.clone();
+                i.cache_seconds = c.cache_seconds;
+                i.audiences = c.audiences.clone();
+                i.patient_claim = c.patient_claim.clone();
+                Some(i)
+            }
+        };
         let policy = self.compile()?;
-        Ok(AuthzFilterPolicy { routing, verifier, policy, token_cache_size, jwt_authn_header })
+        Ok(AuthzFilterPolicy { routing, verifier, policy, token_cache_size, jwt_authn_header, introspection })
     }
 
     pub fn compile(self) -> Result<AuthzPolicy, ConfigError> {
@@ -313,6 +360,10 @@ mod filter_config_tests {
             (r#"{"jwtAuthn": {"payloadHeader": "x-jwt-payload"}}"#.to_string(), "jwtAuthn.payloadHeader"),
             (r#"{"maxTokenBytes": 10}"#.to_string(), "maxTokenBytes"),
             (r#"{"routing": {"basePath": "x"}}"#.to_string(), "routing.basePath"),
+            (r#"{"introspection": {"endpoint": "idp/introspect", "cluster": "c"}}"#.to_string(), "introspection.endpoint"),
+            (r#"{"introspection": {"endpoint": "https://idp/introspect", "cluster": ""}}"#.to_string(), "introspection.cluster"),
+            (r#"{"introspection": {"endpoint": "https://idp/i", "cluster": "c", "clientId": "x"}}"#.to_string(), "introspection.clientSecret"),
+            (r#"{"introspection": {"endpoint": "https://idp/i", "cluster": "c", "cacheSeconds": -1}}"#.to_string(), "introspection.cacheSeconds"),
         ] {
             match AuthzFilterPolicy::from_json(json.as_bytes()) {
                 Ok(_) => panic!("accepted {json}"),

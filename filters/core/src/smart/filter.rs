@@ -4,7 +4,9 @@
 
 use super::authz::{AuthzDecision, AuthzPolicy, Grant, Needs};
 use super::cache::TokenCache;
+use super::introspection::{is_opaque, Introspection, IntrospectionError};
 use super::jwks::{JwksSource, JwksState};
+use std::collections::HashMap;
 use super::check::route_relative;
 use super::config::AuthzConfig;
 use super::scope::resource_scopes;
@@ -24,6 +26,7 @@ pub struct AuthzFilterPolicy {
     pub token_cache_size: usize,
     /// When set, tokens are verified by Envoy's jwt_authn, which forwards the payload here.
     pub jwt_authn_header: Option<String>,
+    pub introspection: Option<Introspection>,
 }
 
 impl AuthzFilterPolicy {
@@ -32,13 +35,21 @@ impl AuthzFilterPolicy {
     }
 }
 
+/// Internal marker: the token is opaque and not yet introspected. Never sent to a client.
+const NEEDS_INTROSPECTION: &str = "needs-introspection";
+
 /// A worker's authorization state: the compiled policy with the keys it currently trusts,
 /// the JWKS fetch state of each issuer, and the verified-token cache.
 pub struct AuthzRuntime {
     pub policy: AuthzFilterPolicy,
     pub jwks: Vec<JwksState>,
     pub cache: TokenCache,
+    /// Opaque tokens introspection called inactive, until when the answer stands.
+    inactive: HashMap<[u8; 32], i64>,
 }
+
+/// An introspection call to dispatch: cluster, headers, form body.
+pub type IntrospectionCall = (String, Vec<(&'static str, String)>, Vec<u8>);
 
 /// A JWKS fetch to dispatch: the issuer's index and where to fetch from.
 pub type JwksFetch = (usize, JwksSource);
@@ -47,7 +58,59 @@ impl AuthzRuntime {
     pub fn new(policy: AuthzFilterPolicy) -> Self {
         let jwks = vec![JwksState::default(); policy.verifier.issuers.len()];
         let cache = TokenCache::new(policy.token_cache_size);
-        AuthzRuntime { policy, jwks, cache }
+        AuthzRuntime { policy, jwks, cache, inactive: HashMap::new() }
+    }
+
+    /// The introspection call for the request's token: cluster, headers, body.
+    pub fn introspection_request(&self, authorization: Option<&str>) -> Option<IntrospectionCall> {
+        let endpoint = self.policy.introspection.as_ref()?;
+        let token = bearer_token(authorization).ok()?;
+        let (headers, body) = endpoint.request(token);
+        Some((endpoint.cluster.clone(), headers, body))
+    }
+
+    /// Before introspecting: a token recently found inactive is refused without asking again.
+    pub fn known_inactive(&mut self, authorization: Option<&str>, now: i64) -> Option<Rejection> {
+        let key = TokenCache::key(bearer_token(authorization).ok()?);
+        match self.inactive.get(&key) {
+            Some(until) if *until > now => Some(TokenError::Inactive.rejection()),
+            Some(_) => {
+                self.inactive.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The introspection answer (`status` None: none came). Active: the token is cached and
+    /// the head is decided again; otherwise the refusal to send.
+    pub fn introspected(&mut self, authorization: Option<&str>, status: Option<u16>, body: &[u8], now: i64) -> Result<(), Rejection> {
+        let (Some(endpoint), Ok(token)) = (self.policy.introspection.as_ref(), bearer_token(authorization)) else {
+            return Err(Rejection::not_configured("fhirgate.authz"));
+        };
+        let key = TokenCache::key(token);
+        match endpoint.read(status, body, now) {
+            Ok(verified) => {
+                self.cache.put(key, verified);
+                Ok(())
+            }
+            Err(IntrospectionError::Inactive) => {
+                if self.inactive.len() >= self.policy.token_cache_size.max(1) {
+                    self.inactive.retain(|_, until| *until > now);
+                }
+                if self.inactive.len() < self.policy.token_cache_size.max(1) {
+                    self.inactive.insert(key, now + endpoint.negative_cache_seconds);
+                }
+                Err(TokenError::Inactive.rejection())
+            }
+            Err(IntrospectionError::WrongAudience) => Err(TokenError::WrongAudience.rejection()),
+            Err(IntrospectionError::Unavailable) => Err(Rejection::new(
+                503,
+                "introspection-unavailable",
+                IssueType::Exception,
+                "the token could not be checked; try again later",
+            )),
+        }
     }
 
     /// Scheduled fetches now due; each is marked started.
@@ -115,6 +178,9 @@ pub enum Step {
     Deny(Rejection),
     /// Buffer the request body and call [`AuthzFilterPolicy::on_request_body`].
     WaitRequestBody,
+    /// Ask the introspection endpoint about the (opaque) token and call
+    /// [`AuthzRuntime::introspected`] with the answer, then decide the head again.
+    Introspect,
     /// Forward (with these headers), hold the response and call
     /// [`AuthzFilterPolicy::on_response_body`] with it whole.
     WaitResponseBody { headers: Vec<(&'static str, String)> },
@@ -166,6 +232,7 @@ impl AuthzFilterPolicy {
                 None => self.verify(authorization, now, cache),
             };
             match verified {
+                Err(rejection) if rejection.reason == NEEDS_INTROSPECTION => return (Step::Introspect, ex),
                 Ok(token) => {
                     ex.grant = Some(Grant { scopes: resource_scopes(&token.scopes), patient: token.patient.clone() });
                     ex.token = Some(token);
@@ -198,6 +265,9 @@ impl AuthzFilterPolicy {
         let key = TokenCache::key(token);
         if let Some(hit) = cache.get(&key, now) {
             return Ok(hit);
+        }
+        if self.introspection.is_some() && is_opaque(token) {
+            return Err(Rejection::new(401, NEEDS_INTROSPECTION, IssueType::Login, "introspection pending"));
         }
         let verified = self.verifier.verify(token, now).map_err(|e| e.rejection())?;
         cache.put(key, verified.clone());

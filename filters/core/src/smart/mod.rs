@@ -5,6 +5,7 @@ pub mod cache;
 pub mod check;
 pub mod config;
 pub mod filter;
+pub mod introspection;
 pub mod jwks;
 pub mod scope;
 pub mod token;

@@ -137,6 +137,8 @@ pub enum TokenError {
     Revoked,
     /// Envoy's `jwt_authn` did not accept the token (in the mode that trusts it).
     RejectedByEnvoy,
+    /// Introspection says the token is not active.
+    Inactive,
 }
 
 impl TokenError {
@@ -157,6 +159,7 @@ impl TokenError {
             TokenError::MissingClaim => "token-missing-claim",
             TokenError::Revoked => "token-revoked",
             TokenError::RejectedByEnvoy => "token-invalid",
+            TokenError::Inactive => "token-inactive",
         }
     }
 
@@ -177,6 +180,7 @@ impl TokenError {
             TokenError::MissingClaim => "the token lacks a required claim",
             TokenError::Revoked => "the token has been revoked",
             TokenError::RejectedByEnvoy => "the token did not verify",
+            TokenError::Inactive => "the token is not active",
         }
     }
 
