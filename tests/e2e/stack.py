@@ -263,6 +263,9 @@ class Stack:
         # A second Envoy with the same chain in jwt_authn mode (Envoy verifies tokens natively).
         self.jwt_authn_port = free_port()
         self.jwt_authn_admin_port = free_port()
+        # A third in report-only mode: decisions made and marked, never enforced.
+        self.report_only_port = free_port()
+        self.report_only_admin_port = free_port()
         self.fhir_port = free_port()
         self.demo = demo
         self.issuer_port = free_port()
@@ -427,10 +430,14 @@ class Stack:
             if not (WASM_DIR / module).exists():
                 raise RuntimeError(f"{WASM_DIR / module} is missing: run `make wasm`")
         issuers = self.issuers_file()
-        for name, listen, admin, jwt_authn in (("envoy", self.listen_port, self.admin_port, False),
-                                               ("envoy-jwt-authn", self.jwt_authn_port, self.jwt_authn_admin_port, True)):
+        report_only = self.log_dir / "report-only.json"
+        report_only.write_text(json.dumps({**json.loads(issuers.read_text()), "mode": "report-only"}))
+        for name, listen, admin, settings, jwt_authn in (
+                ("envoy", self.listen_port, self.admin_port, issuers, False),
+                ("envoy-jwt-authn", self.jwt_authn_port, self.jwt_authn_admin_port, issuers, True),
+                ("envoy-report-only", self.report_only_port, self.report_only_admin_port, report_only, False)):
             values = dict(self.envoy_values(), LISTEN_PORT=listen, ADMIN_PORT=admin, ACCESS_LOG=self.log_dir / f"{name}-access.log")
-            config = render_envoy(self.log_dir / f"{name}.yaml", values, issuers=issuers, jwt_authn=jwt_authn)
+            config = render_envoy(self.log_dir / f"{name}.yaml", values, issuers=settings, jwt_authn=jwt_authn)
             proc = Process(name, [binary("envoy"), "-c", str(config), "--concurrency", "2",
                                   "--disable-hot-restart", "-l", "info"], self.log_dir / f"{name}.log")
             self.processes.append(proc)

@@ -164,6 +164,37 @@ class TestOpaqueTokens:
         assert (status, outcome_reason(body)) == (401, "token-wrong-audience")
 
 
+class TestReportOnlyMode:
+    """Shadow rollout: the decision is made, marked for the filters after and counted, but
+    nothing is refused or narrowed."""
+
+    def test_what_enforcement_would_refuse_passes_marked(self, stack):
+        port = stack.report_only_port
+        for token, reason in ((stack.token("user/Observation.rs"), "insufficient-scope"), (None, "missing-token"),
+                              (stack.token("system/*.rs", expires_in=-120), "token-expired")):
+            tid, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", token, port=port)
+            assert status == 200, reason
+            [(_, record)] = received(stack, tid)
+            assert internal(record)["authz-decision"] == ["report-only"] and internal(record)["authz-reason"] == [reason]
+
+    def test_a_search_is_not_narrowed(self, stack):
+        token = stack.token("patient/*.rs", patient="example")
+        tid, status, _, _ = call(stack, "GET", f"{BASE}/Observation?code=x", token, port=stack.report_only_port)
+        [(_, record)] = received(stack, tid)
+        assert record["path"] == "/fhir/Observation?code=x"
+        assert internal(record)["authz-reason"] == ["narrowed"]
+
+    def test_report_only_decisions_are_counted(self, stack):
+        call(stack, "GET", f"{BASE}/Patient/example", None, port=stack.report_only_port)
+        _, text = __import__("stack").http_get(stack.report_only_admin_port, "/stats?filter=report_only")
+        assert any(line.split(": ")[0].endswith("fhirgate.authz.report_only.missing-token") and int(line.split(": ")[1]) >= 1
+                   for line in text.decode().splitlines() if ": " in line)
+
+    def test_the_routing_filter_still_refuses_malformed_requests(self, stack):
+        _, status, _, body = call(stack, "GET", f"{BASE}/Foo/1", None, port=stack.report_only_port)
+        assert (status, outcome_reason(body)) == (404, "unknown-resource-type")
+
+
 class TestKeyRotation:
     def test_a_key_rotated_while_envoy_runs_is_fetched_on_first_sight(self, stack):
         old = stack.token("user/Patient.rs")

@@ -35,6 +35,7 @@ struct HeldHead {
     method_override: bool,
     authorization: Option<String>,
     forwarded: Option<String>,
+    peer: Option<String>,
 }
 
 impl HeldHead {
@@ -89,9 +90,30 @@ impl AuthzFilter {
                 self.holding_response = true;
                 Action::Continue
             }
+            Step::ReportOnly { reason, headers } => {
+                log::info!("{FILTER}: report-only, not enforced: {reason}");
+                fhirgate_proxy::count(FILTER, "report_only", reason);
+                set_routing_headers(&headers);
+                Action::Continue
+            }
+            // Handled before apply: a second fetch for the same request is not tried.
+            Step::RefreshKeys => {
+                let step = match (&self.runtime, &self.exchange) {
+                    (Some(runtime), Some(exchange)) => runtime.borrow().policy.unknown_key_step(exchange),
+                    _ => Step::Deny(Rejection::not_configured(FILTER)),
+                };
+                self.apply(step)
+            }
             // Only returned before introspection; after it the token is cached.
             Step::Introspect => reject(FILTER, &Rejection::not_configured(FILTER)),
         }
+    }
+
+    /// The mTLS peer's URI SAN, which selects the trust zone.
+    fn peer_uri_san(&self) -> Option<String> {
+        self.get_property(vec!["connection", "uri_san_peer_certificate"])
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|s| !s.is_empty())
     }
 
     /// Pauses the request until `token_id` answers.
@@ -106,6 +128,7 @@ impl AuthzFilter {
             method_override: head.method_override,
             authorization: authorization.map(str::to_string),
             forwarded: forwarded.map(str::to_string),
+            peer: self.peer_uri_san(),
         };
         self.waiting = Some((token_id, what, held));
         Action::Pause
@@ -157,7 +180,8 @@ impl Context for AuthzFilter {
                 }
             }
         }
-        let (step, exchange) = runtime.borrow_mut().on_head(&held.head(), held.authorization.as_deref(), held.forwarded.as_deref(), now);
+        let (step, exchange) =
+            runtime.borrow_mut().on_head(&held.head(), held.authorization.as_deref(), held.forwarded.as_deref(), held.peer.as_deref(), now);
         self.exchange = Some(exchange);
         let (size, complete) = self.held_body;
         let action = match self.apply(step) {
@@ -193,7 +217,8 @@ impl HttpContext for AuthzFilter {
             let r = runtime.borrow();
             (r.cache.hits, r.cache.misses)
         };
-        let (step, exchange) = runtime.borrow_mut().on_head(&head, authorization, forwarded, now);
+        let peer = self.peer_uri_san();
+        let (step, exchange) = runtime.borrow_mut().on_head(&head, authorization, forwarded, peer.as_deref(), now);
         let r = runtime.borrow();
         if r.cache.hits > hits {
             fhirgate_proxy::count(FILTER, "token_cache", "hit");
@@ -218,7 +243,7 @@ impl HttpContext for AuthzFilter {
                 }
             };
         }
-        if matches!(&step, Step::Deny(r) if r.reason == "token-unknown-key") {
+        if step == Step::RefreshKeys {
             let fetch = runtime.borrow_mut().fetch_for_unknown_key(authorization, now);
             if let Some(fetch) = fetch {
                 if let Some(token) = dispatch_jwks_fetch(self, &fetch) {
@@ -265,9 +290,13 @@ impl HttpContext for AuthzFilter {
         let status = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         let body = self.get_http_response_body(0, body_size).unwrap_or_default();
         let step = runtime.borrow().policy.on_response_body(exchange, status, &body);
-        if let Step::Deny(rejection) = step {
-            fhirgate_proxy::count(FILTER, "denied", rejection.reason);
-            self.replace_response(&rejection, body_size);
+        match step {
+            Step::Deny(rejection) => {
+                fhirgate_proxy::count(FILTER, "denied", rejection.reason);
+                self.replace_response(&rejection, body_size);
+            }
+            Step::ReportOnly { reason, .. } => fhirgate_proxy::count(FILTER, "report_only", reason),
+            _ => {}
         }
         Action::Continue
     }

@@ -19,6 +19,8 @@ pub const BUNDLE_TYPE: &str = "x-fhirgate-bundle-type";
 
 // Set by the authorization filter, for the filters after it.
 pub const AUTHZ_DECISION: &str = "x-fhirgate-authz-decision";
+/// In report-only mode: the reason enforcing would have refused (or narrowed).
+pub const AUTHZ_REASON: &str = "x-fhirgate-authz-reason";
 pub const SUBJECT: &str = "x-fhirgate-subject";
 pub const CLIENT_ID: &str = "x-fhirgate-client-id";
 pub const TENANT: &str = "x-fhirgate-tenant";

@@ -2,7 +2,7 @@
 //! (Token verification settings — issuers, JWKS, introspection — join it with that work.)
 
 use super::authz::{AuthzPolicy, InstanceCheck, OperationRule, PatientSearch};
-use super::filter::AuthzFilterPolicy;
+use super::filter::{AuthzFilterPolicy, Zone};
 use super::introspection::Introspection;
 use super::jwks::JwksSource;
 use super::token::{parse_jwks, Issuer, TokenVerifier, SUPPORTED_ALGORITHMS};
@@ -38,6 +38,13 @@ pub struct AuthzConfig {
     /// RFC 7662 introspection of opaque (non-JWT) tokens; without it they are refused.
     #[serde(default)]
     pub introspection: Option<IntrospectionConfig>,
+    /// `enforce`, or `report-only`: decide, count and mark, but let every request through.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Trust zones: requests whose mTLS peer URI SAN starts with one of a zone's prefixes get
+    /// that zone's policy and mode; others get the top-level ones.
+    #[serde(default)]
+    pub zones: Vec<ZoneConfig>,
     /// `narrow` adds the patient to a search under patient/ scopes; `refuse` refuses it.
     #[serde(default = "default_patient_search")]
     pub patient_search: String,
@@ -78,6 +85,37 @@ pub struct IntrospectionConfig {
     pub audiences: Vec<String>,
     #[serde(default = "default_patient_claim")]
     pub patient_claim: String,
+}
+
+fn default_mode() -> String {
+    "enforce".into()
+}
+
+/// A trust zone: the policy fields it sets replace the top-level ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ZoneConfig {
+    pub name: String,
+    /// URI SAN prefixes of the mTLS peer, e.g. `spiffe://hospital.example/ns/ehr/`.
+    pub peer_uri_san_prefixes: Vec<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub patient_search: Option<String>,
+    #[serde(default)]
+    pub instance_check: Option<String>,
+    #[serde(default)]
+    pub public_interactions: Option<Vec<String>>,
+    #[serde(default)]
+    pub operations: Option<Vec<OperationConfig>>,
+}
+
+fn parse_mode(field: &str, mode: &str) -> Result<bool, ConfigError> {
+    match mode {
+        "enforce" => Ok(false),
+        "report-only" => Ok(true),
+        other => Err(ConfigError::new(field, format!("`{other}` is not `enforce` or `report-only`"))),
+    }
 }
 
 fn default_introspection_cache() -> i64 {
@@ -263,8 +301,52 @@ impl AuthzConfig {
                 Some(i)
             }
         };
+        let report_only = parse_mode("mode", &self.mode)?;
+        let mut zones = Vec::with_capacity(self.zones.len());
+        for (i, z) in self.zones.iter().enumerate() {
+            let field = format!("zones[{i}]");
+            let name_ok = !z.name.is_empty() && z.name.len() <= 64 && z.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !name_ok {
+                return Err(ConfigError::new(format!("{field}.name"), "must be 1-64 characters of a-z, 0-9 and `-`"));
+            }
+            if z.peer_uri_san_prefixes.is_empty() || z.peer_uri_san_prefixes.iter().any(|p| p.len() < 8 || !p.contains("://")) {
+                return Err(ConfigError::new(format!("{field}.peerUriSanPrefixes"), "needs URI prefixes such as `spiffe://trust.domain/`"));
+            }
+            let zone_config = AuthzConfig {
+                patient_search: z.patient_search.clone().unwrap_or_else(|| self.patient_search.clone()),
+                instance_check: z.instance_check.clone().unwrap_or_else(|| self.instance_check.clone()),
+                public_interactions: z.public_interactions.clone().unwrap_or_else(|| self.public_interactions.clone()),
+                operations: z.operations.clone().unwrap_or_else(|| self.operations.clone()),
+                ..AuthzConfig::policy_only()
+            };
+            let policy = zone_config.compile().map_err(|e| ConfigError::new(format!("{field}.{}", e.field), e.message))?;
+            let zone_report_only = match &z.mode {
+                Some(m) => parse_mode(&format!("{field}.mode"), m)?,
+                None => report_only,
+            };
+            zones.push(Zone { name: z.name.clone(), prefixes: z.peer_uri_san_prefixes.clone(), report_only: zone_report_only, policy });
+        }
         let policy = self.compile()?;
-        Ok(AuthzFilterPolicy { routing, verifier, policy, token_cache_size, jwt_authn_header, introspection })
+        Ok(AuthzFilterPolicy { routing, verifier, policy, token_cache_size, jwt_authn_header, introspection, zones, report_only })
+    }
+
+    /// A config with only the policy fields' defaults (for compiling a zone's policy).
+    fn policy_only() -> Self {
+        AuthzConfig {
+            routing: None,
+            issuers: Vec::new(),
+            max_token_bytes: default_max_token_bytes(),
+            revoked_jtis: Vec::new(),
+            token_cache_size: default_token_cache_size(),
+            jwt_authn: None,
+            introspection: None,
+            mode: default_mode(),
+            zones: Vec::new(),
+            patient_search: default_patient_search(),
+            instance_check: default_instance_check(),
+            public_interactions: default_public(),
+            operations: default_operations(),
+        }
     }
 
     pub fn compile(self) -> Result<AuthzPolicy, ConfigError> {
@@ -361,6 +443,12 @@ mod filter_config_tests {
             (r#"{"maxTokenBytes": 10}"#.to_string(), "maxTokenBytes"),
             (r#"{"routing": {"basePath": "x"}}"#.to_string(), "routing.basePath"),
             (r#"{"introspection": {"endpoint": "idp/introspect", "cluster": "c"}}"#.to_string(), "introspection.endpoint"),
+            (r#"{"mode": "shadow"}"#.to_string(), "mode"),
+            (r#"{"zones": [{"name": "EHR", "peerUriSanPrefixes": ["spiffe://h/ehr/"]}]}"#.to_string(), "zones[0].name"),
+            (r#"{"zones": [{"name": "ehr", "peerUriSanPrefixes": []}]}"#.to_string(), "zones[0].peerUriSanPrefixes"),
+            (r#"{"zones": [{"name": "ehr", "peerUriSanPrefixes": ["ehr"]}]}"#.to_string(), "zones[0].peerUriSanPrefixes"),
+            (r#"{"zones": [{"name": "ehr", "peerUriSanPrefixes": ["spiffe://h/ehr/"], "mode": "maybe"}]}"#.to_string(), "zones[0].mode"),
+            (r#"{"zones": [{"name": "ehr", "peerUriSanPrefixes": ["spiffe://h/ehr/"], "patientSearch": "x"}]}"#.to_string(), "zones[0].patientSearch"),
             (r#"{"introspection": {"endpoint": "https://idp/introspect", "cluster": ""}}"#.to_string(), "introspection.cluster"),
             (r#"{"introspection": {"endpoint": "https://idp/i", "cluster": "c", "clientId": "x"}}"#.to_string(), "introspection.clientSecret"),
             (r#"{"introspection": {"endpoint": "https://idp/i", "cluster": "c", "cacheSeconds": -1}}"#.to_string(), "introspection.cacheSeconds"),

@@ -27,6 +27,17 @@ pub struct AuthzFilterPolicy {
     /// When set, tokens are verified by Envoy's jwt_authn, which forwards the payload here.
     pub jwt_authn_header: Option<String>,
     pub introspection: Option<Introspection>,
+    pub zones: Vec<Zone>,
+    /// The mode outside every zone.
+    pub report_only: bool,
+}
+
+/// A trust zone, chosen by the mTLS peer's URI SAN: its own policy and mode.
+pub struct Zone {
+    pub name: String,
+    pub prefixes: Vec<String>,
+    pub report_only: bool,
+    pub policy: AuthzPolicy,
 }
 
 impl AuthzFilterPolicy {
@@ -165,8 +176,8 @@ impl AuthzRuntime {
         }
     }
 
-    pub fn on_head(&mut self, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>, now: i64) -> (Step, Exchange) {
-        self.policy.on_head(head, authorization, forwarded, now, &mut self.cache)
+    pub fn on_head(&mut self, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>, peer: Option<&str>, now: i64) -> (Step, Exchange) {
+        self.policy.on_head(head, authorization, forwarded, peer, now, &mut self.cache)
     }
 }
 
@@ -178,6 +189,13 @@ pub enum Step {
     Deny(Rejection),
     /// Buffer the request body and call [`AuthzFilterPolicy::on_request_body`].
     WaitRequestBody,
+    /// Report-only mode: forward unchanged with these headers; enforcing would have refused
+    /// (or narrowed) for `reason`.
+    ReportOnly { reason: &'static str, headers: Vec<(&'static str, String)> },
+    /// The token names a key its issuer's JWKS may have gained: fetch it (see
+    /// [`AuthzRuntime::fetch_for_unknown_key`]) and decide the head again; if no fetch is
+    /// possible, apply [`AuthzFilterPolicy::unknown_key_step`].
+    RefreshKeys,
     /// Ask the introspection endpoint about the (opaque) token and call
     /// [`AuthzRuntime::introspected`] with the answer, then decide the head again.
     Introspect,
@@ -188,6 +206,8 @@ pub enum Step {
 
 /// The per-request state between steps.
 pub struct Exchange {
+    /// The trust zone the request came through (None: the top-level policy).
+    zone: Option<usize>,
     routed: Option<RoutedRequest>,
     /// The request's path without its query, and its raw query.
     path: String,
@@ -217,8 +237,58 @@ impl AuthzFilterPolicy {
     /// Decides on the request head. `authorization` is the `Authorization` header value;
     /// `now` is seconds since the Unix epoch.
     /// `forwarded` is the value of the jwt_authn payload header, in that mode.
-    pub fn on_head(&self, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>, now: i64, cache: &mut TokenCache) -> (Step, Exchange) {
-        let mut ex = Exchange { routed: None, path: String::new(), raw_query: String::new(), grant: None, token: None };
+    /// `peer` is the mTLS peer's URI SAN, which selects the trust zone.
+    pub fn on_head(&self, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>, peer: Option<&str>, now: i64, cache: &mut TokenCache) -> (Step, Exchange) {
+        let (step, ex) = self.head_step(head, authorization, forwarded, peer, now, cache);
+        if let Step::Deny(r) = &step {
+            let fetchable = r.reason == TokenError::UnknownKey.reason()
+                && bearer_token(authorization)
+                    .ok()
+                    .and_then(|t| self.verifier.claimed_issuer(t))
+                    .is_some_and(|i| self.verifier.issuers[i].source.is_some());
+            if fetchable {
+                return (Step::RefreshKeys, ex);
+            }
+        }
+        (self.enforce(&ex, step), ex)
+    }
+
+    /// What to do when the keys cannot be refreshed for an unknown `kid` (or still lack it).
+    pub fn unknown_key_step(&self, ex: &Exchange) -> Step {
+        self.enforce(ex, Step::Deny(TokenError::UnknownKey.rejection()))
+    }
+
+    fn zone_policy(&self, ex: &Exchange) -> (&AuthzPolicy, bool) {
+        match ex.zone.and_then(|z| self.zones.get(z)) {
+            Some(zone) => (&zone.policy, zone.report_only),
+            None => (&self.policy, self.report_only),
+        }
+    }
+
+    /// The zone's name, for logs and audit (`default` outside every zone).
+    pub fn zone_name(&self, ex: &Exchange) -> &str {
+        ex.zone.and_then(|z| self.zones.get(z)).map_or("default", |z| z.name.as_str())
+    }
+
+    /// In report-only mode a refusal or a narrowing becomes a marked pass-through.
+    fn enforce(&self, ex: &Exchange, step: Step) -> Step {
+        if !self.zone_policy(ex).1 {
+            return step;
+        }
+        let mut headers = identity_headers(ex.token.as_ref());
+        let reason = match &step {
+            Step::Deny(r) => r.reason,
+            Step::Allow { path: Some(_), .. } => "narrowed",
+            _ => return step,
+        };
+        headers[0].1 = "report-only".to_string();
+        headers.push((headers::AUTHZ_REASON, reason.to_string()));
+        Step::ReportOnly { reason, headers }
+    }
+
+    fn head_step(&self, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>, peer: Option<&str>, now: i64, cache: &mut TokenCache) -> (Step, Exchange) {
+        let zone = peer.and_then(|san| self.zones.iter().position(|z| z.prefixes.iter().any(|p| san.starts_with(p.as_str()))));
+        let mut ex = Exchange { zone, routed: None, path: String::new(), raw_query: String::new(), grant: None, token: None };
         let routed = match self.routing.route(head) {
             Ok(r) => r,
             Err(rejection) => return (Step::Deny(rejection), ex),
@@ -226,7 +296,7 @@ impl AuthzFilterPolicy {
         let (path, query) = head.path.split_once('?').unwrap_or((head.path, ""));
         ex.path = path.to_string();
         ex.raw_query = query.to_string();
-        if !self.policy.public.contains(&routed.interaction) {
+        if !self.zone_policy(&ex).0.public.contains(&routed.interaction) {
             let verified = match &self.jwt_authn_header {
                 Some(_) => self.trust_envoy(authorization, forwarded, now),
                 None => self.verify(authorization, now, cache),
@@ -280,15 +350,17 @@ impl AuthzFilterPolicy {
             return Step::Deny(rejection);
         }
         let json: Option<Value> = serde_json::from_slice(body).ok();
-        self.decide(ex, json.as_ref())
+        let step = self.decide(ex, json.as_ref());
+        self.enforce(ex, step)
     }
 
     fn decide(&self, ex: &mut Exchange, body: Option<&Value>) -> Step {
         let Some(routed) = ex.routed.as_ref() else { return Step::Deny(Rejection::not_configured("fhirgate.authz")) };
-        let mut decision = self.policy.decide(routed, &ex.raw_query, ex.grant.as_ref());
+        let (policy, _) = self.zone_policy(ex);
+        let mut decision = policy.decide(routed, &ex.raw_query, ex.grant.as_ref());
         if let (AuthzDecision::Pending { needs: Needs::RequestBody }, Some(grant), Some(body)) = (&decision, ex.grant.as_ref(), body) {
             let route = |m: &str, u: &str, b: Option<&Value>| route_relative(&self.routing, m, u, b);
-            decision = self.policy.decide_body(routed, grant, body, &route);
+            decision = policy.decide_body(routed, grant, body, &route);
         }
         let ids = identity_headers(ex.token.as_ref());
         match decision {
@@ -306,6 +378,11 @@ impl AuthzFilterPolicy {
 
     /// Decides on a held response. Responses other than 200 pass: they carry no resource.
     pub fn on_response_body(&self, ex: &Exchange, status: u16, body: &[u8]) -> Step {
+        let step = self.response_step(ex, status, body);
+        self.enforce(ex, step)
+    }
+
+    fn response_step(&self, ex: &Exchange, status: u16, body: &[u8]) -> Step {
         if status != 200 {
             return Step::Allow { headers: vec![], path: None };
         }
@@ -315,10 +392,99 @@ impl AuthzFilterPolicy {
         let Ok(json) = serde_json::from_slice::<Value>(body) else {
             return Step::Deny(Rejection::new(502, "unverifiable-response", IssueType::Exception, "the upstream response could not be checked"));
         };
-        match self.policy.decide_response(routed, grant, &json) {
+        match self.zone_policy(ex).0.decide_response(routed, grant, &json) {
             AuthzDecision::Allow { .. } => Step::Allow { headers: vec![], path: None },
             AuthzDecision::Deny(r) => Step::Deny(r),
             AuthzDecision::Pending { .. } => Step::Deny(Rejection::new(502, "unverifiable-response", IssueType::Exception, "the upstream response could not be checked")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use serde_json::json;
+
+    const NOW: i64 = 1_800_000_000;
+
+    /// jwt_authn mode: the tests hand in verified payloads, no signing needed.
+    fn policy(extra: serde_json::Value) -> AuthzFilterPolicy {
+        let mut config = json!({
+            "jwtAuthn": {"payloadHeader": "x-fhirgate-jwt-payload"},
+            "issuers": [{"issuer": "https://idp", "audiences": ["gw"]}],
+            "zones": [{"name": "ehr-backend", "peerUriSanPrefixes": ["spiffe://hospital.example/ns/ehr/"], "mode": "report-only"},
+                      {"name": "partners", "peerUriSanPrefixes": ["spiffe://partners.example/"], "publicInteractions": []}]
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        AuthzFilterPolicy::from_json(config.to_string().as_bytes()).unwrap()
+    }
+
+    fn payload(scope: &str) -> String {
+        URL_SAFE_NO_PAD.encode(json!({"iss": "https://idp", "sub": "u", "scope": scope, "exp": NOW + 60}).to_string())
+    }
+
+    fn head(path: &str) -> RequestHead<'_> {
+        RequestHead { method: "GET", path, ..RequestHead::default() }
+    }
+
+    fn step(p: &AuthzFilterPolicy, path: &str, scope: Option<&str>, peer: Option<&str>) -> Step {
+        let forwarded = scope.map(payload);
+        let auth = scope.map(|_| "Bearer a.b.c");
+        p.on_head(&head(path), auth, forwarded.as_deref(), peer, NOW, &mut TokenCache::new(4)).0
+    }
+
+    #[test]
+    fn enforces_outside_every_zone() {
+        let p = policy(json!({}));
+        assert!(matches!(step(&p, "/fhir/r4/Patient/1", Some("user/Observation.rs"), None), Step::Deny(r) if r.reason == "insufficient-scope"));
+        assert!(matches!(step(&p, "/fhir/r4/Patient/1", Some("user/Patient.rs"), Some("spiffe://elsewhere/x")), Step::Allow { .. }));
+    }
+
+    #[test]
+    fn a_report_only_zone_marks_and_passes_what_it_would_refuse() {
+        let p = policy(json!({}));
+        let peer = Some("spiffe://hospital.example/ns/ehr/sa/backend");
+        match step(&p, "/fhir/r4/Patient/1", Some("user/Observation.rs"), peer) {
+            Step::ReportOnly { reason, headers } => {
+                assert_eq!(reason, "insufficient-scope");
+                assert!(headers.contains(&(headers::AUTHZ_DECISION, "report-only".to_string())));
+                assert!(headers.contains(&(headers::AUTHZ_REASON, "insufficient-scope".to_string())));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(step(&p, "/fhir/r4/Patient/1", None, peer), Step::ReportOnly { reason: "missing-token", .. }));
+        assert!(matches!(step(&p, "/fhir/r4/Patient/1", Some("user/Patient.rs"), peer), Step::Allow { .. }), "what it allows it allows");
+        let narrowed = policy(json!({}));
+        let forwarded = URL_SAFE_NO_PAD.encode(json!({"iss": "https://idp", "sub": "u", "scope": "patient/*.rs", "patient": "p1", "exp": NOW + 60}).to_string());
+        let (s, _) = narrowed.on_head(&head("/fhir/r4/Observation"), Some("Bearer a.b.c"), Some(&forwarded), peer, NOW, &mut TokenCache::new(4));
+        assert!(matches!(s, Step::ReportOnly { reason: "narrowed", .. }), "report-only never rewrites the query: {s:?}");
+    }
+
+    #[test]
+    fn a_zone_has_its_own_policy() {
+        let p = policy(json!({}));
+        let partner = Some("spiffe://partners.example/acme");
+        assert!(matches!(step(&p, "/fhir/r4/metadata", None, None), Step::Allow { .. }), "public by default");
+        assert!(matches!(step(&p, "/fhir/r4/metadata", None, partner), Step::Deny(r) if r.reason == "missing-token"), "not in the partners zone");
+        let ex = p.on_head(&head("/fhir/r4/metadata"), None, None, partner, NOW, &mut TokenCache::new(1)).1;
+        assert_eq!(p.zone_name(&ex), "partners");
+    }
+
+    #[test]
+    fn report_only_at_the_top_level_applies_outside_zones() {
+        let p = policy(json!({"mode": "report-only", "zones": []}));
+        assert!(matches!(step(&p, "/fhir/r4/Patient/1", Some("user/Observation.rs"), None), Step::ReportOnly { .. }));
+    }
+
+    #[test]
+    fn forwarded_payloads_without_a_bearer_header_are_ignored() {
+        let p = policy(json!({}));
+        let forwarded = payload("system/*.rs");
+        let (s, _) = p.on_head(&head("/fhir/r4/Patient/1"), None, Some(&forwarded), None, NOW, &mut TokenCache::new(1));
+        assert!(matches!(s, Step::Deny(r) if r.reason == "missing-token"));
     }
 }
