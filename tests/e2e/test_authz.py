@@ -280,10 +280,11 @@ class TestScopesAndShapes:
         assert 'error="insufficient_scope"' in headers["www-authenticate"]
         assert received(stack, tid) == []
 
-    def test_a_reverse_include_needs_a_wildcard_scope(self, stack):
+    def test_a_reverse_include_needs_read_on_what_it_returns(self, stack):
         _, status, _, body = call(stack, "GET", f"{BASE}/Patient?_revinclude=Observation:subject", stack.token("user/Patient.rs"))
         assert (status, outcome_reason(body)) == (403, "query-shape-not-permitted")
-        _, status, _, _ = call(stack, "GET", f"{BASE}/Patient?_revinclude=Observation:subject&_count=1", stack.token("user/*.rs"))
+        _, status, _, _ = call(stack, "GET", f"{BASE}/Patient?_revinclude=Observation:subject&_count=1",
+                               stack.token("user/Patient.rs user/Observation.r"))
         assert status == 200
 
     def test_bulk_export_needs_system_scopes(self, stack):
@@ -294,6 +295,16 @@ class TestScopesAndShapes:
                 assert received(stack, tid) == []
             else:
                 assert [c for c, _ in received(stack, tid)] == ["fhir_bulk"], scope
+
+    def test_us_core_medication_include_under_patient_scopes(self, stack):
+        token = stack.token("patient/MedicationRequest.rs patient/Medication.rs", patient="example")
+        tid, status, _, body = call(stack, "GET", f"{BASE}/MedicationRequest?_include=MedicationRequest:medication", token)
+        assert status == 200, body[:300]
+        [(_, record)] = received(stack, tid)
+        assert record["path"] == "/fhir/MedicationRequest?_include=MedicationRequest:medication&patient=Patient/example"
+        without = stack.token("patient/MedicationRequest.rs", patient="example")
+        _, status, _, body = call(stack, "GET", f"{BASE}/MedicationRequest?_include=MedicationRequest:medication", without)
+        assert (status, outcome_reason(body)) == (403, "query-shape-not-permitted")
 
     def test_a_transaction_is_authorized_entry_by_entry(self, stack):
         token = stack.token("patient/Observation.c patient/Patient.r", patient="example")

@@ -83,8 +83,8 @@ def test_readme_config_example_passes_lint_and_covers_every_documented_field(tmp
     assert documented == set(json.loads(example)), "README table and example list different fields"
 
 
-def test_patient_compartment_table_matches_the_r4_specification():
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen-patient-compartment.py"), "--check"],
+def test_generated_fhir_tables_match_the_r4_specification():
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen-fhir-tables.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 

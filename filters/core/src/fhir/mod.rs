@@ -2,8 +2,10 @@
 //! for ids and names.
 
 mod patient_compartment;
+mod reference_params;
 
 pub use patient_compartment::{PATIENT_COMPARTMENT, PATIENT_SEARCH_PARAM_TYPES};
+pub use reference_params::REFERENCE_PARAMS;
 
 /// Every concrete resource type of FHIR R4 (4.0.1): the 148 codes of CodeSystem `resource-types` less the abstract `Resource` and `DomainResource`. Sorted for binary search.
 pub const R4_RESOURCE_TYPES: &[&str] = &[
@@ -67,6 +69,15 @@ pub fn patient_compartment_params(resource_type: &str) -> Option<&'static [&'sta
 /// Whether R4 defines a `patient` search parameter on this type (Observation, Condition, …).
 pub fn has_patient_search_param(resource_type: &str) -> bool {
     PATIENT_SEARCH_PARAM_TYPES.binary_search(&resource_type).is_ok()
+}
+
+/// The types a reference search parameter of `base` can point to, or None when `base` has
+/// no such reference parameter.
+pub fn reference_targets(base: &str, code: &str) -> Option<&'static [&'static str]> {
+    REFERENCE_PARAMS
+        .binary_search_by(|(b, c, _)| (*b, *c).cmp(&(base, code)))
+        .ok()
+        .map(|i| REFERENCE_PARAMS[i].2)
 }
 
 /// FHIR `id` datatype: `[A-Za-z0-9\-\.]{1,64}`. Also the rule for version ids.
@@ -141,6 +152,19 @@ mod tests {
         }
         for t in ["Patient", "Practitioner", "Medication", "Organization"] {
             assert!(!has_patient_search_param(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn knows_where_reference_parameters_point() {
+        assert!(REFERENCE_PARAMS.windows(2).all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)));
+        assert_eq!(reference_targets("MedicationRequest", "medication"), Some(&["Medication"][..]));
+        assert_eq!(reference_targets("Observation", "subject"), Some(&["Device", "Group", "Location", "Patient"][..]));
+        assert_eq!(reference_targets("Observation", "code"), None, "a token parameter");
+        assert_eq!(reference_targets("Foo", "subject"), None);
+        for (base, _, targets) in REFERENCE_PARAMS {
+            assert!(resource_type(base).is_some(), "{base}");
+            assert!(targets.iter().all(|t| resource_type(t).is_some()), "{base}: {targets:?}");
         }
     }
 

@@ -18,9 +18,12 @@
 //!   allow those types: they hold no patient's data.
 //! - History and system-wide searches cannot be confined to a patient: refused under
 //!   `patient/` scopes.
-//! - Reverse includes, `_has`, chains, `_include`, `_contained` can reach types the scopes do
-//!   not name: allowed only with an unconstrained `*` scope with `rs` in the user or system
-//!   context, refused otherwise.
+//! - `_include`, `_revinclude`, `_has` and chains reach the types their reference parameters
+//!   point to (R4 SearchParameter targets): each reached type needs a scope (read for what is
+//!   returned, search for what filters). Under `patient/` scopes only forward `_include`s are
+//!   allowed, to types outside the patient compartment (never `Group`, whose members are other
+//!   patients) or to `Patient` through the parameter that names the patient. `:iterate` and
+//!   `_contained` cannot be bounded: they need an unconstrained `user/*.rs` or `system/*.rs`.
 
 use super::scope::{Context, Permissions, ResourceScope};
 use crate::fhir;
@@ -136,7 +139,7 @@ pub(crate) mod deny {
         forbidden("not-confinable", "this request cannot be confined to the token's patient")
     }
     pub fn query_shape() -> Rejection {
-        forbidden("query-shape-not-permitted", "includes, chains, _has and _contained need user/*.rs or system/*.rs")
+        forbidden("query-shape-not-permitted", "an include, reverse include, chain or _has reaches types the token's scopes do not allow")
     }
     pub fn operation() -> Rejection {
         forbidden("operation-not-permitted", "this operation is not permitted through the gateway")
@@ -258,6 +261,87 @@ impl AuthzPolicy {
         }
     }
 
+    /// Can every type the request's includes, reverse includes, `_has` and chains reach be
+    /// read (or searched) under the grant? See the module notes for the rules.
+    fn shape_allowed(&self, r: &RoutedRequest, grant: &Grant, under_patient: bool) -> bool {
+        if !under_patient && self.has_wildcard_read(grant) {
+            return true;
+        }
+        let Some(searched) = r.resource_type else { return false };
+        let covered = |t: &str, perm: Permissions, patient_ok: bool| {
+            grant.scopes.iter().any(|s| {
+                s.params.is_empty() && s.permissions.contains(perm) && s.covers_type(t) && (patient_ok || s.context != Context::Patient)
+            })
+        };
+        for p in &r.params {
+            let mut name_parts = p.name.split(':');
+            let base = name_parts.next().unwrap_or("");
+            let modifier = name_parts.next();
+            let reached: Vec<(&str, Permissions)> = match base {
+                "_include" | "_revinclude" if modifier.is_some() => return false, // :iterate
+                "_include" => {
+                    let mut v = p.value.split(':');
+                    let (Some(source), Some(param)) = (v.next(), v.next()) else { return false };
+                    if source != searched {
+                        return false;
+                    }
+                    let Some(targets) = fhir::reference_targets(source, param) else { return false };
+                    let wanted = v.next();
+                    if wanted.is_some_and(|w| !targets.contains(&w)) {
+                        return false;
+                    }
+                    let mut out = Vec::new();
+                    for t in targets.iter().copied().filter(|t| wanted.is_none_or(|w| w == *t)) {
+                        if under_patient {
+                            let names_the_patient = t == "Patient" && ["patient", "subject", "beneficiary"].contains(&param);
+                            let harmless = t != "Group" && t != "Patient" && fhir::patient_compartment_params(t).is_none();
+                            if !(names_the_patient || harmless) {
+                                return false;
+                            }
+                        }
+                        out.push((t, Permissions::R));
+                    }
+                    out
+                }
+                _ if under_patient && (base == "_revinclude" || base == "_has" || p.name.contains('.') || base.starts_with("_contained")) => {
+                    return false
+                }
+                "_revinclude" => {
+                    let mut v = p.value.split(':');
+                    let (Some(source), Some(param)) = (v.next(), v.next()) else { return false };
+                    match fhir::reference_targets(source, param) {
+                        Some(targets) if targets.contains(&searched) && fhir::resource_type(source).is_some() => vec![(source, Permissions::R)],
+                        _ => return false,
+                    }
+                }
+                "_has" => match (modifier, fhir::resource_type(modifier.unwrap_or(""))) {
+                    (Some(_), Some(t)) => vec![(t, Permissions::S)],
+                    _ => return false,
+                },
+                "_contained" | "_containedType" => return false,
+                _ if p.name.contains('.') => {
+                    // A chain `param.x` or `param:Type.x`: it searches the referenced type(s).
+                    let head = p.name.split('.').next().unwrap_or("");
+                    let (param, typed) = match head.split_once(':') {
+                        Some((param, t)) => (param, Some(t)),
+                        None => (head, None),
+                    };
+                    let Some(targets) = fhir::reference_targets(searched, param) else { return false };
+                    match typed {
+                        Some(t) if targets.contains(&t) => vec![(t, Permissions::S)],
+                        Some(_) => return false,
+                        None => targets.iter().map(|t| (*t, Permissions::S)).collect(),
+                    }
+                }
+                _ => continue,
+            };
+            if !reached.iter().all(|(t, perm)| covered(t, *perm, under_patient)) {
+                return false;
+            }
+        }
+        true
+    }
+
     fn has_wildcard_read(&self, grant: &Grant) -> bool {
         grant.scopes.iter().any(|s| {
             s.context != Context::Patient
@@ -280,7 +364,7 @@ impl AuthzPolicy {
         let shape_risky = r.params.iter().any(|p| reaches_other_types(&p.name));
         // 1. Unconstrained user/ or system/ scopes.
         if candidates.iter().any(|s| s.context != Context::Patient && s.params.is_empty()) {
-            if shape_risky && !self.has_wildcard_read(grant) {
+            if shape_risky && !self.shape_allowed(r, grant, false) {
                 return AuthzDecision::Deny(deny::query_shape());
             }
             return AuthzDecision::Allow { reason: "scope", query: None };
@@ -290,7 +374,7 @@ impl AuthzPolicy {
             let Some(patient) = grant.patient.as_deref() else {
                 return AuthzDecision::Deny(deny::patient_context_missing());
             };
-            if shape_risky {
+            if shape_risky && !self.shape_allowed(r, grant, true) {
                 return AuthzDecision::Deny(deny::query_shape());
             }
             return self.confine_to_patient(r, raw_query, patient, types);
