@@ -2,7 +2,6 @@
 //! pauses a request whose signing key is unknown while the issuer's JWKS is fetched once.
 
 use crate::root::{dispatch_jwks_fetch, finish_jwks_fetch, now_of, FILTER};
-use fhirgate_core::headers as internal;
 use fhirgate_core::routing::RequestHead;
 use fhirgate_core::smart::filter::{AuthzRuntime, Exchange, Step};
 use fhirgate_core::Rejection;
@@ -201,15 +200,7 @@ impl HttpContext for AuthzFilter {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
         let headers = RequestHeaders::read();
-        let head = RequestHead {
-            method: headers.get(":method").unwrap_or_default(),
-            path: headers.get(":path").unwrap_or_default(),
-            content_type: headers.get("content-type"),
-            content_length: headers.get("content-length"),
-            has_body: !end_of_stream,
-            if_none_exist: headers.contains("if-none-exist"),
-            method_override: internal::METHOD_OVERRIDE.iter().any(|h| headers.contains(h)),
-        };
+        let head = headers.head(end_of_stream);
         let authorization = headers.get("authorization");
         let forwarded = runtime.borrow().policy.jwt_authn_header.as_deref().and_then(|h| headers.get(h));
         let now = now_of(self);

@@ -3,6 +3,7 @@
 //! [`Rejection`] as a local reply, and read and write request headers.
 
 use fhirgate_core::config::ConfigError;
+use fhirgate_core::routing::RequestHead;
 use fhirgate_core::{headers, Rejection};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::RootContext;
@@ -84,6 +85,20 @@ impl RequestHeaders {
 
     pub fn contains(&self, name: &str) -> bool {
         self.pairs.iter().any(|(k, _)| k == name)
+    }
+
+    /// The request head in the core's terms (`end_of_stream`: the request ended with its
+    /// headers).
+    pub fn head(&self, end_of_stream: bool) -> RequestHead<'_> {
+        RequestHead {
+            method: self.get(":method").unwrap_or_default(),
+            path: self.get(":path").unwrap_or_default(),
+            content_type: self.get("content-type"),
+            content_length: self.get("content-length"),
+            has_body: !end_of_stream,
+            if_none_exist: self.contains("if-none-exist"),
+            method_override: headers::METHOD_OVERRIDE.iter().any(|h| self.contains(h)),
+        }
     }
 
     /// Removes from the request every header with the internal prefix, whatever its case:

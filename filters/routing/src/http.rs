@@ -1,8 +1,8 @@
 //! Per-request context: reads the head, calls the core, buffers a body when the core asks.
 
 use crate::root::FILTER;
-use fhirgate_core::routing::{RequestHead, RoutedRequest, RoutingPolicy};
-use fhirgate_core::{headers as internal, Rejection};
+use fhirgate_core::routing::{RoutedRequest, RoutingPolicy};
+use fhirgate_core::Rejection;
 use fhirgate_proxy::{reject, set_routing_headers, RequestHeaders};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -43,15 +43,7 @@ impl HttpContext for RoutingFilter {
             // Unreachable with a refused config; fail closed all the same.
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
-        let head = RequestHead {
-            method: headers.get(":method").unwrap_or_default(),
-            path: headers.get(":path").unwrap_or_default(),
-            content_type: headers.get("content-type"),
-            content_length: headers.get("content-length"),
-            has_body: !end_of_stream,
-            if_none_exist: headers.contains("if-none-exist"),
-            method_override: internal::METHOD_OVERRIDE.iter().any(|h| headers.contains(h)),
-        };
+        let head = headers.head(end_of_stream);
         match policy.route(&head) {
             Err(rejection) => reject(FILTER, &rejection),
             Ok(routed) if routed.awaiting_body => {

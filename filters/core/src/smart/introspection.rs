@@ -2,7 +2,7 @@
 //! sends through an Envoy cluster, and what the answer means.
 
 use super::jwks::JwksSource;
-use super::token::VerifiedToken;
+use super::token::{audience_matches, VerifiedToken};
 use base64::Engine;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::{Map, Value};
@@ -81,15 +81,8 @@ impl Introspection {
         if exp.is_some_and(|e| e <= now) {
             return Err(IntrospectionError::Inactive);
         }
-        if !self.audiences.is_empty() {
-            let ok = match claims.get("aud") {
-                Some(Value::String(a)) => self.audiences.contains(a),
-                Some(Value::Array(list)) => list.iter().any(|a| a.as_str().is_some_and(|a| self.audiences.iter().any(|x| x == a))),
-                _ => false,
-            };
-            if !ok {
-                return Err(IntrospectionError::WrongAudience);
-            }
+        if !audience_matches(claims.get("aud"), &self.audiences) {
+            return Err(IntrospectionError::WrongAudience);
         }
         let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
         let trusted_until = now + self.cache_seconds;

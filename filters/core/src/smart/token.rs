@@ -268,15 +268,8 @@ impl TokenVerifier {
         .map_err(|_| TokenError::BadSignature)?;
         check_times(&verified, now, issuer.clock_skew_seconds)?;
         let claims = &verified.custom;
-        if !issuer.audiences.is_empty() {
-            let ok = match claims.get("aud") {
-                Some(Value::String(a)) => issuer.audiences.contains(a),
-                Some(Value::Array(list)) => list.iter().any(|a| a.as_str().is_some_and(|a| issuer.audiences.iter().any(|x| x == a))),
-                _ => false,
-            };
-            if !ok {
-                return Err(TokenError::WrongAudience);
-            }
+        if !audience_matches(claims.get("aud"), &issuer.audiences) {
+            return Err(TokenError::WrongAudience);
         }
         self.finish(issuer, claims, verified.expiration.map_or(0, |e| e.timestamp()))
     }
@@ -325,6 +318,19 @@ impl TokenVerifier {
             return Err(TokenError::Expired);
         }
         self.finish(issuer, &claims, exp)
+    }
+}
+
+/// Does an `aud` claim (a string or a list) name one of `audiences`? No audiences configured
+/// accepts any.
+pub fn audience_matches(aud: Option<&Value>, audiences: &[String]) -> bool {
+    if audiences.is_empty() {
+        return true;
+    }
+    match aud {
+        Some(Value::String(a)) => audiences.contains(a),
+        Some(Value::Array(list)) => list.iter().any(|a| a.as_str().is_some_and(|a| audiences.iter().any(|x| x == a))),
+        _ => false,
     }
 }
 
