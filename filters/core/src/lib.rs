@@ -9,6 +9,7 @@ pub mod decision;
 pub mod fhir;
 pub mod headers;
 pub mod outcome;
+pub mod ratelimit;
 pub mod routing;
 pub mod smart;
 

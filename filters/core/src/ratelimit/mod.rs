@@ -1,0 +1,4 @@
+//! Rate-limit classification: which class a request falls in, whose budget it spends, how
+//! much of it, and the 429 answer. Envoy's limiters enforce; this decides what they count.
+
+pub mod breakglass;
