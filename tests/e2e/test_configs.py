@@ -143,3 +143,36 @@ def test_the_jwt_authn_fast_path_rendering_passes_envoy_validate(tmp_path):
     assert text.index("envoy.filters.http.jwt_authn") < text.index("name: fhirgate.authz") > text.index("name: fhirgate.routing")
     result = envoy_validate(rendered)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_cli_ratelimit_classify_answers_each_json_line():
+    lines = [
+        {"method": "GET", "path": "/Observation", "query": "_include=Observation:patient", "tenant": "hosp-a", "subject": "dr-smith"},
+        {"method": "POST", "path": "/Patient", "body": {"resourceType": "Patient"}, "tenant": "hosp-a", "subject": "dr-smith"},
+        {"method": "GET", "path": "/$export", "tenant": "hosp-a", "clientId": "etl", "backend": True},
+        {"method": "GET", "path": "/metadata", "peer": "10.0.0.9"},
+    ]
+    stdin = "\n".join(json.dumps(l) for l in lines) + "\n"
+    out = [json.loads(l) for l in subprocess.run([str(CLI), "ratelimit", "classify"], input=stdin, capture_output=True,
+                                                  text=True, check=True).stdout.splitlines()]
+    assert [(o["class"], o["weight"], o["limit"], o["windowSeconds"]) for o in out] == [
+        ("search", 2, 600, 60), ("write", 1, 60, 60), ("bulk", 1, 2, 3600), ("metadata", 1, None, None)]
+    assert out[0]["key"] == out[1]["key"] and out[0]["key"].startswith("tenant=hosp-a;user=") and "dr-smith" not in out[0]["key"]
+    assert out[2]["key"] == "tenant=hosp-a" and out[3]["key"] == "peer=10.0.0.9"
+
+
+def test_cli_breakglass_sign_makes_a_token_with_the_claims(tmp_path):
+    import base64
+    key = tmp_path / "key"
+    key.write_text("k" * 40)
+    token = subprocess.run([str(CLI), "breakglass", "sign", "--key-file", str(key), "--kid", "k1", "--user", "dr-who",
+                            "--reason", "ETREAT", "--ttl", "600"], capture_output=True, text=True, check=True).stdout.strip()
+    payload, mac = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    assert (claims["kid"], claims["user"], claims["reason"]) == ("k1", "dr-who", "ETREAT") and len(claims["nonce"]) == 32
+    assert len(base64.urlsafe_b64decode(mac + "==")) == 32
+    short = tmp_path / "short"
+    short.write_text("too-short")
+    refused = subprocess.run([str(CLI), "breakglass", "sign", "--key-file", str(short), "--kid", "k", "--user", "u", "--reason", "r"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "32 bytes" in refused.stderr

@@ -4,6 +4,8 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fhirgate_core::routing::{RequestHead, RoutingPolicy};
+use fhirgate_core::ratelimit::breakglass;
+use fhirgate_core::ratelimit::classify::{Caller, RateLimitPolicy};
 use fhirgate_core::smart::authz::AuthzPolicy;
 use fhirgate_core::smart::check;
 use serde_json::json;
@@ -45,6 +47,16 @@ enum Command {
         #[command(subcommand)]
         command: AuthzCommand,
     },
+    /// Rate-limit classification tools.
+    Ratelimit {
+        #[command(subcommand)]
+        command: RatelimitCommand,
+    },
+    /// Break-glass (emergency access) tools for operators.
+    Breakglass {
+        #[command(subcommand)]
+        command: BreakglassCommand,
+    },
     /// Filter configuration tools.
     Config {
         #[command(subcommand)]
@@ -72,6 +84,40 @@ enum AuthzCommand {
 }
 
 #[derive(Subcommand)]
+enum RatelimitCommand {
+    /// Classify requests read as JSON lines on stdin: in {"method", "path" (relative to the
+    /// FHIR base), "query", "body"?, "tenant"?, "subject"?, "clientId"?, "backend"?, "peer"?};
+    /// out {"class", "key", "weight", "limit", "windowSeconds"} (limit null: not limited).
+    Classify {
+        /// Rate-limit config (JSON); the defaults when absent.
+        #[arg(long)]
+        config: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BreakglassCommand {
+    /// Sign a break-glass token with an HMAC-SHA256 key (at least 32 bytes).
+    Sign {
+        /// File holding the key.
+        #[arg(long)]
+        key_file: String,
+        /// Key id the gateway knows the key by.
+        #[arg(long)]
+        kid: String,
+        /// The clinician the emergency access is for.
+        #[arg(long)]
+        user: String,
+        /// Reason code, e.g. ETREAT.
+        #[arg(long)]
+        reason: String,
+        /// Validity in seconds (at most a day).
+        #[arg(long, default_value_t = 900)]
+        ttl: i64,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Check a filter config with the code the filter runs in on_configure.
     Lint {
@@ -94,13 +140,9 @@ enum Filter {
 const SHIPPED_ROUTING: &str = include_str!("../../../envoy/routing.json");
 const SHIPPED_AUTHZ: &str = include_str!("../../../envoy/authz.json");
 
-fn authz_check(config: Option<&str>) -> Result<String, String> {
-    let config_bytes = match config {
-        Some(path) => read_input(path)?,
-        None => SHIPPED_AUTHZ.as_bytes().to_vec(),
-    };
-    let authz = AuthzPolicy::from_json(&config_bytes).map_err(|e| e.to_string())?;
-    let routing = RoutingPolicy::from_json(SHIPPED_ROUTING.as_bytes()).map_err(|e| e.to_string())?;
+/// Applies `f` to each JSON-object line of stdin, writing one JSON line each (`invalid` for a
+/// line that is not a JSON object).
+fn json_lines(invalid: serde_json::Value, f: impl Fn(&serde_json::Value) -> serde_json::Value) -> Result<String, String> {
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     for line in stdin.lock().lines() {
@@ -108,13 +150,73 @@ fn authz_check(config: Option<&str>) -> Result<String, String> {
         if line.trim().is_empty() {
             continue;
         }
-        let decision = match serde_json::from_str::<serde_json::Value>(&line) {
-            Ok(input) if input.is_object() => check::check(&routing, &authz, &input),
-            _ => json!({"decision": "deny", "status": 400, "reason": "invalid-input-line"}),
+        let answer = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(input) if input.is_object() => f(&input),
+            _ => invalid.clone(),
         };
-        writeln!(out, "{decision}").map_err(|e| format!("writing stdout: {e}"))?;
+        writeln!(out, "{answer}").map_err(|e| format!("writing stdout: {e}"))?;
     }
     Ok(String::new())
+}
+
+fn ratelimit_classify(config: Option<&str>) -> Result<String, String> {
+    let bytes = match config {
+        Some(path) => read_input(path)?,
+        None => Vec::new(),
+    };
+    let policy = RateLimitPolicy::from_json(&bytes).map_err(|e| e.to_string())?;
+    let routing = RoutingPolicy::from_json(SHIPPED_ROUTING.as_bytes()).map_err(|e| e.to_string())?;
+    json_lines(json!({"error": "invalid-input-line"}), |input| {
+        let text = |k: &str| input.get(k).and_then(serde_json::Value::as_str);
+        let method = text("method").unwrap_or("GET");
+        let query = text("query").unwrap_or("");
+        let path = text("path").unwrap_or("");
+        let relative = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
+        match check::route_relative(&routing, method, &relative, input.get("body")) {
+            Err(rejection) => json!({"error": rejection.reason, "status": rejection.status}),
+            Ok((routed, _)) => {
+                let caller = Caller {
+                    tenant: text("tenant"),
+                    subject: text("subject"),
+                    client_id: text("clientId"),
+                    backend: input.get("backend").and_then(serde_json::Value::as_bool).unwrap_or(false),
+                    peer: text("peer"),
+                };
+                let c = policy.classify(&routed, &caller);
+                json!({"class": c.class.name(), "key": c.key, "weight": c.weight,
+                       "limit": c.tier.map(|t| t.limit), "windowSeconds": c.tier.map(|t| t.window_seconds)})
+            }
+        }
+    })
+}
+
+fn breakglass_sign(key_file: &str, kid: &str, user: &str, reason: &str, ttl: i64) -> Result<String, String> {
+    let key = read_input(key_file)?;
+    let key = key.trim_ascii();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs() as i64;
+    if !(1..=breakglass::MAX_VALIDITY_SECONDS).contains(&ttl) {
+        return Err(format!("--ttl must be between 1 and {}", breakglass::MAX_VALIDITY_SECONDS));
+    }
+    let mut nonce = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut nonce)).map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    let claims = breakglass::BreakGlass {
+        kid: kid.into(),
+        user: user.into(),
+        reason: reason.into(),
+        exp: now + ttl,
+        nonce: nonce.iter().map(|b| format!("{b:02x}")).collect(),
+    };
+    breakglass::sign(&claims, key)
+}
+
+fn authz_check(config: Option<&str>) -> Result<String, String> {
+    let config_bytes = match config {
+        Some(path) => read_input(path)?,
+        None => SHIPPED_AUTHZ.as_bytes().to_vec(),
+    };
+    let authz = AuthzPolicy::from_json(&config_bytes).map_err(|e| e.to_string())?;
+    let routing = RoutingPolicy::from_json(SHIPPED_ROUTING.as_bytes()).map_err(|e| e.to_string())?;
+    json_lines(json!({"decision": "deny", "status": 400, "reason": "invalid-input-line"}), |input| check::check(&routing, &authz, input))
 }
 
 fn read_input(path: &str) -> Result<Vec<u8>, String> {
@@ -196,6 +298,10 @@ fn main() -> ExitCode {
         }
         Command::Scope { command: ScopeCommand::Parse { scope } } => Ok(fhirgate_core::smart::scope::describe(&scope).to_string()),
         Command::Authz { command: AuthzCommand::Check { config } } => authz_check(config.as_deref()),
+        Command::Ratelimit { command: RatelimitCommand::Classify { config } } => ratelimit_classify(config.as_deref()),
+        Command::Breakglass { command: BreakglassCommand::Sign { key_file, kid, user, reason, ttl } } => {
+            breakglass_sign(&key_file, &kid, &user, &reason, ttl)
+        }
         Command::Config { command: ConfigCommand::Lint { file, filter } } => lint(&file, filter),
     };
     match result {

@@ -2,3 +2,4 @@
 //! much of it, and the 429 answer. Envoy's limiters enforce; this decides what they count.
 
 pub mod breakglass;
+pub mod classify;
