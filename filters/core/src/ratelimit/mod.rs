@@ -2,4 +2,5 @@
 //! much of it, and the 429 answer. Envoy's limiters enforce; this decides what they count.
 
 pub mod breakglass;
+pub mod bucket;
 pub mod classify;
