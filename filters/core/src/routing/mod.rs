@@ -390,7 +390,7 @@ impl RoutingPolicy {
             if !p.methods.contains(&head.method) {
                 return Err(refuse::method_not_allowed(head.method, &p.methods));
             }
-            check_passthrough_path(path)?;
+            split_segments(path)?; // not FHIR, but the same path hygiene
             let mut r = RoutedRequest::new(Interaction::Passthrough);
             r.pool = p.pool.clone();
             r.body = BodyRule::Opaque;
@@ -639,11 +639,6 @@ fn split_segments(rest: &str) -> Result<Vec<String>, Rejection> {
         out.push(seg);
     }
     Ok(out)
-}
-
-/// Passthrough paths are not FHIR, but the same path hygiene applies.
-fn check_passthrough_path(path: &str) -> Result<(), Rejection> {
-    split_segments(path).map(|_| ())
 }
 
 /// CDS Hooks 2.0: `GET /cds-services` (discovery), `POST /cds-services/{id}`,

@@ -37,11 +37,18 @@ use serde_json::Value;
 pub type EntryRouter<'a> = dyn Fn(&str, &str, Option<&Value>) -> Result<(RoutedRequest, String), Rejection> + 'a;
 
 /// What a verified token grants.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grant {
     pub scopes: Vec<ResourceScope>,
     /// The launch patient (`patient` claim, or as configured).
     pub patient: Option<String>,
+}
+
+impl Grant {
+    /// The resource scopes and launch patient of a verified token.
+    pub fn of(token: &super::token::VerifiedToken) -> Grant {
+        Grant { scopes: super::scope::resource_scopes(&token.scopes), patient: token.patient.clone() }
+    }
 }
 
 /// What the filter still needs before it can decide.

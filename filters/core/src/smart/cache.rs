@@ -1,14 +1,16 @@
 //! The verified-token cache: a token verified once is not verified again until it expires.
 //! Keyed by the SHA-256 of the token (the token itself is never kept), bounded in size,
-//! entries expiring with their token.
+//! entries expiring with their token. Each entry keeps the token's grant too, its scopes
+//! parsed once when the token is stored rather than on every request.
 
+use super::authz::Grant;
 use super::token::VerifiedToken;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 
 pub struct TokenCache {
     capacity: usize,
-    entries: HashMap<[u8; 32], VerifiedToken>,
+    entries: HashMap<[u8; 32], (VerifiedToken, Grant)>,
     /// Insertion order, for eviction when full.
     order: VecDeque<[u8; 32]>,
     pub hits: u64,
@@ -24,10 +26,10 @@ impl TokenCache {
         Sha256::digest(token.as_bytes()).into()
     }
 
-    /// The cached verification of `token`, if still unexpired at `now`.
-    pub fn get(&mut self, key: &[u8; 32], now: i64) -> Option<VerifiedToken> {
+    /// The cached verification of `token` and its grant, if still unexpired at `now`.
+    pub fn get(&mut self, key: &[u8; 32], now: i64) -> Option<(VerifiedToken, Grant)> {
         match self.entries.get(key) {
-            Some(v) if v.expires_at > now => {
+            Some(v) if v.0.expires_at > now => {
                 self.hits += 1;
                 Some(v.clone())
             }
@@ -43,7 +45,7 @@ impl TokenCache {
         }
     }
 
-    pub fn put(&mut self, key: [u8; 32], token: VerifiedToken) {
+    pub fn put(&mut self, key: [u8; 32], token: VerifiedToken, grant: Grant) {
         if self.capacity == 0 {
             return;
         }
@@ -55,7 +57,7 @@ impl TokenCache {
                 None => break,
             }
         }
-        if self.entries.insert(key, token).is_none() {
+        if self.entries.insert(key, (token, grant)).is_none() {
             self.order.push_back(key);
         }
     }
@@ -91,7 +93,7 @@ mod tests {
         let mut c = TokenCache::new(4);
         let k = TokenCache::key("a.b.c");
         assert_eq!(c.get(&k, 100), None);
-        c.put(k, token(200));
+        c.put(k, token(200), Grant::default());
         assert!(c.get(&k, 199).is_some());
         assert_eq!(c.get(&k, 200), None, "expired at its exp");
         assert!(c.is_empty(), "expired entries are dropped");
@@ -102,11 +104,29 @@ mod tests {
     fn stays_within_its_capacity_evicting_the_oldest() {
         let mut c = TokenCache::new(3);
         for i in 0..10 {
-            c.put(TokenCache::key(&format!("t{i}")), token(1000));
+            c.put(TokenCache::key(&format!("t{i}")), token(1000), Grant::default());
         }
         assert_eq!(c.len(), 3);
         assert!(c.get(&TokenCache::key("t9"), 0).is_some());
         assert!(c.get(&TokenCache::key("t0"), 0).is_none());
+    }
+
+    #[test]
+    fn keeps_the_grant_with_the_token() {
+        let mut c = TokenCache::new(1);
+        let k = TokenCache::key("t");
+        let t = VerifiedToken { scopes: "openid patient/Observation.rs".into(), patient: Some("p".into()), ..token(10) };
+        c.put(k, t.clone(), Grant::of(&t));
+        let (_, grant) = c.get(&k, 0).unwrap();
+        assert_eq!((grant.scopes.len(), grant.patient.as_deref()), (1, Some("p")));
+    }
+
+    #[test]
+    fn a_zero_capacity_cache_keeps_nothing() {
+        let mut c = TokenCache::new(0);
+        let k = TokenCache::key("t");
+        c.put(k, token(10), Grant::default());
+        assert!(c.get(&k, 0).is_none());
     }
 
     #[test]

@@ -9,7 +9,6 @@ use super::jwks::{JwksSource, JwksState};
 use std::collections::HashMap;
 use super::check::route_relative;
 use super::config::AuthzConfig;
-use super::scope::resource_scopes;
 use super::token::{bearer_token, TokenError, TokenVerifier, VerifiedToken};
 use crate::config::{parse_json, ConfigError};
 use crate::headers;
@@ -102,7 +101,8 @@ impl AuthzRuntime {
         let key = TokenCache::key(token);
         match endpoint.read(status, body, now) {
             Ok(verified) => {
-                self.cache.put(key, verified);
+                let grant = Grant::of(&verified);
+                self.cache.put(key, verified, grant);
                 Ok(())
             }
             Err(IntrospectionError::Inactive) => {
@@ -303,8 +303,8 @@ impl AuthzFilterPolicy {
             };
             match verified {
                 Err(rejection) if rejection.reason == NEEDS_INTROSPECTION => return (Step::Introspect, ex),
-                Ok(token) => {
-                    ex.grant = Some(Grant { scopes: resource_scopes(&token.scopes), patient: token.patient.clone() });
+                Ok((token, grant)) => {
+                    ex.grant = Some(grant);
                     ex.token = Some(token);
                 }
                 Err(rejection) => return (Step::Deny(rejection), ex),
@@ -324,13 +324,15 @@ impl AuthzFilterPolicy {
     /// jwt_authn mode: Envoy verified the token and forwarded its payload; a token it did not
     /// accept leaves no payload (it runs with `allow_missing_or_failed`, so every refusal is
     /// this filter's, with an OperationOutcome).
-    fn trust_envoy(&self, authorization: Option<&str>, forwarded: Option<&str>, now: i64) -> Result<VerifiedToken, Rejection> {
+    fn trust_envoy(&self, authorization: Option<&str>, forwarded: Option<&str>, now: i64) -> Result<(VerifiedToken, Grant), Rejection> {
         bearer_token(authorization).map_err(|e| e.rejection())?;
         let payload = forwarded.ok_or_else(|| TokenError::RejectedByEnvoy.rejection())?;
-        self.verifier.from_forwarded_payload(payload, now).map_err(|e| e.rejection())
+        let token = self.verifier.from_forwarded_payload(payload, now).map_err(|e| e.rejection())?;
+        let grant = Grant::of(&token);
+        Ok((token, grant))
     }
 
-    fn verify(&self, authorization: Option<&str>, now: i64, cache: &mut TokenCache) -> Result<VerifiedToken, Rejection> {
+    fn verify(&self, authorization: Option<&str>, now: i64, cache: &mut TokenCache) -> Result<(VerifiedToken, Grant), Rejection> {
         let token = bearer_token(authorization).map_err(|e| e.rejection())?;
         let key = TokenCache::key(token);
         if let Some(hit) = cache.get(&key, now) {
@@ -340,8 +342,9 @@ impl AuthzFilterPolicy {
             return Err(Rejection::new(401, NEEDS_INTROSPECTION, IssueType::Login, "introspection pending"));
         }
         let verified = self.verifier.verify(token, now).map_err(|e| e.rejection())?;
-        cache.put(key, verified.clone());
-        Ok(verified)
+        let grant = Grant::of(&verified);
+        cache.put(key, verified.clone(), grant.clone());
+        Ok((verified, grant))
     }
 
     pub fn on_request_body(&self, ex: &mut Exchange, body: &[u8]) -> Step {
