@@ -11,8 +11,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
-use std::collections::{HashMap, VecDeque};
+use super::bucket::SharedStore;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -40,6 +41,8 @@ pub enum BreakGlassError {
     Expired,
     TooLong,
     Replayed,
+    /// The nonce ledger is full or persistently contended: refused, never waved through.
+    Unavailable,
 }
 
 impl BreakGlassError {
@@ -51,6 +54,7 @@ impl BreakGlassError {
             BreakGlassError::Expired => "break-glass-expired",
             BreakGlassError::TooLong => "break-glass-validity-too-long",
             BreakGlassError::Replayed => "break-glass-replayed",
+            BreakGlassError::Unavailable => "break-glass-unavailable",
         }
     }
 }
@@ -71,21 +75,36 @@ pub fn sign(claims: &BreakGlass, key: &[u8]) -> Result<String, String> {
     Ok(format!("{payload}.{}", URL_SAFE_NO_PAD.encode(tag)))
 }
 
-/// Verifies break-glass tokens against the configured keys, remembering used nonces until
-/// their token expires (bounded: when full, the oldest are forgotten first).
+/// The shared-data key of the ledger of used nonces, one for every worker of an Envoy.
+pub const LEDGER_KEY: &str = "fhirgate.break-glass.nonces";
+/// Most unexpired nonces the ledger holds; beyond that new tokens are refused rather than old
+/// nonces forgotten (forgetting one would let its token be replayed).
+pub const LEDGER_CAPACITY: usize = 4096;
+const LEDGER_ENTRY: usize = 24;
+const MAX_ATTEMPTS: usize = 16;
+/// Longest accepted nonce; nonces are ASCII letters, digits, `-` and `_`.
+pub const MAX_NONCE_BYTES: usize = 64;
+
+/// Verifies break-glass tokens against the configured keys and claims each token's nonce in a
+/// ledger in Envoy's shared data, so a token is honoured once across every worker until it
+/// expires.
 pub struct BreakGlassVerifier {
     keys: HashMap<String, Vec<u8>>,
-    nonces: HashMap<String, i64>,
-    order: VecDeque<String>,
-    capacity: usize,
 }
 
 impl BreakGlassVerifier {
-    pub fn new(keys: HashMap<String, Vec<u8>>, capacity: usize) -> Self {
-        BreakGlassVerifier { keys, nonces: HashMap::new(), order: VecDeque::new(), capacity }
+    pub fn new(keys: HashMap<String, Vec<u8>>) -> Self {
+        BreakGlassVerifier { keys }
     }
 
-    pub fn verify(&mut self, token: &str, now: i64) -> Result<BreakGlass, BreakGlassError> {
+    pub fn verify(&self, token: &str, now: i64, ledger: &mut dyn SharedStore) -> Result<BreakGlass, BreakGlassError> {
+        let claims = self.check(token, now)?;
+        claim_nonce(ledger, &claims, now)?;
+        Ok(claims)
+    }
+
+    /// Signature, expiry and shape, without claiming the nonce.
+    pub fn check(&self, token: &str, now: i64) -> Result<BreakGlass, BreakGlassError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(BreakGlassError::Malformed);
         }
@@ -101,37 +120,58 @@ impl BreakGlassVerifier {
         if claims.exp - now > MAX_VALIDITY_SECONDS {
             return Err(BreakGlassError::TooLong);
         }
-        if claims.nonce.is_empty() || claims.user.is_empty() || claims.reason.is_empty() {
+        let nonce_ok = !claims.nonce.is_empty()
+            && claims.nonce.len() <= MAX_NONCE_BYTES
+            && claims.nonce.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !nonce_ok || claims.user.is_empty() || claims.reason.is_empty() {
             return Err(BreakGlassError::Malformed);
         }
-        self.remember(&claims, now)?;
         Ok(claims)
     }
+}
 
-    fn remember(&mut self, claims: &BreakGlass, now: i64) -> Result<(), BreakGlassError> {
-        let id = format!("{}:{}", claims.kid, claims.nonce);
-        if self.nonces.get(&id).is_some_and(|exp| *exp > now) {
-            return Err(BreakGlassError::Replayed);
-        }
-        self.nonces.retain(|_, exp| *exp > now);
-        self.order.retain(|n| self.nonces.contains_key(n));
-        while self.nonces.len() >= self.capacity.max(1) {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.nonces.remove(&old);
-                }
-                None => break,
-            }
-        }
-        self.nonces.insert(id.clone(), claims.exp);
-        self.order.push_back(id);
-        Ok(())
+/// Creates the empty ledger if there is none (at configuration, before traffic: creating a
+/// shared-data key is not atomic, updating one is).
+pub fn ensure_ledger(store: &mut dyn SharedStore) {
+    if store.get(LEDGER_KEY).0.is_none() {
+        store.set(LEDGER_KEY, &[], None);
     }
+}
+
+/// Records the token's nonce as used, or refuses it if it already is. The ledger holds
+/// (16 bytes of SHA-256 of kid and nonce, expiry) pairs; expired ones are dropped on write.
+fn claim_nonce(store: &mut dyn SharedStore, claims: &BreakGlass, now: i64) -> Result<(), BreakGlassError> {
+    let digest = Sha256::digest(format!("{}:{}", claims.kid, claims.nonce).as_bytes());
+    let id = &digest[..16];
+    for _ in 0..MAX_ATTEMPTS {
+        let (value, cas) = store.get(LEDGER_KEY);
+        let mut live: Vec<u8> = Vec::with_capacity(value.as_ref().map_or(0, Vec::len) + LEDGER_ENTRY);
+        for entry in value.as_deref().unwrap_or_default().chunks_exact(LEDGER_ENTRY) {
+            let exp = i64::from_le_bytes(entry[16..].try_into().map_err(|_| BreakGlassError::Unavailable)?);
+            if exp <= now {
+                continue;
+            }
+            if &entry[..16] == id {
+                return Err(BreakGlassError::Replayed);
+            }
+            live.extend_from_slice(entry);
+        }
+        if live.len() / LEDGER_ENTRY >= LEDGER_CAPACITY {
+            return Err(BreakGlassError::Unavailable);
+        }
+        live.extend_from_slice(id);
+        live.extend_from_slice(&claims.exp.to_le_bytes());
+        if store.set(LEDGER_KEY, &live, cas) {
+            return Ok(());
+        }
+    }
+    Err(BreakGlassError::Unavailable)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ratelimit::bucket::MemoryStore;
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
     const NOW: i64 = 1_800_000_000;
@@ -141,16 +181,16 @@ mod tests {
     }
 
     fn verifier() -> BreakGlassVerifier {
-        BreakGlassVerifier::new(HashMap::from([("k1".to_string(), KEY.to_vec()), ("k2".to_string(), b"another-key-another-key-another!!".to_vec())]), 100)
+        BreakGlassVerifier::new(HashMap::from([("k1".to_string(), KEY.to_vec()), ("k2".to_string(), b"another-key-another-key-another!!".to_vec())]))
     }
 
     #[test]
     fn accepts_a_signed_token_once() {
-        let mut v = verifier();
+        let (v, mut ledger) = (verifier(), MemoryStore::default());
         let t = sign(&claims("n1"), KEY).unwrap();
-        assert_eq!(v.verify(&t, NOW).unwrap(), claims("n1"));
-        assert_eq!(v.verify(&t, NOW + 1), Err(BreakGlassError::Replayed));
-        assert!(v.verify(&sign(&claims("n2"), KEY).unwrap(), NOW).is_ok());
+        assert_eq!(v.verify(&t, NOW, &mut ledger).unwrap(), claims("n1"));
+        assert_eq!(v.verify(&t, NOW + 1, &mut ledger), Err(BreakGlassError::Replayed));
+        assert!(v.verify(&sign(&claims("n2"), KEY).unwrap(), NOW, &mut ledger).is_ok());
     }
 
     #[test]
@@ -177,13 +217,15 @@ mod tests {
             (sign(&expired, KEY).unwrap(), BreakGlassError::Expired),
             (sign(&long, KEY).unwrap(), BreakGlassError::TooLong),
             (sign(&claims(""), KEY).unwrap(), BreakGlassError::Malformed),
+            (sign(&claims("n/1"), KEY).unwrap(), BreakGlassError::Malformed),
+            (sign(&claims(&"n".repeat(MAX_NONCE_BYTES + 1)), KEY).unwrap(), BreakGlassError::Malformed),
             ("no-dot".into(), BreakGlassError::Malformed),
             (format!("{payload}.!!!"), BreakGlassError::Malformed),
             (format!("{}.{tag}", URL_SAFE_NO_PAD.encode(br#"{"kid":"k1","extra":1}"#)), BreakGlassError::Malformed),
             ("x".repeat(MAX_TOKEN_BYTES + 1), BreakGlassError::Malformed),
         ];
         for (token, expected) in cases {
-            assert_eq!(verifier().verify(&token, NOW), Err(expected), "{token}");
+            assert_eq!(verifier().verify(&token, NOW, &mut MemoryStore::default()), Err(expected), "{token}");
         }
     }
 
@@ -193,14 +235,44 @@ mod tests {
     }
 
     #[test]
-    fn forgets_nonces_once_their_token_expired_and_stays_bounded() {
-        let mut v = BreakGlassVerifier::new(HashMap::from([("k1".to_string(), KEY.to_vec())]), 3);
+    fn forgets_nonces_once_their_token_expired() {
+        let (v, mut ledger) = (verifier(), MemoryStore::default());
         for i in 0..10 {
-            assert!(v.verify(&sign(&claims(&format!("n{i}")), KEY).unwrap(), NOW).is_ok());
+            assert!(v.verify(&sign(&claims(&format!("n{i}")), KEY).unwrap(), NOW, &mut ledger).is_ok());
         }
-        assert!(v.nonces.len() <= 3);
         let t = sign(&claims("late"), KEY).unwrap();
-        assert!(v.verify(&t, NOW).is_ok());
-        assert_eq!(v.verify(&t, NOW + 599), Err(BreakGlassError::Replayed));
+        assert!(v.verify(&t, NOW, &mut ledger).is_ok());
+        assert_eq!(v.verify(&t, NOW + 599, &mut ledger), Err(BreakGlassError::Replayed));
+        // Past their expiry the ten early nonces are dropped on the next write.
+        let mut later = claims("later");
+        later.exp = NOW + 1200;
+        assert!(v.verify(&sign(&later, KEY).unwrap(), NOW + 700, &mut ledger).is_ok());
+        assert_eq!(ledger.get(LEDGER_KEY).0.unwrap().len(), LEDGER_ENTRY, "only the live nonce is kept");
+    }
+
+    #[test]
+    fn a_full_ledger_refuses_new_tokens_instead_of_forgetting_nonces() {
+        let v = verifier();
+        let mut ledger = MemoryStore::default();
+        let entry: Vec<u8> = [[7u8; 16].as_slice(), &(NOW + 600).to_le_bytes()].concat();
+        ledger.set(LEDGER_KEY, &entry.repeat(LEDGER_CAPACITY), None);
+        assert_eq!(v.verify(&sign(&claims("n"), KEY).unwrap(), NOW, &mut ledger), Err(BreakGlassError::Unavailable));
+    }
+
+    /// Two workers verify the same token: the second one's read is stale by the time it
+    /// writes, so its compare-and-swap fails, it re-reads and sees the nonce taken.
+    #[test]
+    fn a_token_is_honoured_once_across_workers() {
+        let v = verifier();
+        let mut ledger = MemoryStore::default();
+        ensure_ledger(&mut ledger);
+        let t = sign(&claims("shared"), KEY).unwrap();
+        let stale = ledger.get(LEDGER_KEY);
+        assert!(v.verify(&t, NOW, &mut ledger).is_ok(), "worker 1");
+        // Worker 2 had read before worker 1 wrote: its write with the stale version fails.
+        assert!(!ledger.set(LEDGER_KEY, b"", stale.1));
+        assert_eq!(v.verify(&t, NOW, &mut ledger), Err(BreakGlassError::Replayed), "worker 2 re-reads");
+        ensure_ledger(&mut ledger);
+        assert_eq!(v.verify(&t, NOW, &mut ledger), Err(BreakGlassError::Replayed), "ensure_ledger keeps an existing ledger");
     }
 }

@@ -6,11 +6,41 @@
 
 use super::classify::Tier;
 
-/// Envoy's shared data: values with a version for compare-and-swap.
+/// Envoy's shared data: values with a version for compare-and-swap. As in Envoy, a write
+/// without a version is unconditional, so creating a key is not atomic: two workers that both
+/// find a bucket absent both create it, and the first request of a key may be admitted once
+/// per worker. Every later take is exact.
 pub trait SharedStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     /// Writes if the version is still `cas` (None: unconditionally); false on a mismatch.
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}
+
+/// Shared data in one process's memory, with Envoy's compare-and-swap semantics: for the CLI,
+/// native tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    values: std::collections::HashMap<String, (Vec<u8>, u32)>,
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.values.get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let current = self.values.get(key).map(|(_, c)| *c);
+        // As in Envoy: no version writes unconditionally; a stale version is refused.
+        if cas.is_some() && cas != current {
+            return false;
+        }
+        let next = current.unwrap_or(0).wrapping_add(1);
+        self.values.insert(key.to_string(), (value.to_vec(), next));
+        true
+    }
 }
 
 /// How many times a take re-reads after losing a compare-and-swap race.
@@ -74,31 +104,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    #[derive(Default)]
-    struct Store {
-        values: HashMap<String, (Vec<u8>, u32)>,
-    }
-
-    impl SharedStore for Store {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            match self.values.get(key) {
-                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-                None => (None, None),
-            }
-        }
-        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-            let current = self.values.get(key).map(|(_, c)| *c);
-            if cas.is_some() && cas != current {
-                return false;
-            }
-            if cas.is_none() && current.is_some() {
-                return false; // someone created it first
-            }
-            let next = current.unwrap_or(0) + 1;
-            self.values.insert(key.to_string(), (value.to_vec(), next));
-            true
-        }
-    }
+    type Store = MemoryStore;
 
     const TIER: Tier = Tier { limit: 5, window_seconds: 60 };
 
@@ -132,7 +138,8 @@ mod tests {
     }
 
     /// Two workers: each reads, then the other writes first, so every other write loses its
-    /// compare-and-swap and must re-read. Exactly `limit` requests are admitted.
+    /// compare-and-swap and must re-read. Exactly `limit` requests are admitted once the
+    /// bucket exists (its creation is the one non-atomic step, see [`SharedStore`]).
     #[test]
     fn interleaved_workers_never_over_admit() {
         struct Racy {
@@ -158,8 +165,10 @@ mod tests {
             }
         }
         thread_local!(static SNEAKED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
-        let mut s = Racy { inner: Store::default(), sneak: 3 };
-        let mut admitted = 0;
+        let mut inner = Store::default();
+        assert!(matches!(take(&mut inner, "k", TIER, 1, 0), Admit::Allowed { .. }));
+        let mut s = Racy { inner, sneak: 3 };
+        let mut admitted = 1;
         for _ in 0..20 {
             if matches!(take(&mut s, "k", TIER, 1, 0), Admit::Allowed { .. }) {
                 admitted += 1;
@@ -168,6 +177,18 @@ mod tests {
         let sneaked = SNEAKED.with(|c| c.get());
         assert!(sneaked > 0, "the race happened");
         assert_eq!(admitted + sneaked, TIER.limit, "admitted {admitted} + {sneaked} by the other worker");
+    }
+
+    #[test]
+    fn creating_a_bucket_is_the_one_racy_step() {
+        // Both workers find the bucket absent and both create it: one extra admission, once.
+        let mut s = Store::default();
+        let (absent, _) = s.get("k");
+        assert!(absent.is_none());
+        assert!(matches!(take(&mut s, "k", TIER, 1, 0), Admit::Allowed { remaining: 4, .. }));
+        assert!(s.set("k", &encode(4_000, 0), None), "the other worker's unversioned create lands");
+        let admitted = (0..10).filter(|_| matches!(take(&mut s, "k", TIER, 1, 0), Admit::Allowed { .. })).count();
+        assert_eq!(admitted, 4, "after creation every take is exact");
     }
 
     #[test]

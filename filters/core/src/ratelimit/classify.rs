@@ -48,8 +48,14 @@ impl Class {
 
 /// The class of a routed request.
 pub fn class_of(r: &RoutedRequest) -> Class {
+    class_of_parts(r.interaction, r.operation.as_deref())
+}
+
+/// The class of an interaction (and operation, for operations): what the routing filter's
+/// `x-fhirgate-interaction` and `x-fhirgate-operation` headers say.
+pub fn class_of_parts(interaction: Interaction, operation: Option<&str>) -> Class {
     use Interaction as I;
-    match r.interaction {
+    match interaction {
         I::Capabilities | I::SmartConfiguration => Class::Metadata,
         I::Read | I::Vread | I::HistoryInstance | I::Passthrough => Class::Read,
         I::SearchType | I::SearchSystem | I::SearchCompartment | I::HistoryType | I::HistorySystem => Class::Search,
@@ -58,7 +64,7 @@ pub fn class_of(r: &RoutedRequest) -> Class {
         }
         I::Delete | I::ConditionalDelete => Class::Delete,
         I::CdsDiscovery | I::CdsService | I::CdsFeedback => Class::CdsHooks,
-        I::OperationSystem | I::OperationType | I::OperationInstance => match r.operation.as_deref() {
+        I::OperationSystem | I::OperationType | I::OperationInstance => match operation {
             Some("$export") => Class::Bulk,
             Some("$validate") => Class::Validate,
             _ => Class::Operation,
@@ -85,6 +91,17 @@ fn pseudonym(kind: &str, id: &str) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whose budget within the tenant: `user=<pseudonym>`, `client=<pseudonym>` for Backend
+/// Services, or `peer=<address>` only for unauthenticated traffic.
+pub fn principal_of(caller: &Caller) -> String {
+    match (caller.backend, caller.client_id, caller.subject) {
+        (true, Some(client), _) => format!("client={}", pseudonym("client", client)),
+        (_, _, Some(user)) => format!("user={}", pseudonym("user", user)),
+        (_, Some(client), None) => format!("client={}", pseudonym("client", client)),
+        _ => format!("peer={}", caller.peer.unwrap_or("unknown")),
+    }
+}
+
 /// The budget a request spends: per tenant and user, per tenant and client for Backend
 /// Services, per tenant for bulk, per peer address only without a token.
 pub fn key_of(class: Class, caller: &Caller) -> String {
@@ -92,11 +109,11 @@ pub fn key_of(class: Class, caller: &Caller) -> String {
     if class == Class::Bulk {
         return format!("tenant={tenant}");
     }
-    match (caller.backend, caller.client_id, caller.subject) {
-        (true, Some(client), _) => format!("tenant={tenant};client={}", pseudonym("client", client)),
-        (_, _, Some(user)) => format!("tenant={tenant};user={}", pseudonym("user", user)),
-        (_, Some(client), None) => format!("tenant={tenant};client={}", pseudonym("client", client)),
-        _ => format!("peer={}", caller.peer.unwrap_or("unknown")),
+    let principal = principal_of(caller);
+    if principal.starts_with("peer=") {
+        principal
+    } else {
+        format!("tenant={tenant};{principal}")
     }
 }
 
@@ -149,20 +166,26 @@ impl Default for Weights {
 /// How many hits a request costs: one, plus each `_include`/`_revinclude`, plus a
 /// `_count` above the threshold, plus `$everything` or a transaction/batch.
 pub fn weight_of(r: &RoutedRequest, w: &Weights) -> u32 {
+    weight_of_parts(r.interaction, r.operation.as_deref(), r.params.iter().map(|p| (p.name.as_str(), p.value.as_str())), w)
+}
+
+/// [`weight_of`] from the parts: the interaction, the operation and the query parameters
+/// (decoded names and values).
+pub fn weight_of_parts<'a>(interaction: Interaction, operation: Option<&str>, params: impl Iterator<Item = (&'a str, &'a str)>, w: &Weights) -> u32 {
     let mut weight: u32 = 1;
-    for p in &r.params {
-        let base = p.name.split(':').next().unwrap_or("");
+    for (name, value) in params {
+        let base = name.split(':').next().unwrap_or("");
         if base == "_include" || base == "_revinclude" {
             weight = weight.saturating_add(w.per_include);
         }
-        if base == "_count" && p.value.parse::<u32>().is_ok_and(|n| n > w.large_count_above) {
+        if base == "_count" && value.parse::<u32>().is_ok_and(|n| n > w.large_count_above) {
             weight = weight.saturating_add(w.large_count);
         }
     }
-    if r.operation.as_deref() == Some("$everything") {
+    if operation == Some("$everything") {
         weight = weight.saturating_add(w.everything);
     }
-    if matches!(r.interaction, Interaction::Batch | Interaction::Transaction) {
+    if matches!(interaction, Interaction::Batch | Interaction::Transaction) {
         weight = weight.saturating_add(w.transaction);
     }
     weight
