@@ -102,7 +102,6 @@ pub fn take(store: &mut dyn SharedStore, key: &str, tier: Tier, weight: u32, now
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     type Store = MemoryStore;
 
