@@ -26,6 +26,17 @@ pub const CLIENT_ID: &str = "x-fhirgate-client-id";
 pub const TENANT: &str = "x-fhirgate-tenant";
 pub const LAUNCH_PATIENT: &str = "x-fhirgate-launch-patient";
 
+// Set by the rate-limit filter.
+/// A verified break-glass token's reason code: the request is emergency access.
+pub const BREAK_GLASS: &str = "x-fhirgate-break-glass";
+/// The user the verified break-glass token names.
+pub const BREAK_GLASS_USER: &str = "x-fhirgate-break-glass-user";
+/// Rate-limit descriptors for Envoy's limiters: class, tenant, principal (pseudonymous), weight.
+pub const RL_CLASS: &str = "x-fhirgate-rl-class";
+pub const RL_TENANT: &str = "x-fhirgate-rl-tenant";
+pub const RL_PRINCIPAL: &str = "x-fhirgate-rl-principal";
+pub const RL_WEIGHT: &str = "x-fhirgate-rl-weight";
+
 /// Request headers that ask a server to treat a request as another method. fhirgate never
 /// honours them: a request carrying one is refused (lower case, as Envoy keeps header names).
 pub const METHOD_OVERRIDE: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];

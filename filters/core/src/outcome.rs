@@ -25,6 +25,7 @@ pub enum IssueType {
     TooCostly,
     Exception,
     Timeout,
+    Transient,
 }
 
 impl IssueType {
@@ -44,6 +45,7 @@ impl IssueType {
             IssueType::TooCostly => "too-costly",
             IssueType::Exception => "exception",
             IssueType::Timeout => "timeout",
+            IssueType::Transient => "transient",
         }
     }
 }

@@ -209,6 +209,23 @@ pub struct RateLimitConfig {
     /// Also send the IETF `RateLimit` and `RateLimit-Policy` headers.
     #[serde(default)]
     pub ietf_headers: bool,
+    /// Where the tenant comes from (the filter; the CLI takes it as input).
+    #[serde(default)]
+    pub tenant: super::filter::TenantConfig,
+    /// Break-glass tokens: the header and the keys that sign them; absent disables it.
+    #[serde(default)]
+    pub break_glass: Option<super::filter::BreakGlassConfig>,
+    /// Who enforces: `filter` (token buckets in this Envoy's shared data), `envoy` (only
+    /// descriptor headers for Envoy's rate-limit filters) or `both`.
+    #[serde(default)]
+    pub enforcement: super::filter::Enforcement,
+    /// Send `X-RateLimit-*` on admitted responses too (filter enforcement).
+    #[serde(default)]
+    pub remaining_headers: bool,
+    /// Admit when the filter cannot decide (no routing headers, contended buckets) instead
+    /// of answering 503.
+    #[serde(default)]
+    pub fail_open: bool,
 }
 
 fn default_tiers() -> BTreeMap<String, Tier> {
@@ -253,7 +270,10 @@ fn check_tiers(field: &str, tiers: &BTreeMap<String, Tier>) -> Result<(), Config
 
 impl RateLimitPolicy {
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let config: RateLimitConfig = parse_json(bytes)?;
+        Self::compile(parse_json(bytes)?)
+    }
+
+    pub fn compile(config: RateLimitConfig) -> Result<Self, ConfigError> {
         check_tiers("tiers", &config.tiers)?;
         for (tenant, tiers) in &config.tenants {
             check_tiers(&format!("tenants.{tenant}"), tiers)?;

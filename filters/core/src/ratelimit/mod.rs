@@ -4,3 +4,4 @@
 pub mod breakglass;
 pub mod bucket;
 pub mod classify;
+pub mod filter;
