@@ -3,6 +3,7 @@
 //! [`Rejection`] as a local reply, and read and write request headers.
 
 use fhirgate_core::config::ConfigError;
+use fhirgate_core::ratelimit::bucket::SharedStore;
 use fhirgate_core::routing::RequestHead;
 use fhirgate_core::{headers, Rejection};
 use proxy_wasm::hostcalls;
@@ -128,5 +129,18 @@ pub fn set_routing_headers(values: &[(&'static str, String)]) {
 pub fn clear_route_cache() {
     if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", None) {
         log::trace!("clear_route_cache unavailable: {status:?}");
+    }
+}
+
+/// Envoy's shared data (one store for every worker of a VM id) as the core's [`SharedStore`].
+pub struct SharedData;
+
+impl SharedStore for SharedData {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
     }
 }

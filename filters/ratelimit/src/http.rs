@@ -1,0 +1,98 @@
+//! Per-request context: reads the head, asks the core, applies its verdict; on the response,
+//! adds quota headers, and Retry-After to 429s that Envoy's own limiters answered.
+
+use crate::root::FILTER;
+use fhirgate_core::headers;
+use fhirgate_core::ratelimit::filter::{retry_after_for_envoy_429, RateLimitFilterPolicy, RateLimitRequest, Verdict};
+use fhirgate_core::Rejection;
+use fhirgate_proxy::{count, reject, set_routing_headers, RequestHeaders, SharedData};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+pub struct RateLimitFilter {
+    policy: Option<Rc<RateLimitFilterPolicy>>,
+    response_headers: Vec<(&'static str, String)>,
+}
+
+impl RateLimitFilter {
+    pub fn new(policy: Option<Rc<RateLimitFilterPolicy>>) -> Self {
+        RateLimitFilter { policy, response_headers: Vec::new() }
+    }
+
+    fn peer(&self) -> Option<String> {
+        let bytes = self.get_property(vec!["source", "address"])?;
+        String::from_utf8(bytes).ok()
+    }
+}
+
+impl Context for RateLimitFilter {}
+
+impl HttpContext for RateLimitFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(policy) = self.policy.clone() else {
+            return reject(FILTER, &Rejection::not_configured(FILTER));
+        };
+        let h = RequestHeaders::read();
+        let break_glass_header = policy.break_glass_header();
+        let break_glass = break_glass_header.and_then(|name| h.get(name));
+        // Anonymous traffic is limited per peer address; identified traffic never needs it.
+        let peer = if h.contains(headers::SUBJECT) || h.contains(headers::CLIENT_ID) { None } else { self.peer() };
+        let request = RateLimitRequest {
+            interaction: h.get(headers::INTERACTION),
+            operation: h.get(headers::OPERATION),
+            path: h.get(":path").unwrap_or_default(),
+            subject: h.get(headers::SUBJECT),
+            client_id: h.get(headers::CLIENT_ID),
+            token_tenant: h.get(headers::TENANT),
+            tenant_header: policy.tenant_header().and_then(|name| h.get(name)),
+            host: h.get(":authority"),
+            peer: peer.as_deref(),
+            break_glass,
+        };
+        let now_ms = self.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let verdict = policy.decide(&request, &mut SharedData, now_ms);
+        if let (Some(name), true) = (break_glass_header, break_glass.is_some()) {
+            // The token is a credential: it never travels upstream.
+            self.set_http_request_header(name, None);
+        }
+        match verdict {
+            Verdict::Refuse { class, rejection } => {
+                if rejection.status == 429 {
+                    count(FILTER, "limited", class.map_or("unclassified", |c| c.name()));
+                }
+                if rejection.reason.starts_with("break-glass") {
+                    count(FILTER, "break_glass", "refused");
+                }
+                reject(FILTER, &rejection)
+            }
+            Verdict::Admit(admitted) => {
+                count(FILTER, "requests", admitted.class.name());
+                if admitted.break_glass {
+                    count(FILTER, "break_glass", "used");
+                    log::warn!("{FILTER}: break-glass access admitted ({} class)", admitted.class.name());
+                }
+                if !admitted.request_headers.is_empty() {
+                    set_routing_headers(&admitted.request_headers);
+                }
+                self.response_headers = admitted.response_headers;
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in std::mem::take(&mut self.response_headers) {
+            self.set_http_response_header(name, Some(&value));
+        }
+        let status = self.get_http_response_header(":status");
+        if status.as_deref() == Some("429") {
+            let retry = retry_after_for_envoy_429(status.as_deref(), self.get_http_response_header("retry-after").as_deref(), self.get_http_response_header("x-ratelimit-reset").as_deref());
+            if let Some(seconds) = retry {
+                self.set_http_response_header("retry-after", Some(&seconds));
+            }
+        }
+        Action::Continue
+    }
+}
