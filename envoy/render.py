@@ -15,6 +15,12 @@ and before fhirgate.authz, verifies tokens natively (providers made from the iss
 forwards the verified payload in x-fhirgate-jwt-payload; fhirgate.authz trusts that instead of
 verifying again. jwt_authn runs with allow_missing_or_failed, so every refusal stays
 fhirgate.authz's, with an OperationOutcome.
+
+{{RATELIMIT_CONFIG}} is ratelimit.json, with --ratelimit FILE's keys laid over it (test tiers,
+break-glass keys: settings known only where the gateway runs). --global-ratelimit adds Envoy's
+global rate-limit filter after fhirgate.ratelimit, the descriptor actions and the
+ratelimit_service cluster ({{RATELIMIT_SERVICE_PORT}}), and sets `enforcement: envoy` unless
+the --ratelimit file says otherwise: the budget is then one across every replica.
 """
 import argparse
 import json
@@ -22,12 +28,18 @@ import pathlib
 import re
 import sys
 
-FILTER_CONFIGS = {"ROUTING_CONFIG": "routing.json", "AUTHZ_CONFIG": "authz.json"}
+FILTER_CONFIGS = {"ROUTING_CONFIG": "routing.json", "AUTHZ_CONFIG": "authz.json", "RATELIMIT_CONFIG": "ratelimit.json"}
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent
 
 
-def filter_config(key: str, issuers: pathlib.Path | None, jwt_authn: bool = False) -> dict:
+def filter_config(key: str, issuers: pathlib.Path | None, jwt_authn: bool = False,
+                  ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False) -> dict:
     config = json.loads((CONFIG_DIR / FILTER_CONFIGS[key]).read_text())
+    if key == "RATELIMIT_CONFIG":
+        if global_ratelimit:
+            config["enforcement"] = "envoy"
+        if ratelimit is not None:
+            config.update(json.loads(ratelimit.read_text()))
     if key == "AUTHZ_CONFIG":
         config.setdefault("routing", json.loads((CONFIG_DIR / FILTER_CONFIGS["ROUTING_CONFIG"]).read_text()))
         if issuers is not None:
@@ -75,11 +87,61 @@ def with_jwt_authn(text: str, issuers: list) -> str:
     return text.replace(anchor, f"          - {json.dumps(jwt_authn_filter(issuers))}\n{anchor}", 1)
 
 
-def render(template: pathlib.Path, values: dict, issuers: pathlib.Path | None = None, jwt_authn: bool = False) -> str:
+RATELIMIT_DOMAIN = "fhirgate"
+
+
+def global_ratelimit_filter() -> dict:
+    """Envoy's global rate-limit filter, asking the rate-limit service (envoyproxy/ratelimit
+    with envoy/ratelimit/config/fhirgate.yaml) about fhirgate.ratelimit's descriptors. Fails closed:
+    when the service cannot answer, 503."""
+    return {"name": "envoy.filters.http.ratelimit", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        "domain": RATELIMIT_DOMAIN, "timeout": "0.25s", "failure_mode_deny": True,
+        "status_on_error": {"code": "ServiceUnavailable"},
+        "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+        "rate_limit_service": {"transport_api_version": "V3", "grpc_service": {"envoy_grpc": {"cluster_name": "ratelimit_service"}}}}}
+
+
+def global_ratelimit_actions() -> list:
+    """The virtual host's descriptor: class, tenant, principal (absent for bulk), weighed by
+    the request's FHIR cost."""
+    return [{"actions": [
+        {"request_headers": {"header_name": "x-fhirgate-rl-class", "descriptor_key": "class"}},
+        {"request_headers": {"header_name": "x-fhirgate-rl-tenant", "descriptor_key": "tenant"}},
+        {"request_headers": {"header_name": "x-fhirgate-rl-principal", "descriptor_key": "principal", "skip_if_absent": True}}],
+        "hits_addend": {"format": "%REQ(x-fhirgate-rl-weight)%"}}]
+
+
+def ratelimit_service_cluster() -> dict:
+    return {"name": "ratelimit_service", "connect_timeout": "1s", "type": "STATIC",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": "ratelimit_service", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": "{{RATELIMIT_SERVICE_PORT}}"}}}}]}]}}
+
+
+def with_global_ratelimit(text: str) -> str:
+    """Adds the global rate-limit filter after fhirgate.ratelimit, the descriptor actions on
+    the virtual host and the rate-limit service's cluster (flow-style lines: JSON is YAML)."""
+    anchors = {"filter": "          - name: envoy.filters.http.router\n",
+               "vhost": "              domains: [\"*\"]\n",
+               "clusters": "  clusters:\n"}
+    for what, anchor in anchors.items():
+        if anchor not in text:
+            raise SystemExit(f"render.py: --global-ratelimit found no {what} anchor in the template")
+    text = text.replace(anchors["filter"], f"          - {json.dumps(global_ratelimit_filter())}\n{anchors['filter']}", 1)
+    text = text.replace(anchors["vhost"], f"{anchors['vhost']}              rate_limits: {json.dumps(global_ratelimit_actions())}\n", 1)
+    cluster = json.dumps(ratelimit_service_cluster()).replace('"{{RATELIMIT_SERVICE_PORT}}"', "{{RATELIMIT_SERVICE_PORT}}")
+    return text.replace(anchors["clusters"], f"{anchors['clusters']}  - {cluster}\n", 1)
+
+
+def render(template: pathlib.Path, values: dict, issuers: pathlib.Path | None = None, jwt_authn: bool = False,
+           ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False) -> str:
     text = template.read_text()
     for key in FILTER_CONFIGS:
         if "{{%s}}" % key in text and key not in values:
-            compact = json.dumps(filter_config(key, issuers, jwt_authn), separators=(",", ":"))
+            compact = json.dumps(filter_config(key, issuers, jwt_authn, ratelimit, global_ratelimit), separators=(",", ":"))
             if "'" in compact:
                 raise SystemExit(f"{FILTER_CONFIGS[key]}: single quotes cannot be inlined into YAML")
             values[key] = compact
@@ -87,6 +149,8 @@ def render(template: pathlib.Path, values: dict, issuers: pathlib.Path | None = 
         if issuers is None:
             raise SystemExit("render.py: --jwt-authn needs --issuers")
         text = with_jwt_authn(text, deployment_settings(issuers).get("issuers", []))
+    if global_ratelimit:
+        text = with_global_ratelimit(text)
     missing = sorted(set(re.findall(r"\{\{([A-Z_]+)\}\}", text)) - set(values))
     if missing:
         raise SystemExit(f"render.py: no value for {', '.join(missing)}")
@@ -100,6 +164,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--issuers", type=pathlib.Path, help="JSON list of trusted issuers for the authz filter")
     ap.add_argument("--jwt-authn", action="store_true", help="verify tokens with Envoy's jwt_authn (the RSA fast path)")
+    ap.add_argument("--ratelimit", type=pathlib.Path, help="JSON object of rate-limit settings laid over ratelimit.json (tiers, breakGlass keys)")
+    ap.add_argument("--global-ratelimit", action="store_true", help="add Envoy's global rate-limit filter and its service cluster")
     args = ap.parse_args(argv)
     values = {}
     for item in args.set:
@@ -107,7 +173,7 @@ def main(argv=None) -> int:
         if not sep:
             raise SystemExit(f"render.py: --set {item!r} is not NAME=VALUE")
         values[name] = value
-    args.out.write_text(render(args.template, values, args.issuers, args.jwt_authn))
+    args.out.write_text(render(args.template, values, args.issuers, args.jwt_authn, args.ratelimit, args.global_ratelimit))
     return 0
 
 

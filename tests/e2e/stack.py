@@ -253,7 +253,8 @@ def http_get(port: int, path: str, timeout: float = 5):
 
 
 def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY_TEMPLATE,
-                 issuers: pathlib.Path | None = None, jwt_authn: bool = False) -> pathlib.Path:
+                 issuers: pathlib.Path | None = None, jwt_authn: bool = False,
+                 ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False) -> pathlib.Path:
     args = [sys.executable, str(RENDER), str(template), str(out)]
     for k, v in values.items():
         args += ["--set", f"{k}={v}"]
@@ -261,6 +262,10 @@ def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY
         args += ["--issuers", str(issuers)]
     if jwt_authn:
         args.append("--jwt-authn")
+    if ratelimit is not None:
+        args += ["--ratelimit", str(ratelimit)]
+    if global_ratelimit:
+        args.append("--global-ratelimit")
     subprocess.run(args, check=True)
     return out
 

@@ -12,7 +12,7 @@ from stack import ROOT, WASM_DIR, envoy_validate, render_envoy
 ENVOY_DIR = ROOT / "envoy"
 CLI = ROOT / "target" / "debug" / "fhirgate"
 TEMPLATES = sorted(ENVOY_DIR.glob("*.yaml"))
-FILTER_CONFIGS = {"routing.json": "routing", "authz.json": "authz"}
+FILTER_CONFIGS = {"routing.json": "routing", "authz.json": "authz", "ratelimit.json": "ratelimit"}
 
 PLACEHOLDERS = {
     "ADMIN_PORT": 9901, "LISTEN_ADDRESS": "127.0.0.1", "LISTEN_PORT": 10000, "ACCESS_LOG": "/dev/null",
@@ -61,6 +61,37 @@ def test_envoy_refuses_a_bad_routing_config_naming_the_field(config, field, tmp_
     bad.write_text(json.dumps(config))
     linted = lint(bad)
     assert linted.returncode == 2 and f"`{field}`" in linted.stderr
+
+
+@pytest.mark.parametrize("config,field", [
+    ({"tiers": {"reads": {"limit": 1, "windowSeconds": 60}}}, "tiers.reads"),
+    ({"tenant": {"from": "header"}}, "tenant.header"),
+    ({"breakGlass": {"keys": {"k1": "c2hvcnQ="}}}, "breakGlass.keys.k1"),
+    ({"enforcement": "redis"}, "enforcement"),
+])
+def test_envoy_refuses_a_bad_ratelimit_config_naming_the_field(config, field, tmp_path):
+    overlay = tmp_path / "ratelimit.json"
+    overlay.write_text(json.dumps(config))
+    rendered = render_envoy(tmp_path / "bad.yaml", PLACEHOLDERS, ENVOY_DIR / "fhirgate.yaml", ratelimit=overlay)
+    result = envoy_validate(rendered)
+    assert result.returncode != 0
+    assert f"invalid config at `{field}`" in result.stdout + result.stderr
+
+
+def test_the_global_ratelimit_rendering_passes_envoy_validate(tmp_path):
+    rendered = render_envoy(tmp_path / "global.yaml", dict(PLACEHOLDERS, RATELIMIT_SERVICE_PORT=8081), ENVOY_DIR / "fhirgate.yaml",
+                            global_ratelimit=True)
+    text = rendered.read_text()
+    assert "envoy.filters.http.ratelimit" in text and "x-fhirgate-rl-principal" in text
+    assert '"enforcement":"envoy"' in text, "the filter only classifies; Envoy's global limiter enforces"
+    result = envoy_validate(rendered)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_the_shipped_descriptor_file_matches_the_shipped_ratelimit_config():
+    generated = subprocess.run([str(CLI), "ratelimit", "descriptors"], capture_output=True, text=True, check=True).stdout
+    assert (ENVOY_DIR / "ratelimit" / "config" / "fhirgate.yaml").read_text() == generated, \
+        "regenerate with: target/debug/fhirgate ratelimit descriptors > envoy/ratelimit/config/fhirgate.yaml"
 
 
 def test_render_refuses_a_missing_placeholder(tmp_path):

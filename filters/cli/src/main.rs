@@ -93,6 +93,14 @@ enum RatelimitCommand {
         #[arg(long)]
         config: Option<String>,
     },
+    /// Print the descriptor file (YAML) for the standard rate-limit service
+    /// (envoyproxy/ratelimit) matching a rate-limit config: the same tiers, counted across
+    /// every replica.
+    Descriptors {
+        /// Rate-limit config (JSON); the shipped envoy/ratelimit.json when absent.
+        #[arg(long)]
+        config: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,12 +141,14 @@ enum ConfigCommand {
 enum Filter {
     Routing,
     Authz,
+    Ratelimit,
 }
 
 /// The shipped configs, the CLI's defaults: what `fhirgate` decides is what the example
 /// gateway decides.
 const SHIPPED_ROUTING: &str = include_str!("../../../envoy/routing.json");
 const SHIPPED_AUTHZ: &str = include_str!("../../../envoy/authz.json");
+const SHIPPED_RATELIMIT: &str = include_str!("../../../envoy/ratelimit.json");
 
 /// Applies `f` to each JSON-object line of stdin, writing one JSON line each (`invalid` for a
 /// line that is not a JSON object).
@@ -188,6 +198,15 @@ fn ratelimit_classify(config: Option<&str>) -> Result<String, String> {
             }
         }
     })
+}
+
+fn ratelimit_descriptors(config: Option<&str>) -> Result<String, String> {
+    let bytes = match config {
+        Some(path) => read_input(path)?,
+        None => SHIPPED_RATELIMIT.as_bytes().to_vec(),
+    };
+    let policy = RateLimitPolicy::from_json(&bytes).map_err(|e| e.to_string())?;
+    fhirgate_core::ratelimit::descriptors::service_config(&policy.config).map(|yaml| yaml.trim_end().to_string()).map_err(|e| e.to_string())
 }
 
 fn breakglass_sign(key_file: &str, kid: &str, user: &str, reason: &str, ttl: i64) -> Result<String, String> {
@@ -287,6 +306,9 @@ fn lint(file: &str, filter: Filter) -> Result<String, String> {
         Filter::Authz => fhirgate_core::smart::filter::AuthzFilterPolicy::from_json(&bytes)
             .map(|_| format!("{file}: valid authz config"))
             .map_err(|e| format!("{file}: {e}")),
+        Filter::Ratelimit => fhirgate_core::ratelimit::filter::RateLimitFilterPolicy::from_json(&bytes)
+            .map(|_| format!("{file}: valid ratelimit config"))
+            .map_err(|e| format!("{file}: {e}")),
     }
 }
 
@@ -299,6 +321,7 @@ fn main() -> ExitCode {
         Command::Scope { command: ScopeCommand::Parse { scope } } => Ok(fhirgate_core::smart::scope::describe(&scope).to_string()),
         Command::Authz { command: AuthzCommand::Check { config } } => authz_check(config.as_deref()),
         Command::Ratelimit { command: RatelimitCommand::Classify { config } } => ratelimit_classify(config.as_deref()),
+        Command::Ratelimit { command: RatelimitCommand::Descriptors { config } } => ratelimit_descriptors(config.as_deref()),
         Command::Breakglass { command: BreakglassCommand::Sign { key_file, kid, user, reason, ttl } } => {
             breakglass_sign(&key_file, &kid, &user, &reason, ttl)
         }

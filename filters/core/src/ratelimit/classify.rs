@@ -86,7 +86,7 @@ pub struct Caller<'a> {
 
 /// A short, stable, non-reversible stand-in for a user or client id: rate-limit descriptors
 /// leave the gateway (to the rate-limit service), ids should not.
-fn pseudonym(kind: &str, id: &str) -> String {
+pub(crate) fn pseudonym(kind: &str, id: &str) -> String {
     let digest = Sha256::digest(format!("{kind}:{id}").as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }

@@ -4,4 +4,5 @@
 pub mod breakglass;
 pub mod bucket;
 pub mod classify;
+pub mod descriptors;
 pub mod filter;
