@@ -7,6 +7,7 @@ time; logs and the rendered Envoy config stay in the log directory.
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -29,6 +30,7 @@ EXAMPLES = NODE_MODULES / "hl7.fhir.r4.examples"
 ISSUER_SCRIPT = ROOT / "tests" / "e2e" / "issuer.mjs"
 ENVOY_TEMPLATE = ROOT / "envoy" / "fhirgate.yaml"
 RENDER = ROOT / "envoy" / "render.py"
+CLI = ROOT / "target" / "debug" / "fhirgate"
 
 # The public FHIR base (routing.json basePath) and the upstream server's own base.
 BASE = "/fhir/r4"
@@ -304,6 +306,7 @@ class Stack:
         self.issuer = f"http://localhost:{self.issuer_port}"
         self.audience = f"http://127.0.0.1:{self.listen_port}{BASE}"
         self.failing_issuer = "https://issuer-that-is-down.example"
+        self.break_glass_key = log_dir / "break-glass.key"
         self.default_token = ""
         self.recorders: dict[str, Recorder] = {}
         self.processes: list[Process] = []
@@ -442,6 +445,33 @@ class Stack:
             raise RuntimeError("the issuer did not mint a token")
         return minted["token"]
 
+    # Rate limits: the shipped tiers are per minute and hour, far above what one test needs
+    # and below what the whole suite sends as one user, so the tests raise the defaults and
+    # give small tiers to tenants of their own.
+    TEST_TIERS = {"tiers": {c: {"limit": 100000, "windowSeconds": 60}
+                            for c in ("read", "search", "write", "delete", "bulk", "validate", "operation", "cds-hooks")},
+                  "tenants": {"rl-test": {"write": {"limit": 3, "windowSeconds": 60}, "search": {"limit": 5, "windowSeconds": 60}},
+                              "rl-bulk": {"bulk": {"limit": 2, "windowSeconds": 3600}}},
+                  "ietfHeaders": True}
+    BREAK_GLASS_KID = "e2e-2026"
+
+    def ratelimit_file(self) -> pathlib.Path:
+        """Rate-limit settings laid over envoy/ratelimit.json: a break-glass key made now (the
+        demo shows break-glass too) and, for the tests, their tiers."""
+        self.break_glass_key.write_bytes(os.urandom(32).hex().encode())
+        settings = {} if self.demo else dict(self.TEST_TIERS)
+        settings["breakGlass"] = {"header": "x-break-glass",
+                                  "keys": {self.BREAK_GLASS_KID: base64.b64encode(self.break_glass_key.read_bytes()).decode()}}
+        path = self.log_dir / "ratelimit.json"
+        path.write_text(json.dumps(settings, indent=2))
+        return path
+
+    def break_glass_token(self, user: str, reason: str = "ETREAT", ttl: int = 600) -> str:
+        """A break-glass token signed by the operator CLI with this gateway's key."""
+        out = subprocess.run([str(CLI), "breakglass", "sign", "--key-file", str(self.break_glass_key), "--kid", self.BREAK_GLASS_KID,
+                              "--user", user, "--reason", reason, "--ttl", str(ttl)], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
     def envoy_values(self) -> dict:
         values = {
             "ADMIN_PORT": self.admin_port,
@@ -457,10 +487,11 @@ class Stack:
         return values
 
     def _start_envoy(self):
-        for module in ["fhirgate_routing.wasm", "fhirgate_authz.wasm"]:
+        for module in ["fhirgate_routing.wasm", "fhirgate_authz.wasm", "fhirgate_ratelimit.wasm"]:
             if not (WASM_DIR / module).exists():
                 raise RuntimeError(f"{WASM_DIR / module} is missing: run `make wasm`")
         issuers = self.issuers_file()
+        ratelimit = self.ratelimit_file()
         report_only = self.log_dir / "report-only.json"
         report_only.write_text(json.dumps({**json.loads(issuers.read_text()), "mode": "report-only"}))
         for name, listen, admin, settings, jwt_authn in (
@@ -468,7 +499,7 @@ class Stack:
                 ("envoy-jwt-authn", self.jwt_authn_port, self.jwt_authn_admin_port, issuers, True),
                 ("envoy-report-only", self.report_only_port, self.report_only_admin_port, report_only, False)):
             values = dict(self.envoy_values(), LISTEN_PORT=listen, ADMIN_PORT=admin, ACCESS_LOG=self.log_dir / f"{name}-access.log")
-            config = render_envoy(self.log_dir / f"{name}.yaml", values, issuers=settings, jwt_authn=jwt_authn)
+            config = render_envoy(self.log_dir / f"{name}.yaml", values, issuers=settings, jwt_authn=jwt_authn, ratelimit=ratelimit)
             proc = Process(name, [binary("envoy"), "-c", str(config), "--concurrency", "2",
                                   "--disable-hot-restart", "-l", "info"], self.log_dir / f"{name}.log")
             self.processes.append(proc)
