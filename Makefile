@@ -52,7 +52,7 @@ test-e2e: tools wasm cli
 	$(PY) -m pytest tests/e2e -q -p no:cacheprovider
 
 # -- demo and benchmarks --------------------------------------------------------------------
-run: tools wasm
+run: tools wasm cli
 	$(PY) tests/e2e/demo.py --port $(PORT)
 
 bench: tools wasm

@@ -8,6 +8,7 @@ filter chain in front of it, then prints example requests. Ctrl-C stops everythi
 import argparse
 import json
 import pathlib
+import re
 import shlex
 import signal
 import sys
@@ -36,27 +37,34 @@ EXAMPLES = [
     ("method the path does not allow: 405 with Allow", "SYSTEM_TOKEN", "POST", f"{BASE}/Patient/example", None, None, 405),
     ("body that disagrees with the path: 400", "SYSTEM_TOKEN", "POST", f"{BASE}/Patient", "application/fhir+json",
      '{"resourceType":"Observation"}', 400),
+    ("emergency access: a break-glass token (honoured once; again: 403 break-glass-replayed)", "SYSTEM_TOKEN", "GET",
+     f"{BASE}/Patient/example", None, None, 200, {"x-break-glass": "$BREAK_GLASS"}),
+    ("a forged break-glass token: 403", "SYSTEM_TOKEN", "GET", f"{BASE}/Patient/example", None, None, 403,
+     {"x-break-glass": "forged.token"}),
 ]
 
 
-def curl(port, token, method, path, content_type, body):
+def curl(port, token, method, path, content_type, body, headers=None):
     parts = ["curl", "-s", "-i"]
     if method != "GET":
         parts += ["-X", method]
     if token:
         parts += ["-H", f"authorization: Bearer ${token}"]
+    for k, v in (headers or {}).items():
+        parts += ["-H", f"{k}: {v}"]
     if content_type:
         parts += ["-H", f"content-type: {content_type}"]
     if body:
         parts += ["-d", body]
     parts.append(f"http://127.0.0.1:{port}{path}")
     # The token variable must expand in the shell: quote everything but it.
-    return " ".join(shlex.quote(p).replace("'authorization: Bearer $", '"authorization: Bearer $').replace("_TOKEN'", '_TOKEN"')
-                    if p.startswith("authorization:") else shlex.quote(p) for p in parts)
+    # Shell variables must expand: double-quote the headers that name one.
+    return " ".join(f'"{p}"' if re.search(r"\$[A-Z_]+$", p) else shlex.quote(p) for p in parts)
 
 
-def call(port, token, method, path, content_type, body):
+def call(port, token, method, path, content_type, body, extra=None):
     headers = {"content-type": content_type} if content_type else {}
+    headers.update(extra or {})
     if token:
         headers["authorization"] = f"Bearer {token}"
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
@@ -76,24 +84,28 @@ def main():
 
     log_dir = ROOT / "build" / ("demo-smoke" if args.smoke else "demo")
     print(f"starting the FHIR server, loading example data and Envoy (logs: {log_dir}) ...", flush=True)
-    with Stack(log_dir, listen_port=args.port) as stack:
+    with Stack(log_dir, listen_port=args.port, demo=True) as stack:
         print(f"\nfhirgate is serving FHIR R4 at http://127.0.0.1:{args.port}{BASE}"
               f"  ({len(stack.loaded)} example resources loaded)")
         print(f"Envoy admin: http://127.0.0.1:{stack.admin_port}/stats?filter=wasm   access log: {log_dir / 'access.log'}\n")
         tokens = {
             "PATIENT_TOKEN": stack.token("launch/patient patient/*.rs", patient="example", sub="demo-patient-app"),
             "SYSTEM_TOKEN": stack.token("system/*.cruds", sub="demo-system-client"),
+            "BREAK_GLASS": stack.break_glass_token("demo-system-client"),
         }
-        print("# tokens from the demo's OAuth issuer (valid 5 minutes; the patient app's launch patient is `example`):")
+        print("# tokens from the demo's OAuth issuer (valid 5 minutes; the patient app's launch patient is `example`),")
+        print(f"# and a break-glass token signed with `fhirgate breakglass sign --key-file {stack.break_glass_key} --kid {stack.BREAK_GLASS_KID} ...`:")
         for name, value in tokens.items():
             print(f"export {name}={value}")
         print()
         failures = 0
-        for what, token, method, path, ct, body, expected in EXAMPLES:
+        for what, token, method, path, ct, body, expected, *extra in EXAMPLES:
+            headers = extra[0] if extra else {}
             print(f"# {what} (expect {expected})")
-            print(curl(args.port, token, method, path, ct, body))
+            print(curl(args.port, token, method, path, ct, body, headers))
             if args.smoke:
-                status, payload = call(args.port, tokens.get(token), method, path, ct, body)
+                expanded = {k: tokens[v[1:]] if v.startswith("$") else v for k, v in headers.items()}
+                status, payload = call(args.port, tokens.get(token), method, path, ct, body, expanded)
                 ok = status == expected
                 failures += not ok
                 print(f"  -> {status} {'ok' if ok else 'UNEXPECTED: ' + payload[:200].decode(errors='replace')}")
