@@ -272,6 +272,19 @@ def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY
     return out
 
 
+class Counters(dict):
+    """Envoy's counters whose names match a filter (name → value as text)."""
+
+    def __init__(self, admin_port: int, name_filter: str = "fhirgate"):
+        _, text = http_get(admin_port, f"/stats?filter={name_filter}")
+        super().__init__(line.split(": ", 1) for line in text.decode().splitlines() if ": " in line)
+
+    def total(self, suffix: str) -> int:
+        """The sum of every counter whose name ends with `suffix` (over the filter's plugin
+        scopes, which prefix the names)."""
+        return sum(int(v) for k, v in self.items() if k.endswith(suffix) and v.strip().isdigit())
+
+
 def envoy_validate(config: pathlib.Path) -> subprocess.CompletedProcess:
     return subprocess.run([binary("envoy"), "--mode", "validate", "-c", str(config), "-l", "info",
                            "--disable-hot-restart"], capture_output=True, text=True, timeout=120)

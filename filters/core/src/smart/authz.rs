@@ -653,6 +653,33 @@ pub fn belongs_to_patient(resource: &Value, patient: &str) -> bool {
     })
 }
 
+/// The patients whose compartment `resource` is in: a Patient's own id; for other types the
+/// patients referenced by its compartment parameters' like-named elements or `subject`/`patient`.
+pub fn patients_of(resource: &Value) -> Vec<String> {
+    let Some(t) = resource.get("resourceType").and_then(Value::as_str) else { return Vec::new() };
+    if t == "Patient" {
+        return resource.get("id").and_then(Value::as_str).map(|id| vec![id.to_string()]).unwrap_or_default();
+    }
+    let params = fhir::patient_compartment_params(t).unwrap_or(&[]);
+    let mut refs = Vec::new();
+    for element in params.iter().chain(["subject", "patient"].iter()) {
+        if let Some(v) = resource.get(*element) {
+            collect_references(v, &mut refs);
+        }
+    }
+    let mut patients: Vec<String> = refs
+        .iter()
+        .filter_map(|r| {
+            let path = r.split("/_history/").next().unwrap_or(r);
+            let (before, id) = path.rsplit_once("Patient/")?;
+            ((before.is_empty() || before.ends_with('/')) && fhir::is_valid_id(id)).then(|| id.to_string())
+        })
+        .collect();
+    patients.sort();
+    patients.dedup();
+    patients
+}
+
 /// Does `resource` meet a granular constraint `name=value` (`system|code`, `|code` or `code`)
 /// on a coded element of that name?
 fn meets_constraint(resource: &Value, name: &str, value: &str) -> bool {

@@ -1,0 +1,340 @@
+//! Consent filtering: what a patient's Consents or a resource's security labels forbid never
+//! leaves the gateway. Response-side: a single resource is released, redacted or refused; a
+//! Bundle loses (or has redacted) the entries it may not carry.
+//!
+//! The filter crate fetches Consents; this module decides with whatever it was given.
+
+pub mod config;
+pub mod labels;
+pub mod provision;
+
+use crate::outcome::IssueType;
+use crate::smart::authz::patients_of;
+use crate::Rejection;
+use config::{Action, ConsentConfig, Conflict, TotalPolicy};
+use labels::{add_label, covers, labels_of, OBSERVATION_VALUE};
+use provision::{Access, Verdict};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Read;
+
+pub use config::ConsentConfig as Config;
+
+/// Who is asking and why.
+#[derive(Debug, Clone, Default)]
+pub struct Caller<'a> {
+    pub subject: Option<&'a str>,
+    pub client_id: Option<&'a str>,
+    pub purpose: Option<&'a str>,
+    /// The rate-limit filter verified a break-glass token for this request.
+    pub break_glass: bool,
+    /// Now, RFC 3339 UTC.
+    pub now: &'a str,
+}
+
+/// A patient's Consents as far as the filter knows them.
+pub enum Consents<'a> {
+    Known(&'a [Value]),
+    /// The fetch failed (or timed out).
+    Unavailable,
+}
+
+/// What happened to one response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Resources withheld (dropped from a Bundle, or the single read refused), by reason.
+    pub withheld: BTreeMap<&'static str, u32>,
+    /// Resources redacted, by reason.
+    pub redacted: BTreeMap<&'static str, u32>,
+    /// Resources released with the Part 2 redisclosure label.
+    pub part2_labelled: u32,
+    /// Resources released only because of break-glass.
+    pub break_glass_released: u32,
+}
+
+/// The filter's answer on one response.
+#[derive(Debug)]
+pub enum Filtered {
+    /// Send as it came.
+    Unchanged,
+    /// Send this body instead.
+    Rewritten(Vec<u8>),
+    /// Refuse: a withheld single read, an unreadable or oversized body.
+    Refused(Rejection),
+}
+
+/// How one resource is treated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Treatment {
+    Release,
+    Redact(Vec<String>, &'static str),
+    Withhold(&'static str),
+}
+
+pub struct ConsentPolicy {
+    pub config: ConsentConfig,
+}
+
+fn severity(a: Action) -> u8 {
+    match a {
+        Action::Redact => 1,
+        Action::Drop => 2,
+        Action::Refuse => 3,
+    }
+}
+
+impl ConsentPolicy {
+    pub fn from_json(bytes: &[u8]) -> Result<Self, crate::config::ConfigError> {
+        Ok(ConsentPolicy { config: ConsentConfig::from_json(bytes)? })
+    }
+
+    /// The patients whose Consents are needed to filter this response (none when Consents are
+    /// not configured), sorted and deduplicated.
+    pub fn patients_needed(&self, response: &Value) -> Vec<String> {
+        if self.config.consents.is_none() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for_each_resource(response, &mut |r| out.extend(patients_of(r)));
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The response body to parse, decoded: identity, gzip or deflate (refused otherwise).
+    pub fn decode(&self, content_encoding: Option<&str>, body: &[u8]) -> Result<Vec<u8>, Rejection> {
+        let limit = self.config.max_body_bytes;
+        if body.len() > limit {
+            return Err(too_large(limit));
+        }
+        let mut out = Vec::new();
+        let read = match content_encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("identity") => return Ok(body.to_vec()),
+            Some("gzip") | Some("x-gzip") => flate2::read::GzDecoder::new(body).take(limit as u64 + 1).read_to_end(&mut out),
+            Some("deflate") => flate2::read::ZlibDecoder::new(body).take(limit as u64 + 1).read_to_end(&mut out),
+            Some(_) => return Err(Rejection::new(502, "response-encoding-unsupported", IssueType::Exception, "the upstream answered in an encoding the consent filter cannot read")),
+        };
+        match read {
+            Ok(n) if n > limit => Err(too_large(limit)),
+            Ok(_) => Ok(out),
+            Err(_) => Err(Rejection::new(502, "response-unreadable", IssueType::Exception, "the upstream's compressed response could not be read")),
+        }
+    }
+
+    /// Filters a decoded response body. `single_read`: the request read one resource (a
+    /// withheld one is refused rather than removed). `consents` gives each patient's Consents.
+    pub fn filter<'c>(&self, body: &[u8], caller: &Caller, single_read: bool, consents: &dyn Fn(&str) -> Consents<'c>, report: &mut Report) -> Filtered {
+        if body.len() > self.config.max_body_bytes {
+            return Filtered::Refused(too_large(self.config.max_body_bytes));
+        }
+        let Ok(mut response) = serde_json::from_slice::<Value>(body) else {
+            return Filtered::Refused(Rejection::new(502, "response-unreadable", IssueType::Exception, "the upstream's response is not JSON"));
+        };
+        let Some(kind) = response.get("resourceType").and_then(Value::as_str) else {
+            return Filtered::Refused(Rejection::new(502, "response-unreadable", IssueType::Exception, "the upstream's response is not a FHIR resource"));
+        };
+        let labelled_before = report.part2_labelled;
+        let changed = if kind == "Bundle" {
+            self.filter_bundle(&mut response, caller, consents, report)
+        } else if kind == "OperationOutcome" {
+            false
+        } else {
+            match self.treat(&mut response, caller, consents, report) {
+                Treatment::Withhold(reason) => {
+                    *report.withheld.entry(reason).or_default() += 1;
+                    return Filtered::Refused(self.refusal(single_read));
+                }
+                t => t != Treatment::Release || report.part2_labelled > labelled_before,
+            }
+        };
+        if !changed {
+            return Filtered::Unchanged;
+        }
+        match serde_json::to_vec(&response) {
+            Ok(bytes) => Filtered::Rewritten(bytes),
+            Err(_) => Filtered::Refused(Rejection::new(500, "response-unwritable", IssueType::Exception, "the filtered response could not be written")),
+        }
+    }
+
+    fn refusal(&self, single_read: bool) -> Rejection {
+        if self.config.hide_existence && single_read {
+            Rejection::new(404, "not-found", IssueType::NotFound, "resource not found")
+        } else {
+            Rejection::new(403, "consent-withheld", IssueType::Forbidden, "the patient's consent or the resource's security labels do not permit this access")
+        }
+    }
+
+    /// Returns whether the Bundle changed.
+    fn filter_bundle<'c>(&self, bundle: &mut Value, caller: &Caller, consents: &dyn Fn(&str) -> Consents<'c>, report: &mut Report) -> bool {
+        let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+        // In transaction and batch responses an entry is the answer to one request: keep the
+        // entry (its response status), drop only the resource.
+        let keep_entry = matches!(kind.as_str(), "transaction-response" | "batch-response");
+        let Some(Value::Array(entries)) = bundle.get_mut("entry") else { return false };
+        let before_labels = report.part2_labelled;
+        let mut changed = false;
+        // Matches removed, for `total`.
+        let mut removed = 0u32;
+        let mut kept = Vec::with_capacity(entries.len());
+        for mut entry in std::mem::take(entries) {
+            // Only an OperationOutcome passes as an outcome: `search.mode` is the server's word,
+            // and a resource marked `outcome` is filtered like any other.
+            let is_outcome = entry.get("resource").and_then(|r| r.get("resourceType")).and_then(Value::as_str) == Some("OperationOutcome");
+            // `total` counts matches only, not `_include`d resources or outcomes.
+            let is_match = matches!(entry.get("search").and_then(|s| s.get("mode")).and_then(Value::as_str), None | Some("match"));
+            let treatment = match entry.get_mut("resource") {
+                Some(resource) if !is_outcome => {
+                    if resource.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+                        // A Bundle inside a Bundle (a document, a message): filtered alike.
+                        if self.filter_bundle(resource, caller, consents, report) {
+                            changed = true;
+                        }
+                        Treatment::Release
+                    } else {
+                        self.treat(resource, caller, consents, report)
+                    }
+                }
+                _ => Treatment::Release,
+            };
+            match treatment {
+                Treatment::Withhold(reason) => {
+                    *report.withheld.entry(reason).or_default() += 1;
+                    changed = true;
+                    if keep_entry {
+                        if let Some(obj) = entry.as_object_mut() {
+                            obj.remove("resource");
+                            obj.remove("fullUrl");
+                        }
+                        kept.push(entry);
+                    } else if is_match {
+                        removed += 1;
+                    }
+                }
+                Treatment::Redact(..) => {
+                    changed = true;
+                    kept.push(entry);
+                }
+                Treatment::Release => kept.push(entry),
+            }
+        }
+        *entries = kept;
+        if removed > 0 {
+            if let Some(obj) = bundle.as_object_mut() {
+                match (self.config.total, obj.get("total").and_then(Value::as_u64)) {
+                    (TotalPolicy::Adjust, Some(total)) => {
+                        obj.insert("total".into(), Value::from(total.saturating_sub(u64::from(removed))));
+                    }
+                    (TotalPolicy::Omit, Some(_)) => {
+                        obj.remove("total");
+                    }
+                    _ => {}
+                }
+            }
+        }
+        changed || report.part2_labelled > before_labels
+    }
+
+    /// Decides one resource and applies a redaction or the Part 2 label in place.
+    fn treat<'c>(&self, resource: &mut Value, caller: &Caller, consents: &dyn Fn(&str) -> Consents<'c>, report: &mut Report) -> Treatment {
+        let mut worst: Option<(Action, &'static str)> = None;
+        let mut redact: Vec<String> = Vec::new();
+        let mut overridden = false;
+        let mut judge = |action: Action, reason: &'static str, fields: &[String]| {
+            if caller.break_glass && self.config.break_glass_overrides {
+                overridden = true;
+                return;
+            }
+            if action == Action::Redact {
+                redact.extend(fields.iter().cloned());
+            }
+            if worst.is_none_or(|(a, _)| severity(action) > severity(a)) {
+                worst = Some((action, reason));
+            }
+        };
+
+        let labels = labels_of(resource);
+        if !labels.is_empty() {
+            for rule in &self.config.labels {
+                let labelled = rule.codes.iter().any(|code| labels.iter().any(|l| covers(code, l)));
+                let allowed = caller.purpose.is_some_and(|p| rule.allow_purposes.iter().any(|a| a == p))
+                    || caller.client_id.is_some_and(|c| rule.allow_clients.iter().any(|a| a == c));
+                if labelled && !allowed {
+                    let reason = match rule.action {
+                        Action::Redact => "label-redacted",
+                        Action::Drop | Action::Refuse => "label-withheld",
+                    };
+                    judge(rule.action, reason, &rule.redact);
+                }
+            }
+        }
+
+        if let Some(source) = &self.config.consents {
+            let access = Access { subject: caller.subject, client_id: caller.client_id, purpose: caller.purpose, now: caller.now };
+            for patient in patients_of(resource) {
+                match consents(&patient) {
+                    Consents::Unavailable if source.fail_open => {}
+                    Consents::Unavailable => judge(Action::Drop, "consent-unavailable", &[]),
+                    Consents::Known(list) => {
+                        let verdicts: Vec<Verdict> = list.iter().filter_map(|c| provision::decide(c, resource, &access)).collect();
+                        let denied = match source.conflict {
+                            Conflict::DenyWins => verdicts.contains(&Verdict::Deny),
+                            Conflict::PermitWins => verdicts.contains(&Verdict::Deny) && !verdicts.contains(&Verdict::Permit),
+                        };
+                        if denied {
+                            judge(Action::Drop, "consent-denied", &[]);
+                        }
+                    }
+                }
+            }
+        }
+
+        if overridden {
+            report.break_glass_released += 1;
+        }
+        let treatment = match worst {
+            Some((Action::Drop | Action::Refuse, reason)) => return Treatment::Withhold(reason),
+            Some((Action::Redact, reason)) => {
+                if let Some(obj) = resource.as_object_mut() {
+                    for field in &redact {
+                        obj.remove(field);
+                    }
+                }
+                add_label(resource, OBSERVATION_VALUE, "REDACTED", Some("redacted"));
+                *report.redacted.entry(reason).or_default() += 1;
+                Treatment::Redact(redact, reason)
+            }
+            None => Treatment::Release,
+        };
+        if let Some(part2) = &self.config.part2 {
+            if part2.codes.iter().any(|code| labels.iter().any(|l| covers(code, l))) {
+                add_label(resource, &part2.system, &part2.code, Some("no redisclosure without consent directive (42 CFR Part 2)"));
+                report.part2_labelled += 1;
+            }
+        }
+        treatment
+    }
+}
+
+fn too_large(limit: usize) -> Rejection {
+    Rejection::new(502, "response-too-large", IssueType::TooCostly, format!("the response is larger than the consent filter's limit of {limit} bytes"))
+}
+
+/// Calls `f` on the response (when it is not a Bundle) or on each entry's resource, at any
+/// depth of Bundles.
+fn for_each_resource(value: &Value, f: &mut dyn FnMut(&Value)) {
+    if value.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+        if let Some(Value::Array(entries)) = value.get("entry") {
+            for e in entries {
+                if let Some(r) = e.get("resource") {
+                    for_each_resource(r, f);
+                }
+            }
+        }
+    } else {
+        f(value);
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,339 @@
+//! Consent filtering of responses, by scenario.
+
+use super::*;
+use serde_json::json;
+use std::io::Write;
+
+const NOW: &str = "2026-11-24T12:00:00Z";
+
+fn policy(json: &str) -> ConsentPolicy {
+    ConsentPolicy::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+const LABELS: &str = r#"{"labels": [
+    {"codes": ["R"], "allowPurposes": ["TREAT", "ETREAT"], "action": "drop"},
+    {"codes": ["PSY"], "action": "redact", "redact": ["valueString", "note"]},
+    {"codes": ["HIV"], "allowClients": ["hiv-clinic"], "action": "refuse"}
+  ], "part2": {}}"#;
+
+fn caller(purpose: Option<&'static str>) -> Caller<'static> {
+    Caller { subject: Some("dr-a"), client_id: Some("app-1"), purpose, break_glass: false, now: NOW }
+}
+
+fn labelled(id: &str, codes: &[&str]) -> Value {
+    let security: Vec<Value> = codes.iter().map(|c| json!({"code": c})).collect();
+    json!({"resourceType": "Observation", "id": id, "subject": {"reference": "Patient/p1"},
+           "valueString": "secret", "note": [{"text": "n"}], "meta": {"security": security}})
+}
+
+fn searchset(resources: Vec<Value>) -> Value {
+    let n = resources.len();
+    let entries: Vec<Value> = resources.into_iter().map(|r| json!({"resource": r, "search": {"mode": "match"}})).collect();
+    json!({"resourceType": "Bundle", "type": "searchset", "total": n, "link": [{"relation": "self", "url": "http://x/Observation"}], "entry": entries})
+}
+
+fn no_consents(_: &str) -> Consents<'static> {
+    Consents::Known(&[])
+}
+
+fn run<'c>(p: &ConsentPolicy, body: &Value, c: &Caller, single: bool, consents: &dyn Fn(&str) -> Consents<'c>) -> (Filtered, Report) {
+    let mut report = Report::default();
+    let out = p.filter(&serde_json::to_vec(body).unwrap(), c, single, consents, &mut report);
+    (out, report)
+}
+
+fn rewritten(f: Filtered) -> Value {
+    match f {
+        Filtered::Rewritten(b) => serde_json::from_slice(&b).unwrap(),
+        other => panic!("not rewritten: {other:?}"),
+    }
+}
+
+fn ids(bundle: &Value) -> Vec<&str> {
+    bundle["entry"].as_array().unwrap().iter().filter_map(|e| e["resource"]["id"].as_str()).collect()
+}
+
+mod labels {
+    use super::*;
+
+    #[test]
+    fn a_restricted_resource_is_dropped_unless_the_purpose_allows_it() {
+        let p = policy(LABELS);
+        let b = searchset(vec![labelled("a", &[]), labelled("r", &["R"]), labelled("v", &["V"])]);
+        let (out, report) = run(&p, &b, &caller(Some("HPAYMT")), false, &no_consents);
+        let out = rewritten(out);
+        assert_eq!(ids(&out), vec!["a"], "V is above R: covered too");
+        assert_eq!(out["total"], 1);
+        assert_eq!(out["link"], b["link"], "links are kept");
+        assert_eq!(report.withheld.get("label-withheld"), Some(&2));
+        let (out, _) = run(&p, &b, &caller(Some("TREAT")), false, &no_consents);
+        assert!(matches!(out, Filtered::Unchanged), "treatment may see them");
+    }
+
+    #[test]
+    fn redaction_removes_the_named_elements_and_tags_the_resource() {
+        let p = policy(LABELS);
+        let (out, report) = run(&p, &labelled("p", &["PSYTHPN"]), &caller(Some("TREAT")), true, &no_consents);
+        let r = rewritten(out);
+        assert!(r.get("valueString").is_none() && r.get("note").is_none());
+        assert_eq!(r["subject"]["reference"], "Patient/p1", "the rest is kept");
+        assert!(r["meta"]["security"].as_array().unwrap().iter().any(|c| c["code"] == "REDACTED"));
+        assert_eq!(report.redacted.get("label-redacted"), Some(&1));
+    }
+
+    #[test]
+    fn a_withheld_single_read_is_refused_with_403_or_404() {
+        let (out, _) = run(&policy(LABELS), &labelled("h", &["HIV"]), &caller(Some("TREAT")), true, &no_consents);
+        assert!(matches!(out, Filtered::Refused(ref r) if r.status == 403 && r.reason == "consent-withheld"), "{out:?}");
+        let hidden = policy(&LABELS.replacen('{', r#"{"hideExistence": true, "#, 1));
+        let (out, _) = run(&hidden, &labelled("h", &["HIV"]), &caller(None), true, &no_consents);
+        assert!(matches!(out, Filtered::Refused(ref r) if r.status == 404), "{out:?}");
+        let clinic = Caller { client_id: Some("hiv-clinic"), ..caller(None) };
+        assert!(matches!(run(&policy(LABELS), &labelled("h", &["HIV"]), &clinic, true, &no_consents).0, Filtered::Unchanged));
+    }
+
+    #[test]
+    fn the_strictest_rule_wins() {
+        let (out, _) = run(&policy(LABELS), &searchset(vec![labelled("x", &["PSY", "R"])]), &caller(None), false, &no_consents);
+        assert!(ids(&rewritten(out)).is_empty(), "drop beats redact");
+    }
+
+    #[test]
+    fn break_glass_releases_what_labels_withhold_and_counts_it() {
+        let p = policy(LABELS);
+        let c = Caller { break_glass: true, ..caller(Some("ETREAT")) };
+        let (out, report) = run(&p, &searchset(vec![labelled("h", &["HIV"]), labelled("p", &["PSY"])]), &c, false, &no_consents);
+        assert!(matches!(out, Filtered::Unchanged));
+        assert_eq!(report.break_glass_released, 2);
+        let strict = policy(&LABELS.replacen('{', r#"{"breakGlassOverrides": false, "#, 1));
+        let (out, _) = run(&strict, &searchset(vec![labelled("h", &["HIV"])]), &c, false, &no_consents);
+        assert!(ids(&rewritten(out)).is_empty());
+    }
+
+    #[test]
+    fn released_substance_use_data_carries_the_part2_label() {
+        let (out, report) = run(&policy(LABELS), &searchset(vec![labelled("s", &["SUD"]), labelled("a", &[])]), &caller(None), false, &no_consents);
+        let out = rewritten(out);
+        let security = &out["entry"][0]["resource"]["meta"]["security"];
+        assert!(security.as_array().unwrap().iter().any(|c| c["code"] == "NORDSCLCD"), "{security}");
+        assert!(out["entry"][1]["resource"]["meta"]["security"].as_array().unwrap().is_empty());
+        assert_eq!(report.part2_labelled, 1);
+        let (single, _) = run(&policy(LABELS), &labelled("s", &["ETHUD"]), &caller(None), true, &no_consents);
+        assert!(matches!(single, Filtered::Rewritten(_)), "a single read is labelled too");
+    }
+}
+
+mod bundles {
+    use super::*;
+
+    #[test]
+    fn outcome_entries_and_includes_are_handled() {
+        let mut b = searchset(vec![labelled("a", &[]), labelled("r", &["R"])]);
+        b["entry"].as_array_mut().unwrap().push(json!({"resource": {"resourceType": "OperationOutcome", "issue": []}, "search": {"mode": "outcome"}}));
+        b["entry"].as_array_mut().unwrap().push(json!({"resource": labelled("inc", &["R"]), "search": {"mode": "include"}}));
+        let out = rewritten(run(&policy(LABELS), &b, &caller(None), false, &no_consents).0);
+        assert_eq!(out["entry"].as_array().unwrap().len(), 2, "the match a and the OperationOutcome");
+        assert_eq!(out["entry"][1]["resource"]["resourceType"], "OperationOutcome");
+        assert_eq!(out["total"], 1, "total counts matches: the included resource was not one");
+    }
+
+    #[test]
+    fn total_can_be_omitted() {
+        let p = policy(&LABELS.replacen('{', r#"{"total": "omit", "#, 1));
+        let out = rewritten(run(&p, &searchset(vec![labelled("r", &["R"])]), &caller(None), false, &no_consents).0);
+        assert!(out.get("total").is_none());
+    }
+
+    #[test]
+    fn transaction_responses_keep_the_entry_and_lose_the_resource() {
+        let b = json!({"resourceType": "Bundle", "type": "transaction-response", "entry": [
+            {"fullUrl": "http://x/Observation/r", "resource": labelled("r", &["R"]), "response": {"status": "201 Created"}},
+            {"resource": labelled("a", &[]), "response": {"status": "200 OK"}}]});
+        let out = rewritten(run(&policy(LABELS), &b, &caller(None), false, &no_consents).0);
+        assert_eq!(out["entry"][0], json!({"response": {"status": "201 Created"}}));
+        assert_eq!(out["entry"][1]["resource"]["id"], "a");
+    }
+
+    #[test]
+    fn nested_bundles_are_filtered_too() {
+        let doc = json!({"resourceType": "Bundle", "type": "document", "entry": [{"resource": labelled("r", &["R"])}, {"resource": labelled("a", &[])}]});
+        let out = rewritten(run(&policy(LABELS), &searchset(vec![doc]), &caller(None), false, &no_consents).0);
+        assert_eq!(ids(&out["entry"][0]["resource"]), vec!["a"]);
+    }
+
+    /// A small deterministic generator (no extra crates): Bundles of every shape, with labels
+    /// at random; whatever the shape, no withheld resource survives.
+    #[test]
+    fn no_withheld_resource_survives_any_bundle_shape() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        const CODES: &[&str] = &["R", "V", "N", "HIV", "PSY", "SUD", "STD", "L"];
+        const KINDS: &[&str] = &["searchset", "history", "collection", "document", "batch-response", "transaction-response"];
+        fn bundle(next: &mut dyn FnMut(u64) -> u64, depth: u32) -> Value {
+            let mut entries = Vec::new();
+            for i in 0..next(6) {
+                let resource = if depth < 3 && next(5) == 0 {
+                    bundle(next, depth + 1)
+                } else {
+                    let codes: Vec<&str> = (0..next(3)).map(|_| CODES[next(CODES.len() as u64) as usize]).collect();
+                    labelled(&format!("r{depth}-{i}"), &codes)
+                };
+                let mode = ["match", "include", "outcome"][next(3) as usize];
+                entries.push(json!({"resource": resource, "search": {"mode": mode}}));
+            }
+            json!({"resourceType": "Bundle", "type": KINDS[next(KINDS.len() as u64) as usize], "total": entries.len(), "entry": entries})
+        }
+        fn forbidden(v: &Value) -> bool {
+            let labels = crate::consent::labels::labels_of(v);
+            v.get("resourceType").and_then(Value::as_str) != Some("OperationOutcome")
+                && (labels.iter().any(|l| crate::consent::labels::covers("R", l) || crate::consent::labels::covers("HIV", l)))
+        }
+        fn scan(v: &Value, found: &mut u32) {
+            if forbidden(v) && v["resourceType"] != "Bundle" {
+                *found += 1;
+            }
+            match v {
+                Value::Object(m) => m.values().for_each(|x| scan(x, found)),
+                Value::Array(a) => a.iter().for_each(|x| scan(x, found)),
+                _ => {}
+            }
+        }
+        let p = policy(LABELS);
+        for _ in 0..500 {
+            let b = bundle(&mut next, 0);
+            let out = match run(&p, &b, &caller(Some("HPAYMT")), false, &no_consents).0 {
+                Filtered::Unchanged => b,
+                Filtered::Rewritten(bytes) => serde_json::from_slice(&bytes).unwrap(),
+                Filtered::Refused(r) => panic!("{r:?}"),
+            };
+            let mut found = 0;
+            scan(&out, &mut found);
+            assert_eq!(found, 0, "{out}");
+        }
+    }
+}
+
+mod consents {
+    use super::*;
+
+    const WITH_CONSENTS: &str = r#"{"consents": {"cluster": "fhir_api", "path": "/fhir/Consent"}}"#;
+
+    fn deny_observations() -> Vec<Value> {
+        vec![json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"code": "patient-privacy"}]},
+                    "provision": {"type": "permit", "provision": [{"type": "deny", "class": [{"code": "Observation"}]}]}})]
+    }
+
+    fn other_patient(id: &str) -> Value {
+        json!({"resourceType": "Observation", "id": id, "subject": {"reference": "Patient/p2"}})
+    }
+
+    #[test]
+    fn patients_needed_are_every_patient_in_the_response() {
+        let b = searchset(vec![labelled("a", &[]), other_patient("b"), json!({"resourceType": "Patient", "id": "p3"})]);
+        assert_eq!(policy(WITH_CONSENTS).patients_needed(&b), vec!["p1", "p2", "p3"]);
+        assert!(policy(LABELS).patients_needed(&b).is_empty(), "not without consents configured");
+    }
+
+    #[test]
+    fn a_denying_consent_withholds_only_its_patients_data() {
+        let list = deny_observations();
+        let lookup = |p: &str| if p == "p1" { Consents::Known(&list) } else { Consents::Known(&[]) };
+        let b = searchset(vec![labelled("a", &[]), other_patient("b")]);
+        let (out, report) = run(&policy(WITH_CONSENTS), &b, &caller(Some("TREAT")), false, &lookup);
+        assert_eq!(ids(&rewritten(out)), vec!["b"]);
+        assert_eq!(report.withheld.get("consent-denied"), Some(&1));
+    }
+
+    #[test]
+    fn consents_that_could_not_be_fetched_withhold_unless_fail_open() {
+        let unavailable = |_: &str| Consents::Unavailable;
+        let (out, report) = run(&policy(WITH_CONSENTS), &labelled("a", &[]), &caller(None), true, &unavailable);
+        assert!(matches!(out, Filtered::Refused(ref r) if r.status == 403));
+        assert_eq!(report.withheld.get("consent-unavailable"), Some(&1));
+        let open = policy(r#"{"consents": {"cluster": "fhir_api", "path": "/fhir/Consent", "failOpen": true}}"#);
+        assert!(matches!(run(&open, &labelled("a", &[]), &caller(None), true, &unavailable).0, Filtered::Unchanged));
+    }
+
+    #[test]
+    fn break_glass_overrides_a_consent_denial() {
+        let list = deny_observations();
+        let lookup = |_: &str| Consents::Known(&list);
+        let c = Caller { break_glass: true, ..caller(Some("ETREAT")) };
+        let (out, report) = run(&policy(WITH_CONSENTS), &labelled("a", &[]), &c, true, &lookup);
+        assert!(matches!(out, Filtered::Unchanged));
+        assert_eq!(report.break_glass_released, 1);
+    }
+
+    #[test]
+    fn conflicting_consents_follow_the_conflict_policy() {
+        let mut list = deny_observations();
+        list.push(json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"code": "patient-privacy"}]}, "provision": {"type": "permit"}}));
+        let lookup = |_: &str| Consents::Known(&list);
+        assert!(matches!(run(&policy(WITH_CONSENTS), &labelled("a", &[]), &caller(None), true, &lookup).0, Filtered::Refused(_)), "deny wins");
+        let permit = policy(r#"{"consents": {"cluster": "fhir_api", "path": "/fhir/Consent", "conflict": "permitWins"}}"#);
+        assert!(matches!(run(&permit, &labelled("a", &[]), &caller(None), true, &lookup).0, Filtered::Unchanged));
+    }
+}
+
+mod bodies {
+    use super::*;
+
+    #[test]
+    fn gzip_and_deflate_are_decoded_and_other_encodings_refused() {
+        let p = policy(LABELS);
+        let body = br#"{"resourceType":"Patient","id":"x"}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(body).unwrap();
+        let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zl.write_all(body).unwrap();
+        assert_eq!(p.decode(Some("gzip"), &gz.finish().unwrap()).unwrap(), body);
+        assert_eq!(p.decode(Some("deflate"), &zl.finish().unwrap()).unwrap(), body);
+        assert_eq!(p.decode(None, body).unwrap(), body);
+        assert_eq!(p.decode(Some("br"), body).unwrap_err().reason, "response-encoding-unsupported");
+        assert_eq!(p.decode(Some("gzip"), b"not gzip").unwrap_err().reason, "response-unreadable");
+    }
+
+    #[test]
+    fn oversized_and_unreadable_bodies_fail_closed() {
+        let p = policy(r#"{"maxBodyBytes": 64}"#);
+        let big = searchset((0..5).map(|i| labelled(&i.to_string(), &[])).collect());
+        assert!(matches!(run(&p, &big, &caller(None), false, &no_consents).0, Filtered::Refused(ref r) if r.reason == "response-too-large"));
+        // A gzip bomb: small on the wire, over the limit decoded.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![b' '; 10_000]).unwrap();
+        assert_eq!(p.decode(Some("gzip"), &gz.finish().unwrap()).unwrap_err().reason, "response-too-large");
+        let mut report = Report::default();
+        assert!(matches!(p.filter(b"{not json", &caller(None), false, &no_consents, &mut report), Filtered::Refused(ref r) if r.status == 502));
+        assert!(matches!(p.filter(b"[1,2]", &caller(None), false, &no_consents, &mut report), Filtered::Refused(_)));
+    }
+}
+
+mod config {
+    use super::*;
+
+    #[test]
+    fn refuses_bad_config_naming_the_field() {
+        let cases = [
+            (r#"{"labels": [{"codes": []}]}"#, "labels[0].codes"),
+            (r#"{"labels": [{"codes": ["R"], "action": "redact"}]}"#, "labels[0].redact"),
+            (r#"{"labels": [{"codes": ["R"], "action": "drop", "redact": ["x"]}]}"#, "labels[0].redact"),
+            (r#"{"labels": [{"codes": ["R"], "action": "redact", "redact": ["id"]}]}"#, "labels[0].redact[0]"),
+            (r#"{"labels": [{"codes": ["R"], "action": "hide"}]}"#, "labels[0].action"),
+            (r#"{"consents": {"cluster": "c", "path": "Consent"}}"#, "consents.path"),
+            (r#"{"consents": {"path": "/Consent"}}"#, "consents"),
+            (r#"{"purpose": {"header": "X-Purpose"}}"#, "purpose.header"),
+            (r#"{"total": "keep"}"#, "total"),
+            (r#"{"maxBodyBytes": 0}"#, "maxBodyBytes"),
+            (r#"{"lables": []}"#, "lables"),
+        ];
+        for (json, field) in cases {
+            let e = ConsentPolicy::from_json(json.as_bytes()).err().unwrap_or_else(|| panic!("accepted {json}"));
+            assert!(e.field.starts_with(field), "{json}: {e}");
+        }
+    }
+}
