@@ -4,6 +4,7 @@
 //!
 //! The filter crate fetches Consents; this module decides with whatever it was given.
 
+pub mod cache;
 pub mod config;
 pub mod labels;
 pub mod provision;
@@ -88,6 +89,13 @@ impl ConsentPolicy {
         Ok(ConsentPolicy { config: ConsentConfig::from_json(bytes)? })
     }
 
+    /// The purpose of use of a request: the configured header's value (an HL7 PurposeOfUse
+    /// code), else a verified break-glass token's reason, else the configured default.
+    pub fn purpose_of<'a>(&'a self, header_value: Option<&'a str>, break_glass_reason: Option<&'a str>) -> Option<&'a str> {
+        let code = |v: &&str| !v.is_empty() && v.len() <= 32 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        header_value.filter(code).or(break_glass_reason.filter(code)).or(self.config.purpose.default.as_deref())
+    }
+
     /// The patients whose Consents are needed to filter this response (none when Consents are
     /// not configured), sorted and deduplicated.
     pub fn patients_needed(&self, response: &Value) -> Vec<String> {
@@ -121,18 +129,31 @@ impl ConsentPolicy {
         }
     }
 
-    /// Filters a decoded response body. `single_read`: the request read one resource (a
-    /// withheld one is refused rather than removed). `consents` gives each patient's Consents.
-    pub fn filter<'c>(&self, body: &[u8], caller: &Caller, single_read: bool, consents: &dyn Fn(&str) -> Consents<'c>, report: &mut Report) -> Filtered {
+    /// Parses a decoded response body into the resource or Bundle to filter.
+    pub fn parse(&self, body: &[u8]) -> Result<Value, Rejection> {
         if body.len() > self.config.max_body_bytes {
-            return Filtered::Refused(too_large(self.config.max_body_bytes));
+            return Err(too_large(self.config.max_body_bytes));
         }
-        let Ok(mut response) = serde_json::from_slice::<Value>(body) else {
-            return Filtered::Refused(Rejection::new(502, "response-unreadable", IssueType::Exception, "the upstream's response is not JSON"));
-        };
-        let Some(kind) = response.get("resourceType").and_then(Value::as_str) else {
-            return Filtered::Refused(Rejection::new(502, "response-unreadable", IssueType::Exception, "the upstream's response is not a FHIR resource"));
-        };
+        let unreadable = |why: &str| Rejection::new(502, "response-unreadable", IssueType::Exception, format!("the upstream's response is not {why}"));
+        let response: Value = serde_json::from_slice(body).map_err(|_| unreadable("JSON"))?;
+        if response.get("resourceType").and_then(Value::as_str).is_none() {
+            return Err(unreadable("a FHIR resource"));
+        }
+        Ok(response)
+    }
+
+    /// Filters a decoded response body: [`Self::parse`] then [`Self::filter_value`].
+    pub fn filter<'c>(&self, body: &[u8], caller: &Caller, single_read: bool, consents: &dyn Fn(&str) -> Consents<'c>, report: &mut Report) -> Filtered {
+        match self.parse(body) {
+            Ok(response) => self.filter_value(response, caller, single_read, consents, report),
+            Err(rejection) => Filtered::Refused(rejection),
+        }
+    }
+
+    /// Filters a parsed response. `single_read`: the request read one resource (a withheld
+    /// one is refused rather than removed). `consents` gives each patient's Consents.
+    pub fn filter_value<'c>(&self, mut response: Value, caller: &Caller, single_read: bool, consents: &dyn Fn(&str) -> Consents<'c>, report: &mut Report) -> Filtered {
+        let kind = response.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string();
         let labelled_before = report.part2_labelled;
         let changed = if kind == "Bundle" {
             self.filter_bundle(&mut response, caller, consents, report)
@@ -313,6 +334,23 @@ impl ConsentPolicy {
         }
         treatment
     }
+}
+
+/// Which responses the filter reads: those of FHIR interactions that return resources (not
+/// capabilities, SMART configuration, CDS Hooks or passthrough paths).
+pub fn filters_interaction(interaction: &str) -> bool {
+    !matches!(interaction, "capabilities" | "smart-configuration" | "cds-discovery" | "cds-service" | "cds-feedback" | "passthrough")
+}
+
+/// A read of one resource: a withheld one is refused, not removed.
+pub fn is_single_read(interaction: &str) -> bool {
+    matches!(interaction, "read" | "vread")
+}
+
+/// Seconds since the Unix epoch as RFC 3339 UTC (`2026-11-24T12:00:00Z`), what Consent
+/// periods are compared with.
+pub fn rfc3339(seconds: i64) -> String {
+    chrono::DateTime::from_timestamp(seconds, 0).map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
 }
 
 fn too_large(limit: usize) -> Rejection {

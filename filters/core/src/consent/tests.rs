@@ -337,3 +337,25 @@ mod config {
         }
     }
 }
+
+mod helpers {
+    use super::*;
+
+    #[test]
+    fn the_purpose_comes_from_the_header_then_break_glass_then_the_default() {
+        let p = policy(r#"{"purpose": {"header": "x-purpose-of-use", "default": "TREAT"}}"#);
+        assert_eq!(p.purpose_of(Some("HPAYMT"), Some("ETREAT")), Some("HPAYMT"));
+        assert_eq!(p.purpose_of(None, Some("ETREAT")), Some("ETREAT"));
+        assert_eq!(p.purpose_of(None, None), Some("TREAT"));
+        assert_eq!(p.purpose_of(Some("bad value!"), None), Some("TREAT"), "a malformed purpose is ignored");
+        assert_eq!(policy("{}").purpose_of(None, None), None);
+    }
+
+    #[test]
+    fn interactions_and_time() {
+        assert!(filters_interaction("read") && filters_interaction("search-type") && filters_interaction("operation-instance"));
+        assert!(!filters_interaction("capabilities") && !filters_interaction("passthrough") && !filters_interaction("cds-service"));
+        assert!(is_single_read("vread") && !is_single_read("search-type"));
+        assert_eq!(rfc3339(1_795_521_600), "2026-11-24T12:00:00Z");
+    }
+}

@@ -1,0 +1,246 @@
+//! Per-request context: notes who asks and why; holds a FHIR response whole, fetches the
+//! Consents it needs, and sends what the core leaves of it.
+
+use crate::root::{Shared, FILTER};
+use fhirgate_core::consent::cache::{read_search, search_path};
+use fhirgate_core::consent::{filters_interaction, is_single_read, rfc3339, Caller, Consents, Filtered, Report};
+use fhirgate_core::outcome::IssueType;
+use fhirgate_core::{headers, Rejection};
+use fhirgate_proxy::{count, reject, RequestHeaders};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// What the request said, kept for its response.
+#[derive(Default)]
+struct Asked {
+    subject: Option<String>,
+    client_id: Option<String>,
+    purpose: Option<String>,
+    break_glass: bool,
+    single_read: bool,
+}
+
+pub struct ConsentFilter {
+    shared: Option<Rc<Shared>>,
+    asked: Option<Asked>,
+    /// The response, parsed, while the Consents it needs are fetched.
+    held: Option<(Value, usize)>,
+    /// Outstanding fetches: call token → patient.
+    fetches: HashMap<u32, String>,
+    /// Patients whose fetch failed for this response.
+    unavailable: HashSet<String>,
+    /// A response refused on its headers, answered when its body has arrived.
+    refusal: Option<Rejection>,
+}
+
+impl ConsentFilter {
+    pub fn new(shared: Option<Rc<Shared>>) -> Self {
+        ConsentFilter { shared, asked: None, held: None, fetches: HashMap::new(), unavailable: HashSet::new(), refusal: None }
+    }
+
+    fn now(&self) -> i64 {
+        self.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    }
+
+    fn replace_response(&self, rejection: &Rejection, body_size: usize) {
+        count(FILTER, "denied", rejection.reason);
+        self.set_http_response_header(":status", Some(&rejection.status.to_string()));
+        self.set_http_response_header("content-encoding", None);
+        for (name, value) in rejection.response_headers() {
+            self.set_http_response_header(name, Some(&value));
+        }
+        self.set_http_response_body(0, body_size, &rejection.body());
+    }
+
+    /// Decides the held response with the Consents now known, and writes the result.
+    fn finish(&mut self) {
+        let (Some(shared), Some((response, body_size)), Some(asked)) = (self.shared.clone(), self.held.take(), self.asked.as_ref()) else { return };
+        let now = self.now();
+        let now_text = rfc3339(now);
+        let caller = Caller {
+            subject: asked.subject.as_deref(),
+            client_id: asked.client_id.as_deref(),
+            purpose: asked.purpose.as_deref(),
+            break_glass: asked.break_glass,
+            now: &now_text,
+        };
+        let mut report = Report::default();
+        let cache = shared.cache.borrow();
+        let unavailable = &self.unavailable;
+        let lookup = |patient: &str| match cache.get(patient, now) {
+            Some(list) if !unavailable.contains(patient) => Consents::Known(list),
+            _ => Consents::Unavailable,
+        };
+        let filtered = shared.policy.filter_value(response, &caller, asked.single_read, &lookup, &mut report);
+        drop(cache);
+        for (reason, n) in &report.withheld {
+            for _ in 0..*n {
+                count(FILTER, "withheld", reason);
+            }
+        }
+        for (reason, n) in &report.redacted {
+            for _ in 0..*n {
+                count(FILTER, "redacted", reason);
+            }
+        }
+        for _ in 0..report.part2_labelled {
+            count(FILTER, "part2_labelled", "");
+        }
+        if report.break_glass_released > 0 {
+            count(FILTER, "break_glass_released", "");
+            log::warn!("{FILTER}: break-glass released {} withheld resource(s)", report.break_glass_released);
+        }
+        match filtered {
+            Filtered::Unchanged => {}
+            Filtered::Rewritten(bytes) => {
+                self.set_http_response_header("content-encoding", None);
+                self.set_http_response_body(0, body_size, &bytes);
+            }
+            Filtered::Refused(rejection) => self.replace_response(&rejection, body_size),
+        }
+    }
+}
+
+impl Context for ConsentFilter {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(patient) = self.fetches.remove(&token_id) else { return };
+        let status = self.get_http_call_response_header(":status").and_then(|s| s.parse().ok());
+        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+        match (read_search(status, &body), self.shared.clone()) {
+            (Some(consents), Some(shared)) => {
+                let now = self.now();
+                shared.cache.borrow_mut().insert(&patient, consents, now);
+            }
+            _ => {
+                count(FILTER, "consent_cache", "fetch_failed");
+                log::warn!("{FILTER}: Consent fetch failed (status {status:?})");
+                self.unavailable.insert(patient);
+            }
+        }
+        if self.fetches.is_empty() {
+            self.finish();
+            self.resume_http_response();
+        }
+    }
+}
+
+impl HttpContext for ConsentFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return reject(FILTER, &Rejection::not_configured(FILTER));
+        };
+        let h = RequestHeaders::read();
+        let interaction = h.get(headers::INTERACTION).unwrap_or_default();
+        if !filters_interaction(interaction) {
+            return Action::Continue;
+        }
+        let break_glass = h.get(headers::BREAK_GLASS);
+        let purpose_header = shared.policy.config.purpose.header.as_deref().and_then(|name| h.get(name));
+        self.asked = Some(Asked {
+            subject: h.get(headers::SUBJECT).map(str::to_string),
+            client_id: h.get(headers::CLIENT_ID).map(str::to_string),
+            purpose: shared.policy.purpose_of(purpose_header, break_glass).map(str::to_string),
+            break_glass: break_glass.is_some(),
+            single_read: is_single_read(interaction),
+        });
+        // Ask for an uncompressed answer (a compressed one is decoded, within the body limit).
+        if h.contains("accept-encoding") {
+            self.set_http_request_header("accept-encoding", None);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.asked.is_none() || end_of_stream {
+            return Action::Continue;
+        }
+        let status = self.get_http_response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        if !(200..300).contains(&status) {
+            return Action::Continue;
+        }
+        let content_type = self.get_http_response_header("content-type").unwrap_or_default().to_ascii_lowercase();
+        if !content_type.contains("json") {
+            // Only JSON is read; anything else from a FHIR interaction would pass unread.
+            self.refusal = Some(Rejection::new(
+                502,
+                "response-format-unsupported",
+                IssueType::NotSupported,
+                "the consent filter reads FHIR JSON responses only; ask for application/fhir+json",
+            ));
+        }
+        self.set_http_response_header("content-length", None);
+        Action::Pause
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(shared), Some(_)) = (self.shared.clone(), self.asked.as_ref()) else { return Action::Continue };
+        if let Some(rejection) = self.refusal.take() {
+            if !end_of_stream {
+                // Nothing of a refused response is kept or sent: drop what came so far.
+                self.set_http_response_body(0, body_size, &[]);
+                self.refusal = Some(rejection);
+                return Action::Pause;
+            }
+            self.replace_response(&rejection, body_size);
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            if body_size > shared.policy.config.max_body_bytes {
+                self.set_http_response_body(0, body_size, &[]);
+                self.refusal = Some(Rejection::new(502, "response-too-large", IssueType::TooCostly, "the response is larger than the consent filter's limit"));
+                return Action::Pause;
+            }
+            return Action::Pause;
+        }
+        let raw = self.get_http_response_body(0, body_size).unwrap_or_default();
+        let encoding = self.get_http_response_header("content-encoding");
+        let parsed = shared.policy.decode(encoding.as_deref(), &raw).and_then(|body| shared.policy.parse(&body));
+        let response = match parsed {
+            Ok(v) => v,
+            Err(rejection) => {
+                self.replace_response(&rejection, body_size);
+                return Action::Continue;
+            }
+        };
+        let now = self.now();
+        let needed = shared.policy.patients_needed(&response);
+        let missing: Vec<String> = needed.into_iter().filter(|p| shared.cache.borrow().get(p, now).is_none()).collect();
+        self.held = Some((response, body_size));
+        if missing.is_empty() {
+            count(FILTER, "consent_cache", "hit");
+            self.finish();
+            return Action::Continue;
+        }
+        count(FILTER, "consent_cache", "miss");
+        let Some(source) = shared.policy.config.consents.as_ref() else { return Action::Continue };
+        if missing.len() > source.max_patients {
+            self.held = None;
+            let rejection = Rejection::new(503, "consent-too-many-patients", IssueType::TooCostly, "the response names more patients than the consent filter may look up; narrow the search");
+            self.replace_response(&rejection, body_size);
+            return Action::Continue;
+        }
+        for patient in missing {
+            let path = search_path(source, &patient);
+            let call_headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", source.authority.as_str()), ("accept", "application/fhir+json")];
+            match self.dispatch_http_call(&source.cluster, call_headers, None, vec![], Duration::from_millis(source.timeout_ms)) {
+                Ok(token) => {
+                    self.fetches.insert(token, patient);
+                }
+                Err(status) => {
+                    log::warn!("{FILTER}: Consent fetch through cluster {} could not start: {status:?}", source.cluster);
+                    count(FILTER, "consent_cache", "fetch_failed");
+                    self.unavailable.insert(patient);
+                }
+            }
+        }
+        if self.fetches.is_empty() {
+            self.finish();
+            return Action::Continue;
+        }
+        Action::Pause
+    }
+}
