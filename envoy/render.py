@@ -21,6 +21,7 @@ break-glass keys: settings known only where the gateway runs). --global-ratelimi
 global rate-limit filter after fhirgate.ratelimit, the descriptor actions and the
 ratelimit_service cluster ({{RATELIMIT_SERVICE_PORT}}), and sets `enforcement: envoy` unless
 the --ratelimit file says otherwise: the budget is then one across every replica.
+{{CONSENT_CONFIG}} is consent.json, with --consent FILE's keys laid over it.
 """
 import argparse
 import json
@@ -28,13 +29,17 @@ import pathlib
 import re
 import sys
 
-FILTER_CONFIGS = {"ROUTING_CONFIG": "routing.json", "AUTHZ_CONFIG": "authz.json", "RATELIMIT_CONFIG": "ratelimit.json"}
+FILTER_CONFIGS = {"ROUTING_CONFIG": "routing.json", "AUTHZ_CONFIG": "authz.json", "RATELIMIT_CONFIG": "ratelimit.json",
+                  "CONSENT_CONFIG": "consent.json"}
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent
 
 
 def filter_config(key: str, issuers: pathlib.Path | None, jwt_authn: bool = False,
-                  ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False) -> dict:
+                  ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False,
+                  consent: pathlib.Path | None = None) -> dict:
     config = json.loads((CONFIG_DIR / FILTER_CONFIGS[key]).read_text())
+    if key == "CONSENT_CONFIG" and consent is not None:
+        config.update(json.loads(consent.read_text()))
     if key == "RATELIMIT_CONFIG":
         if global_ratelimit:
             config["enforcement"] = "envoy"
@@ -137,11 +142,11 @@ def with_global_ratelimit(text: str) -> str:
 
 
 def render(template: pathlib.Path, values: dict, issuers: pathlib.Path | None = None, jwt_authn: bool = False,
-           ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False) -> str:
+           ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False, consent: pathlib.Path | None = None) -> str:
     text = template.read_text()
     for key in FILTER_CONFIGS:
         if "{{%s}}" % key in text and key not in values:
-            compact = json.dumps(filter_config(key, issuers, jwt_authn, ratelimit, global_ratelimit), separators=(",", ":"))
+            compact = json.dumps(filter_config(key, issuers, jwt_authn, ratelimit, global_ratelimit, consent), separators=(",", ":"))
             if "'" in compact:
                 raise SystemExit(f"{FILTER_CONFIGS[key]}: single quotes cannot be inlined into YAML")
             values[key] = compact
@@ -165,6 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--issuers", type=pathlib.Path, help="JSON list of trusted issuers for the authz filter")
     ap.add_argument("--jwt-authn", action="store_true", help="verify tokens with Envoy's jwt_authn (the RSA fast path)")
     ap.add_argument("--ratelimit", type=pathlib.Path, help="JSON object of rate-limit settings laid over ratelimit.json (tiers, breakGlass keys)")
+    ap.add_argument("--consent", type=pathlib.Path, help="JSON object of consent settings laid over consent.json")
     ap.add_argument("--global-ratelimit", action="store_true", help="add Envoy's global rate-limit filter and its service cluster")
     args = ap.parse_args(argv)
     values = {}
@@ -173,7 +179,7 @@ def main(argv=None) -> int:
         if not sep:
             raise SystemExit(f"render.py: --set {item!r} is not NAME=VALUE")
         values[name] = value
-    args.out.write_text(render(args.template, values, args.issuers, args.jwt_authn, args.ratelimit, args.global_ratelimit))
+    args.out.write_text(render(args.template, values, args.issuers, args.jwt_authn, args.ratelimit, args.global_ratelimit, args.consent))
     return 0
 
 

@@ -256,7 +256,8 @@ def http_get(port: int, path: str, timeout: float = 5):
 
 def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY_TEMPLATE,
                  issuers: pathlib.Path | None = None, jwt_authn: bool = False,
-                 ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False) -> pathlib.Path:
+                 ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False,
+                 consent: pathlib.Path | None = None) -> pathlib.Path:
     args = [sys.executable, str(RENDER), str(template), str(out)]
     for k, v in values.items():
         args += ["--set", f"{k}={v}"]
@@ -268,6 +269,8 @@ def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY
         args += ["--ratelimit", str(ratelimit)]
     if global_ratelimit:
         args.append("--global-ratelimit")
+    if consent is not None:
+        args += ["--consent", str(consent)]
     subprocess.run(args, check=True)
     return out
 
@@ -380,6 +383,18 @@ class Stack:
         wait_until("the FHIR server", lambda: http_get(self.fhir_port, f"{UPSTREAM_BASE}/metadata")[0] == 200,
                    timeout=90, process=proc)
 
+    def put_upstream(self, resource: dict) -> int:
+        """Writes a resource straight into the FHIR server (not through the gateway): test data."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.fhir_port, timeout=30)
+        try:
+            conn.request("PUT", f"{UPSTREAM_BASE}/{resource['resourceType']}/{resource['id']}", body=json.dumps(resource).encode(),
+                         headers={"content-type": "application/fhir+json"})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        finally:
+            conn.close()
+
     def _load_examples(self):
         conn = http.client.HTTPConnection("127.0.0.1", self.fhir_port, timeout=30)
         try:
@@ -479,6 +494,20 @@ class Stack:
         path.write_text(json.dumps(settings, indent=2))
         return path
 
+    # Consents are cached for a short time in the tests, so a change on the server shows soon.
+    CONSENT_TTL = 2
+
+    def consent_file(self) -> pathlib.Path:
+        """Consent settings laid over envoy/consent.json: the FHIR server's Consent path and,
+        for the tests, a short cache."""
+        settings = json.loads((ROOT / "envoy" / "consent.json").read_text())["consents"]
+        settings["path"] = f"{UPSTREAM_BASE}/Consent"
+        if not self.demo:
+            settings["cacheSeconds"] = self.CONSENT_TTL
+        path = self.log_dir / "consent.json"
+        path.write_text(json.dumps({"consents": settings}, indent=2))
+        return path
+
     def break_glass_token(self, user: str, reason: str = "ETREAT", ttl: int = 600) -> str:
         """A break-glass token signed by the operator CLI with this gateway's key."""
         out = subprocess.run([str(CLI), "breakglass", "sign", "--key-file", str(self.break_glass_key), "--kid", self.BREAK_GLASS_KID,
@@ -500,11 +529,12 @@ class Stack:
         return values
 
     def _start_envoy(self):
-        for module in ["fhirgate_routing.wasm", "fhirgate_authz.wasm", "fhirgate_ratelimit.wasm"]:
+        for module in ["fhirgate_routing.wasm", "fhirgate_authz.wasm", "fhirgate_ratelimit.wasm", "fhirgate_consent.wasm"]:
             if not (WASM_DIR / module).exists():
                 raise RuntimeError(f"{WASM_DIR / module} is missing: run `make wasm`")
         issuers = self.issuers_file()
         ratelimit = self.ratelimit_file()
+        consent = self.consent_file()
         report_only = self.log_dir / "report-only.json"
         report_only.write_text(json.dumps({**json.loads(issuers.read_text()), "mode": "report-only"}))
         for name, listen, admin, settings, jwt_authn in (
@@ -512,7 +542,8 @@ class Stack:
                 ("envoy-jwt-authn", self.jwt_authn_port, self.jwt_authn_admin_port, issuers, True),
                 ("envoy-report-only", self.report_only_port, self.report_only_admin_port, report_only, False)):
             values = dict(self.envoy_values(), LISTEN_PORT=listen, ADMIN_PORT=admin, ACCESS_LOG=self.log_dir / f"{name}-access.log")
-            config = render_envoy(self.log_dir / f"{name}.yaml", values, issuers=settings, jwt_authn=jwt_authn, ratelimit=ratelimit)
+            config = render_envoy(self.log_dir / f"{name}.yaml", values, issuers=settings, jwt_authn=jwt_authn, ratelimit=ratelimit,
+                                  consent=consent)
             proc = Process(name, [binary("envoy"), "-c", str(config), "--concurrency", "2",
                                   "--disable-hot-restart", "-l", "info"], self.log_dir / f"{name}.log")
             self.processes.append(proc)

@@ -12,7 +12,7 @@ from stack import ROOT, WASM_DIR, envoy_validate, render_envoy
 ENVOY_DIR = ROOT / "envoy"
 CLI = ROOT / "target" / "debug" / "fhirgate"
 TEMPLATES = sorted(ENVOY_DIR.glob("*.yaml"))
-FILTER_CONFIGS = {"routing.json": "routing", "authz.json": "authz", "ratelimit.json": "ratelimit"}
+FILTER_CONFIGS = {"routing.json": "routing", "authz.json": "authz", "ratelimit.json": "ratelimit", "consent.json": "consent"}
 
 PLACEHOLDERS = {
     "ADMIN_PORT": 9901, "LISTEN_ADDRESS": "127.0.0.1", "LISTEN_PORT": 10000, "ACCESS_LOG": "/dev/null",

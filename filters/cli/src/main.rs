@@ -142,6 +142,7 @@ enum Filter {
     Routing,
     Authz,
     Ratelimit,
+    Consent,
 }
 
 /// The shipped configs, the CLI's defaults: what `fhirgate` decides is what the example
@@ -301,15 +302,14 @@ fn route(method: &str, url: &str, config: Option<&str>, headers: &[String], body
 
 fn lint(file: &str, filter: Filter) -> Result<String, String> {
     let bytes = read_input(file)?;
-    match filter {
-        Filter::Routing => RoutingPolicy::from_json(&bytes).map(|_| format!("{file}: valid routing config")).map_err(|e| format!("{file}: {e}")),
-        Filter::Authz => fhirgate_core::smart::filter::AuthzFilterPolicy::from_json(&bytes)
-            .map(|_| format!("{file}: valid authz config"))
-            .map_err(|e| format!("{file}: {e}")),
-        Filter::Ratelimit => fhirgate_core::ratelimit::filter::RateLimitFilterPolicy::from_json(&bytes)
-            .map(|_| format!("{file}: valid ratelimit config"))
-            .map_err(|e| format!("{file}: {e}")),
-    }
+    // The same compile step each filter runs in on_configure.
+    let (name, result) = match filter {
+        Filter::Routing => ("routing", RoutingPolicy::from_json(&bytes).map(drop)),
+        Filter::Authz => ("authz", fhirgate_core::smart::filter::AuthzFilterPolicy::from_json(&bytes).map(drop)),
+        Filter::Ratelimit => ("ratelimit", fhirgate_core::ratelimit::filter::RateLimitFilterPolicy::from_json(&bytes).map(drop)),
+        Filter::Consent => ("consent", fhirgate_core::consent::ConsentPolicy::from_json(&bytes).map(drop)),
+    };
+    result.map(|()| format!("{file}: valid {name} config")).map_err(|e| format!("{file}: {e}"))
 }
 
 fn main() -> ExitCode {

@@ -35,11 +35,15 @@ pub struct ConsentFilter {
     unavailable: HashSet<String>,
     /// A response refused on its headers, answered when its body has arrived.
     refusal: Option<Rejection>,
+    /// The response head was held for its body to be read. Only then does the body callback
+    /// touch the response: Envoy refuses header access once a head has gone on (and
+    /// proxy-wasm panics on that refusal).
+    reading: bool,
 }
 
 impl ConsentFilter {
     pub fn new(shared: Option<Rc<Shared>>) -> Self {
-        ConsentFilter { shared, asked: None, held: None, fetches: HashMap::new(), unavailable: HashSet::new(), refusal: None }
+        ConsentFilter { shared, asked: None, held: None, fetches: HashMap::new(), unavailable: HashSet::new(), refusal: None, reading: false }
     }
 
     fn now(&self) -> i64 {
@@ -173,11 +177,12 @@ impl HttpContext for ConsentFilter {
             ));
         }
         self.set_http_response_header("content-length", None);
+        self.reading = true;
         Action::Pause
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Some(shared), Some(_)) = (self.shared.clone(), self.asked.as_ref()) else { return Action::Continue };
+        let (Some(shared), Some(_), true) = (self.shared.clone(), self.asked.as_ref(), self.reading) else { return Action::Continue };
         if let Some(rejection) = self.refusal.take() {
             if !end_of_stream {
                 // Nothing of a refused response is kept or sent: drop what came so far.

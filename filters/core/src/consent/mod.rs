@@ -296,7 +296,9 @@ impl ConsentPolicy {
                     Consents::Unavailable if source.fail_open => {}
                     Consents::Unavailable => judge(Action::Drop, "consent-unavailable", &[]),
                     Consents::Known(list) => {
-                        let verdicts: Vec<Verdict> = list.iter().filter_map(|c| provision::decide(c, resource, &access)).collect();
+                        // Only the patient's own Consents, whatever the server's search returned.
+                        let verdicts: Vec<Verdict> =
+                            list.iter().filter(|c| consent_is_for(c, &patient)).filter_map(|c| provision::decide(c, resource, &access)).collect();
                         let denied = match source.conflict {
                             Conflict::DenyWins => verdicts.contains(&Verdict::Deny),
                             Conflict::PermitWins => verdicts.contains(&Verdict::Deny) && !verdicts.contains(&Verdict::Permit),
@@ -334,6 +336,13 @@ impl ConsentPolicy {
         }
         treatment
     }
+}
+
+/// Is this Consent about this patient (`Consent.patient` references `Patient/{id}`)?
+fn consent_is_for(consent: &Value, patient: &str) -> bool {
+    let reference = consent.get("patient").and_then(|p| p.get("reference")).and_then(Value::as_str).unwrap_or("");
+    let path = reference.split("/_history/").next().unwrap_or(reference);
+    path.rsplit_once("Patient/").is_some_and(|(before, id)| (before.is_empty() || before.ends_with('/')) && id == patient)
 }
 
 /// Which responses the filter reads: those of FHIR interactions that return resources (not

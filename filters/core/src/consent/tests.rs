@@ -225,7 +225,7 @@ mod consents {
 
     fn deny_observations() -> Vec<Value> {
         vec![json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"code": "patient-privacy"}]},
-                    "provision": {"type": "permit", "provision": [{"type": "deny", "class": [{"code": "Observation"}]}]}})]
+                    "patient": {"reference": "Patient/p1"}, "provision": {"type": "permit", "provision": [{"type": "deny", "class": [{"code": "Observation"}]}]}})]
     }
 
     fn other_patient(id: &str) -> Value {
@@ -247,6 +247,14 @@ mod consents {
         let (out, report) = run(&policy(WITH_CONSENTS), &b, &caller(Some("TREAT")), false, &lookup);
         assert_eq!(ids(&rewritten(out)), vec!["b"]);
         assert_eq!(report.withheld.get("consent-denied"), Some(&1));
+    }
+
+    #[test]
+    fn another_patients_consent_in_the_answer_is_ignored() {
+        let list = deny_observations();
+        let lookup = |_: &str| Consents::Known(&list);
+        let (out, _) = run(&policy(WITH_CONSENTS), &searchset(vec![other_patient("b")]), &caller(None), false, &lookup);
+        assert!(matches!(out, Filtered::Unchanged), "p1's Consent does not speak for p2");
     }
 
     #[test]
@@ -272,7 +280,8 @@ mod consents {
     #[test]
     fn conflicting_consents_follow_the_conflict_policy() {
         let mut list = deny_observations();
-        list.push(json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"code": "patient-privacy"}]}, "provision": {"type": "permit"}}));
+        list.push(json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"code": "patient-privacy"}]},
+                         "patient": {"reference": "Patient/p1"}, "provision": {"type": "permit"}}));
         let lookup = |_: &str| Consents::Known(&list);
         assert!(matches!(run(&policy(WITH_CONSENTS), &labelled("a", &[]), &caller(None), true, &lookup).0, Filtered::Refused(_)), "deny wins");
         let permit = policy(r#"{"consents": {"cluster": "fhir_api", "path": "/fhir/Consent", "conflict": "permitWins"}}"#);

@@ -1,0 +1,139 @@
+"""The consent filter in a real Envoy in front of the FHIR server: labelled resources and real
+Consent resources seeded into the server, decisions read from what the client receives.
+Consents are cached for Stack.CONSENT_TTL seconds."""
+import json
+import time
+import uuid
+
+import pytest
+
+from stack import BASE, Counters
+from test_authz import call
+
+LABEL_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+
+
+def observation(oid, patient, labels=(), system=LABEL_SYSTEM):
+    return {"resourceType": "Observation", "id": oid, "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": f"Patient/{patient}"}, "valueString": "e2e",
+            "meta": {"security": [{"system": system, "code": c} for c in labels]}}
+
+
+def privacy_consent(cid, patient, provision, status="active"):
+    return {"resourceType": "Consent", "id": cid, "status": status,
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": f"Patient/{patient}"}, "policyRule": {"coding": [{"code": "OPTIN"}]},
+            "provision": provision}
+
+
+@pytest.fixture(scope="module")
+def seeded(stack):
+    """Three synthetic patients: cp1 with an R-labelled and a plain Observation, cp2 whose
+    Consent denies Observations, cp3 with a substance-use (SUD) Observation."""
+    run = uuid.uuid4().hex[:6]
+    ids = {k: f"{k}-{run}" for k in ("cp1", "cp2", "cp3")}
+    for p in ids.values():
+        assert stack.put_upstream({"resourceType": "Patient", "id": p, "name": [{"family": "Consent"}]}) in (200, 201)
+    resources = [
+        observation(f"{ids['cp1']}-r", ids["cp1"], ["R"], CONFIDENTIALITY),
+        observation(f"{ids['cp1']}-plain", ids["cp1"]),
+        observation(f"{ids['cp2']}-o", ids["cp2"]),
+        observation(f"{ids['cp3']}-sud", ids["cp3"], ["SUD"]),
+        privacy_consent(f"{ids['cp2']}-consent", ids["cp2"],
+                        {"type": "permit", "provision": [{"type": "deny", "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]}]}),
+    ]
+    for r in resources:
+        assert stack.put_upstream(r) in (200, 201), r["id"]
+    return ids
+
+
+def reader(stack):
+    return stack.token("user/Patient.rs user/Observation.rs", sub="dr-consent")
+
+
+def get(stack, path, token, purpose=None, headers=None):
+    h = dict(headers or {})
+    if purpose:
+        h["x-purpose-of-use"] = purpose
+    tid, status, rheaders, body = call(stack, "GET", f"{BASE}/{path}", token, headers=h)
+    return status, rheaders, json.loads(body) if body else None
+
+
+def entry_ids(bundle):
+    return sorted(e["resource"]["id"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] != "OperationOutcome")
+
+
+class TestSecurityLabels:
+    def test_a_restricted_read_needs_a_treatment_purpose(self, stack, seeded):
+        token = reader(stack)
+        status, _, body = get(stack, f"Observation/{seeded['cp1']}-r", token)
+        assert (status, body["issue"][0]["details"]["coding"][0]["code"]) == (403, "consent-withheld")
+        status, _, body = get(stack, f"Observation/{seeded['cp1']}-r", token, purpose="TREAT")
+        assert status == 200 and body["id"] == f"{seeded['cp1']}-r"
+
+    def test_a_search_loses_the_restricted_entry_and_total_follows(self, stack, seeded):
+        token = reader(stack)
+        status, _, bundle = get(stack, f"Observation?subject=Patient/{seeded['cp1']}", token, purpose="HPAYMT")
+        assert status == 200
+        assert entry_ids(bundle) == [f"{seeded['cp1']}-plain"]
+        if "total" in bundle:
+            assert bundle["total"] == 1
+        status, _, bundle = get(stack, f"Observation?subject=Patient/{seeded['cp1']}", token, purpose="TREAT")
+        assert entry_ids(bundle) == sorted([f"{seeded['cp1']}-plain", f"{seeded['cp1']}-r"])
+
+    def test_included_resources_are_filtered_too(self, stack, seeded):
+        token = reader(stack)
+        status, _, bundle = get(stack, f"Patient?_id={seeded['cp1']}&_revinclude=Observation:subject", token)
+        assert status == 200, bundle
+        ids = entry_ids(bundle)
+        assert seeded["cp1"] in ids and f"{seeded['cp1']}-plain" in ids
+        assert f"{seeded['cp1']}-r" not in ids
+
+    def test_released_substance_use_data_carries_the_part2_label(self, stack, seeded):
+        status, _, body = get(stack, f"Observation/{seeded['cp3']}-sud", reader(stack), purpose="TREAT")
+        assert status == 200
+        assert any(c["code"] == "NORDSCLCD" for c in body["meta"]["security"])
+
+
+class TestConsents:
+    def test_a_denying_consent_withholds_the_patients_observations(self, stack, seeded):
+        token = reader(stack)
+        status, _, _ = get(stack, f"Observation/{seeded['cp2']}-o", token, purpose="TREAT")
+        assert status == 403
+        status, _, bundle = get(stack, f"Observation?subject=Patient/{seeded['cp2']}", token, purpose="TREAT")
+        assert status == 200 and entry_ids(bundle) == []
+        status, _, body = get(stack, f"Patient/{seeded['cp2']}", token, purpose="TREAT")
+        assert status == 200, "the Consent denies Observations only"
+
+    def test_break_glass_shows_what_consent_withholds(self, stack, seeded):
+        user = f"dr-emergency-{uuid.uuid4().hex[:6]}"
+        token = stack.token("user/Patient.rs user/Observation.rs", sub=user)
+        status, _, body = get(stack, f"Observation/{seeded['cp2']}-o", token, headers={"x-break-glass": stack.break_glass_token(user)})
+        assert status == 200 and body["id"] == f"{seeded['cp2']}-o"
+        assert Counters(stack.admin_port, "fhirgate.consent").total("fhirgate.consent.break_glass_released") >= 1
+
+    def test_a_consent_change_on_the_server_takes_effect_within_the_ttl(self, stack, seeded):
+        token = reader(stack)
+        patient = f"cp4-{uuid.uuid4().hex[:6]}"
+        stack.put_upstream({"resourceType": "Patient", "id": patient})
+        stack.put_upstream(observation(f"{patient}-o", patient))
+        assert get(stack, f"Observation/{patient}-o", token, purpose="TREAT")[0] == 200
+        stack.put_upstream(privacy_consent(f"{patient}-consent", patient, {"type": "deny"}))
+        time.sleep(stack.CONSENT_TTL + 0.5)
+        assert get(stack, f"Observation/{patient}-o", token, purpose="TREAT")[0] == 403, "the new Consent applies"
+        stack.put_upstream(privacy_consent(f"{patient}-consent", patient, {"type": "deny"}, status="inactive"))
+        time.sleep(stack.CONSENT_TTL + 0.5)
+        assert get(stack, f"Observation/{patient}-o", token, purpose="TREAT")[0] == 200, "an inactive Consent no longer applies"
+
+
+def test_consent_decisions_are_counted_without_ids(stack, seeded):
+    get(stack, f"Observation/{seeded['cp1']}-r", reader(stack))
+    stats = Counters(stack.admin_port, "fhirgate.consent")
+    assert stats.total("fhirgate.consent.withheld.label-withheld") >= 1
+    assert stats.total("fhirgate.consent.consent_cache.miss") >= 1
+    assert stats.total("fhirgate.consent.consent_cache.hit") >= 1
+    for name in stats:
+        assert "cp1" not in name and "dr-consent" not in name
