@@ -92,6 +92,15 @@ class TestSecurityLabels:
         assert seeded["cp1"] in ids and f"{seeded['cp1']}-plain" in ids
         assert f"{seeded['cp1']}-r" not in ids
 
+    def test_everything_returns_exactly_what_policy_allows(self, stack, seeded):
+        token = stack.token("user/*.rs", sub="dr-consent")
+        status, _, bundle = get(stack, f"Patient/{seeded['cp1']}/$everything", token, purpose="HPAYMT")
+        assert status == 200, bundle
+        ids = entry_ids(bundle)
+        assert seeded["cp1"] in ids and f"{seeded['cp1']}-plain" in ids and f"{seeded['cp1']}-r" not in ids
+        status, _, bundle = get(stack, f"Patient/{seeded['cp1']}/$everything", token, purpose="TREAT")
+        assert f"{seeded['cp1']}-r" in entry_ids(bundle)
+
     def test_released_substance_use_data_carries_the_part2_label(self, stack, seeded):
         status, _, body = get(stack, f"Observation/{seeded['cp3']}-sud", reader(stack), purpose="TREAT")
         assert status == 200
@@ -137,3 +146,21 @@ def test_consent_decisions_are_counted_without_ids(stack, seeded):
     assert stats.total("fhirgate.consent.consent_cache.hit") >= 1
     for name in stats:
         assert "cp1" not in name and "dr-consent" not in name
+
+
+def test_the_cli_filters_a_response_as_the_gateway_does(stack, seeded, tmp_path):
+    """`fhirgate consent apply` on the upstream's own answer gives what the gateway sent."""
+    import http.client
+    import subprocess
+    from stack import CLI, UPSTREAM_BASE
+    conn = http.client.HTTPConnection("127.0.0.1", stack.fhir_port, timeout=30)
+    conn.request("GET", f"{UPSTREAM_BASE}/Observation?subject=Patient/{seeded['cp1']}")
+    raw = conn.getresponse().read()
+    conn.close()
+    context = tmp_path / "ctx.json"
+    context.write_text(json.dumps({"subject": "dr-consent", "purpose": "HPAYMT", "consents": {seeded["cp1"]: []}}))
+    out = subprocess.run([str(CLI), "consent", "apply", "--context", str(context)], input=raw, capture_output=True, check=True)
+    result = json.loads(out.stdout)
+    assert result["report"]["withheld"] == {"label-withheld": 1}
+    _, _, gateway = get(stack, f"Observation?subject=Patient/{seeded['cp1']}", reader(stack), purpose="HPAYMT")
+    assert entry_ids(result["body"]) == entry_ids(gateway) == [f"{seeded['cp1']}-plain"]

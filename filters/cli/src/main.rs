@@ -57,6 +57,11 @@ enum Command {
         #[command(subcommand)]
         command: BreakglassCommand,
     },
+    /// Consent filtering tools.
+    Consent {
+        #[command(subcommand)]
+        command: ConsentCommand,
+    },
     /// Filter configuration tools.
     Config {
         #[command(subcommand)]
@@ -100,6 +105,23 @@ enum RatelimitCommand {
         /// Rate-limit config (JSON); the shipped envoy/ratelimit.json when absent.
         #[arg(long)]
         config: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsentCommand {
+    /// Filter a FHIR response (stdin) as the consent filter would and print
+    /// {"status", "body"?, "outcome"?, "report"}. The context file is JSON: {"subject"?,
+    /// "clientId"?, "purpose"?, "breakGlass"?, "now"? (RFC 3339), "singleRead"?, "consents"?:
+    /// {"<patient id>": [Consent, ...]}}; a patient missing from "consents" counts as a failed
+    /// fetch.
+    Apply {
+        /// Consent config (JSON); the shipped envoy/consent.json when absent.
+        #[arg(long)]
+        config: Option<String>,
+        /// The request context (JSON file).
+        #[arg(long)]
+        context: String,
     },
 }
 
@@ -150,6 +172,7 @@ enum Filter {
 const SHIPPED_ROUTING: &str = include_str!("../../../envoy/routing.json");
 const SHIPPED_AUTHZ: &str = include_str!("../../../envoy/authz.json");
 const SHIPPED_RATELIMIT: &str = include_str!("../../../envoy/ratelimit.json");
+const SHIPPED_CONSENT: &str = include_str!("../../../envoy/consent.json");
 
 /// Applies `f` to each JSON-object line of stdin, writing one JSON line each (`invalid` for a
 /// line that is not a JSON object).
@@ -208,6 +231,53 @@ fn ratelimit_descriptors(config: Option<&str>) -> Result<String, String> {
     };
     let policy = RateLimitPolicy::from_json(&bytes).map_err(|e| e.to_string())?;
     fhirgate_core::ratelimit::descriptors::service_config(&policy.config).map(|yaml| yaml.trim_end().to_string()).map_err(|e| e.to_string())
+}
+
+fn consent_apply(config: Option<&str>, context: &str) -> Result<String, String> {
+    use fhirgate_core::consent::{Caller, ConsentPolicy, Consents, Filtered, Report};
+    let bytes = match config {
+        Some(path) => read_input(path)?,
+        None => SHIPPED_CONSENT.as_bytes().to_vec(),
+    };
+    let policy = ConsentPolicy::from_json(&bytes).map_err(|e| e.to_string())?;
+    let ctx: serde_json::Value = serde_json::from_slice(&read_input(context)?).map_err(|e| format!("{context}: {e}"))?;
+    let text = |k: &str| ctx.get(k).and_then(serde_json::Value::as_str);
+    let now = match text("now") {
+        Some(now) => now.to_string(),
+        None => fhirgate_core::consent::rfc3339(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs() as i64),
+    };
+    let caller = Caller {
+        subject: text("subject"),
+        client_id: text("clientId"),
+        purpose: text("purpose"),
+        break_glass: ctx.get("breakGlass").and_then(serde_json::Value::as_bool).unwrap_or(false),
+        now: &now,
+    };
+    let single_read = ctx.get("singleRead").and_then(serde_json::Value::as_bool).unwrap_or(false);
+    let consents = ctx.get("consents").and_then(serde_json::Value::as_object);
+    let lookup = |patient: &str| match consents.and_then(|c| c.get(patient)).and_then(serde_json::Value::as_array) {
+        Some(list) => Consents::Known(list.as_slice()),
+        None => Consents::Unavailable,
+    };
+    let response = read_input("-")?;
+    let mut report = Report::default();
+    let result = policy.decode(None, &response).map(|body| policy.filter(&body, &caller, single_read, &lookup, &mut report));
+    let report_json = json!({"withheld": report.withheld, "redacted": report.redacted, "part2Labelled": report.part2_labelled,
+                             "breakGlassReleased": report.break_glass_released});
+    let out = match result {
+        Err(rejection) | Ok(Filtered::Refused(rejection)) => {
+            json!({"status": rejection.status, "reason": rejection.reason, "outcome": rejection.outcome.to_value(), "report": report_json})
+        }
+        Ok(Filtered::Unchanged) => {
+            let body: serde_json::Value = serde_json::from_slice(&response).map_err(|e| e.to_string())?;
+            json!({"status": 200, "changed": false, "body": body, "report": report_json})
+        }
+        Ok(Filtered::Rewritten(bytes)) => {
+            let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            json!({"status": 200, "changed": true, "body": body, "report": report_json})
+        }
+    };
+    Ok(out.to_string())
 }
 
 fn breakglass_sign(key_file: &str, kid: &str, user: &str, reason: &str, ttl: i64) -> Result<String, String> {
@@ -325,6 +395,7 @@ fn main() -> ExitCode {
         Command::Breakglass { command: BreakglassCommand::Sign { key_file, kid, user, reason, ttl } } => {
             breakglass_sign(&key_file, &kid, &user, &reason, ttl)
         }
+        Command::Consent { command: ConsentCommand::Apply { config, context } } => consent_apply(config.as_deref(), &context),
         Command::Config { command: ConfigCommand::Lint { file, filter } } => lint(&file, filter),
     };
     match result {
