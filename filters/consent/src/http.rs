@@ -3,13 +3,12 @@
 
 use crate::root::{Shared, FILTER};
 use fhirgate_core::consent::cache::{read_search, search_path};
-use fhirgate_core::consent::{filters_interaction, is_single_read, rfc3339, Caller, Consents, Filtered, Report};
+use fhirgate_core::consent::{filters_interaction, is_single_read, rfc3339, Caller, Consents, FastPath, Filtered, Report};
 use fhirgate_core::outcome::IssueType;
 use fhirgate_core::{headers, Rejection};
 use fhirgate_proxy::{count, reject, RequestHeaders};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -27,8 +26,8 @@ struct Asked {
 pub struct ConsentFilter {
     shared: Option<Rc<Shared>>,
     asked: Option<Asked>,
-    /// The response, parsed, while the Consents it needs are fetched.
-    held: Option<(Value, usize)>,
+    /// The response (decoded) and its size as buffered, while the Consents it needs are fetched.
+    held: Option<(Vec<u8>, usize)>,
     /// Outstanding fetches: call token → patient.
     fetches: HashMap<u32, String>,
     /// Patients whose fetch failed for this response.
@@ -62,8 +61,18 @@ impl ConsentFilter {
 
     /// Decides the held response with the Consents now known, and writes the result.
     fn finish(&mut self) {
-        let (Some(shared), Some((response, body_size)), Some(asked)) = (self.shared.clone(), self.held.take(), self.asked.as_ref()) else { return };
+        let (Some(shared), Some((body, body_size)), Some(asked)) = (self.shared.clone(), self.held.take(), self.asked.as_ref()) else { return };
         let now = self.now();
+        let cache = shared.cache.borrow();
+        let unavailable = &self.unavailable;
+        let lookup = |patient: &str| match cache.get(patient, now) {
+            Some(list) if !unavailable.contains(patient) => Consents::Known(list),
+            _ => Consents::Unavailable,
+        };
+        if shared.policy.fast_path(&body, &|p| Some(lookup(p))) == FastPath::Release {
+            count(FILTER, "released", "unparsed");
+            return;
+        }
         let now_text = rfc3339(now);
         let caller = Caller {
             subject: asked.subject.as_deref(),
@@ -73,31 +82,9 @@ impl ConsentFilter {
             now: &now_text,
         };
         let mut report = Report::default();
-        let cache = shared.cache.borrow();
-        let unavailable = &self.unavailable;
-        let lookup = |patient: &str| match cache.get(patient, now) {
-            Some(list) if !unavailable.contains(patient) => Consents::Known(list),
-            _ => Consents::Unavailable,
-        };
-        let filtered = shared.policy.filter_value(response, &caller, asked.single_read, &lookup, &mut report);
+        let filtered = shared.policy.filter(&body, &caller, asked.single_read, &lookup, &mut report);
         drop(cache);
-        for (reason, n) in &report.withheld {
-            for _ in 0..*n {
-                count(FILTER, "withheld", reason);
-            }
-        }
-        for (reason, n) in &report.redacted {
-            for _ in 0..*n {
-                count(FILTER, "redacted", reason);
-            }
-        }
-        for _ in 0..report.part2_labelled {
-            count(FILTER, "part2_labelled", "");
-        }
-        if report.break_glass_released > 0 {
-            count(FILTER, "break_glass_released", "");
-            log::warn!("{FILTER}: break-glass released {} withheld resource(s)", report.break_glass_released);
-        }
+        count_report(&report);
         match filtered {
             Filtered::Unchanged => {}
             Filtered::Rewritten(bytes) => {
@@ -106,6 +93,46 @@ impl ConsentFilter {
             }
             Filtered::Refused(rejection) => self.replace_response(&rejection, body_size),
         }
+    }
+
+    /// Dispatches a Consent search for each patient; those that cannot start are unavailable.
+    fn fetch(&mut self, shared: &Shared, patients: Vec<String>) {
+        let Some(source) = shared.policy.config.consents.as_ref() else { return };
+        for patient in patients {
+            let path = search_path(source, &patient);
+            let call_headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", source.authority.as_str()), ("accept", "application/fhir+json")];
+            match self.dispatch_http_call(&source.cluster, call_headers, None, vec![], Duration::from_millis(source.timeout_ms)) {
+                Ok(token) => {
+                    self.fetches.insert(token, patient);
+                }
+                Err(status) => {
+                    log::warn!("{FILTER}: Consent fetch through cluster {} could not start: {status:?}", source.cluster);
+                    count(FILTER, "consent_cache", "fetch_failed");
+                    self.unavailable.insert(patient);
+                }
+            }
+        }
+    }
+}
+
+/// Counts what the core did to one response (reason codes only).
+fn count_report(report: &Report) {
+    for (reason, n) in &report.withheld {
+        for _ in 0..*n {
+            count(FILTER, "withheld", reason);
+        }
+    }
+    for (reason, n) in &report.redacted {
+        for _ in 0..*n {
+            count(FILTER, "redacted", reason);
+        }
+    }
+    for _ in 0..report.part2_labelled {
+        count(FILTER, "part2_labelled", "");
+    }
+    if report.break_glass_released > 0 {
+        count(FILTER, "break_glass_released", "");
+        log::warn!("{FILTER}: break-glass released {} withheld resource(s)", report.break_glass_released);
     }
 }
 
@@ -203,45 +230,49 @@ impl HttpContext for ConsentFilter {
         }
         let raw = self.get_http_response_body(0, body_size).unwrap_or_default();
         let encoding = self.get_http_response_header("content-encoding");
-        let parsed = shared.policy.decode(encoding.as_deref(), &raw).and_then(|body| shared.policy.parse(&body));
-        let response = match parsed {
-            Ok(v) => v,
+        let body = match shared.policy.decode(encoding.as_deref(), &raw) {
+            Ok(body) => body,
             Err(rejection) => {
                 self.replace_response(&rejection, body_size);
                 return Action::Continue;
             }
         };
         let now = self.now();
-        let needed = shared.policy.patients_needed(&response);
-        let missing: Vec<String> = needed.into_iter().filter(|p| shared.cache.borrow().get(p, now).is_none()).collect();
-        self.held = Some((response, body_size));
+        // Which patients' Consents are missing: from a byte scan when it settles the question,
+        // else from the parsed response.
+        let missing = {
+            let cache = shared.cache.borrow();
+            match shared.policy.fast_path(&body, &|p| cache.get(p, now).map(Consents::Known)) {
+                FastPath::Release => {
+                    count(FILTER, "released", "unparsed");
+                    return Action::Continue;
+                }
+                FastPath::NeedConsents(patients) => patients,
+                FastPath::Parse => match shared.policy.parse(&body) {
+                    Ok(response) => shared.policy.patients_needed(&response).into_iter().filter(|p| cache.get(p, now).is_none()).collect(),
+                    Err(rejection) => {
+                        drop(cache);
+                        self.replace_response(&rejection, body_size);
+                        return Action::Continue;
+                    }
+                },
+            }
+        };
+        self.held = Some((body, body_size));
         if missing.is_empty() {
             count(FILTER, "consent_cache", "hit");
             self.finish();
             return Action::Continue;
         }
         count(FILTER, "consent_cache", "miss");
-        let Some(source) = shared.policy.config.consents.as_ref() else { return Action::Continue };
-        if missing.len() > source.max_patients {
+        let max_patients = shared.policy.config.consents.as_ref().map_or(0, |c| c.max_patients);
+        if missing.len() > max_patients {
             self.held = None;
             let rejection = Rejection::new(503, "consent-too-many-patients", IssueType::TooCostly, "the response names more patients than the consent filter may look up; narrow the search");
             self.replace_response(&rejection, body_size);
             return Action::Continue;
         }
-        for patient in missing {
-            let path = search_path(source, &patient);
-            let call_headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", source.authority.as_str()), ("accept", "application/fhir+json")];
-            match self.dispatch_http_call(&source.cluster, call_headers, None, vec![], Duration::from_millis(source.timeout_ms)) {
-                Ok(token) => {
-                    self.fetches.insert(token, patient);
-                }
-                Err(status) => {
-                    log::warn!("{FILTER}: Consent fetch through cluster {} could not start: {status:?}", source.cluster);
-                    count(FILTER, "consent_cache", "fetch_failed");
-                    self.unavailable.insert(patient);
-                }
-            }
-        }
+        self.fetch(&shared, missing);
         if self.fetches.is_empty() {
             self.finish();
             return Action::Continue;

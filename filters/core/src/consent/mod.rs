@@ -64,6 +64,17 @@ pub enum Filtered {
     Refused(Rejection),
 }
 
+/// What a byte scan of a response shows, before any parsing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FastPath {
+    /// Nothing in it can be withheld: no security label, no patient with a privacy Consent.
+    Release,
+    /// These patients' Consents must be known first (then scan again).
+    NeedConsents(Vec<String>),
+    /// It must be parsed and decided resource by resource.
+    Parse,
+}
+
 /// How one resource is treated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Treatment {
@@ -94,6 +105,62 @@ impl ConsentPolicy {
     pub fn purpose_of<'a>(&'a self, header_value: Option<&'a str>, break_glass_reason: Option<&'a str>) -> Option<&'a str> {
         let code = |v: &&str| !v.is_empty() && v.len() <= 32 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         header_value.filter(code).or(break_glass_reason.filter(code)).or(self.config.purpose.default.as_deref())
+    }
+
+    /// Decides from the raw bytes whether a response can be released without parsing it.
+    ///
+    /// Sound only because it is conservative: any backslash escape that could disguise a key
+    /// or a reference (`\u…`, `\/`), any `"security"` key (a label rule or Part 2 might apply),
+    /// or any `"Patient"` string (a Patient's own id names its compartment) sends the response
+    /// to [`Self::filter`]. Otherwise every patient the response can name appears as
+    /// `Patient/<id>` in a string, a superset of what [`Self::patients_needed`] finds; if
+    /// none of them has a privacy Consent, nothing can be withheld. `cached` gives a patient's
+    /// Consents, None when they are not cached.
+    pub fn fast_path<'c>(&self, body: &[u8], cached: &dyn Fn(&str) -> Option<Consents<'c>>) -> FastPath {
+        use memchr::memmem;
+        let text = body.trim_ascii();
+        if !(text.starts_with(b"{") && text.ends_with(b"}")) {
+            return FastPath::Parse;
+        }
+        // A `\u` escape of an ASCII character could spell a key or a reference; escapes of
+        // other characters (`\u00b2`) cannot.
+        let ascii_escape = memmem::find_iter(body, b"\\u").any(|at| {
+            let hex = body.get(at + 2..at + 6).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u32::from_str_radix(h, 16).ok());
+            hex.is_none_or(|c| c < 0x80)
+        });
+        if ascii_escape || memmem::find(body, b"\\/").is_some() {
+            return FastPath::Parse;
+        }
+        if memmem::find(body, b"\"security\"").is_some() || memmem::find(body, b"\"Patient\"").is_some() {
+            return FastPath::Parse;
+        }
+        if self.config.consents.is_none() {
+            return FastPath::Release;
+        }
+        let mut need: Vec<String> = Vec::new();
+        for at in memmem::find_iter(body, b"Patient/") {
+            let before = at.checked_sub(1).map(|i| body[i]);
+            if !matches!(before, Some(b'"') | Some(b'/')) {
+                continue;
+            }
+            let id_start = at + "Patient/".len();
+            let id_len = body[id_start..].iter().take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.')).count();
+            let Ok(id) = std::str::from_utf8(&body[id_start..id_start + id_len]) else { return FastPath::Parse };
+            if id.is_empty() || need.iter().any(|n| n == id) {
+                continue;
+            }
+            match cached(id) {
+                None => need.push(id.to_string()),
+                Some(Consents::Known(list)) if list.iter().all(|c| !consent_is_for(c, id) || !provision::is_privacy_consent(c)) => {}
+                Some(_) => return FastPath::Parse,
+            }
+        }
+        if need.is_empty() {
+            FastPath::Release
+        } else {
+            need.sort();
+            FastPath::NeedConsents(need)
+        }
     }
 
     /// The patients whose Consents are needed to filter this response (none when Consents are

@@ -368,3 +368,93 @@ mod helpers {
         assert_eq!(rfc3339(1_795_521_600), "2026-11-24T12:00:00Z");
     }
 }
+
+mod fast_path {
+    use super::*;
+
+    const WITH_CONSENTS: &str = r#"{"labels": [{"codes": ["R"], "action": "drop"}], "consents": {"cluster": "c", "path": "/fhir/Consent"}}"#;
+
+    fn obs(id: &str, patient: &str) -> Value {
+        json!({"resourceType": "Observation", "id": id, "subject": {"reference": format!("Patient/{patient}")}, "performer": [{"reference": "Practitioner/x"}]})
+    }
+
+    fn bytes(v: &Value) -> Vec<u8> {
+        serde_json::to_vec(v).unwrap()
+    }
+
+    fn none_cached(_: &str) -> Option<Consents<'static>> {
+        None
+    }
+
+    fn all_empty(_: &str) -> Option<Consents<'static>> {
+        Some(Consents::Known(&[]))
+    }
+
+    #[test]
+    fn a_response_without_labels_or_consented_patients_is_released_unparsed() {
+        let p = policy(WITH_CONSENTS);
+        let b = bytes(&searchset(vec![obs("a", "p1"), obs("b", "p2")]));
+        assert_eq!(p.fast_path(&b, &none_cached), FastPath::NeedConsents(vec!["p1".into(), "p2".into()]));
+        assert_eq!(p.fast_path(&b, &all_empty), FastPath::Release);
+        let with_base = br#"{"resourceType":"Observation","subject":{"reference":"https://x/fhir/Patient/p9/_history/1"}}"#;
+        assert_eq!(p.fast_path(with_base, &none_cached), FastPath::NeedConsents(vec!["p9".into()]));
+        assert_eq!(policy("{}").fast_path(&b, &none_cached), FastPath::Release, "nothing to fetch without consents configured");
+        let unicode = br#"{"resourceType":"Observation","valueString":"0.9 g/cm\u00b2","subject":{"reference":"Patient/p1"}}"#;
+        assert_eq!(p.fast_path(unicode, &all_empty), FastPath::Release, "a non-ASCII escape hides nothing");
+    }
+
+    #[test]
+    fn anything_that_could_hide_a_label_or_a_patient_is_parsed() {
+        let p = policy(WITH_CONSENTS);
+        let consent = json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"code": "patient-privacy"}]}, "patient": {"reference": "Patient/p1"}});
+        let list = vec![consent];
+        let has_consent = |id: &str| Some(if id == "p1" { Consents::Known(&list) } else { Consents::Known(&[]) });
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("a label", bytes(&searchset(vec![labelled("a", &["R"])]))),
+            ("a Patient resource", bytes(&json!({"resourceType": "Patient", "id": "p1"}))),
+            ("an escaped key", br#"{"resourceType":"Observation","meta":{"\u0073ecurity":[{"code":"R"}]}}"#.to_vec()),
+            ("an escape that could spell anything", br#"{"resourceType":"Observation","subject":{"reference":"\uZZZZ"}}"#.to_vec()),
+            ("an escaped slash", br#"{"resourceType":"Observation","subject":{"reference":"Patient\/p1"}}"#.to_vec()),
+            ("a patient with a Consent", bytes(&obs("a", "p1"))),
+            ("not a JSON object", b"Patient/p1 hello".to_vec()),
+        ];
+        for (what, body) in cases {
+            assert_eq!(p.fast_path(&body, &has_consent), FastPath::Parse, "{what}");
+        }
+        assert_eq!(p.fast_path(&bytes(&obs("a", "p1")), &|_| Some(Consents::Unavailable)), FastPath::Parse, "a failed fetch is decided by the full filter");
+    }
+
+    /// Whatever the fast path releases, the full filter would have left unchanged.
+    #[test]
+    fn release_always_agrees_with_the_full_filter() {
+        let p = policy(WITH_CONSENTS);
+        let consent = json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"code": "patient-privacy"}]}, "patient": {"reference": "Patient/p3"}, "provision": {"type": "deny"}});
+        let list = vec![consent];
+        let lookup = |id: &str| if id == "p3" { Consents::Known(&list) } else { Consents::Known(&[]) };
+        let cached = |id: &str| Some(lookup(id));
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut released = 0;
+        for _ in 0..400 {
+            let resources: Vec<Value> = (0..1 + next(4))
+                .map(|i| match next(5) {
+                    0 => labelled(&format!("l{i}"), &["R"]),
+                    1 => json!({"resourceType": "Patient", "id": format!("p{}", next(4))}),
+                    _ => obs(&format!("o{i}"), &format!("p{}", next(4))),
+                })
+                .collect();
+            let body = bytes(&searchset(resources));
+            if p.fast_path(&body, &cached) == FastPath::Release {
+                released += 1;
+                let mut report = Report::default();
+                assert!(matches!(p.filter(&body, &caller(None), false, &lookup, &mut report), Filtered::Unchanged), "{}", String::from_utf8_lossy(&body));
+            }
+        }
+        assert!(released > 20, "the generator exercises the fast path ({released})");
+    }
+}
