@@ -108,13 +108,23 @@ def global_ratelimit_filter() -> dict:
 
 
 def global_ratelimit_actions() -> list:
-    """The virtual host's descriptor: class, tenant, principal (absent for bulk), weighed by
-    the request's FHIR cost."""
+    """The virtual host's descriptor: class, tenant, principal (absent for bulk). The request's
+    FHIR cost goes as hits_addend (hits_addend_filter)."""
     return [{"actions": [
         {"request_headers": {"header_name": "x-fhirgate-rl-class", "descriptor_key": "class"}},
         {"request_headers": {"header_name": "x-fhirgate-rl-tenant", "descriptor_key": "tenant"}},
-        {"request_headers": {"header_name": "x-fhirgate-rl-principal", "descriptor_key": "principal", "skip_if_absent": True}}],
-        "hits_addend": {"format": "%REQ(x-fhirgate-rl-weight)%"}}]
+        {"request_headers": {"header_name": "x-fhirgate-rl-principal", "descriptor_key": "principal", "skip_if_absent": True}}]}]
+
+
+def hits_addend_filter() -> dict:
+    """Envoy's set_filter_state filter: the request's FHIR cost (x-fhirgate-rl-weight) becomes
+    `envoy.ratelimit.hits_addend`, which the global rate-limit filter sends as the request's
+    hits_addend. (Envoy 1.40 validates a route-level `hits_addend` format but sent no hits_addend
+    to the service with it in our tests; the filter-state object is what it sends.)"""
+    return {"name": "envoy.filters.http.set_filter_state", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+        "on_request_headers": [{"object_key": "envoy.ratelimit.hits_addend",
+                                "format_string": {"text_format_source": {"inline_string": "%REQ(x-fhirgate-rl-weight)%"}}}]}}
 
 
 def ratelimit_service_cluster() -> dict:
@@ -135,7 +145,7 @@ def with_global_ratelimit(text: str) -> str:
     for what, anchor in anchors.items():
         if anchor not in text:
             raise SystemExit(f"render.py: --global-ratelimit found no {what} anchor in the template")
-    text = text.replace(anchors["filter"], f"          - {json.dumps(global_ratelimit_filter())}\n{anchors['filter']}", 1)
+    text = text.replace(anchors["filter"], f"          - {json.dumps(hits_addend_filter())}\n          - {json.dumps(global_ratelimit_filter())}\n{anchors['filter']}", 1)
     text = text.replace(anchors["vhost"], f"{anchors['vhost']}              rate_limits: {json.dumps(global_ratelimit_actions())}\n", 1)
     cluster = json.dumps(ratelimit_service_cluster()).replace('"{{RATELIMIT_SERVICE_PORT}}"', "{{RATELIMIT_SERVICE_PORT}}")
     return text.replace(anchors["clusters"], f"{anchors['clusters']}  - {cluster}\n", 1)

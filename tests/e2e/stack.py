@@ -304,6 +304,15 @@ def example_resources(types=EXAMPLE_TYPES):
                 yield t, res["id"], res
 
 
+class Replicas:
+    """Envoy replicas sharing one rate-limit service (Stack.start_replicas)."""
+
+    def __init__(self, service: Process):
+        self.service = service
+        self.ports: list[int] = []
+        self.admin_ports: list[int] = []
+
+
 class Stack:
     def __init__(self, log_dir: pathlib.Path, listen_port: int | None = None, demo: bool = False):
         self.log_dir = log_dir
@@ -507,6 +516,40 @@ class Stack:
         path = self.log_dir / "consent.json"
         path.write_text(json.dumps({"consents": settings}, indent=2))
         return path
+
+    def start_replicas(self, settings: dict, count: int = 2) -> "Replicas":
+        """`count` more Envoys with the chain in its global rate-limit variant
+        (`render.py --global-ratelimit`) and the rate-limit service they share, whose
+        descriptor file `fhirgate ratelimit descriptors` makes from the same settings.
+        Stopped with the stack."""
+        work = self.log_dir / "replicas"
+        work.mkdir(exist_ok=True)
+        overlay = work / "ratelimit.json"
+        overlay.write_text(json.dumps(settings))
+        merged = work / "ratelimit-merged.json"
+        merged.write_text(json.dumps({**json.loads((ROOT / "envoy" / "ratelimit.json").read_text()), **settings}))
+        descriptors = work / "descriptors.yaml"
+        descriptors.write_text(subprocess.run([str(CLI), "ratelimit", "descriptors", "--config", str(merged)],
+                                              capture_output=True, text=True, check=True).stdout)
+        rls_port = free_port()
+        rls = Process("ratelimit-service", ["node", str(ROOT / "tests" / "e2e" / "ratelimit_service.mjs"), str(rls_port), str(descriptors),
+                                            str(NODE_MODULES)], work / "ratelimit-service.log")
+        self.processes.append(rls)
+        wait_until("the rate-limit service", lambda: b"rate-limit service on" in rls.log_path.read_bytes(), timeout=30, process=rls)
+        replicas = Replicas(rls)
+        for i in range(count):
+            listen, admin = free_port(), free_port()
+            values = dict(self.envoy_values(), LISTEN_PORT=listen, ADMIN_PORT=admin, ACCESS_LOG=work / f"replica{i}-access.log",
+                          RATELIMIT_SERVICE_PORT=rls_port)
+            config = render_envoy(work / f"replica{i}.yaml", values, issuers=self.log_dir / "issuers.json", ratelimit=overlay,
+                                  consent=self.log_dir / "consent.json", global_ratelimit=True)
+            proc = Process(f"replica{i}", [binary("envoy"), "-c", str(config), "--concurrency", "2", "--disable-hot-restart", "-l", "info"],
+                           work / f"replica{i}.log")
+            self.processes.append(proc)
+            wait_until(f"replica {i}", lambda: http_get(admin, "/ready")[0] == 200, timeout=60, process=proc)
+            replicas.ports.append(listen)
+            replicas.admin_ports.append(admin)
+        return replicas
 
     def break_glass_token(self, user: str, reason: str = "ETREAT", ttl: int = 600) -> str:
         """A break-glass token signed by the operator CLI with this gateway's key."""

@@ -5,6 +5,8 @@ import json
 import time
 import uuid
 
+import pytest
+
 from stack import BASE, Counters
 from test_authz import call
 from test_routing import FHIR_JSON, internal, outcome_reason, received
@@ -151,3 +153,43 @@ def test_requests_limits_and_break_glass_are_counted_without_ids(stack):
     assert value("fhirgate.ratelimit.denied.rate-limited") >= 1
     for name in stats:
         assert user not in name and "rl-test" not in name
+
+
+class TestGlobalLimitAcrossReplicas:
+    """Two Envoy replicas in the global variant share one budget through the rate-limit
+    service; the filter only classifies (`enforcement: envoy`)."""
+
+    @pytest.fixture(scope="class")
+    def replicas(self, stack):
+        from stack import Stack
+        settings = dict(Stack.TEST_TIERS, enforcement="envoy",
+                        tenants={"rl-global": {"write": {"limit": 3, "windowSeconds": 60}, "search": {"limit": 5, "windowSeconds": 60}}})
+        return stack.start_replicas(settings)
+
+    def test_the_budget_is_one_across_replicas_and_the_429_is_shaped_alike(self, stack, replicas):
+        token = user_token(stack, fresh_user(), tenant="rl-global")
+        statuses = []
+        for i in range(3):
+            _, status, headers, body = call(stack, "POST", f"{BASE}/Patient", token, PATIENT, FHIR_JSON, port=replicas.ports[i % 2])
+            statuses.append(status)
+        assert statuses == [201, 201, 201]
+        tid, status, headers, body = call(stack, "POST", f"{BASE}/Patient", token, PATIENT, FHIR_JSON, port=replicas.ports[1])
+        assert status == 429, body[:300]
+        assert throttled(body), "Envoy's own 429 answers with the same OperationOutcome"
+        assert headers.get("x-ratelimit-limit", "").startswith("3") and headers.get("x-ratelimit-remaining") == "0"
+        assert 1 <= int(headers["retry-after"]) <= 60, "fhirgate.ratelimit adds Retry-After from X-RateLimit-Reset"
+        assert received(stack, tid) == []
+        other = user_token(stack, fresh_user(), tenant="rl-global")
+        assert call(stack, "POST", f"{BASE}/Patient", other, PATIENT, FHIR_JSON, port=replicas.ports[0])[1] == 201
+
+    def test_a_weighted_search_spends_its_weight_at_the_service(self, stack, replicas):
+        token = user_token(stack, fresh_user(), scope="user/Patient.rs", tenant="rl-global")
+        assert call(stack, "GET", f"{BASE}/Patient?_count=500", token, port=replicas.ports[0])[1] == 200
+        _, status, _, _ = call(stack, "GET", f"{BASE}/Patient?_count=500", token, port=replicas.ports[1])
+        assert status == 429, "5 per minute, 3 per search with a large _count"
+
+    def test_without_the_service_requests_fail_closed(self, stack, replicas):
+        replicas.service.stop()
+        token = user_token(stack, fresh_user(), tenant="rl-global")
+        _, status, _, body = call(stack, "POST", f"{BASE}/Patient", token, PATIENT, FHIR_JSON, port=replicas.ports[0])
+        assert status == 503
