@@ -25,6 +25,9 @@ pub const SUBJECT: &str = "x-fhirgate-subject";
 pub const CLIENT_ID: &str = "x-fhirgate-client-id";
 pub const TENANT: &str = "x-fhirgate-tenant";
 pub const LAUNCH_PATIENT: &str = "x-fhirgate-launch-patient";
+/// The granted scopes of the verified token (space-separated), and its `fhirUser`.
+pub const SCOPES: &str = "x-fhirgate-scopes";
+pub const FHIR_USER: &str = "x-fhirgate-fhir-user";
 
 // Set by the rate-limit filter.
 /// A verified break-glass token's reason code: the request is emergency access.

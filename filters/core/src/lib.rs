@@ -4,6 +4,7 @@
 //! into the core's input types, call the core, and translate the returned [`Decision`] or
 //! [`Rejection`] back. The `fhirgate` CLI calls exactly the same functions natively.
 
+pub mod audit;
 pub mod config;
 pub mod consent;
 pub mod decision;

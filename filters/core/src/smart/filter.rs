@@ -224,10 +224,14 @@ fn identity_headers(token: Option<&VerifiedToken>) -> Vec<(&'static str, String)
             (headers::CLIENT_ID, &t.client_id),
             (headers::TENANT, &t.tenant),
             (headers::LAUNCH_PATIENT, &t.patient),
+            (headers::FHIR_USER, &t.fhir_user),
         ] {
             if let Some(v) = value.as_ref().filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b))) {
                 h.push((name, v.clone()));
             }
+        }
+        if !t.scopes.is_empty() && t.scopes.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            h.push((headers::SCOPES, t.scopes.clone()));
         }
     }
     h

@@ -1,0 +1,124 @@
+//! Tamper evidence: each record of a stream (one per Envoy worker) carries its sequence number
+//! and `mac = HMAC-SHA256(key[kid], previous mac ‖ record without its mac)`; the first record's
+//! previous mac is 32 zero bytes. Editing, deleting, inserting or swapping records breaks the
+//! chain at that point, and [`verify`] names the first line where it breaks.
+
+use super::Record;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::collections::{HashMap, HashSet};
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn mac_of(key: &[u8], prev: &[u8], record: &Record) -> Option<Vec<u8>> {
+    let mut unsealed = record.clone();
+    unsealed.mac = String::new();
+    let body = serde_json::to_vec(&unsealed).ok()?;
+    let mut m = HmacSha256::new_from_slice(key).ok()?;
+    m.update(prev);
+    m.update(&body);
+    Some(m.finalize().into_bytes().to_vec())
+}
+
+/// One emitting stream's chain.
+pub struct Chain {
+    stream: String,
+    kid: String,
+    key: Vec<u8>,
+    seq: u64,
+    prev: Vec<u8>,
+}
+
+impl Chain {
+    pub fn new(stream: impl Into<String>, kid: impl Into<String>, key: Vec<u8>) -> Self {
+        Chain { stream: stream.into(), kid: kid.into(), key, seq: 0, prev: vec![0; 32] }
+    }
+
+    /// Numbers and seals a record; returns it as one JSON line (no newline).
+    pub fn seal(&mut self, mut record: Record) -> Record {
+        self.seq += 1;
+        record.stream = self.stream.clone();
+        record.seq = self.seq;
+        record.kid = self.kid.clone();
+        let mac = mac_of(&self.key, &self.prev, &record).unwrap_or_default();
+        record.mac = STANDARD.encode(&mac);
+        self.prev = mac;
+        record
+    }
+}
+
+/// The first place a log stops being the untouched output of its chains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Break {
+    /// 1-based line number.
+    pub line: usize,
+    pub kind: BreakKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BreakKind {
+    /// Not a record at all.
+    Unreadable,
+    /// Signed with a key id the verifier was not given.
+    UnknownKey(String),
+    /// Records before this one (of its stream) are missing: `expected` was never seen.
+    Gap { stream: String, expected: u64, found: u64 },
+    /// Records are out of order: `expected` appears later in the file.
+    Reordered { stream: String, expected: u64, found: u64 },
+    /// The record (or the one before it in its stream) was changed.
+    Edited { stream: String, seq: u64 },
+}
+
+impl std::fmt::Display for Break {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            BreakKind::Unreadable => write!(f, "line {}: not an audit record", self.line),
+            BreakKind::UnknownKey(kid) => write!(f, "line {}: signed with unknown key id {kid:?}", self.line),
+            BreakKind::Gap { stream, expected, found } => {
+                write!(f, "line {}: stream {stream}: record {expected} is missing (found {found}): records were deleted", self.line)
+            }
+            BreakKind::Reordered { stream, expected, found } => {
+                write!(f, "line {}: stream {stream}: record {found} comes before {expected}: records were reordered", self.line)
+            }
+            BreakKind::Edited { stream, seq } => write!(f, "line {}: stream {stream}: record {seq} does not match its MAC: it was edited", self.line),
+        }
+    }
+}
+
+/// Verifies a log (JSON lines, streams interleaved). Returns how many records were checked,
+/// or the first break.
+pub fn verify(log: &str, keys: &HashMap<String, Vec<u8>>) -> Result<usize, Break> {
+    let lines: Vec<(usize, &str)> = log.lines().enumerate().map(|(i, l)| (i + 1, l)).filter(|(_, l)| !l.trim().is_empty()).collect();
+    let mut records = Vec::with_capacity(lines.len());
+    for (line, text) in &lines {
+        match serde_json::from_str::<Record>(text) {
+            Ok(r) => records.push((*line, r)),
+            Err(_) => return Err(Break { line: *line, kind: BreakKind::Unreadable }),
+        }
+    }
+    let present: HashSet<(String, u64)> = records.iter().map(|(_, r)| (r.stream.clone(), r.seq)).collect();
+    let mut state: HashMap<String, (u64, Vec<u8>)> = HashMap::new();
+    for (line, r) in &records {
+        let Some(key) = keys.get(&r.kid) else { return Err(Break { line: *line, kind: BreakKind::UnknownKey(r.kid.clone()) }) };
+        let (last, prev) = state.get(&r.stream).cloned().unwrap_or((0, vec![0; 32]));
+        let expected = last + 1;
+        if r.seq != expected {
+            let kind = if r.seq > expected && !present.contains(&(r.stream.clone(), expected)) {
+                BreakKind::Gap { stream: r.stream.clone(), expected, found: r.seq }
+            } else {
+                BreakKind::Reordered { stream: r.stream.clone(), expected, found: r.seq }
+            };
+            return Err(Break { line: *line, kind });
+        }
+        let mac = mac_of(key, &prev, r).unwrap_or_default();
+        let given = STANDARD.decode(&r.mac).unwrap_or_default();
+        let equal = mac.len() == given.len() && mac.iter().zip(&given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !equal {
+            return Err(Break { line: *line, kind: BreakKind::Edited { stream: r.stream.clone(), seq: r.seq } });
+        }
+        state.insert(r.stream.clone(), (r.seq, mac));
+    }
+    Ok(records.len())
+}

@@ -1,0 +1,229 @@
+//! Audit records, AuditEvents and the chain.
+
+use super::chain::{verify, BreakKind, Chain};
+use super::fhir::{action, audit_event, batch};
+use super::*;
+use std::collections::HashMap;
+
+const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+fn facts() -> Facts<'static> {
+    Facts {
+        request_id: Some("req-1"),
+        started_ms: 1_795_521_600_123,
+        duration_ms: 12,
+        method: Some("GET"),
+        interaction: Some("read"),
+        resource_type: Some("Observation"),
+        resource_id: Some("obs-1"),
+        patient: Some("pat-1"),
+        subject: Some("dr-a"),
+        client_id: Some("app-1"),
+        fhir_user: Some("https://ehr.example/fhir/Practitioner/dr-a"),
+        tenant: Some("hosp-a"),
+        scopes: Some("openid user/Observation.rs user/Patient.rs launch"),
+        source_ip: Some("10.1.2.3"),
+        user_agent: Some("Mozilla/5.0 (X11)"),
+        status: 200,
+        ..Facts::default()
+    }
+}
+
+mod records {
+    use super::*;
+
+    #[test]
+    fn a_record_carries_the_architectures_fields() {
+        let r = record(&facts(), "/fhir/r4", None);
+        assert_eq!(r.event_type, "fhir.api.access");
+        assert_eq!(r.timestamp_utc, "2026-11-24T12:00:00.123Z");
+        assert_eq!((r.principal_id.as_deref(), r.principal_role.as_str()), (Some("dr-a"), "Practitioner"));
+        assert_eq!(r.smart_scopes_used, vec!["user/Observation.rs"], "only the scopes that speak for the resource");
+        assert_eq!(r.gateway_route, "/fhir/r4/Observation/{id}");
+        assert_eq!(r.user_agent_hash.as_deref().map(str::len), Some(64));
+        assert_eq!((r.http_status, r.fhir_outcome.as_str(), r.decision.as_str()), (200, "success", "allow"));
+        assert_eq!((r.break_glass, r.severity.as_str()), (false, "normal"));
+    }
+
+    #[test]
+    fn routes_are_templates_never_values() {
+        let cases = [
+            ("read", Some("Patient"), None, None, "/fhir/r4/Patient/{id}"),
+            ("vread", Some("Patient"), None, None, "/fhir/r4/Patient/{id}/_history/{vid}"),
+            ("search-type", Some("Observation"), None, None, "/fhir/r4/Observation"),
+            ("search-compartment", Some("Observation"), None, Some("Patient/p1"), "/fhir/r4/Patient/{id}/Observation"),
+            ("operation-instance", Some("Patient"), Some("$everything"), None, "/fhir/r4/Patient/{id}/$everything"),
+            ("operation-system", None, Some("$export"), None, "/fhir/r4/$export"),
+            ("transaction", None, None, None, "/fhir/r4"),
+            ("cds-service", None, None, None, "/cds-services/{service}"),
+        ];
+        for (interaction, t, op, compartment, route) in cases {
+            let f = Facts { interaction: Some(interaction), resource_type: t, operation: op, compartment, ..Facts::default() };
+            assert_eq!(route_template("/fhir/r4", &f), route, "{interaction}");
+        }
+        assert_eq!(route_template("/fhir/r4", &Facts::default()), "{unrouted}");
+    }
+
+    #[test]
+    fn refusals_break_glass_and_roles() {
+        let denied = record(&Facts { status: 403, reason: Some("insufficient-scope"), ..facts() }, "/fhir/r4", None);
+        assert_eq!((denied.decision.as_str(), denied.fhir_outcome.as_str()), ("deny", "insufficient-scope"));
+        let upstream_error = record(&Facts { status: 502, ..facts() }, "/fhir/r4", None);
+        assert_eq!((upstream_error.decision.as_str(), upstream_error.fhir_outcome.as_str()), ("deny", "exception"));
+        let emergency = record(&Facts { break_glass: Some("ETREAT"), purpose: Some("ETREAT"), ..facts() }, "/fhir/r4", None);
+        assert_eq!((emergency.break_glass, emergency.severity.as_str()), (true, "elevated"));
+        let backend = record(&Facts { subject: Some("etl"), client_id: Some("etl"), fhir_user: None, ..facts() }, "/fhir/r4", None);
+        assert_eq!(backend.principal_role, "system");
+        assert_eq!(record(&Facts::default(), "/fhir/r4", None).principal_role, "anonymous");
+    }
+
+    #[test]
+    fn ids_can_be_keyed_hashes() {
+        let h = IdHasher::new(KEY.to_vec());
+        let r = record(&facts(), "/fhir/r4", Some(&h));
+        let id = r.fhir_resource_id.unwrap();
+        assert_eq!(id.len(), 32);
+        assert_ne!(id, "obs-1");
+        assert_eq!(Some(id), record(&facts(), "/fhir/r4", Some(&h)).fhir_resource_id, "stable, so records join");
+        assert_ne!(r.patient_id.as_deref(), Some("pat-1"));
+    }
+
+    #[test]
+    fn no_request_value_outside_the_listed_fields_reaches_a_record() {
+        // Facts never carry paths, queries or bodies; the user agent is hashed.
+        let line = serde_json::to_string(&record(&facts(), "/fhir/r4", None)).unwrap();
+        assert!(!line.contains("Mozilla"));
+        assert!(!line.contains("openid") && !line.contains("launch"), "unrelated scopes are not listed");
+    }
+}
+
+mod audit_events {
+    use super::*;
+
+    #[test]
+    fn the_audit_event_says_what_the_record_says() {
+        let r = Chain::new("s1", "k1", KEY.to_vec()).seal(record(&Facts { purpose: Some("TREAT"), ..facts() }, "/fhir/r4", None));
+        let e = audit_event(&r);
+        assert_eq!(e["resourceType"], "AuditEvent");
+        assert_eq!(e["type"]["code"], "rest");
+        assert_eq!(e["subtype"][0]["code"], "read");
+        assert_eq!(e["action"], "R");
+        assert_eq!(e["recorded"], r.timestamp_utc);
+        assert_eq!(e["outcome"], "0");
+        assert_eq!(e["agent"][0]["who"]["identifier"]["value"], "dr-a");
+        assert_eq!(e["agent"][0]["network"]["address"], "10.1.2.3");
+        assert_eq!(e["agent"][1]["who"]["identifier"]["value"], "app-1");
+        assert_eq!(e["entity"][0]["what"]["reference"], "Observation/obs-1");
+        assert_eq!(e["entity"][1]["what"]["reference"], "Patient/pat-1");
+        assert_eq!(e["purposeOfEvent"][0]["coding"][0]["code"], "TREAT");
+        assert_eq!(e["extension"][0]["valueString"], r.gateway_route);
+        assert!(e["extension"][3]["valueString"].as_str().unwrap().ends_with(&r.mac));
+    }
+
+    #[test]
+    fn actions_and_outcomes_follow_balp() {
+        for (interaction, a) in [("create", "C"), ("read", "R"), ("vread", "R"), ("update", "U"), ("patch", "U"), ("delete", "D"), ("search-type", "E"), ("operation-instance", "E")] {
+            assert_eq!(action(Some(interaction)), a, "{interaction}");
+        }
+        let refused = audit_event(&record(&Facts { status: 403, reason: Some("insufficient-scope"), ..facts() }, "/fhir/r4", None));
+        assert_eq!((refused["outcome"].as_str(), refused["outcomeDesc"].as_str()), (Some("4"), Some("insufficient-scope")));
+        let failed = audit_event(&record(&Facts { status: 503, ..facts() }, "/fhir/r4", None));
+        assert_eq!(failed["outcome"], "8");
+        let anonymous = audit_event(&record(&Facts { status: 401, ..Facts::default() }, "/fhir/r4", None));
+        assert!(anonymous.get("entity").is_none() && anonymous["agent"].as_array().unwrap().len() == 1);
+        assert!(anonymous["agent"][0].get("network").is_none(), "no null elements");
+    }
+
+    #[test]
+    fn a_batch_bundle_posts_each_event() {
+        let rs = vec![record(&facts(), "/fhir/r4", None), record(&facts(), "/fhir/r4", None)];
+        let b = batch(&rs);
+        assert_eq!(b["type"], "batch");
+        assert_eq!(b["entry"].as_array().unwrap().len(), 2);
+        assert_eq!(b["entry"][0]["request"]["url"], "AuditEvent");
+        assert!(b["entry"][0]["resource"].get("id").is_none());
+    }
+}
+
+mod chain_verification {
+    use super::*;
+
+    fn log(n: usize) -> Vec<String> {
+        let mut a = Chain::new("w1", "k1", KEY.to_vec());
+        let mut b = Chain::new("w2", "k1", KEY.to_vec());
+        (0..n)
+            .map(|i| {
+                let chain = if i % 3 == 0 { &mut b } else { &mut a };
+                serde_json::to_string(&chain.seal(record(&Facts { duration_ms: i as u64, ..facts() }, "/fhir/r4", None))).unwrap()
+            })
+            .collect()
+    }
+
+    fn keys() -> HashMap<String, Vec<u8>> {
+        HashMap::from([("k1".to_string(), KEY.to_vec())])
+    }
+
+    #[test]
+    fn an_untouched_log_verifies() {
+        assert_eq!(verify(&log(20).join("\n"), &keys()), Ok(20));
+    }
+
+    #[test]
+    fn an_edit_a_deletion_a_swap_and_junk_are_named_by_line() {
+        let lines = log(12);
+        let mut edited = lines.clone();
+        edited[4] = edited[4].replace("\"http_status\":200", "\"http_status\":404");
+        let e = verify(&edited.join("\n"), &keys()).unwrap_err();
+        assert_eq!((e.line, matches!(e.kind, BreakKind::Edited { .. })), (5, true), "{e}");
+
+        let mut deleted = lines.clone();
+        deleted.remove(4); // w1's record 3
+        let e = verify(&deleted.join("\n"), &keys()).unwrap_err();
+        assert!(matches!(e.kind, BreakKind::Gap { expected: 3, found: 4, .. }), "{e}");
+        assert_eq!(e.line, 5);
+
+        let mut swapped = lines.clone();
+        swapped.swap(1, 2); // w1's records 1 and 2
+        let e = verify(&swapped.join("\n"), &keys()).unwrap_err();
+        assert!(matches!(e.kind, BreakKind::Reordered { expected: 1, found: 2, .. }), "{e}");
+        assert_eq!(e.line, 2);
+
+        let mut junk = lines.clone();
+        junk[7] = "not json".into();
+        assert_eq!(verify(&junk.join("\n"), &keys()).unwrap_err().line, 8);
+
+        let wrong_key = HashMap::from([("k1".to_string(), b"another-key-another-key-another!!".to_vec())]);
+        assert!(matches!(verify(&lines.join("\n"), &wrong_key).unwrap_err().kind, BreakKind::Edited { .. }));
+        assert!(matches!(verify(&lines.join("\n"), &HashMap::new()).unwrap_err().kind, BreakKind::UnknownKey(_)));
+    }
+
+    #[test]
+    fn truncating_the_tail_is_not_detectable_but_dropping_the_head_is() {
+        let lines = log(9);
+        assert_eq!(verify(&lines[..5].join("\n"), &keys()), Ok(5), "a chain cannot know records that never came");
+        assert!(verify(&lines[3..].join("\n"), &keys()).is_err());
+    }
+}
+
+mod config {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn refuses_bad_config_naming_the_field() {
+        let k = base64::engine::general_purpose::STANDARD.encode(KEY);
+        let cases = [
+            ("{}".to_string(), "chain"),
+            (r#"{"chain": {"key": "c2hvcnQ="}}"#.to_string(), "chain.key"),
+            (format!(r#"{{"chain": {{"key": "{k}"}}, "hashIds": {{"key": "!!"}}}}"#), "hashIds.key"),
+            (format!(r#"{{"chain": {{"key": "{k}"}}, "failClosed": {{}}}}"#), "failClosed"),
+            (format!(r#"{{"chain": {{"key": "{k}"}}, "collector": {{"cluster": "c", "path": "x"}}}}"#), "collector.path"),
+            (format!(r#"{{"chain": {{"key": "{k}"}}, "collector": {{"cluster": "c", "path": "/x", "format": "xml"}}}}"#), "collector.format"),
+            (format!(r#"{{"chain": {{"key": "{k}"}}, "basePath": "fhir/"}}"#), "basePath"),
+        ];
+        for (json, field) in cases {
+            let e = crate::audit::config::AuditConfig::from_json(json.as_bytes()).err().unwrap_or_else(|| panic!("accepted {json}"));
+            assert!(e.field.starts_with(field) || e.to_string().contains(&format!("`{field}`")), "{json}: {e}");
+        }
+    }
+}
