@@ -21,7 +21,9 @@ break-glass keys: settings known only where the gateway runs). --global-ratelimi
 global rate-limit filter after fhirgate.ratelimit, the descriptor actions and the
 ratelimit_service cluster ({{RATELIMIT_SERVICE_PORT}}), and sets `enforcement: envoy` unless
 the --ratelimit file says otherwise: the budget is then one across every replica.
-{{CONSENT_CONFIG}} is consent.json, with --consent FILE's keys laid over it.
+{{CONSENT_CONFIG}} is consent.json, with --consent FILE's keys laid over it. {{AUDIT_CONFIG}} is
+audit.json with --audit FILE's keys laid over it: the chain key (`chain: {kid, key}`) is a
+deployment secret and must come from there.
 """
 import argparse
 import json
@@ -30,14 +32,16 @@ import re
 import sys
 
 FILTER_CONFIGS = {"ROUTING_CONFIG": "routing.json", "AUTHZ_CONFIG": "authz.json", "RATELIMIT_CONFIG": "ratelimit.json",
-                  "CONSENT_CONFIG": "consent.json"}
+                  "CONSENT_CONFIG": "consent.json", "AUDIT_CONFIG": "audit.json"}
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent
 
 
 def filter_config(key: str, issuers: pathlib.Path | None, jwt_authn: bool = False,
                   ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False,
-                  consent: pathlib.Path | None = None) -> dict:
+                  consent: pathlib.Path | None = None, audit: pathlib.Path | None = None) -> dict:
     config = json.loads((CONFIG_DIR / FILTER_CONFIGS[key]).read_text())
+    if key == "AUDIT_CONFIG" and audit is not None:
+        config.update(json.loads(audit.read_text()))
     if key == "CONSENT_CONFIG" and consent is not None:
         config.update(json.loads(consent.read_text()))
     if key == "RATELIMIT_CONFIG":
@@ -152,11 +156,12 @@ def with_global_ratelimit(text: str) -> str:
 
 
 def render(template: pathlib.Path, values: dict, issuers: pathlib.Path | None = None, jwt_authn: bool = False,
-           ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False, consent: pathlib.Path | None = None) -> str:
+           ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False, consent: pathlib.Path | None = None,
+           audit: pathlib.Path | None = None) -> str:
     text = template.read_text()
     for key in FILTER_CONFIGS:
         if "{{%s}}" % key in text and key not in values:
-            compact = json.dumps(filter_config(key, issuers, jwt_authn, ratelimit, global_ratelimit, consent), separators=(",", ":"))
+            compact = json.dumps(filter_config(key, issuers, jwt_authn, ratelimit, global_ratelimit, consent, audit), separators=(",", ":"))
             if "'" in compact:
                 raise SystemExit(f"{FILTER_CONFIGS[key]}: single quotes cannot be inlined into YAML")
             values[key] = compact
@@ -181,6 +186,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jwt-authn", action="store_true", help="verify tokens with Envoy's jwt_authn (the RSA fast path)")
     ap.add_argument("--ratelimit", type=pathlib.Path, help="JSON object of rate-limit settings laid over ratelimit.json (tiers, breakGlass keys)")
     ap.add_argument("--consent", type=pathlib.Path, help="JSON object of consent settings laid over consent.json")
+    ap.add_argument("--audit", type=pathlib.Path, help="JSON object of audit settings laid over audit.json (the chain key)")
     ap.add_argument("--global-ratelimit", action="store_true", help="add Envoy's global rate-limit filter and its service cluster")
     args = ap.parse_args(argv)
     values = {}
@@ -189,7 +195,7 @@ def main(argv=None) -> int:
         if not sep:
             raise SystemExit(f"render.py: --set {item!r} is not NAME=VALUE")
         values[name] = value
-    args.out.write_text(render(args.template, values, args.issuers, args.jwt_authn, args.ratelimit, args.global_ratelimit, args.consent))
+    args.out.write_text(render(args.template, values, args.issuers, args.jwt_authn, args.ratelimit, args.global_ratelimit, args.consent, args.audit))
     return 0
 
 

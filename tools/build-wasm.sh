@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FILTERS=(fhirgate-routing fhirgate-authz fhirgate-ratelimit fhirgate-consent)
+FILTERS=(fhirgate-routing fhirgate-authz fhirgate-ratelimit fhirgate-consent fhirgate-audit)
 # Benchmark instruments (fhirgate-bench-floor) are built only when asked for.
 read -r -a extra <<< "${FHIRGATE_EXTRA_FILTERS:-}"
 FILTERS+=("${extra[@]}")

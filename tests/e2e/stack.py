@@ -177,6 +177,48 @@ class Recorder:
             return [r for r in self.records if r["headers"].get("x-test-id") == [test_id]]
 
 
+class Collector:
+    """The audit collector: takes POSTed batches (JSON lines) and keeps every record; `down`
+    makes it answer 503, as a collector that is failing would."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+        self.batches = 0
+        self.down = False
+        self.lock = threading.Lock()
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                status = 503 if collector.down else 204
+                if not collector.down:
+                    with collector.lock:
+                        collector.batches += 1
+                        collector.records.extend(json.loads(line) for line in body.splitlines() if line.strip())
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def snapshot(self) -> list[dict]:
+        with self.lock:
+            return list(self.records)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def forward(port: int, method: str, path: str, headers, body: bytes):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -257,7 +299,7 @@ def http_get(port: int, path: str, timeout: float = 5):
 def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY_TEMPLATE,
                  issuers: pathlib.Path | None = None, jwt_authn: bool = False,
                  ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False,
-                 consent: pathlib.Path | None = None) -> pathlib.Path:
+                 consent: pathlib.Path | None = None, audit: pathlib.Path | None = None) -> pathlib.Path:
     args = [sys.executable, str(RENDER), str(template), str(out)]
     for k, v in values.items():
         args += ["--set", f"{k}={v}"]
@@ -271,6 +313,8 @@ def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY
         args.append("--global-ratelimit")
     if consent is not None:
         args += ["--consent", str(consent)]
+    if audit is not None:
+        args += ["--audit", str(audit)]
     subprocess.run(args, check=True)
     return out
 
@@ -332,6 +376,8 @@ class Stack:
         self.audience = f"http://127.0.0.1:{self.listen_port}{BASE}"
         self.failing_issuer = "https://issuer-that-is-down.example"
         self.break_glass_key = log_dir / "break-glass.key"
+        self.audit_key = log_dir / "audit.key"
+        self.collector: Collector | None = None
         self.default_token = ""
         self.recorders: dict[str, Recorder] = {}
         self.processes: list[Process] = []
@@ -363,6 +409,9 @@ class Stack:
         for r in self.recorders.values():
             r.stop()
         self.recorders.clear()
+        if self.collector is not None:
+            self.collector.stop()
+            self.collector = None
 
     def __enter__(self):
         return self.start()
@@ -542,7 +591,7 @@ class Stack:
             values = dict(self.envoy_values(), LISTEN_PORT=listen, ADMIN_PORT=admin, ACCESS_LOG=work / f"replica{i}-access.log",
                           RATELIMIT_SERVICE_PORT=rls_port)
             config = render_envoy(work / f"replica{i}.yaml", values, issuers=self.log_dir / "issuers.json", ratelimit=overlay,
-                                  consent=self.log_dir / "consent.json", global_ratelimit=True)
+                                  consent=self.log_dir / "consent.json", audit=self.log_dir / "audit.json", global_ratelimit=True)
             proc = Process(f"replica{i}", [binary("envoy"), "-c", str(config), "--concurrency", "2", "--disable-hot-restart", "-l", "info"],
                            work / f"replica{i}.log")
             self.processes.append(proc)
@@ -550,6 +599,36 @@ class Stack:
             replicas.ports.append(listen)
             replicas.admin_ports.append(admin)
         return replicas
+
+    AUDIT_KID = "e2e-audit"
+    AUDIT_FLUSH_MS = 200
+
+    def audit_file(self, **settings) -> pathlib.Path:
+        """Audit settings laid over envoy/audit.json: this run's chain key and, for the tests,
+        a short flush interval."""
+        if not self.audit_key.exists():
+            self.audit_key.write_bytes(os.urandom(32))
+        collector = json.loads((ROOT / "envoy" / "audit.json").read_text())["collector"]
+        if not self.demo:
+            collector["flushIntervalMs"] = self.AUDIT_FLUSH_MS
+        overlay = {"chain": {"kid": self.AUDIT_KID, "key": base64.b64encode(self.audit_key.read_bytes()).decode()},
+                   "collector": collector, **settings}
+        name = "audit-" + "-".join(sorted(settings)) if settings else "audit"
+        path = self.log_dir / f"{name}.json"
+        path.write_text(json.dumps(overlay, indent=2))
+        return path
+
+    def start_variant(self, name: str, audit: pathlib.Path) -> tuple[int, int]:
+        """One more Envoy with the chain and these audit settings: (listen port, admin port)."""
+        listen, admin = free_port(), free_port()
+        values = dict(self.envoy_values(), LISTEN_PORT=listen, ADMIN_PORT=admin, ACCESS_LOG=self.log_dir / f"{name}-access.log")
+        config = render_envoy(self.log_dir / f"{name}.yaml", values, issuers=self.log_dir / "issuers.json",
+                              ratelimit=self.log_dir / "ratelimit.json", consent=self.log_dir / "consent.json", audit=audit)
+        proc = Process(name, [binary("envoy"), "-c", str(config), "--concurrency", "2", "--disable-hot-restart", "-l", "info"],
+                       self.log_dir / f"{name}.log")
+        self.processes.append(proc)
+        wait_until(name, lambda: http_get(admin, "/ready")[0] == 200, timeout=60, process=proc)
+        return listen, admin
 
     def break_glass_token(self, user: str, reason: str = "ETREAT", ttl: int = 600) -> str:
         """A break-glass token signed by the operator CLI with this gateway's key."""
@@ -566,18 +645,21 @@ class Stack:
             "UPSTREAM_BASE": UPSTREAM_BASE,
             "WASM_DIR": WASM_DIR,
             "ISSUER_PORT": self.issuer_port,
+            "AUDIT_PORT": self.collector.port if self.collector else 9,
         }
         for cluster, key in PORT_KEYS.items():
             values[key] = self.recorders[cluster].port
         return values
 
     def _start_envoy(self):
-        for module in ["fhirgate_routing.wasm", "fhirgate_authz.wasm", "fhirgate_ratelimit.wasm", "fhirgate_consent.wasm"]:
+        for module in ["fhirgate_routing.wasm", "fhirgate_authz.wasm", "fhirgate_ratelimit.wasm", "fhirgate_consent.wasm", "fhirgate_audit.wasm"]:
             if not (WASM_DIR / module).exists():
                 raise RuntimeError(f"{WASM_DIR / module} is missing: run `make wasm`")
         issuers = self.issuers_file()
         ratelimit = self.ratelimit_file()
         consent = self.consent_file()
+        self.collector = Collector()
+        audit = self.audit_file()
         report_only = self.log_dir / "report-only.json"
         report_only.write_text(json.dumps({**json.loads(issuers.read_text()), "mode": "report-only"}))
         for name, listen, admin, settings, jwt_authn in (
@@ -586,7 +668,7 @@ class Stack:
                 ("envoy-report-only", self.report_only_port, self.report_only_admin_port, report_only, False)):
             values = dict(self.envoy_values(), LISTEN_PORT=listen, ADMIN_PORT=admin, ACCESS_LOG=self.log_dir / f"{name}-access.log")
             config = render_envoy(self.log_dir / f"{name}.yaml", values, issuers=settings, jwt_authn=jwt_authn, ratelimit=ratelimit,
-                                  consent=consent)
+                                  consent=consent, audit=audit)
             proc = Process(name, [binary("envoy"), "-c", str(config), "--concurrency", "2",
                                   "--disable-hot-restart", "-l", "info"], self.log_dir / f"{name}.log")
             self.processes.append(proc)

@@ -1,7 +1,10 @@
 """Every config shipped in envoy/ is checked by the code that runs it: Envoy validates the
 rendered chain (which runs the filters' on_configure), the CLI lints each filter config."""
+import base64
 import json
+import os
 import pathlib
+import tempfile
 import subprocess
 import sys
 
@@ -12,12 +15,17 @@ from stack import ROOT, WASM_DIR, envoy_validate, render_envoy
 ENVOY_DIR = ROOT / "envoy"
 CLI = ROOT / "target" / "debug" / "fhirgate"
 TEMPLATES = sorted(ENVOY_DIR.glob("*.yaml"))
-FILTER_CONFIGS = {"routing.json": "routing", "authz.json": "authz", "ratelimit.json": "ratelimit", "consent.json": "consent"}
+FILTER_CONFIGS = {"routing.json": "routing", "authz.json": "authz", "ratelimit.json": "ratelimit", "consent.json": "consent",
+                  "audit.json": "audit"}
+
+# The audit chain key is a deployment secret, never shipped: configs are checked with one made here.
+AUDIT = pathlib.Path(tempfile.mkdtemp()) / "audit.json"
+AUDIT.write_text(json.dumps({"chain": {"kid": "test", "key": base64.b64encode(os.urandom(32)).decode()}}))
 
 PLACEHOLDERS = {
     "ADMIN_PORT": 9901, "LISTEN_ADDRESS": "127.0.0.1", "LISTEN_PORT": 10000, "ACCESS_LOG": "/dev/null",
     "UPSTREAM_BASE": "/fhir", "WASM_DIR": WASM_DIR, "FHIR_PORT": 8090, "BULK_PORT": 8091, "VALIDATE_PORT": 8092,
-    "PRIOR_AUTH_PORT": 8093, "DEVICE_PORT": 8094, "CDS_PORT": 8095, "ISSUER_PORT": 8096,
+    "PRIOR_AUTH_PORT": 8093, "DEVICE_PORT": 8094, "CDS_PORT": 8095, "ISSUER_PORT": 8096, "AUDIT_PORT": 8097,
 }
 
 
@@ -30,15 +38,20 @@ def test_every_filter_config_in_envoy_dir_is_known():
 
 
 @pytest.mark.parametrize("name", sorted(FILTER_CONFIGS))
-def test_shipped_filter_config_passes_lint(name):
-    result = lint(ENVOY_DIR / name, FILTER_CONFIGS[name])
+def test_shipped_filter_config_passes_lint(name, tmp_path):
+    path = ENVOY_DIR / name
+    if name == "audit.json":
+        # With the deployment's chain key laid over it, as render.py --audit does.
+        path = tmp_path / name
+        path.write_text(json.dumps({**json.loads((ENVOY_DIR / name).read_text()), **json.loads(AUDIT.read_text())}))
+    result = lint(path, FILTER_CONFIGS[name])
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=[t.name for t in TEMPLATES])
 def test_shipped_envoy_config_passes_envoy_validate(template, tmp_path):
-    rendered = render_envoy(tmp_path / template.name, PLACEHOLDERS, template)
+    rendered = render_envoy(tmp_path / template.name, PLACEHOLDERS, template, audit=AUDIT)
     result = envoy_validate(rendered)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "fhirgate.routing: configuration accepted" in result.stdout + result.stderr
@@ -53,7 +66,7 @@ def test_shipped_envoy_config_passes_envoy_validate(template, tmp_path):
 ])
 def test_envoy_refuses_a_bad_routing_config_naming_the_field(config, field, tmp_path):
     values = dict(PLACEHOLDERS, ROUTING_CONFIG=json.dumps(config, separators=(",", ":")))
-    rendered = render_envoy(tmp_path / "bad.yaml", values, ENVOY_DIR / "fhirgate.yaml")
+    rendered = render_envoy(tmp_path / "bad.yaml", values, ENVOY_DIR / "fhirgate.yaml", audit=AUDIT)
     result = envoy_validate(rendered)
     assert result.returncode != 0
     assert f"invalid config at `{field}`" in result.stdout + result.stderr
@@ -72,7 +85,7 @@ def test_envoy_refuses_a_bad_routing_config_naming_the_field(config, field, tmp_
 def test_envoy_refuses_a_bad_ratelimit_config_naming_the_field(config, field, tmp_path):
     overlay = tmp_path / "ratelimit.json"
     overlay.write_text(json.dumps(config))
-    rendered = render_envoy(tmp_path / "bad.yaml", PLACEHOLDERS, ENVOY_DIR / "fhirgate.yaml", ratelimit=overlay)
+    rendered = render_envoy(tmp_path / "bad.yaml", PLACEHOLDERS, ENVOY_DIR / "fhirgate.yaml", ratelimit=overlay, audit=AUDIT)
     result = envoy_validate(rendered)
     assert result.returncode != 0
     assert f"invalid config at `{field}`" in result.stdout + result.stderr
@@ -80,7 +93,7 @@ def test_envoy_refuses_a_bad_ratelimit_config_naming_the_field(config, field, tm
 
 def test_the_global_ratelimit_rendering_passes_envoy_validate(tmp_path):
     rendered = render_envoy(tmp_path / "global.yaml", dict(PLACEHOLDERS, RATELIMIT_SERVICE_PORT=8081), ENVOY_DIR / "fhirgate.yaml",
-                            global_ratelimit=True)
+                            global_ratelimit=True, audit=AUDIT)
     text = rendered.read_text()
     assert "envoy.filters.http.ratelimit" in text and "x-fhirgate-rl-principal" in text
     assert '"enforcement":"envoy"' in text, "the filter only classifies; Envoy's global limiter enforces"
@@ -94,10 +107,15 @@ def test_the_shipped_descriptor_file_matches_the_shipped_ratelimit_config():
         "regenerate with: target/debug/fhirgate ratelimit descriptors > envoy/ratelimit/config/fhirgate.yaml"
 
 
+def test_the_shipped_audit_config_needs_a_chain_key():
+    result = lint(ENVOY_DIR / "audit.json", "audit")
+    assert result.returncode == 2 and "chain" in result.stderr
+
+
 def test_render_refuses_a_missing_placeholder(tmp_path):
     values = {k: v for k, v in PLACEHOLDERS.items() if k != "FHIR_PORT"}
     with pytest.raises(subprocess.CalledProcessError):
-        render_envoy(tmp_path / "x.yaml", values, ENVOY_DIR / "fhirgate.yaml")
+        render_envoy(tmp_path / "x.yaml", values, ENVOY_DIR / "fhirgate.yaml", audit=AUDIT)
 
 
 def test_readme_config_example_passes_lint_and_covers_every_documented_field(tmp_path):
@@ -169,7 +187,7 @@ def test_the_jwt_authn_fast_path_rendering_passes_envoy_validate(tmp_path):
         {"issuer": "https://idp.example", "audiences": ["https://gw.example/fhir/r4"], "jwks": jwks},
         {"issuer": "https://idp2.example", "audiences": ["x"], "jwksUri": "https://idp2.example/jwks", "jwksCluster": "token_issuer"},
     ]))
-    rendered = render_envoy(tmp_path / "jwt-authn.yaml", PLACEHOLDERS, ENVOY_DIR / "fhirgate.yaml", issuers=issuers, jwt_authn=True)
+    rendered = render_envoy(tmp_path / "jwt-authn.yaml", PLACEHOLDERS, ENVOY_DIR / "fhirgate.yaml", issuers=issuers, jwt_authn=True, audit=AUDIT)
     text = rendered.read_text()
     assert text.index("envoy.filters.http.jwt_authn") < text.index("name: fhirgate.authz") > text.index("name: fhirgate.routing")
     result = envoy_validate(rendered)

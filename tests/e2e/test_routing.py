@@ -180,7 +180,8 @@ class TestInternalHeadersCannotBeForged:
         assert cluster == "fhir_api"
         seen = internal(record)
         assert seen == {"interaction": ["read"], "pool": ["fhir"], "resource-type": ["Patient"], "id": ["example"],
-                        "patient": ["example"], "authz-decision": ["allow"], "subject": ["e2e-system-client"]}
+                        "patient": ["example"], "authz-decision": ["allow"], "subject": ["e2e-system-client"],
+                        "scopes": ["system/*.cruds"]}
 
     def test_forged_headers_on_a_request_naming_no_patient_leave_no_patient(self, stack):
         tid, status, _, _ = send(stack, "GET", f"{BASE}/Observation?code=x", headers=self.FORGED)

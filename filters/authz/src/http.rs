@@ -148,6 +148,7 @@ impl AuthzFilter {
     /// can change).
     fn replace_response(&mut self, rejection: &Rejection, body_size: usize) {
         log::debug!("{FILTER}: response refused ({} {})", rejection.status, rejection.reason);
+        fhirgate_proxy::set_reason(rejection.reason);
         self.set_http_response_header(":status", Some(&rejection.status.to_string()));
         self.set_http_response_header("content-length", None);
         self.set_http_response_header("content-encoding", None);

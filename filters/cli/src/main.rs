@@ -62,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         command: ConsentCommand,
     },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Filter configuration tools.
     Config {
         #[command(subcommand)]
@@ -126,6 +131,26 @@ enum ConsentCommand {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Check an audit log (JSON lines, as written to the collector or extracted from Envoy's
+    /// log) against its HMAC chains; exits 1 naming the first line that was deleted around,
+    /// reordered or edited.
+    Verify {
+        /// The log file, or `-` for standard input.
+        file: String,
+        /// File holding a chain key (raw bytes; or base64 with --base64).
+        #[arg(long)]
+        key_file: String,
+        /// The key id the records name.
+        #[arg(long)]
+        kid: String,
+        /// The key file holds base64.
+        #[arg(long)]
+        base64: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum BreakglassCommand {
     /// Sign a break-glass token with an HMAC-SHA256 key (at least 32 bytes).
     Sign {
@@ -165,6 +190,7 @@ enum Filter {
     Authz,
     Ratelimit,
     Consent,
+    Audit,
 }
 
 /// The shipped configs, the CLI's defaults: what `fhirgate` decides is what the example
@@ -280,6 +306,22 @@ fn consent_apply(config: Option<&str>, context: &str) -> Result<String, String> 
     Ok(out.to_string())
 }
 
+fn audit_verify(file: &str, key_file: &str, kid: &str, is_base64: bool) -> Result<String, String> {
+    use base64::Engine;
+    let raw = read_input(key_file)?;
+    let key = if is_base64 {
+        base64::engine::general_purpose::STANDARD.decode(raw.trim_ascii()).map_err(|e| format!("{key_file}: {e}"))?
+    } else {
+        raw
+    };
+    let log = String::from_utf8(read_input(file)?).map_err(|_| format!("{file}: not UTF-8"))?;
+    let keys = std::collections::HashMap::from([(kid.to_string(), key)]);
+    match fhirgate_core::audit::chain::verify(&log, &keys) {
+        Ok(n) => Ok(format!("{file}: {n} records, every chain intact")),
+        Err(e) => Err(format!("{file}: {e}")),
+    }
+}
+
 fn breakglass_sign(key_file: &str, kid: &str, user: &str, reason: &str, ttl: i64) -> Result<String, String> {
     let key = read_input(key_file)?;
     let key = key.trim_ascii();
@@ -378,6 +420,7 @@ fn lint(file: &str, filter: Filter) -> Result<String, String> {
         Filter::Authz => ("authz", fhirgate_core::smart::filter::AuthzFilterPolicy::from_json(&bytes).map(drop)),
         Filter::Ratelimit => ("ratelimit", fhirgate_core::ratelimit::filter::RateLimitFilterPolicy::from_json(&bytes).map(drop)),
         Filter::Consent => ("consent", fhirgate_core::consent::ConsentPolicy::from_json(&bytes).map(drop)),
+        Filter::Audit => ("audit", fhirgate_core::audit::sink::AuditPolicy::from_json(&bytes).map(drop)),
     };
     result.map(|()| format!("{file}: valid {name} config")).map_err(|e| format!("{file}: {e}"))
 }
@@ -396,6 +439,7 @@ fn main() -> ExitCode {
             breakglass_sign(&key_file, &kid, &user, &reason, ttl)
         }
         Command::Consent { command: ConsentCommand::Apply { config, context } } => consent_apply(config.as_deref(), &context),
+        Command::Audit { command: AuditCommand::Verify { file, key_file, kid, base64 } } => audit_verify(&file, &key_file, &kid, base64),
         Command::Config { command: ConfigCommand::Lint { file, filter } } => lint(&file, filter),
     };
     match result {

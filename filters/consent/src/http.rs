@@ -2,7 +2,7 @@
 //! Consents it needs, and sends what the core leaves of it.
 
 use crate::root::{Shared, FILTER};
-use fhirgate_core::consent::cache::{read_search, search_path};
+use fhirgate_core::consent::cache::{read_search_for, search_path};
 use fhirgate_core::consent::{filters_interaction, is_single_read, rfc3339, Caller, Consents, FastPath, Filtered, Report};
 use fhirgate_core::outcome::IssueType;
 use fhirgate_core::{headers, Rejection};
@@ -28,8 +28,8 @@ pub struct ConsentFilter {
     asked: Option<Asked>,
     /// The response (decoded) and its size as buffered, while the Consents it needs are fetched.
     held: Option<(Vec<u8>, usize)>,
-    /// Outstanding fetches: call token → patient.
-    fetches: HashMap<u32, String>,
+    /// Outstanding fetches: call token → the patients it asks for.
+    fetches: HashMap<u32, Vec<String>>,
     /// Patients whose fetch failed for this response.
     unavailable: HashSet<String>,
     /// A response refused on its headers, answered when its body has arrived.
@@ -51,6 +51,7 @@ impl ConsentFilter {
 
     fn replace_response(&self, rejection: &Rejection, body_size: usize) {
         count(FILTER, "denied", rejection.reason);
+        fhirgate_proxy::set_reason(rejection.reason);
         self.set_http_response_header(":status", Some(&rejection.status.to_string()));
         self.set_http_response_header("content-encoding", None);
         for (name, value) in rejection.response_headers() {
@@ -85,6 +86,11 @@ impl ConsentFilter {
         let filtered = shared.policy.filter(&body, &caller, asked.single_read, &lookup, &mut report);
         drop(cache);
         count_report(&report);
+        let withheld: u32 = report.withheld.values().sum();
+        let redacted: u32 = report.redacted.values().sum();
+        if withheld + redacted > 0 {
+            let _ = proxy_wasm::hostcalls::set_property(vec![fhirgate_proxy::CONSENT_PROPERTY], Some(format!("{withheld},{redacted}").as_bytes()));
+        }
         match filtered {
             Filtered::Unchanged => {}
             Filtered::Rewritten(bytes) => {
@@ -95,20 +101,21 @@ impl ConsentFilter {
         }
     }
 
-    /// Dispatches a Consent search for each patient; those that cannot start are unavailable.
+    /// Dispatches Consent searches for these patients, several per search; the patients of a
+    /// search that cannot start are unavailable.
     fn fetch(&mut self, shared: &Shared, patients: Vec<String>) {
         let Some(source) = shared.policy.config.consents.as_ref() else { return };
-        for patient in patients {
-            let path = search_path(source, &patient);
+        for chunk in patients.chunks(source.patients_per_search.max(1)) {
+            let path = search_path(source, chunk);
             let call_headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", source.authority.as_str()), ("accept", "application/fhir+json")];
             match self.dispatch_http_call(&source.cluster, call_headers, None, vec![], Duration::from_millis(source.timeout_ms)) {
                 Ok(token) => {
-                    self.fetches.insert(token, patient);
+                    self.fetches.insert(token, chunk.to_vec());
                 }
                 Err(status) => {
                     log::warn!("{FILTER}: Consent fetch through cluster {} could not start: {status:?}", source.cluster);
                     count(FILTER, "consent_cache", "fetch_failed");
-                    self.unavailable.insert(patient);
+                    self.unavailable.extend(chunk.iter().cloned());
                 }
             }
         }
@@ -138,18 +145,21 @@ fn count_report(report: &Report) {
 
 impl Context for ConsentFilter {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let Some(patient) = self.fetches.remove(&token_id) else { return };
+        let Some(patients) = self.fetches.remove(&token_id) else { return };
         let status = self.get_http_call_response_header(":status").and_then(|s| s.parse().ok());
         let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
-        match (read_search(status, &body), self.shared.clone()) {
-            (Some(consents), Some(shared)) => {
+        match (read_search_for(status, &body, &patients), self.shared.clone()) {
+            (Some(answers), Some(shared)) => {
                 let now = self.now();
-                shared.cache.borrow_mut().insert(&patient, consents, now);
+                let mut cache = shared.cache.borrow_mut();
+                for (patient, consents) in answers {
+                    cache.insert(&patient, consents, now);
+                }
             }
             _ => {
                 count(FILTER, "consent_cache", "fetch_failed");
                 log::warn!("{FILTER}: Consent fetch failed (status {status:?})");
-                self.unavailable.insert(patient);
+                self.unavailable.extend(patients);
             }
         }
         if self.fetches.is_empty() {

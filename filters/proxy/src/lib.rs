@@ -58,6 +58,7 @@ pub fn reject(filter: &'static str, rejection: &Rejection) -> Action {
     // Only the stable reason code is logged and counted: never paths, ids, tokens or bodies.
     log::debug!("{filter}: refused ({} {})", rejection.status, rejection.reason);
     count(filter, "denied", rejection.reason);
+    set_reason(rejection.reason);
     let headers = rejection.response_headers();
     let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let body = rejection.body();
@@ -143,4 +144,26 @@ impl SharedStore for SharedData {
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         hostcalls::set_shared_data(key, Some(value), cas).is_ok()
     }
+}
+
+/// The request's filter-state property naming why a fhirgate filter refused it, for the audit
+/// filter (Envoy keeps Wasm properties in the stream's filter state, shared by all filters).
+pub const REASON_PROPERTY: &str = "fhirgate.reason";
+/// What the consent filter did to the response: `withheld,redacted` counts.
+pub const CONSENT_PROPERTY: &str = "fhirgate.consent";
+
+pub fn set_reason(reason: &str) {
+    let _ = hostcalls::set_property(vec![REASON_PROPERTY], Some(reason.as_bytes()));
+}
+
+/// A property Envoy serialises as a little-endian 64-bit integer (`response.code`,
+/// `request.time`, `request.duration`).
+pub fn property_u64(path: Vec<&str>) -> Option<u64> {
+    let bytes = hostcalls::get_property(path).ok()??;
+    Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+/// A property as text (`source.address`, the fhirgate properties).
+pub fn property_text(path: Vec<&str>) -> Option<String> {
+    String::from_utf8(hostcalls::get_property(path).ok()??).ok()
 }

@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod config;
 pub mod fhir;
+pub mod sink;
 
 use crate::routing::Interaction;
 use hmac::{Hmac, Mac};

@@ -7,10 +7,27 @@ use super::provision::is_privacy_consent;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 
-/// The search path for one patient's active Consents (the id is a valid FHIR id, checked when
-/// it was read from a reference, so it needs no escaping).
-pub fn search_path(source: &ConsentSourceConfig, patient: &str) -> String {
-    format!("{}?patient=Patient/{patient}&status=active&_count=100", source.path)
+/// The search path for these patients' active Consents, one OR-list search (ids are valid
+/// FHIR ids, checked when they were read from references, so they need no escaping).
+pub fn search_path(source: &ConsentSourceConfig, patients: &[String]) -> String {
+    let list: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
+    format!("{}?patient={}&status=active&_count={}", source.path, list.join(","), PAGE)
+}
+
+/// Consents asked for per search: an answer that needs a second page is not trusted (see
+/// [`read_search`]), so a page holds far more than the few Consents a patient has.
+const PAGE: usize = 1000;
+
+/// Assigns the Consents of a multi-patient search to each patient asked for (a patient with
+/// none gets an empty list); None when the search failed.
+pub fn read_search_for(status: Option<u16>, body: &[u8], patients: &[String]) -> Option<Vec<(String, Vec<Value>)>> {
+    let consents = read_search(status, body)?;
+    Some(
+        patients
+            .iter()
+            .map(|p| (p.clone(), consents.iter().filter(|c| super::consent_is_for(c, p)).cloned().collect()))
+            .collect(),
+    )
 }
 
 /// The privacy Consents in a search answer; None when the answer is not a 200 searchset (a
@@ -124,8 +141,16 @@ mod tests {
     }
 
     #[test]
-    fn the_search_names_the_patient_and_active_status() {
+    fn one_search_asks_for_several_patients_and_the_answer_is_split_by_patient() {
         let source: ConsentSourceConfig = serde_json::from_str(r#"{"cluster": "c", "path": "/fhir/Consent"}"#).unwrap();
-        assert_eq!(search_path(&source, "p1"), "/fhir/Consent?patient=Patient/p1&status=active&_count=100");
+        let patients = vec!["p1".to_string(), "p2".to_string()];
+        assert_eq!(search_path(&source, &patients), "/fhir/Consent?patient=Patient/p1,Patient/p2&status=active&_count=1000");
+        let mut c1 = privacy("a");
+        c1["patient"] = json!({"reference": "Patient/p1"});
+        let body = json!({"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": c1}]});
+        let split = read_search_for(Some(200), &serde_json::to_vec(&body).unwrap(), &patients).unwrap();
+        assert_eq!(split[0].1.len(), 1);
+        assert!(split[1].1.is_empty(), "p2 has none");
+        assert!(read_search_for(Some(500), b"", &patients).is_none());
     }
 }

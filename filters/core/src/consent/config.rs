@@ -96,10 +96,13 @@ pub struct ConsentSourceConfig {
     pub cache_size: usize,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Most distinct patients in one response whose Consents may be fetched; a response
-    /// naming more is refused (503) rather than released unchecked.
+    /// Most distinct uncached patients in one response whose Consents may be fetched; a
+    /// response naming more is refused (503) rather than released unchecked.
     #[serde(default = "default_max_patients")]
     pub max_patients: usize,
+    /// Patients asked for per Consent search (`patient=Patient/a,Patient/b,…`).
+    #[serde(default = "default_patients_per_search")]
+    pub patients_per_search: usize,
     #[serde(default)]
     pub conflict: Conflict,
     /// Release resources whose Consents could not be fetched (default: withhold them).
@@ -120,6 +123,9 @@ fn default_timeout_ms() -> u64 {
     2_000
 }
 fn default_max_patients() -> usize {
+    1000
+}
+fn default_patients_per_search() -> usize {
     50
 }
 
@@ -200,8 +206,11 @@ impl ConsentConfig {
             if !c.path.starts_with('/') || c.path.contains('?') {
                 return Err(ConfigError::new("consents.path", "must be a path starting with / and without a query"));
             }
-            if c.cache_size == 0 || c.max_patients == 0 || c.timeout_ms == 0 {
-                return Err(ConfigError::new("consents", "cacheSize, maxPatients and timeoutMs must be at least 1"));
+            if c.cache_size == 0 || c.max_patients == 0 || c.timeout_ms == 0 || c.patients_per_search == 0 {
+                return Err(ConfigError::new("consents", "cacheSize, maxPatients, patientsPerSearch and timeoutMs must be at least 1"));
+            }
+            if c.patients_per_search > 200 {
+                return Err(ConfigError::new("consents.patientsPerSearch", "at most 200 (the search URL grows with it)"));
             }
         }
         if let Some(h) = &self.purpose.header {

@@ -406,7 +406,7 @@ impl ConsentPolicy {
 }
 
 /// Is this Consent about this patient (`Consent.patient` references `Patient/{id}`)?
-fn consent_is_for(consent: &Value, patient: &str) -> bool {
+pub(crate) fn consent_is_for(consent: &Value, patient: &str) -> bool {
     let reference = consent.get("patient").and_then(|p| p.get("reference")).and_then(Value::as_str).unwrap_or("");
     let path = reference.split("/_history/").next().unwrap_or(reference);
     path.rsplit_once("Patient/").is_some_and(|(before, id)| (before.is_empty() || before.ends_with('/')) && id == patient)

@@ -1,0 +1,133 @@
+//! Root context: compiles the configuration, owns this worker's chain and collector queue, and
+//! flushes the queue on a timer.
+
+use crate::http::AuditFilter;
+use fhirgate_core::audit::chain::Chain;
+use fhirgate_core::audit::sink::{AuditPolicy, Batch, Queue};
+use fhirgate_core::audit::Record;
+use fhirgate_proxy::count;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+pub const FILTER: &str = "fhirgate.audit";
+
+pub struct Worker {
+    pub policy: AuditPolicy,
+    pub chain: RefCell<Chain>,
+    pub queue: RefCell<Queue>,
+}
+
+impl Worker {
+    /// Seals a record, logs it and (with `queue`) queues it for the collector.
+    pub fn emit(&self, record: Record, queue: bool) -> Record {
+        let sealed = self.chain.borrow_mut().seal(record);
+        if self.policy.config.log {
+            if let Ok(line) = serde_json::to_string(&sealed) {
+                log::info!("{FILTER}: {line}");
+            }
+        }
+        if sealed.break_glass {
+            // The alert stream: emergency access is logged at warning level and counted apart.
+            log::warn!("{FILTER}: ALERT break-glass access (stream {} record {})", sealed.stream, sealed.seq);
+            count(FILTER, "break_glass", "");
+        }
+        count(FILTER, "events", "");
+        if queue && self.policy.config.collector.is_some() && !self.queue.borrow_mut().push(sealed.clone()) {
+            count(FILTER, "dropped", "queue_full");
+        }
+        sealed
+    }
+}
+
+#[derive(Default)]
+pub struct AuditRoot {
+    worker: Option<Rc<Worker>>,
+    /// The batch call under way.
+    in_flight: Option<u32>,
+}
+
+impl AuditRoot {
+    fn send(&mut self, batch: Batch) {
+        let Some(worker) = self.worker.clone() else { return };
+        let Some(c) = worker.policy.config.collector.as_ref() else { return };
+        let headers = vec![(":method", "POST"), (":path", c.path.as_str()), (":authority", c.authority.as_str()), ("content-type", batch.content_type)];
+        match self.dispatch_http_call(&c.cluster, headers, Some(&batch.body), vec![], Duration::from_millis(c.timeout_ms)) {
+            Ok(token) => self.in_flight = Some(token),
+            Err(status) => {
+                log::warn!("{FILTER}: collector call could not start: {status:?}");
+                count(FILTER, "sink_errors", "");
+                // A failed attempt: retried on the next tick until its attempts are used.
+                let dropped = worker.queue.borrow_mut().finished(false, c);
+                for _ in 0..dropped {
+                    count(FILTER, "dropped", "attempts_used");
+                }
+            }
+        }
+    }
+}
+
+impl Context for AuditRoot {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, _body_size: usize, _num_trailers: usize) {
+        if self.in_flight != Some(token_id) {
+            return;
+        }
+        self.in_flight = None;
+        let Some(worker) = self.worker.clone() else { return };
+        let Some(c) = worker.policy.config.collector.as_ref() else { return };
+        let ok = self.get_http_call_response_header(":status").and_then(|s| s.parse::<u16>().ok()).is_some_and(|s| (200..300).contains(&s));
+        if !ok {
+            count(FILTER, "sink_errors", "");
+        }
+        let dropped = worker.queue.borrow_mut().finished(ok, c);
+        for _ in 0..dropped {
+            count(FILTER, "dropped", "attempts_used");
+        }
+        // More waiting: send the next batch now rather than a tick later.
+        if ok {
+            let next = worker.queue.borrow_mut().next_batch(c);
+            if let Some(batch) = next {
+                self.send(batch);
+            }
+        }
+    }
+}
+
+impl RootContext for AuditRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let Some(policy) = fhirgate_proxy::load_config(self, FILTER, AuditPolicy::from_json) else { return false };
+        let started = self.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        // One stream per worker VM and configuration: the start time in nanoseconds tells
+        // the workers (and restarts) apart.
+        let stream = format!("{started:x}");
+        let chain = Chain::new(stream, policy.config.chain.kid.clone(), policy.chain_key.clone());
+        let capacity = policy.config.collector.as_ref().map_or(0, |c| c.queue_size);
+        if let Some(c) = &policy.config.collector {
+            self.set_tick_period(Duration::from_millis(c.flush_interval_ms));
+        }
+        self.worker = Some(Rc::new(Worker { policy, chain: RefCell::new(chain), queue: RefCell::new(Queue::new(capacity)) }));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else { return };
+        let Some(c) = worker.policy.config.collector.as_ref() else { return };
+        if self.in_flight.is_some() {
+            return;
+        }
+        let batch = worker.queue.borrow_mut().next_batch(c);
+        if let Some(batch) = batch {
+            self.send(batch);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(AuditFilter::new(self.worker.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

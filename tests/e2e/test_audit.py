@@ -1,0 +1,144 @@
+"""The audit filter in the full chain: one record per request (refusals by earlier filters
+included) at the collector, PHI-free, chained so `fhirgate audit verify` can check the log;
+fail-closed mode in a second Envoy."""
+import json
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from stack import BASE, CLI, Counters, wait_until
+from test_authz import call
+from test_routing import FHIR_JSON, received
+
+FLUSH = 2.0  # seconds to wait for the collector to have every record (flush interval 0.2 s)
+
+
+def settle(stack, count_before, expected):
+    wait_until("the audit records", lambda: len(stack.collector.snapshot()) >= count_before + expected, timeout=FLUSH * 5)
+    time.sleep(0.5)  # nothing more should come
+    return stack.collector.snapshot()[count_before:]
+
+
+def mixed_requests(stack):
+    """(method, path, token, body, headers, expected status) — allowed, refused by each filter."""
+    reader = stack.token("user/Patient.rs user/Observation.rs", sub="audit-reader", tenant="rl-test")
+    writer = stack.token("user/Patient.cruds", sub=f"audit-writer-{uuid.uuid4().hex[:6]}", tenant="rl-test")
+    patient = json.dumps({"resourceType": "Patient", "name": [{"family": "Audit"}]})
+    return [
+        ("GET", f"{BASE}/Patient/example", reader, None, {}, 200),
+        ("GET", f"{BASE}/Observation?patient=example&_count=2", reader, None, {}, 200),
+        ("GET", f"{BASE}/Foo/1", reader, None, {}, 404),  # routing
+        ("GET", f"{BASE}/Patient/example", None, None, {}, 401),  # authz
+        ("GET", f"{BASE}/Observation/example", stack.token("user/Patient.rs", sub="audit-reader"), None, {}, 403),  # authz
+        ("POST", f"{BASE}/Patient", writer, patient, FHIR_JSON, 201),
+        ("POST", f"{BASE}/Patient", writer, patient, FHIR_JSON, 201),
+        ("POST", f"{BASE}/Patient", writer, patient, FHIR_JSON, 201),
+        ("POST", f"{BASE}/Patient", writer, patient, FHIR_JSON, 429),  # ratelimit
+        ("GET", f"{BASE}/metadata", None, None, {}, 200),
+    ]
+
+
+def test_every_request_yields_one_record_refusals_included(stack):
+    before = len(stack.collector.snapshot())
+    requests = mixed_requests(stack)
+    for method, path, token, body, headers, expected in requests:
+        _, status, _, _ = call(stack, method, path, token, body, headers)
+        assert status == expected, (method, path)
+    records = settle(stack, before, len(requests))
+    assert len(records) == len(requests)
+    by_status = sorted(r["http_status"] for r in records)
+    assert by_status == sorted(e for *_, e in requests)
+    reasons = {r["reason"] for r in records if r["reason"]}
+    assert {"unknown-resource-type", "missing-token", "insufficient-scope", "rate-limited"} <= reasons, reasons
+    read = next(r for r in records if r["http_status"] == 200 and r["fhir_interaction"] == "read")
+    assert read["gateway_route"] == "/fhir/r4/Patient/{id}" and read["fhir_resource_id"] == "example"
+    assert read["principal_id"] == "audit-reader" and read["smart_scopes_used"] == ["user/Patient.rs"]
+    assert read["decision"] == "allow" and read["phase"] == "outcome" and read["tenant_id"] == "rl-test"
+    assert all(r["event_type"] == "fhir.api.access" and r["mac"] for r in records)
+
+
+def test_the_collected_log_verifies_and_names_an_edited_line(stack, tmp_path):
+    for _ in range(3):
+        call(stack, "GET", f"{BASE}/metadata")
+    time.sleep(FLUSH)
+    lines = [json.dumps(r, separators=(",", ":")) for r in stack.collector.snapshot()]
+    log = tmp_path / "audit.log"
+    log.write_text("\n".join(lines) + "\n")
+    verify = lambda f: subprocess.run([str(CLI), "audit", "verify", str(f), "--key-file", str(stack.audit_key), "--kid", stack.AUDIT_KID],
+                                      capture_output=True, text=True)
+    ok = verify(log)
+    assert ok.returncode == 0, ok.stderr
+    edited = list(lines)
+    edited[1] = edited[1].replace('"http_status":', '"http_status":1', 1)
+    bad = tmp_path / "edited.log"
+    bad.write_text("\n".join(edited) + "\n")
+    result = verify(bad)
+    assert result.returncode == 2 and "line 2" in result.stderr and "edited" in result.stderr, result.stderr
+    deleted = tmp_path / "deleted.log"
+    deleted.write_text("\n".join(lines[:1] + lines[2:]) + "\n")
+    result = verify(deleted)
+    assert result.returncode == 2 and ("deleted" in result.stderr or "edited" in result.stderr), result.stderr
+
+
+def test_break_glass_is_elevated_and_alerted(stack):
+    user = f"dr-audit-{uuid.uuid4().hex[:6]}"
+    token = stack.token("user/Patient.rs", sub=user)
+    before = len(stack.collector.snapshot())
+    _, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", token, headers={"x-break-glass": stack.break_glass_token(user)})
+    assert status == 200
+    [r] = settle(stack, before, 1)
+    assert (r["break_glass"], r["severity"], r["purpose_of_use"]) == (True, "elevated", "ETREAT")
+    assert Counters(stack.admin_port, "fhirgate.audit").total("fhirgate.audit.break_glass") >= 1
+    assert b"ALERT break-glass access" in (stack.log_dir / "envoy.log").read_bytes()
+
+
+def test_no_planted_phi_reaches_a_record_a_log_line_or_a_metric(stack):
+    """PHI markers in the query, headers and body of requests and in responses (a resource
+    written with them, then read back) appear in no audit record, Envoy log or metric name."""
+    marker = f"PHICANARY{uuid.uuid4().hex[:8]}"
+    token = stack.token("user/Patient.cruds", sub="audit-canary")
+    patient = json.dumps({"resourceType": "Patient", "id": marker.lower()[:20], "name": [{"family": marker, "given": ["John"]}],
+                          "birthDate": "1970-01-01", "identifier": [{"system": "urn:mrn", "value": f"MRN-{marker}"}]})
+    before = len(stack.collector.snapshot())
+    call(stack, "PUT", f"{BASE}/Patient/{marker.lower()[:20]}", token, patient, FHIR_JSON)
+    call(stack, "GET", f"{BASE}/Patient?name={marker}&birthdate=1970-01-01", token, headers={"user-agent": f"agent {marker}", "x-note": marker})
+    call(stack, "GET", f"{BASE}/Patient?identifier=urn:mrn|MRN-{marker}", None)
+    call(stack, "POST", f"{BASE}/Foo?x={marker}", token, json.dumps({"note": marker}), FHIR_JSON)
+    records = settle(stack, before, 4)
+    assert len(records) == 4
+    text = json.dumps(records)
+    assert marker not in text, "no name, MRN, query value or header value in a record"
+    time.sleep(11)  # Envoy's file access log flushes every 10 s
+    for log in ("envoy.log", "envoy-access.log"):
+        assert marker.encode() not in (stack.log_dir / log).read_bytes(), log
+    _, stats = __import__("stack").http_get(stack.admin_port, "/stats")
+    assert marker.encode() not in stats
+
+
+class TestFailClosed:
+    @pytest.fixture(scope="class")
+    def fail_closed(self, stack):
+        return stack.start_variant("envoy-fail-closed", stack.audit_file(failClosed={"timeoutMs": 1000}))
+
+    def test_with_the_collector_up_requests_pass_with_an_access_and_an_outcome_record(self, stack, fail_closed):
+        port, _ = fail_closed
+        before = len(stack.collector.snapshot())
+        _, status, _, _ = call(stack, "GET", f"{BASE}/metadata", port=port)
+        assert status == 200
+        records = settle(stack, before, 2)
+        assert sorted(r["phase"] for r in records) == ["access", "outcome"]
+
+    def test_with_the_collector_down_nothing_is_forwarded_and_the_client_gets_503(self, stack, fail_closed):
+        port, _ = fail_closed
+        token = stack.token("user/Patient.rs", sub="audit-fail-closed")
+        stack.collector.down = True
+        try:
+            tid, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", token, port=port)
+            assert status == 503 and b"audit-unavailable" in body
+            assert received(stack, tid) == [], "nothing reached the upstream"
+        finally:
+            stack.collector.down = False
+        tid, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", token, port=port)
+        assert status == 200 and len(received(stack, tid)) == 1, "traffic resumes with the collector"
