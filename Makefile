@@ -19,7 +19,7 @@ help:
 	@echo "make bench   measure the filters' cost against Envoy without them"
 
 # -- toolchain ------------------------------------------------------------------------------
-tools: $(VENV)/.installed $(TOOLS)/.installed
+tools: $(VENV)/.installed $(TOOLS)/.installed $(TOOLS)/.h2load
 
 $(VENV)/.installed: tools/requirements.txt
 	python3 -m venv $(VENV)
@@ -31,6 +31,12 @@ $(TOOLS)/.installed: tools/package.json
 	mkdir -p $(TOOLS) && cp tools/package.json $(TOOLS)/package.json
 	cd $(TOOLS) && npm install --silent --no-audit --no-fund --no-package-lock
 	touch $@
+
+# h2load (Debian nghttp2-client) drives the audit load test and the benchmarks.
+$(TOOLS)/.h2load:
+	@command -v h2load >/dev/null || { sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
+	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q nghttp2-client; }
+	mkdir -p $(TOOLS) && touch $@
 
 # -- build ----------------------------------------------------------------------------------
 wasm:

@@ -142,3 +142,30 @@ class TestFailClosed:
             stack.collector.down = False
         tid, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", token, port=port)
         assert status == 200 and len(received(stack, tid)) == 1, "traffic resumes with the collector"
+
+
+def test_under_load_the_records_equal_the_requests(stack, tmp_path):
+    """h2load sends thousands of mixed requests (reads allowed, unknown types refused by
+    routing, searches over the tenant's limit refused with 429); every one has its record."""
+    import re
+    import shutil
+    token = stack.token("user/Patient.rs user/Observation.rs", sub=f"audit-load-{uuid.uuid4().hex[:6]}", tenant="rl-test")
+    base = f"http://127.0.0.1:{stack.listen_port}{BASE}"
+    uris = tmp_path / "uris.txt"
+    uris.write_text("".join(f"{base}/{p}\n" for p in ("Patient/example", "Foo/1", "Observation?code=x", "metadata")))
+    n = 3000
+    before = len(stack.collector.snapshot())
+    out = subprocess.run([shutil.which("h2load") or "h2load", "--h1", "-n", str(n), "-c", "8", "-i", str(uris),
+                          "-H", f"authorization: Bearer {token}"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out.stdout)
+    ok, _, client_errors, server_errors = (int(g) for g in codes.groups())
+    assert ok + client_errors + server_errors == n and server_errors == 0, out.stdout
+    wait_until("every record", lambda: len(stack.collector.snapshot()) >= before + n, timeout=60)
+    time.sleep(1)
+    records = stack.collector.snapshot()[before:]
+    assert len(records) == n, "exactly one record per request"
+    statuses = [r["http_status"] for r in records]
+    assert sum(200 <= s < 300 for s in statuses) == ok and sum(400 <= s < 500 for s in statuses) == client_errors
+    assert {404, 429} <= set(statuses)
+    assert Counters(stack.admin_port, "fhirgate.audit").total("fhirgate.audit.dropped.queue_full") == 0
