@@ -169,3 +169,31 @@ def test_under_load_the_records_equal_the_requests(stack, tmp_path):
     assert sum(200 <= s < 300 for s in statuses) == ok and sum(400 <= s < 500 for s in statuses) == client_errors
     assert {404, 429} <= set(statuses)
     assert Counters(stack.admin_port, "fhirgate.audit").total("fhirgate.audit.dropped.queue_full") == 0
+
+
+def test_audit_events_can_go_to_a_fhir_server(stack):
+    """A second Envoy whose collector is the FHIR server: records arrive as AuditEvents
+    through batch Bundles."""
+    import http.client
+    from stack import UPSTREAM_BASE
+    collector = {"cluster": "fhir_api", "path": UPSTREAM_BASE, "authority": "fhir", "format": "fhir", "flushIntervalMs": 200}
+    port, admin = stack.start_variant("envoy-audit-fhir", stack.audit_file(collector=collector))
+
+    def audit_events() -> list:
+        conn = http.client.HTTPConnection("127.0.0.1", stack.fhir_port, timeout=30)
+        conn.request("GET", f"{UPSTREAM_BASE}/AuditEvent?_count=1000")
+        bundle = json.loads(conn.getresponse().read())
+        conn.close()
+        return [e["resource"] for e in bundle.get("entry", [])]
+
+    before = len(audit_events())
+    for path in ("metadata", "Foo/1", "Patient/example"):
+        call(stack, "GET", f"{BASE}/{path}", port=port)
+    wait_until("AuditEvents at the FHIR server", lambda: len(audit_events()) >= before + 3, timeout=15)
+    events = audit_events()
+    assert all(e["type"]["code"] == "rest" for e in events)
+    assert {"0", "4"} <= {e["outcome"] for e in events}, "successes and refusals"
+    assert any(e.get("outcomeDesc") == "unknown-resource-type" for e in events)
+    stats = Counters(admin, "fhirgate.audit")
+    assert stats.total("fhirgate.audit.events") >= 3 and stats.total("fhirgate.audit.sink_errors") == 0
+    assert any(k.endswith("fhirgate.audit.queue_depth") for k in stats), "the queue depth gauge exists"

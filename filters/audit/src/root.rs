@@ -114,6 +114,7 @@ impl RootContext for AuditRoot {
     fn on_tick(&mut self) {
         let Some(worker) = self.worker.clone() else { return };
         let Some(c) = worker.policy.config.collector.as_ref() else { return };
+        fhirgate_proxy::gauge(FILTER, "queue_depth", worker.queue.borrow().depth() as u64);
         if self.in_flight.is_some() {
             return;
         }

@@ -36,6 +36,26 @@ pub fn count(filter: &'static str, event: &'static str, detail: &'static str) {
     }
 }
 
+thread_local! {
+    static GAUGES: RefCell<HashMap<(&'static str, &'static str), u32>> = RefCell::new(HashMap::new());
+}
+
+/// Sets the Envoy gauge `<filter>.<name>` (e.g. `fhirgate.audit.queue_depth`).
+pub fn gauge(filter: &'static str, name: &'static str, value: u64) {
+    let id = GAUGES.with(|g| {
+        let mut g = g.borrow_mut();
+        if let Some(id) = g.get(&(filter, name)) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(MetricType::Gauge, &format!("{filter}.{name}")).ok()?;
+        g.insert((filter, name), id);
+        Some(id)
+    });
+    if let Some(id) = id {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
 /// Reads the plugin configuration and compiles it. On failure logs the refusal, naming the
 /// field, and returns None: `on_configure` then returns false and Envoy refuses the config.
 pub fn load_config<T>(root: &dyn RootContext, filter: &'static str, compile: impl FnOnce(&[u8]) -> Result<T, ConfigError>) -> Option<T> {
