@@ -87,7 +87,9 @@ def main():
     with Stack(log_dir, listen_port=args.port, demo=True) as stack:
         print(f"\nfhirgate is serving FHIR R4 at http://127.0.0.1:{args.port}{BASE}"
               f"  ({len(stack.loaded)} example resources loaded)")
-        print(f"Envoy admin: http://127.0.0.1:{stack.admin_port}/stats?filter=wasm   access log: {log_dir / 'access.log'}\n")
+        print(f"Envoy admin: http://127.0.0.1:{stack.admin_port}/stats?filter=wasm   access log: {log_dir / 'envoy-access.log'}")
+        print(f"audit records: {log_dir / 'audit.log'} (check the chain: target/debug/fhirgate audit verify {log_dir / 'audit.log'} "
+              f"--key-file {stack.audit_key} --kid {stack.AUDIT_KID})\n")
         tokens = {
             "PATIENT_TOKEN": stack.token("launch/patient patient/*.rs", patient="example", sub="demo-patient-app"),
             "SYSTEM_TOKEN": stack.token("system/*.cruds", sub="demo-system-client"),

@@ -178,10 +178,11 @@ class Recorder:
 
 
 class Collector:
-    """The audit collector: takes POSTed batches (JSON lines) and keeps every record; `down`
-    makes it answer 503, as a collector that is failing would."""
+    """The audit collector: takes POSTed batches (JSON lines), keeps every record and appends
+    it to `log` (a file `fhirgate audit verify` can check); `down` makes it answer 503, as a
+    collector that is failing would."""
 
-    def __init__(self):
+    def __init__(self, log: pathlib.Path):
         self.records: list[dict] = []
         self.batches = 0
         self.down = False
@@ -200,7 +201,10 @@ class Collector:
                 if not collector.down:
                     with collector.lock:
                         collector.batches += 1
-                        collector.records.extend(json.loads(line) for line in body.splitlines() if line.strip())
+                        lines = [line for line in body.splitlines() if line.strip()]
+                        collector.records.extend(json.loads(line) for line in lines)
+                        with open(log, "ab") as f:
+                            f.writelines(line + b"\n" for line in lines)
                 self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -658,7 +662,7 @@ class Stack:
         issuers = self.issuers_file()
         ratelimit = self.ratelimit_file()
         consent = self.consent_file()
-        self.collector = Collector()
+        self.collector = Collector(self.log_dir / "audit.log")
         audit = self.audit_file()
         report_only = self.log_dir / "report-only.json"
         report_only.write_text(json.dumps({**json.loads(issuers.read_text()), "mode": "report-only"}))
