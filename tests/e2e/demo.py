@@ -115,6 +115,15 @@ def main():
                     json.loads(payload)  # every refusal is an OperationOutcome
             print()
         if args.smoke:
+            # Every example left an audit record whose chain checks out.
+            import subprocess
+            import time
+            from stack import CLI
+            time.sleep(2.5)  # the collector's batches (one a second in the demo)
+            verified = subprocess.run([str(CLI), "audit", "verify", str(log_dir / "audit.log"), "--key-file", str(stack.audit_key),
+                                       "--kid", stack.AUDIT_KID], capture_output=True, text=True)
+            print(f"audit: {verified.stdout.strip() or verified.stderr.strip()}")
+            failures += verified.returncode != 0
             return 1 if failures else 0
         print("Press Ctrl-C to stop.", flush=True)
         stop = threading.Event()

@@ -182,7 +182,8 @@ class Collector:
     it to `log` (a file `fhirgate audit verify` can check); `down` makes it answer 503, as a
     collector that is failing would."""
 
-    def __init__(self, log: pathlib.Path):
+    def __init__(self, log: pathlib.Path, port: int = 0):
+        self.log = log
         self.records: list[dict] = []
         self.batches = 0
         self.down = False
@@ -209,9 +210,16 @@ class Collector:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.handler = Handler
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def restart(self):
+        """Starts listening again on the same port after stop()."""
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
+        self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def snapshot(self) -> list[dict]:

@@ -143,6 +143,18 @@ class TestFailClosed:
         tid, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", token, port=port)
         assert status == 200 and len(received(stack, tid)) == 1, "traffic resumes with the collector"
 
+    def test_with_the_collector_stopped_the_same_and_traffic_resumes_when_it_restarts(self, stack, fail_closed):
+        port, _ = fail_closed
+        token = stack.token("user/Patient.rs", sub="audit-fail-closed")
+        stack.collector.stop()
+        try:
+            tid, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", token, port=port)
+            assert status == 503 and b"audit-unavailable" in body
+            assert received(stack, tid) == []
+        finally:
+            stack.collector.restart()
+        wait_until("traffic to resume", lambda: call(stack, "GET", f"{BASE}/metadata", port=port)[1] == 200, timeout=10)
+
 
 def test_under_load_the_records_equal_the_requests(stack, tmp_path):
     """h2load sends thousands of mixed requests (reads allowed, unknown types refused by
