@@ -5,6 +5,7 @@
 //! [`Rejection`] back. The `fhirgate` CLI calls exactly the same functions natively.
 
 pub mod audit;
+pub mod bounded;
 pub mod config;
 pub mod consent;
 pub mod decision;

@@ -4,8 +4,8 @@
 
 use super::config::ConsentSourceConfig;
 use super::provision::is_privacy_consent;
+use crate::bounded::BoundedMap;
 use serde_json::Value;
-use std::collections::{HashMap, VecDeque};
 
 /// The search path for these patients' active Consents, one OR-list search (ids are valid
 /// FHIR ids, checked when they were read from references, so they need no escaping).
@@ -54,15 +54,13 @@ pub fn read_search(status: Option<u16>, body: &[u8]) -> Option<Vec<Value>> {
 }
 
 pub struct ConsentCache {
-    entries: HashMap<String, (Vec<Value>, i64)>,
-    order: VecDeque<String>,
-    capacity: usize,
+    entries: BoundedMap<String, (Vec<Value>, i64)>,
     ttl: i64,
 }
 
 impl ConsentCache {
     pub fn new(capacity: usize, ttl_seconds: u32) -> Self {
-        ConsentCache { entries: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), ttl: i64::from(ttl_seconds) }
+        ConsentCache { entries: BoundedMap::new(capacity.max(1)), ttl: i64::from(ttl_seconds) }
     }
 
     /// The patient's Consents if fetched less than the TTL ago.
@@ -71,17 +69,7 @@ impl ConsentCache {
     }
 
     pub fn insert(&mut self, patient: &str, consents: Vec<Value>, now: i64) {
-        if self.entries.insert(patient.to_string(), (consents, now)).is_none() {
-            self.order.push_back(patient.to_string());
-        }
-        while self.entries.len() > self.capacity {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.entries.remove(&old);
-                }
-                None => break,
-            }
-        }
+        self.entries.insert(patient.to_string(), (consents, now));
     }
 
     pub fn len(&self) -> usize {

@@ -5,21 +5,18 @@
 
 use super::authz::Grant;
 use super::token::VerifiedToken;
+use crate::bounded::BoundedMap;
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
 
 pub struct TokenCache {
-    capacity: usize,
-    entries: HashMap<[u8; 32], (VerifiedToken, Grant)>,
-    /// Insertion order, for eviction when full.
-    order: VecDeque<[u8; 32]>,
+    entries: BoundedMap<[u8; 32], (VerifiedToken, Grant)>,
     pub hits: u64,
     pub misses: u64,
 }
 
 impl TokenCache {
     pub fn new(capacity: usize) -> Self {
-        TokenCache { capacity, entries: HashMap::new(), order: VecDeque::new(), hits: 0, misses: 0 }
+        TokenCache { entries: BoundedMap::new(capacity), hits: 0, misses: 0 }
     }
 
     pub fn key(token: &str) -> [u8; 32] {
@@ -46,20 +43,7 @@ impl TokenCache {
     }
 
     pub fn put(&mut self, key: [u8; 32], token: VerifiedToken, grant: Grant) {
-        if self.capacity == 0 {
-            return;
-        }
-        while self.entries.len() >= self.capacity {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.entries.remove(&old);
-                }
-                None => break,
-            }
-        }
-        if self.entries.insert(key, (token, grant)).is_none() {
-            self.order.push_back(key);
-        }
+        self.entries.insert(key, (token, grant));
     }
 
     pub fn len(&self) -> usize {
