@@ -187,6 +187,7 @@ class Collector:
         self.records: list[dict] = []
         self.batches = 0
         self.down = False
+        self.stopped = False
         self.lock = threading.Lock()
         collector = self
 
@@ -198,6 +199,11 @@ class Collector:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if collector.stopped:
+                    # A stopped collector: connections kept alive from before die unanswered.
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 status = 503 if collector.down else 204
                 if not collector.down:
                     with collector.lock:
@@ -218,6 +224,7 @@ class Collector:
 
     def restart(self):
         """Starts listening again on the same port after stop()."""
+        self.stopped = False
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -227,6 +234,7 @@ class Collector:
             return list(self.records)
 
     def stop(self):
+        self.stopped = True
         self.server.shutdown()
         self.server.server_close()
 

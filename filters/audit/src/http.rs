@@ -18,11 +18,17 @@ pub struct AuditFilter {
     worker: Option<Rc<Worker>>,
     /// Fail-closed mode: the call carrying this request's access record.
     acknowledging: Option<u32>,
+    /// An upstream error answer's body is read (it is small) for its OperationOutcome.
+    reading_error: bool,
+    upstream_outcome: Option<String>,
 }
+
+/// Larger error bodies are not read (their outcome stays the status class).
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 impl AuditFilter {
     pub fn new(worker: Option<Rc<Worker>>) -> Self {
-        AuditFilter { worker, acknowledging: None }
+        AuditFilter { worker, acknowledging: None, reading_error: false, upstream_outcome: None }
     }
 
     /// The record of this request as things stand (`status` 0: not answered yet).
@@ -60,6 +66,7 @@ impl AuditFilter {
             user_agent: h.get("user-agent"),
             status,
             reason: reason.as_deref(),
+            upstream_outcome: self.upstream_outcome.as_deref(),
             purpose: purpose_header.and_then(|p| h.get(p)).or(h.get(headers::BREAK_GLASS)),
             break_glass: h.get(headers::BREAK_GLASS),
             consent_withheld: withheld,
@@ -113,6 +120,31 @@ impl HttpContext for AuditFilter {
                 reject(FILTER, &Rejection::new(503, "audit-unavailable", IssueType::Transient, "the audit record could not be stored; nothing was forwarded"))
             }
         }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if end_of_stream {
+            return Action::Continue;
+        }
+        let status = self.get_http_response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        let json = self.get_http_response_header("content-type").is_some_and(|c| c.contains("json"));
+        let small = self.get_http_response_header("content-length").and_then(|l| l.parse::<usize>().ok()).is_some_and(|l| l <= MAX_ERROR_BODY);
+        self.reading_error = status >= 400 && json && small && self.get_http_response_header("content-encoding").is_none();
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.reading_error {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            // Buffered until whole (bounded by the content-length checked on the head).
+            return Action::Pause;
+        }
+        self.reading_error = false;
+        let body = self.get_http_response_body(0, body_size).unwrap_or_default();
+        self.upstream_outcome = fhirgate_core::audit::outcome_code(&body);
+        Action::Continue
     }
 
     fn on_log(&mut self) {

@@ -41,6 +41,8 @@ pub struct Facts<'a> {
     pub status: u16,
     /// The reason code of a fhirgate refusal (or of a report-only decision).
     pub reason: Option<&'a str>,
+    /// The issue code of the upstream's OperationOutcome, on an error answer.
+    pub upstream_outcome: Option<&'a str>,
     pub purpose: Option<&'a str>,
     pub break_glass: Option<&'a str>,
     pub consent_withheld: u32,
@@ -155,6 +157,25 @@ pub fn scopes_used(scopes: Option<&str>, resource_type: Option<&str>) -> Vec<Str
         .collect()
 }
 
+/// The first issue's code of an OperationOutcome body (a fhirgate reason code where the issue
+/// carries one), if the body is one: what `fhir_outcome` says for an upstream error.
+pub fn outcome_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if v.get("resourceType")?.as_str()? != "OperationOutcome" {
+        return None;
+    }
+    let issue = v.get("issue")?.get(0)?;
+    let code = issue
+        .get("details")
+        .and_then(|d| d.get("coding"))
+        .and_then(|c| c.get(0))
+        .and_then(|c| c.get("code"))
+        .or_else(|| issue.get("code"))?
+        .as_str()?;
+    // A code, not free text: PHI cannot hide in 1–64 code characters.
+    (!code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))).then(|| code.to_string())
+}
+
 /// `2026-11-24T12:00:00.123Z`.
 pub fn timestamp(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64).map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_default()
@@ -207,7 +228,7 @@ pub fn record(f: &Facts, base: &str, ids: Option<&IdHasher>) -> Record {
         source_ip: f.source_ip.map(str::to_string),
         user_agent_hash: f.user_agent.map(|ua| hex(&Sha256::digest(ua.as_bytes()))),
         http_status: f.status,
-        fhir_outcome: outcome_of(f.status, f.reason),
+        fhir_outcome: f.upstream_outcome.filter(|_| f.reason.is_none()).map_or_else(|| outcome_of(f.status, f.reason), str::to_string),
         decision: if allowed { "allow" } else { "deny" }.into(),
         reason: f.reason.map(str::to_string),
         response_ms: f.duration_ms,

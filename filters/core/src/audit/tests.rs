@@ -78,6 +78,17 @@ mod records {
     }
 
     #[test]
+    fn an_upstream_operation_outcome_names_the_outcome() {
+        assert_eq!(outcome_code(br#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing"}]}"#).as_deref(), Some("processing"));
+        let with_details = br#"{"resourceType":"OperationOutcome","issue":[{"code":"invalid","details":{"coding":[{"code":"MSG_PARAM_INVALID"}]}}]}"#;
+        assert_eq!(outcome_code(with_details).as_deref(), Some("MSG_PARAM_INVALID"));
+        assert_eq!(outcome_code(br#"{"resourceType":"OperationOutcome","issue":[{"code":"Patient John Smith not found"}]}"#), None, "free text is not a code");
+        assert_eq!(outcome_code(br#"{"resourceType":"Patient"}"#), None);
+        let r = record(&Facts { status: 422, upstream_outcome: Some("processing"), ..facts() }, "/fhir/r4", None);
+        assert_eq!(r.fhir_outcome, "processing");
+    }
+
+    #[test]
     fn ids_can_be_keyed_hashes() {
         let h = IdHasher::new(KEY.to_vec());
         let r = record(&facts(), "/fhir/r4", Some(&h));
