@@ -10,13 +10,14 @@ WASM_DIR  := build/wasm
 CLI       := target/debug/fhirgate
 PORT      ?= 8080
 
-.PHONY: help tools wasm cli test test-native lint test-e2e run bench clean
+.PHONY: help tools wasm cli images test test-native lint test-e2e run bench clean
 
 help:
 	@echo "make run     start the demo gateway (Envoy + fhirgate + a FHIR server with example data)"
 	@echo "make test    build everything and run every test (native, clippy, end-to-end)"
 	@echo "make wasm    build the filters into $(WASM_DIR)/"
 	@echo "make bench   measure the filters' cost against Envoy without them"
+	@echo "make images  write each filter as an OCI image for Istio (build/images/)"
 
 # -- toolchain ------------------------------------------------------------------------------
 tools: $(VENV)/.installed $(TOOLS)/.installed $(TOOLS)/.h2load
@@ -44,6 +45,14 @@ wasm:
 
 cli:
 	cargo build -q -p fhirgate-cli
+
+# Each module as an OCI image (Wasm OCI layout, no Docker) in build/images/<filter>,
+# tag $(IMAGE_TAG); prints the manifest and module digests (the module's is a WasmPlugin's sha256).
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+images: wasm
+	@for f in routing authz ratelimit consent audit; do \
+	  python3 tools/oci-image.py $(WASM_DIR)/fhirgate_$$f.wasm build/images/$$f --tag $(IMAGE_TAG) --title fhirgate-$$f; \
+	done
 
 # -- tests ----------------------------------------------------------------------------------
 test: test-native lint test-e2e

@@ -1,0 +1,56 @@
+"""The Istio manifests: regenerated from the filter configs they carry, ordered as the chain
+needs, failing closed, every pluginConfig accepted by the filter's own config code once the
+operator's secrets are in, and refused (naming the field) while they are not."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from stack import CLI, ROOT
+
+ISTIO = ROOT / "istio"
+VARIANTS = {"sidecar.yaml": [], "gateway.yaml": ["--gateway"]}
+ORDER = ["routing", "authz", "ratelimit", "consent", "audit"]
+PHASES = ["AUTHN", "AUTHZ", "STATS"]
+SECRET = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, test only
+
+
+def plugins(name):
+    return [d for d in yaml.safe_load_all((ISTIO / name).read_text()) if d]
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_the_shipped_manifests_are_what_the_generator_writes(name):
+    out = subprocess.run([sys.executable, str(ISTIO / "wasmplugins.py"), "--registry", "registry.example.org/fhirgate", *VARIANTS[name]],
+                         capture_output=True, text=True, check=True).stdout
+    assert (ISTIO / name).read_text() == out, f"regenerate: .venv/bin/python istio/wasmplugins.py ... > istio/{name}"
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_plugins_run_in_chain_order_and_fail_closed(name):
+    docs = plugins(name)
+    assert all(d["apiVersion"] == "extensions.istio.io/v1alpha1" and d["kind"] == "WasmPlugin" for d in docs)
+    assert all(d["spec"]["failStrategy"] == "FAIL_CLOSE" and d["spec"]["url"].startswith("oci://") for d in docs)
+    # Istio runs phases in this order and, within a phase, higher priority first.
+    ordered = sorted(docs, key=lambda d: (PHASES.index(d["spec"]["phase"]), -d["spec"]["priority"]))
+    assert [d["metadata"]["name"].removeprefix("fhirgate-") for d in ordered] == ORDER
+    for d in docs:
+        attach = d["spec"].get("targetRefs") if name == "gateway.yaml" else d["spec"].get("selector")
+        assert attach, d["metadata"]["name"]
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_plugin_config_is_accepted_once_the_secrets_are_set(name, tmp_path):
+    for d in plugins(name):
+        filter_name = d["metadata"]["name"].removeprefix("fhirgate-")
+        config = tmp_path / f"{filter_name}.json"
+        text = json.dumps(d["spec"]["pluginConfig"])
+        config.write_text(text.replace("REPLACE_ME", SECRET))
+        result = subprocess.run([str(CLI), "config", "lint", "--filter", filter_name, str(config)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{filter_name}: {result.stderr}"
+        if "REPLACE_ME" in text:
+            config.write_text(text)
+            result = subprocess.run([str(CLI), "config", "lint", "--filter", filter_name, str(config)], capture_output=True, text=True)
+            assert result.returncode == 2 and "is not base64" in result.stderr, f"{filter_name} refuses the placeholder: {result.stderr}"
