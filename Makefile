@@ -20,7 +20,7 @@ help:
 	@echo "make images  write each filter as an OCI image for Istio (build/images/)"
 
 # -- toolchain ------------------------------------------------------------------------------
-tools: $(VENV)/.installed $(TOOLS)/.installed $(TOOLS)/.h2load
+tools: $(VENV)/.installed $(TOOLS)/.installed $(TOOLS)/.debian
 
 $(VENV)/.installed: tools/requirements.txt
 	python3 -m venv $(VENV)
@@ -33,10 +33,14 @@ $(TOOLS)/.installed: tools/package.json
 	cd $(TOOLS) && npm install --silent --no-audit --no-fund --no-package-lock
 	touch $@
 
-# h2load (Debian nghttp2-client) drives the audit load test and the benchmarks.
-$(TOOLS)/.h2load:
-	@command -v h2load >/dev/null || { sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
-	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q nghttp2-client; }
+# From Debian: h2load (nghttp2-client) drives the audit load test and the benchmarks; skopeo
+# and docker-registry carry the OCI image test.
+DEBIAN_TOOLS := h2load:nghttp2-client skopeo:skopeo docker-registry:docker-registry
+$(TOOLS)/.debian:
+	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
+	if [ -n "$$missing" ]; then sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
+	  echo "installing$$missing from Debian"; \
+	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$missing; fi
 	mkdir -p $(TOOLS) && touch $@
 
 # -- build ----------------------------------------------------------------------------------
