@@ -180,6 +180,20 @@ def consent_instructions(work: pathlib.Path) -> dict:
     return result
 
 
+def audit_instructions(n: int = 1000) -> float:
+    """Native instructions per record of the audit core (build, seal into the HMAC chain,
+    serialise), setup subtracted."""
+    subprocess.run(["cargo", "build", "-q", "--release", "-p", "fhirgate-core", "--example", "audit_bench"], cwd=ROOT, check=True)
+    exe = ROOT / "target" / "release" / "examples" / "audit_bench"
+    totals = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in (0, n):
+            out = pathlib.Path(tmp) / f"cg.{count}"
+            subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", str(exe), str(count)], capture_output=True, check=True)
+            totals.append(int(re.search(r"^summary:\s+(\d+)", out.read_text(), re.M).group(1)))
+    return (totals[1] - totals[0]) / n
+
+
 def verify_instructions(exe: pathlib.Path, tokens_dir: pathlib.Path, alg: str, n: int = 20) -> float:
     """Native instructions of one first-sight verification (callgrind, setup subtracted)."""
     totals = []
@@ -289,6 +303,7 @@ def main() -> int:
     verdict = "meets" if added_cpu <= 3.0 else "misses"
     ratelimit_ir = ir["ratelimited"] - ir["chain"]
     audit_ir = ir["audited"] - ir["chain"]
+    audit_core_ir = audit_instructions()
     audit_async_us = statistics.median(audit_latency["audited"])
     audit_fc_us = statistics.median(audit_latency["failclosed"])
     consent = consent_instructions(work)
@@ -377,14 +392,18 @@ above it. Correctness across workers is shown by tests, not timed: `ratelimit/bu
 
 | | figure |
 |---|---|
-| audit added to the chain, async mode (a record per request, batched to a collector; audited − chain, Envoy, callgrind) | {audit_ir:.0f} instructions ≈ {audit_ir * us_per_ir:.1f} µs |
-| of which the floor of any Wasm filter | {floor_ir:.0f} instructions ≈ {floor_ir * us_per_ir:.1f} µs |
+| the audit core per record, natively (build, seal into the HMAC-SHA256 chain, serialise; `audit_bench`, callgrind) | {audit_core_ir:.0f} instructions ≈ {audit_core_ir * us_per_ir:.1f} µs |
+| audited − chain in Envoy (callgrind) | {audit_ir:.0f} instructions ≈ {audit_ir * us_per_ir:.1f} µs |
 | mean latency, one connection: async mode | {audit_async_us:.0f} µs |
 | mean latency, one connection: fail-closed mode (each request waits for the collector's ack) | {audit_fc_us:.0f} µs (**+{audit_fc_us - audit_async_us:.0f} µs**) |
 
-Target: ≤ 3 µs added CPU per request in async mode — this run **{"meets" if audit_ir * us_per_ir <= 3 else "misses"}** it (the Wasm floor alone
-is above it). The collector here is an in-process direct response: a real collector's round
-trip adds to the fail-closed figure.
+The Envoy difference is far below the native cost of the same work: the filter does its work
+in Envoy's log callback, which these callgrind windows do not appear to capture (not
+understood yet), so the native figure is the one to read. More than half of it is SHA-256
+(the chain's HMAC over each serialised record, ~700 bytes, and the User-Agent hash); the
+record is also serialised more than once. Target: ≤ 3 µs added CPU per request in async mode
+— **{"met" if audit_core_ir * us_per_ir <= 3 else "missed"}** (the HMAC alone is about 3 µs). The collector here is an in-process
+direct response: a real collector's round trip adds to the fail-closed figure.
 
 ### Consent filter
 
