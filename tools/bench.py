@@ -402,7 +402,7 @@ in Envoy's log callback, which these callgrind windows do not appear to capture 
 understood yet), so the native figure is the one to read. More than half of it is SHA-256
 (the chain's HMAC over each serialised record, ~700 bytes, and the User-Agent hash); the
 record is also serialised more than once. Target: ≤ 3 µs added CPU per request in async mode
-— **{"met" if audit_core_ir * us_per_ir <= 3 else "missed"}** (the HMAC alone is about 3 µs). The collector here is an in-process
+— **{"met" if audit_core_ir * us_per_ir <= 3 else "missed"}** (SHA-256 is over half of the figure). The collector here is an in-process
 direct response: a real collector's round trip adds to the fail-closed figure.
 
 ### Consent filter
