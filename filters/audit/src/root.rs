@@ -97,6 +97,7 @@ impl Context for AuditRoot {
 
 impl RootContext for AuditRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        fhirgate_proxy::declare(FILTER, &[("events", ""), ("sink_errors", ""), ("dropped", "queue_full"), ("dropped", "attempts_used"), ("fail_closed", "refused"), ("break_glass", ""), ("denied", "")]);
         let Some(policy) = fhirgate_proxy::load_config(self, FILTER, AuditPolicy::from_json) else { return false };
         let started = self.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         // One stream per worker VM and configuration: the start time in nanoseconds tells

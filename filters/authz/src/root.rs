@@ -59,6 +59,7 @@ impl Context for AuthzRoot {
 
 impl RootContext for AuthzRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        fhirgate_proxy::declare(FILTER, &[("allowed", ""), ("allowed", "narrowed"), ("denied", ""), ("report_only", ""), ("token_cache", "hit"), ("token_cache", "miss"), ("jwks", "refreshed"), ("jwks", "failed"), ("introspection", "active"), ("introspection", "refused")]);
         let Some(policy) = fhirgate_proxy::load_config(self, FILTER, AuthzFilterPolicy::from_json) else { return false };
         let fetches_keys = policy.verifier.issuers.iter().any(|i| i.source.is_some());
         self.runtime = Some(Rc::new(RefCell::new(AuthzRuntime::new(policy))));

@@ -21,7 +21,22 @@ thread_local! {
 /// `fhirgate.authz.denied.token-expired`. Every part is a static string (a reason code, never
 /// an id, token or path), so nothing from a request can become a metric name.
 pub fn count(filter: &'static str, event: &'static str, detail: &'static str) {
-    let id = METRICS.with(|m| {
+    if let Some(id) = metric_id(filter, event, detail) {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+/// Defines a filter's counters at configuration, so every family exists (at 0) from the start
+/// and dashboards and alerts never see a missing series. `(event, "")` defines the family of
+/// counters whose detail is a reason code or a class.
+pub fn declare(filter: &'static str, counters: &[(&'static str, &'static str)]) {
+    for (event, detail) in counters {
+        let _ = metric_id(filter, event, detail);
+    }
+}
+
+fn metric_id(filter: &'static str, event: &'static str, detail: &'static str) -> Option<u32> {
+    METRICS.with(|m| {
         let mut m = m.borrow_mut();
         if let Some(id) = m.get(&(filter, event, detail)) {
             return Some(*id);
@@ -30,10 +45,7 @@ pub fn count(filter: &'static str, event: &'static str, detail: &'static str) {
         let id = hostcalls::define_metric(MetricType::Counter, &name).ok()?;
         m.insert((filter, event, detail), id);
         Some(id)
-    });
-    if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, 1);
-    }
+    })
 }
 
 thread_local! {

@@ -17,6 +17,7 @@ impl Context for RoutingRoot {}
 
 impl RootContext for RoutingRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        fhirgate_proxy::declare(FILTER, &[("routed", ""), ("denied", "")]);
         match fhirgate_proxy::load_config(self, FILTER, RoutingPolicy::from_json) {
             Some(policy) => {
                 self.policy = Some(Rc::new(policy));
