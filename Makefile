@@ -10,7 +10,7 @@ WASM_DIR  := build/wasm
 CLI       := target/debug/fhirgate
 PORT      ?= 8080
 
-.PHONY: help tools wasm cli images test test-native lint test-e2e run bench clean
+.PHONY: help tools wasm cli images compose test test-native lint test-e2e run bench clean
 
 help:
 	@echo "make run     start the demo gateway (Envoy + fhirgate + a FHIR server with example data)"
@@ -18,6 +18,7 @@ help:
 	@echo "make wasm    build the filters into $(WASM_DIR)/"
 	@echo "make bench   measure the filters' cost against Envoy without them"
 	@echo "make images  write each filter as an OCI image for Istio (build/images/)"
+	@echo "make compose render the gateway for docker compose (envoy/compose/compose.yaml)"
 
 # -- toolchain ------------------------------------------------------------------------------
 tools: $(VENV)/.installed $(TOOLS)/.installed $(TOOLS)/.debian
@@ -57,6 +58,10 @@ images: wasm
 	@for f in routing authz ratelimit consent audit; do \
 	  python3 tools/oci-image.py $(WASM_DIR)/fhirgate_$$f.wasm build/images/$$f --tag $(IMAGE_TAG) --title fhirgate-$$f; \
 	done
+
+# The docker-compose stack's gateway configuration (envoy/compose/compose.yaml mounts it).
+compose: tools
+	$(PY) envoy/compose/prepare.py
 
 # -- tests ----------------------------------------------------------------------------------
 test: test-native lint test-e2e
