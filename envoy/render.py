@@ -21,6 +21,8 @@ break-glass keys: settings known only where the gateway runs). --global-ratelimi
 global rate-limit filter after fhirgate.ratelimit, the descriptor actions and the
 ratelimit_service cluster ({{RATELIMIT_SERVICE_PORT}}), and sets `enforcement: envoy` unless
 the --ratelimit file says otherwise: the budget is then one across every replica.
+--lds FILE moves the listeners into FILE, an LDS file Envoy watches: render again into it
+(renames are atomic) and the running Envoy takes the new filter configs and modules.
 {{CONSENT_CONFIG}} is consent.json, with --consent FILE's keys laid over it. {{AUDIT_CONFIG}} is
 audit.json with --audit FILE's keys laid over it: the chain key (`chain: {kid, key}`) is a
 deployment secret and must come from there.
@@ -177,6 +179,30 @@ def render(template: pathlib.Path, values: dict, issuers: pathlib.Path | None = 
     return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: str(values[m.group(1)]), text)
 
 
+def with_lds(text: str, lds_path: pathlib.Path) -> str:
+    """Moves the listeners into an LDS file Envoy watches (`lds_path`) and points the
+    bootstrap at it: replacing that file (atomically, with a rename) reconfigures the running
+    Envoy — filter configs and modules — without a restart or a lost request. A listener
+    Envoy refuses (a filter refusing its new config) is not applied; the old one keeps serving."""
+    import yaml  # PyYAML, in the project's virtualenv
+    bootstrap = yaml.safe_load(text)
+    listeners = bootstrap["static_resources"].pop("listeners")
+    write_lds(lds_path, listeners)
+    # Dynamic resources need a node identity.
+    bootstrap.setdefault("node", {"id": "fhirgate", "cluster": "fhirgate"})
+    bootstrap["dynamic_resources"] = {"lds_config": {"resource_api_version": "V3", "path_config_source": {
+        "path": str(lds_path), "watched_directory": {"path": str(lds_path.parent)}}}}
+    return yaml.safe_dump(bootstrap, sort_keys=False)
+
+
+def write_lds(lds_path: pathlib.Path, listeners: list):
+    """Writes an LDS resource file atomically (write aside, then rename over)."""
+    resources = [{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **l} for l in listeners]
+    tmp = lds_path.with_name(f".{lds_path.name}.tmp")
+    tmp.write_text(json.dumps({"resources": resources}, indent=1))
+    tmp.replace(lds_path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("template", type=pathlib.Path)
@@ -187,6 +213,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ratelimit", type=pathlib.Path, help="JSON object of rate-limit settings laid over ratelimit.json (tiers, breakGlass keys)")
     ap.add_argument("--consent", type=pathlib.Path, help="JSON object of consent settings laid over consent.json")
     ap.add_argument("--audit", type=pathlib.Path, help="JSON object of audit settings laid over audit.json (the chain key)")
+    ap.add_argument("--lds", type=pathlib.Path, help="put the listeners in this LDS file Envoy watches (hot reload)")
     ap.add_argument("--global-ratelimit", action="store_true", help="add Envoy's global rate-limit filter and its service cluster")
     args = ap.parse_args(argv)
     values = {}
@@ -195,7 +222,10 @@ def main(argv=None) -> int:
         if not sep:
             raise SystemExit(f"render.py: --set {item!r} is not NAME=VALUE")
         values[name] = value
-    args.out.write_text(render(args.template, values, args.issuers, args.jwt_authn, args.ratelimit, args.global_ratelimit, args.consent, args.audit))
+    text = render(args.template, values, args.issuers, args.jwt_authn, args.ratelimit, args.global_ratelimit, args.consent, args.audit)
+    if args.lds is not None:
+        text = with_lds(text, args.lds.resolve())
+    args.out.write_text(text)
     return 0
 
 

@@ -319,7 +319,8 @@ def http_get(port: int, path: str, timeout: float = 5):
 def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY_TEMPLATE,
                  issuers: pathlib.Path | None = None, jwt_authn: bool = False,
                  ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False,
-                 consent: pathlib.Path | None = None, audit: pathlib.Path | None = None) -> pathlib.Path:
+                 consent: pathlib.Path | None = None, audit: pathlib.Path | None = None,
+                 lds: pathlib.Path | None = None) -> pathlib.Path:
     args = [sys.executable, str(RENDER), str(template), str(out)]
     for k, v in values.items():
         args += ["--set", f"{k}={v}"]
@@ -335,6 +336,8 @@ def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY
         args += ["--consent", str(consent)]
     if audit is not None:
         args += ["--audit", str(audit)]
+    if lds is not None:
+        args += ["--lds", str(lds)]
     subprocess.run(args, check=True)
     return out
 
@@ -638,12 +641,20 @@ class Stack:
         path.write_text(json.dumps(overlay, indent=2))
         return path
 
-    def start_variant(self, name: str, audit: pathlib.Path) -> tuple[int, int]:
+    def variant_values(self, name: str, listen: int, admin: int) -> dict:
+        return dict(self.envoy_values(), LISTEN_PORT=listen, ADMIN_PORT=admin, ACCESS_LOG=self.log_dir / f"{name}-access.log")
+
+    def render_variant(self, name: str, values: dict, audit: pathlib.Path | None = None, lds: pathlib.Path | None = None,
+                       out: pathlib.Path | None = None) -> pathlib.Path:
+        """The chain with this stack's deployment settings, for another Envoy."""
+        return render_envoy(out or self.log_dir / f"{name}.yaml", values, issuers=self.log_dir / "issuers.json",
+                            ratelimit=self.log_dir / "ratelimit.json", consent=self.log_dir / "consent.json",
+                            audit=audit or self.log_dir / "audit.json", lds=lds)
+
+    def start_variant(self, name: str, audit: pathlib.Path | None = None, lds: pathlib.Path | None = None) -> tuple[int, int]:
         """One more Envoy with the chain and these audit settings: (listen port, admin port)."""
         listen, admin = free_port(), free_port()
-        values = dict(self.envoy_values(), LISTEN_PORT=listen, ADMIN_PORT=admin, ACCESS_LOG=self.log_dir / f"{name}-access.log")
-        config = render_envoy(self.log_dir / f"{name}.yaml", values, issuers=self.log_dir / "issuers.json",
-                              ratelimit=self.log_dir / "ratelimit.json", consent=self.log_dir / "consent.json", audit=audit)
+        config = self.render_variant(name, self.variant_values(name, listen, admin), audit=audit, lds=lds)
         proc = Process(name, [binary("envoy"), "-c", str(config), "--concurrency", "2", "--disable-hot-restart", "-l", "info"],
                        self.log_dir / f"{name}.log")
         self.processes.append(proc)
