@@ -195,6 +195,67 @@ def with_lds(text: str, lds_path: pathlib.Path) -> str:
     return yaml.safe_dump(bootstrap, sort_keys=False)
 
 
+FHIR_CLUSTERS = ("fhir_api", "fhir_bulk", "fhir_validate", "fhir_prior_auth", "fhir_device")
+
+
+def tls_context(certs: pathlib.Path, kind: str, require_client: bool = False) -> dict:
+    """A transport socket from the certificates in `certs` (ca.pem, server.pem/-key.pem,
+    gateway-client.pem/-key.pem)."""
+    if kind == "downstream":
+        ctx = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+               "common_tls_context": {"tls_certificates": [{"certificate_chain": {"filename": str(certs / "server.pem")},
+                                                            "private_key": {"filename": str(certs / "server-key.pem")}}],
+                                      "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"}}}
+        if require_client:
+            ctx["require_client_certificate"] = True
+            ctx["common_tls_context"]["validation_context"] = {"trusted_ca": {"filename": str(certs / "ca.pem")}}
+    else:
+        ctx = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+               "sni": "fhir.fhirgate.test",
+               "common_tls_context": {"tls_certificates": [{"certificate_chain": {"filename": str(certs / "gateway-client.pem")},
+                                                            "private_key": {"filename": str(certs / "gateway-client-key.pem")}}],
+                                      "validation_context": {"trusted_ca": {"filename": str(certs / "ca.pem")},
+                                                             "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "fhir.fhirgate.test"}}]}}}
+    return {"name": "envoy.transport_sockets.tls", "typed_config": ctx}
+
+
+def with_tls(text: str, certs: pathlib.Path, internal_port: int, replica_port: int | None, health_path: str = "/fhir/metadata") -> str:
+    """TLS on the public listener; a second, internal listener on `internal_port` that requires
+    a client certificate from the CA (its URI SAN selects the authorization filter's trust
+    zone); mutual TLS to the FHIR clusters; with `replica_port`, a second FHIR server endpoint,
+    active health checks and least-request balancing."""
+    import copy
+    import yaml  # PyYAML, in the project's virtualenv
+    bootstrap = yaml.safe_load(text)
+    listeners = bootstrap["static_resources"]["listeners"]
+    public = listeners[0]
+    internal = copy.deepcopy(public)
+    public["filter_chains"][0]["transport_socket"] = tls_context(certs, "downstream")
+    internal["name"] = "fhir_internal"
+    internal["address"]["socket_address"]["port_value"] = internal_port
+    internal["filter_chains"][0]["transport_socket"] = tls_context(certs, "downstream", require_client=True)
+    internal["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = "fhir_internal"
+    listeners.append(internal)
+    for cluster in bootstrap["static_resources"]["clusters"]:
+        if cluster["name"] not in FHIR_CLUSTERS:
+            continue
+        cluster["transport_socket"] = tls_context(certs, "upstream")
+        if replica_port is not None:
+            endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            replica = copy.deepcopy(endpoints[0])
+            replica["endpoint"]["address"]["socket_address"]["port_value"] = replica_port
+            endpoints.append(replica)
+            cluster["lb_policy"] = "LEAST_REQUEST"
+            # With two replicas one down is half the cluster: without this Envoy's panic mode
+            # would spread requests over the dead one too.
+            cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
+            cluster["health_checks"] = [{"timeout": "3s", "interval": "2s", "no_traffic_interval": "2s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+                                         "http_health_check": {"path": health_path}}]
+            cluster["outlier_detection"] = {"consecutive_5xx": 3, "consecutive_local_origin_failure": 1,
+                                            "split_external_local_origin_errors": True, "base_ejection_time": "5s"}
+    return yaml.safe_dump(bootstrap, sort_keys=False)
+
+
 def write_lds(lds_path: pathlib.Path, listeners: list):
     """Writes an LDS resource file atomically (write aside, then rename over)."""
     resources = [{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **l} for l in listeners]
@@ -213,6 +274,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ratelimit", type=pathlib.Path, help="JSON object of rate-limit settings laid over ratelimit.json (tiers, breakGlass keys)")
     ap.add_argument("--consent", type=pathlib.Path, help="JSON object of consent settings laid over consent.json")
     ap.add_argument("--audit", type=pathlib.Path, help="JSON object of audit settings laid over audit.json (the chain key)")
+    ap.add_argument("--tls", type=pathlib.Path, metavar="CERTS", help="TLS, an internal mTLS listener (INTERNAL_PORT) and upstream mTLS, certificates from CERTS")
+    ap.add_argument("--fhir-replica", type=int, metavar="PORT", help="with --tls: a second FHIR endpoint, health checks, least-request balancing")
     ap.add_argument("--lds", type=pathlib.Path, help="put the listeners in this LDS file Envoy watches (hot reload)")
     ap.add_argument("--global-ratelimit", action="store_true", help="add Envoy's global rate-limit filter and its service cluster")
     args = ap.parse_args(argv)
@@ -223,6 +286,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"render.py: --set {item!r} is not NAME=VALUE")
         values[name] = value
     text = render(args.template, values, args.issuers, args.jwt_authn, args.ratelimit, args.global_ratelimit, args.consent, args.audit)
+    if args.tls is not None:
+        text = with_tls(text, args.tls.resolve(), int(values["INTERNAL_PORT"]), args.fhir_replica, f"{values['UPSTREAM_BASE']}/metadata")
     if args.lds is not None:
         text = with_lds(text, args.lds.resolve())
     args.out.write_text(text)

@@ -125,10 +125,12 @@ class Recorder:
 
     This is what proves what the upstream actually saw, not what a filter meant to send."""
 
-    def __init__(self, name: str, forward_port: int | None = None, respond=None):
+    def __init__(self, name: str, forward_port: int | None = None, respond=None, tls=None):
+        """`tls`: an ssl.SSLContext (server side) to serve HTTPS with, e.g. requiring client certificates."""
         self.name = name
         self.records: list[dict] = []
         self.lock = threading.Lock()
+        self.stopped = False
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -138,13 +140,19 @@ class Recorder:
                 pass
 
             def handle_any(self):
+                if recorder.stopped:
+                    # A stopped upstream: connections kept alive from before die unanswered.
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 body = read_body(self)
                 headers: dict[str, list[str]] = {}
                 for k, v in self.headers.items():
                     headers.setdefault(k.lower(), []).append(v)
+                peer = self.connection.getpeercert() if tls is not None else None
                 with recorder.lock:
                     recorder.records.append({"method": self.command, "path": self.path,
-                                             "headers": headers, "body": body})
+                                             "headers": headers, "body": body, "peer_cert": peer})
                 if respond is not None:
                     status, rheaders, rbody = respond(self.command, self.path, body)
                 else:
@@ -160,6 +168,10 @@ class Recorder:
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = handle_any
 
         self.server = QuietServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            # The handshake happens in the handler thread, on first read: a slow client must not
+            # hold up the accept loop.
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True, do_handshake_on_connect=False)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name=f"recorder-{name}", daemon=True)
@@ -169,6 +181,7 @@ class Recorder:
         return self
 
     def stop(self):
+        self.stopped = True
         self.server.shutdown()
         self.server.server_close()
 

@@ -28,8 +28,8 @@ pub struct ConsentFilter {
     asked: Option<Asked>,
     /// The response (decoded) and its size as buffered, while the Consents it needs are fetched.
     held: Option<(Vec<u8>, usize)>,
-    /// Outstanding fetches: call token → the patients it asks for.
-    fetches: HashMap<u32, Vec<String>>,
+    /// Outstanding fetches: call token → the patients it asks for and the attempt.
+    fetches: HashMap<u32, (Vec<String>, u8)>,
     /// Patients whose fetch failed for this response.
     unavailable: HashSet<String>,
     /// A response refused on its headers, answered when its body has arrived.
@@ -103,14 +103,14 @@ impl ConsentFilter {
 
     /// Dispatches Consent searches for these patients, several per search; the patients of a
     /// search that cannot start are unavailable.
-    fn fetch(&mut self, shared: &Shared, patients: Vec<String>) {
+    fn fetch(&mut self, shared: &Shared, patients: Vec<String>, attempt: u8) {
         let Some(source) = shared.policy.config.consents.as_ref() else { return };
         for chunk in patients.chunks(source.patients_per_search.max(1)) {
             let path = search_path(source, chunk);
             let call_headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", source.authority.as_str()), ("accept", "application/fhir+json")];
             match self.dispatch_http_call(&source.cluster, call_headers, None, vec![], Duration::from_millis(source.timeout_ms)) {
                 Ok(token) => {
-                    self.fetches.insert(token, chunk.to_vec());
+                    self.fetches.insert(token, (chunk.to_vec(), attempt));
                 }
                 Err(status) => {
                     log::warn!("{FILTER}: Consent fetch through cluster {} could not start: {status:?}", source.cluster);
@@ -145,10 +145,32 @@ fn count_report(report: &Report) {
 
 impl Context for ConsentFilter {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let Some(patients) = self.fetches.remove(&token_id) else { return };
-        let status = self.get_http_call_response_header(":status").and_then(|s| s.parse().ok());
-        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
-        match (read_search_for(status, &body, &patients), self.shared.clone()) {
+        let Some((patients, attempt)) = self.fetches.remove(&token_id) else { return };
+        let status: Option<u16> = self.get_http_call_response_header(":status").and_then(|s| s.parse().ok());
+        // A transport failure or a 5xx is tried once more (another endpoint, most likely)
+        // before the patients' resources are withheld.
+        if attempt == 0 && status.is_none_or(|s| s >= 500) {
+            if let Some(shared) = self.shared.clone() {
+                count(FILTER, "consent_cache", "fetch_retried");
+                self.fetch(&shared, patients, 1);
+                if !self.fetches.is_empty() {
+                    return;
+                }
+            }
+        } else {
+            let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+            self.record_fetch(patients, status, &body);
+        }
+        if self.fetches.is_empty() {
+            self.finish();
+            self.resume_http_response();
+        }
+    }
+}
+
+impl ConsentFilter {
+    fn record_fetch(&mut self, patients: Vec<String>, status: Option<u16>, body: &[u8]) {
+        match (read_search_for(status, body, &patients), self.shared.clone()) {
             (Some(answers), Some(shared)) => {
                 let now = self.now();
                 let mut cache = shared.cache.borrow_mut();
@@ -161,10 +183,6 @@ impl Context for ConsentFilter {
                 log::warn!("{FILTER}: Consent fetch failed (status {status:?})");
                 self.unavailable.extend(patients);
             }
-        }
-        if self.fetches.is_empty() {
-            self.finish();
-            self.resume_http_response();
         }
     }
 }
@@ -282,7 +300,7 @@ impl HttpContext for ConsentFilter {
             self.replace_response(&rejection, body_size);
             return Action::Continue;
         }
-        self.fetch(&shared, missing);
+        self.fetch(&shared, missing, 0);
         if self.fetches.is_empty() {
             self.finish();
             return Action::Continue;
