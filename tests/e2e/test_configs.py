@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import pathlib
+import re
 import tempfile
 import subprocess
 import sys
@@ -225,3 +226,16 @@ def test_cli_breakglass_sign_makes_a_token_with_the_claims(tmp_path):
     refused = subprocess.run([str(CLI), "breakglass", "sign", "--key-file", str(short), "--kid", "k", "--user", "u", "--reason", "r"],
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "32 bytes" in refused.stderr
+
+
+@pytest.mark.parametrize("filter_name", ["routing", "authz", "ratelimit", "consent", "audit"])
+def test_the_readme_documents_every_top_level_config_field(filter_name):
+    """The field list comes from the filter's own config type (serde names every field it
+    accepts when refusing an unknown one), so a field added in code and not in the README fails."""
+    result = subprocess.run([str(CLI), "config", "lint", "--filter", filter_name, "-"], input='{"zzzz": 1}', capture_output=True, text=True)
+    assert result.returncode == 2
+    fields = re.findall(r"`(\w+)`", result.stderr.split("expected one of", 1)[1])
+    assert len(fields) >= 5
+    readme = (ROOT / "README.md").read_text()
+    undocumented = [f for f in fields if f"`{f}`" not in readme and f'"{f}"' not in readme]
+    assert not undocumented, f"{filter_name}: document {undocumented} in README.md"
