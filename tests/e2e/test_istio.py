@@ -12,6 +12,7 @@ from stack import CLI, ROOT
 
 ISTIO = ROOT / "istio"
 VARIANTS = {"sidecar.yaml": [], "gateway.yaml": ["--gateway"]}
+FILTER_VARIANTS = {"envoyfilter-sidecar.yaml": ["--envoyfilter"], "envoyfilter-gateway.yaml": ["--envoyfilter", "--gateway"]}
 ORDER = ["routing", "authz", "ratelimit", "consent", "audit"]
 PHASES = ["AUTHN", "AUTHZ", "STATS"]
 SECRET = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, test only
@@ -21,9 +22,10 @@ def plugins(name):
     return [d for d in yaml.safe_load_all((ISTIO / name).read_text()) if d]
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("name", sorted({**VARIANTS, **FILTER_VARIANTS}))
 def test_the_shipped_manifests_are_what_the_generator_writes(name):
-    out = subprocess.run([sys.executable, str(ISTIO / "wasmplugins.py"), "--registry", "registry.example.org/fhirgate", *VARIANTS[name]],
+    out = subprocess.run([sys.executable, str(ISTIO / "wasmplugins.py"), "--registry", "registry.example.org/fhirgate",
+                          *{**VARIANTS, **FILTER_VARIANTS}[name]],
                          capture_output=True, text=True, check=True).stdout
     assert (ISTIO / name).read_text() == out, f"regenerate: .venv/bin/python istio/wasmplugins.py ... > istio/{name}"
 
@@ -54,3 +56,28 @@ def test_every_plugin_config_is_accepted_once_the_secrets_are_set(name, tmp_path
             config.write_text(text)
             result = subprocess.run([str(CLI), "config", "lint", "--filter", filter_name, str(config)], capture_output=True, text=True)
             assert result.returncode == 2 and "is not base64" in result.stderr, f"{filter_name} refuses the placeholder: {result.stderr}"
+
+
+@pytest.mark.parametrize("name", sorted(FILTER_VARIANTS))
+def test_the_envoyfilter_chain_is_a_valid_envoy_filter_chain(name, tmp_path):
+    """The EnvoyFilter's patch values, in order, are exactly HTTP filters: placed in a real
+    Envoy configuration (modules from build/wasm, the operator's secrets set) Envoy accepts
+    them and every filter accepts its configuration."""
+    from stack import WASM_DIR, envoy_validate, render_envoy
+    from test_configs import AUDIT, PLACEHOLDERS
+    [doc] = plugins(name)
+    assert doc["kind"] == "EnvoyFilter"
+    patches = doc["spec"]["configPatches"]
+    assert [p["patch"]["value"]["name"] for p in patches] == [f"fhirgate.{n}" for n in ORDER]
+    assert all(p["patch"]["operation"] == "INSERT_BEFORE" for p in patches)
+    filters = json.loads(json.dumps([p["patch"]["value"] for p in patches]).replace("REPLACE_ME", SECRET).replace("/var/local/fhirgate", str(WASM_DIR)))
+    assert all(f["typed_config"]["config"]["failure_policy"] == "FAIL_CLOSED" for f in filters)
+    rendered = yaml.safe_load(render_envoy(tmp_path / "base.yaml", PLACEHOLDERS, ROOT / "envoy" / "fhirgate.yaml", audit=AUDIT).read_text())
+    hcm = rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"] = [*filters, hcm["http_filters"][-1]]
+    config = tmp_path / "envoyfilter-chain.yaml"
+    config.write_text(yaml.safe_dump(rendered))
+    result = envoy_validate(config)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for n in ORDER:
+        assert f"fhirgate.{n}: configuration accepted" in result.stdout + result.stderr, n
