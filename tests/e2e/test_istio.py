@@ -81,3 +81,26 @@ def test_the_envoyfilter_chain_is_a_valid_envoy_filter_chain(name, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     for n in ORDER:
         assert f"fhirgate.{n}: configuration accepted" in result.stdout + result.stderr, n
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_wasmplugin_follows_the_wasmplugin_schema(name, tmp_path):
+    from stack import VENV
+    for d in plugins(name):
+        doc = tmp_path / f"{d['metadata']['name']}.json"
+        doc.write_text(json.dumps(d))
+        result = subprocess.run([str(VENV / "bin" / "check-jsonschema"), "--schemafile", str(ISTIO / "wasmplugin.schema.json"), str(doc)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_schema_refuses_what_istio_would(tmp_path):
+    from stack import VENV
+    good = plugins("sidecar.yaml")[0]
+    for broken in ({"phase": "AUTHNZ"}, {"failStrategy": "FAIL_CLOSED"}, {"url": "registry/x:1"}, {"pluginconfig": {}},
+                   {"targetRefs": [{"kind": "Gateway", "name": "g"}]}, {"match": [{"ports": [{"number": 70000}]}]}):
+        doc = tmp_path / "broken.json"
+        doc.write_text(json.dumps({**good, "spec": {**good["spec"], **broken}}))
+        result = subprocess.run([str(VENV / "bin" / "check-jsonschema"), "--schemafile", str(ISTIO / "wasmplugin.schema.json"), str(doc)],
+                                capture_output=True, text=True)
+        assert result.returncode == 1, broken
