@@ -24,6 +24,7 @@ ENVOY = ROOT / "envoy"
 # (filter, phase, priority)
 PLUGINS = [("routing", "AUTHN", 200), ("authz", "AUTHN", 100), ("ratelimit", "AUTHZ", 200), ("consent", "AUTHZ", 100), ("audit", "STATS", 100)]
 SECRET = "REPLACE_ME"
+GLOBAL_RATELIMIT = False
 
 
 def plugin_config(name: str) -> dict:
@@ -34,6 +35,8 @@ def plugin_config(name: str) -> dict:
                               "jwksUri": "https://issuer.example.org/jwks", "jwksCluster": "outbound|443||issuer.example.org"}]
     if name == "ratelimit":
         config["breakGlass"] = {"header": "x-break-glass", "keys": {"2026-q4": SECRET}}
+        if GLOBAL_RATELIMIT:
+            config["enforcement"] = "envoy"
     if name == "consent":
         config["consents"]["cluster"] = "outbound|8080||fhir-server.fhir.svc.cluster.local"
     if name == "audit":
@@ -64,6 +67,26 @@ def manifest(name, phase, priority, args) -> dict:
             "metadata": {"name": f"fhirgate-{name}", "namespace": args.namespace}, "spec": spec}
 
 
+def global_ratelimit_patches(context: str, args) -> list:
+    """Envoy's global rate limiting around the chain, as envoy/render.py --global-ratelimit does
+    it: the weight as hits_addend, the ratelimit filter before the router, the descriptor
+    actions on the route configuration, and the rate-limit service's cluster."""
+    sys.path.insert(0, str(ENVOY))
+    import render  # the same pieces the Envoy configs use
+    router = {"context": context, "listener": {"filterChain": {"filter": {
+        "name": "envoy.filters.network.http_connection_manager", "subFilter": {"name": "envoy.filters.http.router"}}}}}
+    cluster = render.ratelimit_service_cluster()
+    cluster.update({"type": "STRICT_DNS", "load_assignment": {"cluster_name": "ratelimit_service", "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"socket_address": {"address": args.ratelimit_service, "port_value": 8081}}}}]}]}})
+    return [
+        {"applyTo": "HTTP_FILTER", "match": router, "patch": {"operation": "INSERT_BEFORE", "value": render.hits_addend_filter()}},
+        {"applyTo": "HTTP_FILTER", "match": router, "patch": {"operation": "INSERT_BEFORE", "value": render.global_ratelimit_filter()}},
+        {"applyTo": "VIRTUAL_HOST", "match": {"context": context}, "patch": {"operation": "MERGE",
+                                                                             "value": {"rate_limits": render.global_ratelimit_actions()}}},
+        {"applyTo": "CLUSTER", "match": {"context": context}, "patch": {"operation": "ADD", "value": cluster}},
+    ]
+
+
 def envoy_filter(args) -> dict:
     """The same five filters as one EnvoyFilter (each inserted before the router, in chain
     order), for where the WasmPlugin API falls short: it cannot set Envoy's
@@ -86,6 +109,8 @@ def envoy_filter(args) -> dict:
         patches.append({"applyTo": "HTTP_FILTER", "match": match, "patch": {"operation": "INSERT_BEFORE", "value": {
             "name": f"fhirgate.{name}",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config}}}})
+    if args.global_ratelimit:
+        patches += global_ratelimit_patches(context, args)
     spec = {"configPatches": patches}
     if args.gateway:
         spec["workloadSelector"] = {"labels": {"istio": "ingressgateway"}}
@@ -104,7 +129,11 @@ def main(argv=None) -> int:
     ap.add_argument("--wasm-dir", type=pathlib.Path, help="pin each image with its module's sha256")
     ap.add_argument("--envoyfilter", action="store_true", help="write the chain as one EnvoyFilter instead of WasmPlugins")
     ap.add_argument("--wasm-path", default="/var/local/fhirgate", help="with --envoyfilter: where the proxy finds the modules")
+    ap.add_argument("--global-ratelimit", action="store_true", help="with --envoyfilter: Envoy's global rate limiting (one budget across replicas)")
+    ap.add_argument("--ratelimit-service", default="ratelimit.ratelimit.svc.cluster.local", help="the rate-limit service's host (port 8081)")
     args = ap.parse_args(argv)
+    global GLOBAL_RATELIMIT
+    GLOBAL_RATELIMIT = args.global_ratelimit
     import yaml  # PyYAML, in the project's virtualenv (tools/requirements.txt)
     kind = "gateway" if args.gateway else "sidecar"
     if args.envoyfilter:

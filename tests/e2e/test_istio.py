@@ -12,7 +12,8 @@ from stack import CLI, ROOT
 
 ISTIO = ROOT / "istio"
 VARIANTS = {"sidecar.yaml": [], "gateway.yaml": ["--gateway"]}
-FILTER_VARIANTS = {"envoyfilter-sidecar.yaml": ["--envoyfilter"], "envoyfilter-gateway.yaml": ["--envoyfilter", "--gateway"]}
+FILTER_VARIANTS = {"envoyfilter-sidecar.yaml": ["--envoyfilter"], "envoyfilter-gateway.yaml": ["--envoyfilter", "--gateway"],
+                   "envoyfilter-global-ratelimit.yaml": ["--envoyfilter", "--global-ratelimit"]}
 ORDER = ["routing", "authz", "ratelimit", "consent", "audit"]
 PHASES = ["AUTHN", "AUTHZ", "STATS"]
 SECRET = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, test only
@@ -67,14 +68,24 @@ def test_the_envoyfilter_chain_is_a_valid_envoy_filter_chain(name, tmp_path):
     from test_configs import AUDIT, PLACEHOLDERS
     [doc] = plugins(name)
     assert doc["kind"] == "EnvoyFilter"
-    patches = doc["spec"]["configPatches"]
-    assert [p["patch"]["value"]["name"] for p in patches] == [f"fhirgate.{n}" for n in ORDER]
-    assert all(p["patch"]["operation"] == "INSERT_BEFORE" for p in patches)
-    filters = json.loads(json.dumps([p["patch"]["value"] for p in patches]).replace("REPLACE_ME", SECRET).replace("/var/local/fhirgate", str(WASM_DIR)))
-    assert all(f["typed_config"]["config"]["failure_policy"] == "FAIL_CLOSED" for f in filters)
+    patches = json.loads(json.dumps(doc["spec"]["configPatches"]).replace("REPLACE_ME", SECRET).replace("/var/local/fhirgate", str(WASM_DIR)))
+    filters = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
+    ours = [f for f in filters if f["name"].startswith("fhirgate.")]
+    assert [f["name"] for f in ours] == [f"fhirgate.{n}" for n in ORDER]
+    assert all(f["typed_config"]["config"]["failure_policy"] == "FAIL_CLOSED" for f in ours)
+    assert all(p["patch"]["operation"] == "INSERT_BEFORE" for p in patches if p["applyTo"] == "HTTP_FILTER")
+    # Apply the patches as Istio would, to the chain Envoy runs in the tests.
     rendered = yaml.safe_load(render_envoy(tmp_path / "base.yaml", PLACEHOLDERS, ROOT / "envoy" / "fhirgate.yaml", audit=AUDIT).read_text())
     hcm = rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["http_filters"] = [*filters, hcm["http_filters"][-1]]
+    for p in patches:
+        if p["applyTo"] == "VIRTUAL_HOST":
+            hcm["route_config"]["virtual_hosts"][0].update(p["patch"]["value"])
+        elif p["applyTo"] == "CLUSTER":
+            rendered["static_resources"]["clusters"].append(p["patch"]["value"])
+    if "global-ratelimit" in name:
+        assert [f["name"] for f in filters][-2:] == ["envoy.filters.http.set_filter_state", "envoy.filters.http.ratelimit"]
+        assert json.loads(ours[2]["typed_config"]["config"]["configuration"]["value"])["enforcement"] == "envoy"
     config = tmp_path / "envoyfilter-chain.yaml"
     config.write_text(yaml.safe_dump(rendered))
     result = envoy_validate(config)
