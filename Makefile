@@ -35,8 +35,8 @@ $(TOOLS)/.installed: tools/package.json
 	touch $@
 
 # From Debian: h2load (nghttp2-client) drives the audit load test and the benchmarks; skopeo
-# and docker-registry carry the OCI image test.
-DEBIAN_TOOLS := h2load:nghttp2-client skopeo:skopeo docker-registry:docker-registry
+# and docker-registry carry the OCI image test; curl speaks HTTP/2 in the abuse tests.
+DEBIAN_TOOLS := h2load:nghttp2-client skopeo:skopeo docker-registry:docker-registry curl:curl
 $(TOOLS)/.debian:
 	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
 	if [ -n "$$missing" ]; then sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
