@@ -16,7 +16,8 @@ FLUSH = 2.0  # seconds to wait for the collector to have every record (flush int
 
 
 def quiet(stack) -> int:
-    """Waits until no record has arrived for a second (other Envoys' late batches), returns the count."""
+    """Waits until no record has arrived for a second (earlier tests' and other Envoys' late
+    batches), returns the count."""
     last = -1
     while (now := len(stack.collector.snapshot())) != last:
         last = now
@@ -50,7 +51,7 @@ def mixed_requests(stack):
 
 
 def test_every_request_yields_one_record_refusals_included(stack):
-    before = len(stack.collector.snapshot())
+    before = quiet(stack)
     requests = mixed_requests(stack)
     for method, path, token, body, headers, expected in requests:
         _, status, _, _ = call(stack, method, path, token, body, headers)
@@ -94,7 +95,7 @@ def test_the_collected_log_verifies_and_names_an_edited_line(stack, tmp_path):
 def test_break_glass_is_elevated_and_alerted(stack):
     user = f"dr-audit-{uuid.uuid4().hex[:6]}"
     token = stack.token("user/Patient.rs", sub=user)
-    before = len(stack.collector.snapshot())
+    before = quiet(stack)
     _, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", token, headers={"x-break-glass": stack.break_glass_token(user)})
     assert status == 200
     [r] = settle(stack, before, 1)
@@ -110,7 +111,7 @@ def test_no_planted_phi_reaches_a_record_a_log_line_or_a_metric(stack):
     token = stack.token("user/Patient.cruds", sub="audit-canary")
     patient = json.dumps({"resourceType": "Patient", "id": marker.lower()[:20], "name": [{"family": marker, "given": ["John"]}],
                           "birthDate": "1970-01-01", "identifier": [{"system": "urn:mrn", "value": f"MRN-{marker}"}]})
-    before = len(stack.collector.snapshot())
+    before = quiet(stack)
     call(stack, "PUT", f"{BASE}/Patient/{marker.lower()[:20]}", token, patient, FHIR_JSON)
     call(stack, "GET", f"{BASE}/Patient?name={marker}&birthdate=1970-01-01", token, headers={"user-agent": f"agent {marker}", "x-note": marker})
     call(stack, "GET", f"{BASE}/Patient?identifier=urn:mrn|MRN-{marker}", None)
@@ -133,7 +134,7 @@ class TestFailClosed:
 
     def test_with_the_collector_up_requests_pass_with_an_access_and_an_outcome_record(self, stack, fail_closed):
         port, _ = fail_closed
-        before = len(stack.collector.snapshot())
+        before = quiet(stack)
         _, status, _, _ = call(stack, "GET", f"{BASE}/metadata", port=port)
         assert status == 200
         records = settle(stack, before, 2)
@@ -222,7 +223,7 @@ def test_audit_events_can_go_to_a_fhir_server(stack):
 
 def test_an_upstream_operation_outcome_names_the_records_outcome(stack):
     token = stack.token("user/Observation.rs", sub="audit-outcome")
-    before = len(stack.collector.snapshot())
+    before = quiet(stack)
     _, status, _, body = call(stack, "GET", f"{BASE}/Observation?date=notadate", token)
     assert status == 400 and json.loads(body)["issue"][0]["code"] == "value"
     [r] = settle(stack, before, 1)
