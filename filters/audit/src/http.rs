@@ -23,9 +23,6 @@ pub struct AuditFilter {
     upstream_outcome: Option<String>,
 }
 
-/// Larger error bodies are not read (their outcome stays the status class).
-const MAX_ERROR_BODY: usize = 64 * 1024;
-
 impl AuditFilter {
     pub fn new(worker: Option<Rc<Worker>>) -> Self {
         AuditFilter { worker, acknowledging: None, reading_error: false, upstream_outcome: None }
@@ -127,9 +124,13 @@ impl HttpContext for AuditFilter {
             return Action::Continue;
         }
         let status = self.get_http_response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        let json = self.get_http_response_header("content-type").is_some_and(|c| c.contains("json"));
-        let small = self.get_http_response_header("content-length").and_then(|l| l.parse::<usize>().ok()).is_some_and(|l| l <= MAX_ERROR_BODY);
-        self.reading_error = status >= 400 && json && small && self.get_http_response_header("content-encoding").is_none();
+        self.reading_error = status >= 400
+            && fhirgate_core::audit::reads_error_body(
+                status,
+                self.get_http_response_header("content-type").as_deref(),
+                self.get_http_response_header("content-length").as_deref(),
+                self.get_http_response_header("content-encoding").as_deref(),
+            );
         Action::Continue
     }
 

@@ -3,7 +3,7 @@
 
 use crate::root::{Shared, FILTER};
 use fhirgate_core::consent::cache::{read_search_for, search_path};
-use fhirgate_core::consent::{filters_interaction, is_single_read, rfc3339, Caller, Consents, FastPath, Filtered, Report};
+use fhirgate_core::consent::{filters_interaction, is_single_read, rfc3339, Caller, Consents, FastPath, Filtered, ReadPlan, Report};
 use fhirgate_core::outcome::IssueType;
 use fhirgate_core::{headers, Rejection};
 use fhirgate_proxy::{count, reject, RequestHeaders};
@@ -23,11 +23,18 @@ struct Asked {
     single_read: bool,
 }
 
+/// A held response: as decoded, or already parsed (then it is decided resource by resource,
+/// never parsed a second time).
+enum Held {
+    Raw(Vec<u8>),
+    Parsed(serde_json::Value),
+}
+
 pub struct ConsentFilter {
     shared: Option<Rc<Shared>>,
     asked: Option<Asked>,
-    /// The response (decoded) and its size as buffered, while the Consents it needs are fetched.
-    held: Option<(Vec<u8>, usize)>,
+    /// The response and its size as buffered, while the Consents it needs are fetched.
+    held: Option<(Held, usize)>,
     /// Outstanding fetches: call token → the patients it asks for and the attempt.
     fetches: HashMap<u32, (Vec<String>, u8)>,
     /// Patients whose fetch failed for this response.
@@ -62,7 +69,7 @@ impl ConsentFilter {
 
     /// Decides the held response with the Consents now known, and writes the result.
     fn finish(&mut self) {
-        let (Some(shared), Some((body, body_size)), Some(asked)) = (self.shared.clone(), self.held.take(), self.asked.as_ref()) else { return };
+        let (Some(shared), Some((held, body_size)), Some(asked)) = (self.shared.clone(), self.held.take(), self.asked.as_ref()) else { return };
         let now = self.now();
         let cache = shared.cache.borrow();
         let unavailable = &self.unavailable;
@@ -70,10 +77,16 @@ impl ConsentFilter {
             Some(list) if !unavailable.contains(patient) => Consents::Known(list),
             _ => Consents::Unavailable,
         };
-        if shared.policy.fast_path(&body, &|p| Some(lookup(p))) == FastPath::Release {
-            count(FILTER, "released", "unparsed");
-            return;
-        }
+        let response = match held {
+            Held::Parsed(response) => Ok(response),
+            Held::Raw(body) => {
+                if shared.policy.fast_path(&body, &|p| Some(lookup(p))) == FastPath::Release {
+                    count(FILTER, "released", "unparsed");
+                    return;
+                }
+                shared.policy.parse(&body)
+            }
+        };
         let now_text = rfc3339(now);
         let caller = Caller {
             subject: asked.subject.as_deref(),
@@ -83,7 +96,10 @@ impl ConsentFilter {
             now: &now_text,
         };
         let mut report = Report::default();
-        let filtered = shared.policy.filter(&body, &caller, asked.single_read, &lookup, &mut report);
+        let filtered = match response {
+            Ok(response) => shared.policy.filter_value(response, &caller, asked.single_read, &lookup, &mut report),
+            Err(rejection) => Filtered::Refused(rejection),
+        };
         drop(cache);
         count_report(&report);
         let withheld: u32 = report.withheld.values().sum();
@@ -217,19 +233,13 @@ impl HttpContext for ConsentFilter {
         if self.asked.is_none() || end_of_stream {
             return Action::Continue;
         }
+        let Some(shared) = self.shared.clone() else { return Action::Continue };
         let status = self.get_http_response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        if !(200..300).contains(&status) {
-            return Action::Continue;
-        }
-        let content_type = self.get_http_response_header("content-type").unwrap_or_default().to_ascii_lowercase();
-        if !content_type.contains("json") {
-            // Only JSON is read; anything else from a FHIR interaction would pass unread.
-            self.refusal = Some(Rejection::new(
-                502,
-                "response-format-unsupported",
-                IssueType::NotSupported,
-                "the consent filter reads FHIR JSON responses only; ask for application/fhir+json",
-            ));
+        let content_type = self.get_http_response_header("content-type").unwrap_or_default();
+        match shared.policy.read_plan(status, &content_type) {
+            ReadPlan::Skip => return Action::Continue,
+            ReadPlan::Refuse(rejection) => self.refusal = Some(rejection),
+            ReadPlan::Read => {}
         }
         self.set_http_response_header("content-length", None);
         self.reading = true;
@@ -268,16 +278,19 @@ impl HttpContext for ConsentFilter {
         let now = self.now();
         // Which patients' Consents are missing: from a byte scan when it settles the question,
         // else from the parsed response.
-        let missing = {
+        let (held, missing) = {
             let cache = shared.cache.borrow();
             match shared.policy.fast_path(&body, &|p| cache.get(p, now).map(Consents::Known)) {
                 FastPath::Release => {
                     count(FILTER, "released", "unparsed");
                     return Action::Continue;
                 }
-                FastPath::NeedConsents(patients) => patients,
+                FastPath::NeedConsents(patients) => (Held::Raw(body), patients),
                 FastPath::Parse => match shared.policy.parse(&body) {
-                    Ok(response) => shared.policy.patients_needed(&response).into_iter().filter(|p| cache.get(p, now).is_none()).collect(),
+                    Ok(response) => {
+                        let missing = shared.policy.patients_needed(&response).into_iter().filter(|p| cache.get(p, now).is_none()).collect();
+                        (Held::Parsed(response), missing)
+                    }
                     Err(rejection) => {
                         drop(cache);
                         self.replace_response(&rejection, body_size);
@@ -286,17 +299,15 @@ impl HttpContext for ConsentFilter {
                 },
             }
         };
-        self.held = Some((body, body_size));
+        self.held = Some((held, body_size));
         if missing.is_empty() {
             count(FILTER, "consent_cache", "hit");
             self.finish();
             return Action::Continue;
         }
         count(FILTER, "consent_cache", "miss");
-        let max_patients = shared.policy.config.consents.as_ref().map_or(0, |c| c.max_patients);
-        if missing.len() > max_patients {
+        if let Some(rejection) = shared.policy.too_many_patients(missing.len()) {
             self.held = None;
-            let rejection = Rejection::new(503, "consent-too-many-patients", IssueType::TooCostly, "the response names more patients than the consent filter may look up; narrow the search");
             self.replace_response(&rejection, body_size);
             return Action::Continue;
         }

@@ -157,6 +157,18 @@ pub fn scopes_used(scopes: Option<&str>, resource_type: Option<&str>) -> Vec<Str
         .collect()
 }
 
+/// Larger error bodies are not read for their OperationOutcome (the outcome stays the status class).
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Does the filter read this response's body for its OperationOutcome? An upstream error
+/// answered in uncompressed JSON with a known, small length.
+pub fn reads_error_body(status: u16, content_type: Option<&str>, content_length: Option<&str>, content_encoding: Option<&str>) -> bool {
+    status >= 400
+        && content_type.is_some_and(|c| c.to_ascii_lowercase().contains("json"))
+        && content_length.and_then(|l| l.trim().parse::<usize>().ok()).is_some_and(|l| l <= MAX_ERROR_BODY)
+        && content_encoding.is_none()
+}
+
 /// The first issue's code of an OperationOutcome body (a fhirgate reason code where the issue
 /// carries one), if the body is one: what `fhir_outcome` says for an upstream error.
 pub fn outcome_code(body: &[u8]) -> Option<String> {

@@ -89,6 +89,16 @@ mod records {
     }
 
     #[test]
+    fn only_small_uncompressed_json_errors_are_read() {
+        assert!(reads_error_body(422, Some("application/fhir+json"), Some("200"), None));
+        assert!(!reads_error_body(200, Some("application/fhir+json"), Some("200"), None), "successes are not read");
+        assert!(!reads_error_body(500, Some("text/html"), Some("200"), None));
+        assert!(!reads_error_body(500, Some("application/json"), None, None), "no length: not buffered");
+        assert!(!reads_error_body(500, Some("application/json"), Some("70000"), None));
+        assert!(!reads_error_body(500, Some("application/json"), Some("200"), Some("gzip")));
+    }
+
+    #[test]
     fn ids_can_be_keyed_hashes() {
         let h = IdHasher::new(KEY.to_vec());
         let r = record(&facts(), "/fhir/r4", Some(&h));

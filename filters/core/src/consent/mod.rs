@@ -75,6 +75,18 @@ pub enum FastPath {
     Parse,
 }
 
+/// Whether the filter reads a response, decided on its head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadPlan {
+    /// Not a success with a body: nothing to filter.
+    Skip,
+    /// Hold the head and read the body.
+    Read,
+    /// A success the filter cannot read (not JSON): refused once its body has arrived, never
+    /// passed unread.
+    Refuse(Rejection),
+}
+
 /// How one resource is treated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Treatment {
@@ -161,6 +173,30 @@ impl ConsentPolicy {
             need.sort();
             FastPath::NeedConsents(need)
         }
+    }
+
+    /// What to do with a FHIR interaction's response, from its status and content type.
+    pub fn read_plan(&self, status: u16, content_type: &str) -> ReadPlan {
+        if !(200..300).contains(&status) {
+            return ReadPlan::Skip;
+        }
+        if !content_type.to_ascii_lowercase().contains("json") {
+            return ReadPlan::Refuse(Rejection::new(
+                502,
+                "response-format-unsupported",
+                IssueType::NotSupported,
+                "the consent filter reads FHIR JSON responses only; ask for application/fhir+json",
+            ));
+        }
+        ReadPlan::Read
+    }
+
+    /// The refusal of a response naming more uncached patients than may be looked up.
+    pub fn too_many_patients(&self, missing: usize) -> Option<Rejection> {
+        let max = self.config.consents.as_ref().map_or(0, |c| c.max_patients);
+        (missing > max).then(|| {
+            Rejection::new(503, "consent-too-many-patients", IssueType::TooCostly, "the response names more patients than the consent filter may look up; narrow the search")
+        })
     }
 
     /// The patients whose Consents are needed to filter this response (none when Consents are

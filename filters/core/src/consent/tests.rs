@@ -361,6 +361,19 @@ mod helpers {
     }
 
     #[test]
+    fn only_successful_json_answers_are_read_and_other_successes_refused() {
+        let p = policy("{}");
+        assert_eq!(p.read_plan(200, "application/fhir+json; charset=utf-8"), ReadPlan::Read);
+        assert_eq!(p.read_plan(201, "Application/JSON"), ReadPlan::Read);
+        assert_eq!(p.read_plan(404, "application/fhir+json"), ReadPlan::Skip);
+        assert_eq!(p.read_plan(304, ""), ReadPlan::Skip);
+        assert!(matches!(p.read_plan(200, "application/fhir+xml"), ReadPlan::Refuse(r) if r.status == 502 && r.reason == "response-format-unsupported"));
+        let c = policy(r#"{"consents": {"cluster": "c", "path": "/fhir/Consent", "maxPatients": 2}}"#);
+        assert!(c.too_many_patients(2).is_none());
+        assert_eq!(c.too_many_patients(3).map(|r| r.status), Some(503));
+    }
+
+    #[test]
     fn interactions_and_time() {
         assert!(filters_interaction("read") && filters_interaction("search-type") && filters_interaction("operation-instance"));
         assert!(!filters_interaction("capabilities") && !filters_interaction("passthrough") && !filters_interaction("cds-service"));
