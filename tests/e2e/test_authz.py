@@ -62,10 +62,11 @@ class TestTokenAttacks:
                 assert token[:40] not in headers["www-authenticate"] and token[:40].encode() not in body, f"{name}: token echoed"
             assert received(stack, tid) == [], name
 
-    def test_a_token_of_an_issuer_whose_jwks_is_unreachable_is_refused(self, stack):
+    def test_a_token_of_an_issuer_whose_jwks_is_unreachable_is_refused_as_a_retryable_gateway_fault(self, stack):
         token = stack.token("system/*.rs", iss=stack.failing_issuer)
-        tid, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", token)
-        assert (status, outcome_reason(body)) == (401, "token-unknown-key")
+        tid, status, headers, body = call(stack, "GET", f"{BASE}/Patient/example", token)
+        assert (status, outcome_reason(body)) == (503, "keys-unavailable")
+        assert headers["retry-after"] == "5"
         assert received(stack, tid) == []
 
     def test_basic_auth_is_not_a_bearer_token(self, stack):

@@ -67,6 +67,16 @@ impl AuthzFilter {
         AuthzFilter { runtime, exchange: None, awaiting_request_body: false, holding_response: false, waiting: None, held_body: (0, false) }
     }
 
+    /// Applies a step, turning a key refresh that cannot happen (or did not find the key)
+    /// into the core's refusal for it.
+    fn settle(&mut self, step: Step, authorization: Option<&str>) -> Action {
+        let step = match (step, &self.runtime, &self.exchange) {
+            (Step::RefreshKeys, Some(runtime), Some(exchange)) => runtime.borrow().unknown_key_step(authorization, exchange),
+            (step, _, _) => step,
+        };
+        self.apply(step)
+    }
+
     fn apply(&mut self, step: Step) -> Action {
         match step {
             Step::Allow { headers, path } => {
@@ -95,14 +105,8 @@ impl AuthzFilter {
                 set_routing_headers(&headers);
                 Action::Continue
             }
-            // Handled before apply: a second fetch for the same request is not tried.
-            Step::RefreshKeys => {
-                let step = match (&self.runtime, &self.exchange) {
-                    (Some(runtime), Some(exchange)) => runtime.borrow().policy.unknown_key_step(exchange),
-                    _ => Step::Deny(Rejection::not_configured(FILTER)),
-                };
-                self.apply(step)
-            }
+            // Settled before apply (see `settle`).
+            Step::RefreshKeys => reject(FILTER, &Rejection::not_configured(FILTER)),
             // Only returned before introspection; after it the token is cached.
             Step::Introspect => reject(FILTER, &Rejection::not_configured(FILTER)),
         }
@@ -184,7 +188,7 @@ impl Context for AuthzFilter {
             runtime.borrow_mut().on_head(&held.head(), held.authorization.as_deref(), held.forwarded.as_deref(), held.peer.as_deref(), now);
         self.exchange = Some(exchange);
         let (size, complete) = self.held_body;
-        let action = match self.apply(step) {
+        let action = match self.settle(step, held.authorization.as_deref()) {
             // The body arrived while the key was fetched: decide on it now.
             Action::Pause if self.awaiting_request_body && complete => self.decide_body(size),
             other => other,
@@ -245,7 +249,7 @@ impl HttpContext for AuthzFilter {
             }
         }
         self.exchange = Some(exchange);
-        self.apply(step)
+        self.settle(step, authorization)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

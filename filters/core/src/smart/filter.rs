@@ -179,7 +179,29 @@ impl AuthzRuntime {
     pub fn on_head(&mut self, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>, peer: Option<&str>, now: i64) -> (Step, Exchange) {
         self.policy.on_head(head, authorization, forwarded, peer, now, &mut self.cache)
     }
+
+    /// What to do when the keys cannot be refreshed for an unknown `kid` (or still lack it).
+    /// An issuer whose JWKS we hold no keys from at all (unreachable since start, or expired
+    /// as stale) is a gateway fault, not a bad token: 503 with Retry-After, so the client
+    /// retries instead of sending its user back to log in.
+    pub fn unknown_key_step(&self, authorization: Option<&str>, ex: &Exchange) -> Step {
+        let keyless = bearer_token(authorization)
+            .ok()
+            .and_then(|t| self.policy.verifier.claimed_issuer(t))
+            .and_then(|i| self.policy.verifier.issuers.get(i))
+            .is_some_and(|issuer| issuer.source.is_some() && issuer.keys.is_empty());
+        let rejection = if keyless {
+            Rejection::new(503, "keys-unavailable", IssueType::Transient, "the token issuer's signing keys could not be fetched; try again later")
+                .with_header("retry-after", KEYS_RETRY_AFTER_SECONDS.to_string())
+        } else {
+            TokenError::UnknownKey.rejection()
+        };
+        self.policy.enforce(ex, Step::Deny(rejection))
+    }
 }
+
+/// How long a client is told to wait when an issuer's keys are unavailable.
+const KEYS_RETRY_AFTER_SECONDS: u32 = 5;
 
 /// What the filter does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,7 +216,7 @@ pub enum Step {
     ReportOnly { reason: &'static str, headers: Vec<(&'static str, String)> },
     /// The token names a key its issuer's JWKS may have gained: fetch it (see
     /// [`AuthzRuntime::fetch_for_unknown_key`]) and decide the head again; if no fetch is
-    /// possible, apply [`AuthzFilterPolicy::unknown_key_step`].
+    /// possible, apply [`AuthzRuntime::unknown_key_step`].
     RefreshKeys,
     /// Ask the introspection endpoint about the (opaque) token and call
     /// [`AuthzRuntime::introspected`] with the answer, then decide the head again.
@@ -255,11 +277,6 @@ impl AuthzFilterPolicy {
             }
         }
         (self.enforce(&ex, step), ex)
-    }
-
-    /// What to do when the keys cannot be refreshed for an unknown `kid` (or still lack it).
-    pub fn unknown_key_step(&self, ex: &Exchange) -> Step {
-        self.enforce(ex, Step::Deny(TokenError::UnknownKey.rejection()))
     }
 
     fn zone_policy(&self, ex: &Exchange) -> (&AuthzPolicy, bool) {
@@ -493,5 +510,90 @@ mod tests {
         let forwarded = payload("system/*.rs");
         let (s, _) = p.on_head(&head("/fhir/r4/Patient/1"), None, Some(&forwarded), None, NOW, &mut TokenCache::new(1));
         assert!(matches!(s, Step::Deny(r) if r.reason == "missing-token"));
+    }
+
+    /// Key-fetch states of a runtime whose one issuer publishes its keys at a JWKS URI.
+    mod key_fetching {
+        use super::*;
+
+        const JWKS: &str = r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "a"}]}"#;
+
+        fn runtime() -> AuthzRuntime {
+            let config = json!({"issuers": [{"issuer": "https://idp", "audiences": ["gw"], "jwksUri": "https://idp/jwks", "jwksCluster": "idp",
+                                             "jwksUnknownKidIntervalSeconds": 30}]});
+            AuthzRuntime::new(AuthzFilterPolicy::from_json(config.to_string().as_bytes()).unwrap())
+        }
+
+        fn bearer(kid: &str) -> String {
+            let header = URL_SAFE_NO_PAD.encode(json!({"alg": "RS256", "kid": kid}).to_string());
+            let claims = URL_SAFE_NO_PAD.encode(json!({"iss": "https://idp", "sub": "u", "aud": "gw", "scope": "user/*.rs", "exp": NOW + 60}).to_string());
+            format!("Bearer {header}.{claims}.{}", URL_SAFE_NO_PAD.encode([7u8; 64]))
+        }
+
+        fn refusal(r: &mut AuthzRuntime, kid: &str) -> (u16, &'static str) {
+            let auth = bearer(kid);
+            let (step, ex) = r.on_head(&head("/fhir/r4/Patient/1"), Some(&auth), None, None, NOW);
+            assert_eq!(step, Step::RefreshKeys, "{kid}");
+            match r.unknown_key_step(Some(&auth), &ex) {
+                Step::Deny(rejection) => (rejection.status, rejection.reason),
+                other => panic!("{other:?}"),
+            }
+        }
+
+        #[test]
+        fn requests_arriving_while_the_first_scheduled_fetch_is_under_way_fetch_for_themselves() {
+            let mut r = runtime();
+            assert_eq!(r.fetches_due(NOW).len(), 1, "the first tick fetches");
+            for _ in 0..3 {
+                assert!(r.fetch_for_unknown_key(Some(&bearer("a")), NOW).is_some(), "not refused for a fetch it cannot see");
+            }
+        }
+
+        #[test]
+        fn after_the_first_answer_unknown_kids_fetch_at_most_once_per_interval() {
+            let mut r = runtime();
+            r.fetches_due(NOW);
+            assert!(r.fetched(0, NOW, Some(200), JWKS.as_bytes()));
+            assert!(r.fetch_for_unknown_key(Some(&bearer("b")), NOW + 1).is_some());
+            assert!(r.fetch_for_unknown_key(Some(&bearer("b")), NOW + 1).is_none(), "one is in flight");
+            r.fetched(0, NOW + 1, Some(200), JWKS.as_bytes());
+            assert!(r.fetch_for_unknown_key(Some(&bearer("b")), NOW + 2).is_none(), "within the interval");
+            assert!(r.fetch_for_unknown_key(Some(&bearer("b")), NOW + 31).is_some());
+        }
+
+        #[test]
+        fn a_failed_first_fetch_ends_the_cold_start() {
+            let mut r = runtime();
+            r.fetches_due(NOW);
+            assert!(!r.fetched(0, NOW, Some(500), b"oops"));
+            assert!(r.fetch_for_unknown_key(Some(&bearer("a")), NOW).is_some(), "one retry for the unknown kid");
+            r.fetched(0, NOW, None, b"");
+            assert!(r.fetch_for_unknown_key(Some(&bearer("a")), NOW + 1).is_none(), "then the interval holds");
+        }
+
+        #[test]
+        fn an_issuer_without_any_keys_is_a_transient_gateway_fault() {
+            let mut r = runtime();
+            r.fetches_due(NOW);
+            r.fetched(0, NOW, None, b"");
+            assert_eq!(refusal(&mut r, "a"), (503, "keys-unavailable"));
+        }
+
+        #[test]
+        fn a_kid_the_fetched_keys_lack_is_an_unknown_key() {
+            let mut r = runtime();
+            r.fetches_due(NOW);
+            r.fetched(0, NOW, Some(200), JWKS.as_bytes());
+            assert_eq!(refusal(&mut r, "nope"), (401, "token-unknown-key"));
+        }
+
+        #[test]
+        fn keys_gone_stale_make_the_issuer_keyless_again() {
+            let mut r = runtime();
+            r.fetches_due(NOW);
+            r.fetched(0, NOW, Some(200), JWKS.as_bytes());
+            r.expire_stale_keys(NOW + 10 * 86_400);
+            assert_eq!(refusal(&mut r, "a"), (503, "keys-unavailable"));
+        }
     }
 }

@@ -54,8 +54,15 @@ impl JwksState {
     }
 
     /// A token named a key we do not have: fetch now, unless we did so very recently.
+    /// Before the issuer's first answer (a VM just started) every such request fetches for
+    /// itself rather than being refused while the scheduled fetch is still under way.
     pub fn may_fetch_for_unknown_kid(&self, source: &JwksSource, now: i64) -> bool {
-        !self.in_flight && now - self.last_unknown_kid_attempt >= source.unknown_kid_interval
+        self.awaiting_first_answer() || (!self.in_flight && now - self.last_unknown_kid_attempt >= source.unknown_kid_interval)
+    }
+
+    /// No fetch has answered yet, successfully or not.
+    pub fn awaiting_first_answer(&self) -> bool {
+        self.fetched_at == 0 && self.failures == 0
     }
 
     pub fn started(&mut self, now: i64, for_unknown_kid: bool) {
