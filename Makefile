@@ -10,12 +10,13 @@ WASM_DIR  := build/wasm
 CLI       := target/debug/fhirgate
 PORT      ?= 8080
 
-.PHONY: help tools wasm cli images compose test test-native lint test-e2e run bench clean
+.PHONY: help tools wasm cli images compose test test-native lint test-e2e fuzz fuzz-smoke run bench clean
 
 help:
 	@echo "make run     start the demo gateway (Envoy + fhirgate + a FHIR server with example data)"
 	@echo "make test    build everything and run every test (native, clippy, end-to-end)"
 	@echo "make wasm    build the filters into $(WASM_DIR)/"
+	@echo "make fuzz    fuzz the core, FUZZ_SECONDS per target (default 600)"
 	@echo "make bench   measure the filters' cost against Envoy without them"
 	@echo "make images  write each filter as an OCI image for Istio (build/images/)"
 	@echo "make compose render the gateway for docker compose (envoy/compose/compose.yaml)"
@@ -64,7 +65,7 @@ compose: tools
 	$(PY) envoy/compose/prepare.py
 
 # -- tests ----------------------------------------------------------------------------------
-test: test-native lint test-e2e
+test: test-native lint fuzz-smoke test-e2e
 
 test-native:
 	cargo test -q --workspace
@@ -74,6 +75,16 @@ lint:
 
 test-e2e: tools wasm cli
 	$(PY) -m pytest tests/e2e -q -p no:cacheprovider
+
+# Coverage-guided fuzzing of the core (fuzz/, libFuzzer + AddressSanitizer): every target for
+# FUZZ_SECONDS each, starting from the committed corpora; a crash stops with its input kept.
+FUZZ_SECONDS ?= 600
+fuzz:
+	tools/fuzz.sh run $(FUZZ_SECONDS)
+
+# The short run `make test` includes: each target replays its corpus and fuzzes 10 seconds.
+fuzz-smoke:
+	tools/fuzz.sh run 10
 
 # -- demo and benchmarks --------------------------------------------------------------------
 run: tools wasm cli

@@ -218,6 +218,31 @@ mod chain_verification {
         assert!(matches!(verify(&lines.join("\n"), &HashMap::new()).unwrap_err().kind, BreakKind::UnknownKey(_)));
     }
 
+    /// Found by the `audit_chain` fuzz target: renaming a null field read back as the same
+    /// record, so the line verified although its bytes had changed.
+    #[test]
+    fn a_key_added_dropped_or_renamed_is_an_edit() {
+        let lines = log(3);
+        assert!(lines[1].contains("\"reason\":null,"), "{}", lines[1]);
+        let mut cases: Vec<(&str, String)> = vec![
+            ("renamed null key", lines[1].replace("\"reason\":null", "\"reasoN\":null")),
+            ("dropped null key", lines[1].replace("\"reason\":null,", "")),
+            ("added key", lines[1].replacen('{', "{\"note\":\"unsigned\",", 1)),
+        ];
+        cases.push(("spacing only (still the same fields)", lines[1].replace("\":", "\": ")));
+        for (what, edited) in cases {
+            let mut log = lines.clone();
+            log[1] = edited;
+            let verdict = verify(&log.join("\n"), &keys());
+            if what.starts_with("spacing") {
+                assert_eq!(verdict, Ok(3), "{what}");
+            } else {
+                let e = verdict.unwrap_err();
+                assert_eq!((e.line, matches!(e.kind, BreakKind::Edited { .. })), (2, true), "{what}: {e}");
+            }
+        }
+    }
+
     #[test]
     fn truncating_the_tail_is_not_detectable_but_dropping_the_head_is() {
         let lines = log(9);

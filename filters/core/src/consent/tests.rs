@@ -437,6 +437,28 @@ mod fast_path {
         assert_eq!(p.fast_path(&bytes(&obs("a", "p1")), &|_| Some(Consents::Unavailable)), FastPath::Parse, "a failed fetch is decided by the full filter");
     }
 
+    /// Found by the `consent` fuzz target: the fast path released malformed JSON that the full
+    /// filter refuses, so the gateway's answer depended on which path a response took.
+    #[test]
+    fn malformed_json_is_never_released_unparsed() {
+        let mut report = Report::default();
+        for p in [policy(WITH_CONSENTS), policy("{}")] {
+            let cases: [&[u8]; 6] = [
+                br#"{"resourceType": "Bundle", "type": " "http://loinc.org", "code": "3141-9"}"#,
+                b"{\"resourceType\":\"Observation\",\"note\":[{\"text\":\"\x9b\"}]}",
+                br#"{"resourceType":"Observation","subject":{"reference":"Practitioner/1"}"#,
+                br#"{"resourceType":"Observation"} trailing"#,
+                br#"{"resourceType":7}"#,
+                br#"{"id":"no-type"}"#,
+            ];
+            for body in cases {
+                assert_eq!(p.fast_path(body, &all_empty), FastPath::Parse, "{}", String::from_utf8_lossy(body));
+                let decided = p.filter(body, &caller(None), false, &|_| Consents::Known(&[]), &mut report);
+                assert!(!matches!(decided, Filtered::Unchanged) || serde_json::from_slice::<Value>(body).is_ok());
+            }
+        }
+    }
+
     /// Whatever the fast path releases, the full filter would have left unchanged.
     #[test]
     fn release_always_agrees_with_the_full_filter() {
