@@ -73,7 +73,9 @@ test-native:
 lint:
 	cargo clippy -q --workspace --all-targets -- -D warnings
 
-test-e2e: tools wasm cli
+# The end-to-end tests also load the fault instrument (filters/fault), built with the filters.
+test-e2e: tools cli
+	FHIRGATE_EXTRA_FILTERS=fhirgate-fault tools/build-wasm.sh
 	$(PY) -m pytest tests/e2e -q -p no:cacheprovider
 
 # Coverage-guided fuzzing of the core (fuzz/, libFuzzer + AddressSanitizer): every target for

@@ -51,7 +51,9 @@ def manifest(name, phase, priority, args) -> dict:
         "imagePullPolicy": "IfNotPresent",
         "phase": phase,
         "priority": priority,
-        "failStrategy": "FAIL_CLOSE",
+        # The request a trapped or panicked VM was serving fails closed; the VM is reloaded for
+        # the next one (FAIL_CLOSE would leave the worker refusing everything until a restart).
+        "failStrategy": "FAIL_RELOAD",
         "pluginName": f"fhirgate.{name}",
         "type": "HTTP",
         "pluginConfig": plugin_config(name),
@@ -96,7 +98,8 @@ def envoy_filter(args) -> dict:
     context = "GATEWAY" if args.gateway else "SIDECAR_INBOUND"
     patches = []
     for name, _, _ in PLUGINS:
-        config = {"name": f"fhirgate.{name}", "root_id": f"fhirgate.{name}", "failure_policy": "FAIL_CLOSED",
+        config = {"name": f"fhirgate.{name}", "root_id": f"fhirgate.{name}", "failure_policy": "FAIL_RELOAD",
+                  "reload_config": {"backoff": {"base_interval": "0.2s", "max_interval": "10s"}},
                   "allow_on_headers_stop_iteration": name != "ratelimit",
                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                                     "value": json.dumps(plugin_config(name), separators=(",", ":"))},

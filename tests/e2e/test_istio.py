@@ -32,10 +32,10 @@ def test_the_shipped_manifests_are_what_the_generator_writes(name):
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_plugins_run_in_chain_order_and_fail_closed(name):
+def test_plugins_run_in_chain_order_and_reload_a_failed_vm(name):
     docs = plugins(name)
     assert all(d["apiVersion"] == "extensions.istio.io/v1alpha1" and d["kind"] == "WasmPlugin" for d in docs)
-    assert all(d["spec"]["failStrategy"] == "FAIL_CLOSE" and d["spec"]["url"].startswith("oci://") for d in docs)
+    assert all(d["spec"]["failStrategy"] == "FAIL_RELOAD" and d["spec"]["url"].startswith("oci://") for d in docs)
     # Istio runs phases in this order and, within a phase, higher priority first.
     ordered = sorted(docs, key=lambda d: (PHASES.index(d["spec"]["phase"]), -d["spec"]["priority"]))
     assert [d["metadata"]["name"].removeprefix("fhirgate-") for d in ordered] == ORDER
@@ -72,7 +72,7 @@ def test_the_envoyfilter_chain_is_a_valid_envoy_filter_chain(name, tmp_path):
     filters = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
     ours = [f for f in filters if f["name"].startswith("fhirgate.")]
     assert [f["name"] for f in ours] == [f"fhirgate.{n}" for n in ORDER]
-    assert all(f["typed_config"]["config"]["failure_policy"] == "FAIL_CLOSED" for f in ours)
+    assert all(f["typed_config"]["config"]["failure_policy"] == "FAIL_RELOAD" for f in ours)
     assert all(p["patch"]["operation"] == "INSERT_BEFORE" for p in patches if p["applyTo"] == "HTTP_FILTER")
     # Apply the patches as Istio would, to the chain Envoy runs in the tests.
     rendered = yaml.safe_load(render_envoy(tmp_path / "base.yaml", PLACEHOLDERS, ROOT / "envoy" / "fhirgate.yaml", audit=AUDIT).read_text())

@@ -1,0 +1,188 @@
+"""Failure behaviour through a real Envoy: a filter that traps or panics mid-request, and the
+services the chain depends on (JWKS, introspection, Consent, audit collector) out of reach. Each
+follows its documented setting: fail closed, with a FHIR OperationOutcome, nothing forwarded;
+and the gateway recovers when the fault goes away."""
+import json
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+import yaml
+
+from stack import BASE, WASM_DIR, Process, binary, free_port, http_get, render_envoy, wait_until
+from test_routing import received
+
+
+def http_filters(config: dict) -> list:
+    [listener] = config["static_resources"]["listeners"]
+    [chain] = listener["filter_chains"]
+    [hcm] = chain["filters"]
+    return hcm["typed_config"]["http_filters"]
+
+
+def start_with_fault(stack, name: str) -> tuple[int, int, dict]:
+    """The chain as shipped, with the fault instrument between authorization and rate limiting,
+    under the failure policy the shipped filters have. Returns (listen, admin, that entry)."""
+    listen, admin = free_port(), free_port()
+    path = stack.render_variant(name, stack.variant_values(name, listen, admin))
+    config = yaml.safe_load(path.read_text())
+    filters = http_filters(config)
+    names = [f["name"] for f in filters]
+    shipped = filters[names.index("fhirgate.ratelimit")]["typed_config"]["config"]
+    fault = {"name": "test.fault", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {k: v for k, v in shipped.items() if k not in ("name", "root_id", "configuration", "vm_config")}
+        | {"name": "test.fault", "root_id": "test.fault",
+           "vm_config": {"vm_id": "test.fault", "runtime": "envoy.wasm.runtime.v8",
+                         "code": {"local": {"filename": str(WASM_DIR / "fhirgate_fault.wasm")}}}}}}
+    filters.insert(names.index("fhirgate.ratelimit"), fault)
+    path.write_text(yaml.safe_dump(config))
+    proc = Process(name, [binary("envoy"), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "info"],
+                   stack.log_dir / f"{name}.log")
+    stack.processes.append(proc)
+    wait_until(name, lambda: http_get(admin, "/ready")[0] == 200, timeout=60, process=proc)
+    return listen, admin, fault["typed_config"]["config"]
+
+
+@pytest.fixture(scope="module")
+def faulty(stack):
+    return start_with_fault(stack, "envoy-fault")
+
+
+def get(stack, port, fault=None, token=None, path=f"{BASE}/Patient/example"):
+    tid = uuid.uuid4().hex
+    headers = {"x-test-id": tid, "authorization": f"Bearer {token or stack.default_token}", **({"x-test-fault": fault} if fault else {})}
+    status, rheaders, body = stack.request("GET", path, headers=headers, port=port)
+    return status, rheaders, body, received(stack, tid)
+
+
+def reason(body: bytes) -> str:
+    oo = json.loads(body)
+    assert oo["resourceType"] == "OperationOutcome"
+    return oo["issue"][0]["details"]["coding"][0]["code"]
+
+
+def reloads(admin: int) -> int:
+    _, text = http_get(admin, "/stats?filter=^wasm\\.test\\.fault\\.vm_reload_success$")
+    return int(text.decode().split(":")[1])
+
+
+# -- a filter that traps or panics ------------------------------------------------------------
+@pytest.mark.parametrize("fault", ["trap", "panic"])
+def test_a_filter_failing_mid_request_fails_that_request_closed_and_the_vm_is_reloaded(stack, faulty, fault):
+    """Shipped policy FAIL_RELOAD: the request a failed VM was serving gets a 503
+    OperationOutcome and reaches no upstream; the VM is reloaded (0.2 s backoff) and the worker
+    serves again. (FAIL_CLOSED, shipped before, left the worker answering 503 to everything
+    until Envoy restarted: one trap was a denial of service.)"""
+    listen, admin, entry = faulty
+    assert entry["failure_policy"] == "FAIL_RELOAD"
+    assert get(stack, listen)[0] == 200
+    before = reloads(admin)
+    status, headers, body, seen = get(stack, listen, fault)
+    assert (status, reason(body), seen) == (503, "filter-failed", [])
+    assert headers.get("retry-after") == "1"
+    statuses = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and statuses[-3:] != [200] * 3:
+        statuses.append(get(stack, listen)[0])
+        time.sleep(0.1)
+    assert statuses[-3:] == [200] * 3 and set(statuses) <= {200, 503}, statuses
+    assert reloads(admin) == before + 1
+
+
+# -- services the chain depends on, out of reach ----------------------------------------------
+class Forwarder:
+    """A TCP relay from a port to another, started late: a service coming back."""
+
+    def __init__(self, listen: int, to: int):
+        self.server = socket.create_server(("127.0.0.1", listen))
+        self.to = to
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.to))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self.pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.server.close()
+
+
+def start_variant_with(stack, name: str, consent: dict | None = None, **values) -> tuple[int, int]:
+    listen, admin = free_port(), free_port()
+    consent_path = None
+    if consent is not None:
+        settings = json.loads((stack.log_dir / "consent.json").read_text())
+        settings["consents"].update(consent)
+        consent_path = stack.log_dir / f"{name}-consent.json"
+        consent_path.write_text(json.dumps(settings))
+    path = render_envoy(stack.log_dir / f"{name}.yaml", {**stack.variant_values(name, listen, admin), **values},
+                        issuers=stack.log_dir / "issuers.json", ratelimit=stack.log_dir / "ratelimit.json",
+                        consent=consent_path or stack.log_dir / "consent.json", audit=stack.log_dir / "audit.json")
+    proc = Process(name, [binary("envoy"), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "info"],
+                   stack.log_dir / f"{name}.log")
+    stack.processes.append(proc)
+    wait_until(name, lambda: http_get(admin, "/ready")[0] == 200, timeout=60, process=proc)
+    return listen, admin
+
+
+def test_with_the_token_issuer_out_of_reach_tokens_are_refused_503_and_it_recovers(stack):
+    """JWKS and introspection unreachable (nothing listens where the issuer should be): a JWT
+    and an opaque token both get a retryable 503, nothing is forwarded, what needs no token is
+    still served; once the issuer is back, the same JWT passes."""
+    dead = free_port()
+    listen, _ = start_variant_with(stack, "envoy-issuer-down", ISSUER_PORT=dead)
+    jwt = stack.token("user/Patient.rs", sub="failure-jwt")
+    status, headers, body, seen = get(stack, listen, token=jwt)
+    assert (status, reason(body), seen) == (503, "keys-unavailable", [])
+    assert headers.get("retry-after")
+    opaque = stack.opaque_token("user/Patient.rs", sub="failure-opaque")
+    status, _, body, seen = get(stack, listen, token=opaque)
+    assert (status, reason(body), seen) == (503, "introspection-unavailable", [])
+    assert stack.request("GET", f"{BASE}/metadata", port=listen)[0] == 200
+    relay = Forwarder(dead, stack.issuer_port)
+    try:
+        wait_until("the JWT to pass once the issuer is back", lambda: get(stack, listen, token=jwt)[0] == 200, timeout=30)
+        assert get(stack, listen, token=opaque)[0] == 200
+    finally:
+        relay.close()
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_with_the_consent_source_out_of_reach_resources_follow_fail_open(stack, fail_open):
+    """Consents fetched from a cluster nobody answers on: by default (failOpen false) every
+    resource about a patient is withheld and the count says why; with failOpen true they pass."""
+    name = f"envoy-consent-down-{'open' if fail_open else 'closed'}"
+    listen, admin = start_variant_with(stack, name, consent={"cluster": "audit_collector", "failOpen": fail_open}, AUDIT_PORT=free_port())
+    token = stack.token("user/Patient.rs user/Observation.rs", sub="failure-consent")
+    status, _, body, seen = get(stack, listen, token=token, path=f"{BASE}/Observation?patient=example&_count=5")
+    assert status == 200 and len(seen) == 1
+    bundle = json.loads(body)
+    returned = [e for e in bundle.get("entry", []) if e.get("search", {}).get("mode") != "outcome"]
+    if fail_open:
+        assert returned, "with failOpen the patient's Observations pass"
+    else:
+        assert returned == [], bundle
+        _, text = http_get(admin, "/stats?filter=consent")
+        assert "consent-unavailable" in text.decode(), text.decode()
