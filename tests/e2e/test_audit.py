@@ -104,29 +104,6 @@ def test_break_glass_is_elevated_and_alerted(stack):
     assert b"ALERT break-glass access" in (stack.log_dir / "envoy.log").read_bytes()
 
 
-def test_no_planted_phi_reaches_a_record_a_log_line_or_a_metric(stack):
-    """PHI markers in the query, headers and body of requests and in responses (a resource
-    written with them, then read back) appear in no audit record, Envoy log or metric name."""
-    marker = f"PHICANARY{uuid.uuid4().hex[:8]}"
-    token = stack.token("user/Patient.cruds", sub="audit-canary")
-    patient = json.dumps({"resourceType": "Patient", "id": marker.lower()[:20], "name": [{"family": marker, "given": ["John"]}],
-                          "birthDate": "1970-01-01", "identifier": [{"system": "urn:mrn", "value": f"MRN-{marker}"}]})
-    before = quiet(stack)
-    call(stack, "PUT", f"{BASE}/Patient/{marker.lower()[:20]}", token, patient, FHIR_JSON)
-    call(stack, "GET", f"{BASE}/Patient?name={marker}&birthdate=1970-01-01", token, headers={"user-agent": f"agent {marker}", "x-note": marker})
-    call(stack, "GET", f"{BASE}/Patient?identifier=urn:mrn|MRN-{marker}", None)
-    call(stack, "POST", f"{BASE}/Foo?x={marker}", token, json.dumps({"note": marker}), FHIR_JSON)
-    records = settle(stack, before, 4)
-    assert len(records) == 4
-    text = json.dumps(records)
-    assert marker not in text, "no name, MRN, query value or header value in a record"
-    time.sleep(11)  # Envoy's file access log flushes every 10 s
-    for log in ("envoy.log", "envoy-access.log"):
-        assert marker.encode() not in (stack.log_dir / log).read_bytes(), log
-    _, stats = __import__("stack").http_get(stack.admin_port, "/stats")
-    assert marker.encode() not in stats
-
-
 class TestFailClosed:
     @pytest.fixture(scope="class")
     def fail_closed(self, stack):

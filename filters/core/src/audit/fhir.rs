@@ -97,8 +97,14 @@ pub fn audit_event(r: &Record) -> Value {
         if !entities.is_empty() {
             obj.insert("entity".into(), Value::Array(entities));
         }
-        if let Some(p) = &r.purpose_of_use {
-            obj.insert("purposeOfEvent".into(), json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": p}]}]));
+        match r.purpose_of_use.as_deref() {
+            Some("unrecognized") => {
+                obj.insert("purposeOfEvent".into(), json!([{"text": "unrecognized purpose of use asserted"}]));
+            }
+            Some(p) => {
+                obj.insert("purposeOfEvent".into(), json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": p}]}]));
+            }
+            None => {}
         }
         if let Some(id) = &r.request_id {
             obj.insert("id".into(), Value::String(id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.').take(64).collect()));

@@ -244,7 +244,7 @@ pub fn record(f: &Facts, base: &str, ids: Option<&IdHasher>) -> Record {
         decision: if allowed { "allow" } else { "deny" }.into(),
         reason: f.reason.map(str::to_string),
         response_ms: f.duration_ms,
-        purpose_of_use: f.purpose.map(str::to_string),
+        purpose_of_use: f.purpose.map(purpose_code),
         break_glass: f.break_glass.is_some(),
         severity: if f.break_glass.is_some() { "elevated" } else { "normal" }.into(),
         consent_withheld: f.consent_withheld,
@@ -254,6 +254,23 @@ pub fn record(f: &Facts, base: &str, ids: Option<&IdHasher>) -> Record {
         kid: String::new(),
         mac: String::new(),
     }
+}
+
+/// HL7 v3 PurposeOfUse codes (terminology.hl7.org ValueSet v3-PurposeOfUse).
+const PURPOSES_OF_USE: &[&str] = &[
+    "BIORCH", "BTG", "CAREMGT", "CLINTRCH", "CLINTRCHNPC", "CLINTRCHPC", "CLINTRL", "CLMATTCH", "COC", "COVAUTH", "COVERAGE",
+    "DECEASED", "DISASTER", "DONAT", "DSRCH", "ELIGDTRM", "ELIGVER", "ENROLLM", "ERTREAT", "ETREAT", "FAMRQT", "FRAUD", "GOV",
+    "HACCRED", "HCOMPL", "HDECD", "HDIRECT", "HDM", "HLEGAL", "HMARKT", "HOPERAT", "HOUTCOMS", "HPAYMT", "HPRGRP", "HQUALIMP",
+    "HRESCH", "HSYSADMIN", "HTEST", "LABELING", "MEMADMIN", "METAMGT", "MILCDM", "MILDCRG", "PATADMIN", "PATRQT", "PATSFTY",
+    "PERFMSR", "POARCH", "POPHLTH", "PRECLINTRCH", "PUBHLTH", "PWATRNY", "RECORDMGT", "REMITADV", "SUPNWK", "SYSDEV", "THREAT",
+    "TRAIN", "TRANSRCH", "TREAT",
+];
+
+/// The purpose a client asserted, as recorded: a PurposeOfUse code, or `unrecognized` — the
+/// header is free text from the client and must not carry anything else into the record.
+fn purpose_code(asserted: &str) -> String {
+    let code = asserted.trim();
+    if PURPOSES_OF_USE.contains(&code) { code } else { "unrecognized" }.to_string()
 }
 
 #[cfg(test)]

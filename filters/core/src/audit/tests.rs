@@ -77,6 +77,20 @@ mod records {
         assert_eq!(record(&Facts::default(), "/fhir/r4", None).principal_role, "anonymous");
     }
 
+    /// Found by the PHI canary test: the purpose header is client free text and went into the
+    /// record as sent.
+    #[test]
+    fn only_a_purpose_of_use_code_is_recorded() {
+        let cases = [("TREAT", "TREAT"), (" HPAYMT ", "HPAYMT"), ("ETREAT", "ETREAT"), ("treat", "unrecognized"), ("John Smith MRN 123", "unrecognized"), ("", "unrecognized")];
+        for (asserted, recorded) in cases {
+            let r = record(&Facts { purpose: Some(asserted), ..facts() }, "/fhir/r4", None);
+            assert_eq!(r.purpose_of_use.as_deref(), Some(recorded), "{asserted:?}");
+            let event = fhir::audit_event(&r);
+            assert!(!event.to_string().contains("Smith"), "{event}");
+        }
+        assert_eq!(record(&facts(), "/fhir/r4", None).purpose_of_use, None);
+    }
+
     #[test]
     fn an_upstream_operation_outcome_names_the_outcome() {
         assert_eq!(outcome_code(br#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing"}]}"#).as_deref(), Some("processing"));

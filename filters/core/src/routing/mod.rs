@@ -284,9 +284,10 @@ pub(crate) mod refuse {
     pub fn not_fhir() -> Rejection {
         Rejection::new(404, "not-fhir-endpoint", IssueType::NotFound, "this path is not a FHIR endpoint of this gateway")
     }
-    pub fn unknown_type(name: &str) -> Rejection {
-        let shown: String = name.chars().take(64).collect();
-        Rejection::new(404, "unknown-resource-type", IssueType::NotSupported, format!("`{shown}` is not a FHIR R4 resource type"))
+    // Refusals never echo what the client sent (a path segment or method may carry PHI, and
+    // error bodies get logged by clients and intermediaries): they name the part, not its value.
+    pub fn unknown_type(_name: &str) -> Rejection {
+        Rejection::new(404, "unknown-resource-type", IssueType::NotSupported, "the path does not name a FHIR R4 resource type (names are case-sensitive)")
     }
     pub fn type_not_allowed(name: &str) -> Rejection {
         Rejection::new(404, "resource-type-not-allowed", IssueType::NotSupported, format!("resource type `{name}` is not served by this gateway"))
@@ -318,9 +319,8 @@ pub(crate) mod refuse {
     pub fn too_many_params(max: usize) -> Rejection {
         Rejection::new(414, "too-many-query-params", IssueType::TooLong, format!("more than {max} query parameters"))
     }
-    pub fn method_not_allowed(method: &str, allow: &[&str]) -> Rejection {
-        let shown: String = method.chars().filter(|c| c.is_ascii_alphabetic()).take(16).collect();
-        Rejection::new(405, "method-not-allowed", IssueType::NotSupported, format!("method {shown} is not allowed here; allowed: {}", allow.join(", ")))
+    pub fn method_not_allowed(_method: &str, allow: &[&str]) -> Rejection {
+        Rejection::new(405, "method-not-allowed", IssueType::NotSupported, format!("this method is not allowed here; allowed: {}", allow.join(", ")))
             .with_header("allow", allow.join(", "))
     }
     pub fn method_override() -> Rejection {

@@ -346,6 +346,23 @@ mod refuses_malformed_requests {
         ("GET", "/fhir/r4/bulk-status/%zz", 400, "bad-percent-encoding"),
     ];
 
+    /// Every refusal, with what the client sent replaced by a marker wherever the row has a
+    /// name or id: the OperationOutcome names the part that is wrong, never its value.
+    #[test]
+    fn no_refusal_echoes_what_the_client_sent() {
+        for (method, path, _, _) in ROWS {
+            for (from, to) in [("Foo", "Canaryxq"), ("patient", "canaryxq"), ("a_b", "canaryxq_"), ("1", "canaryxq!")] {
+                let planted = path.replacen(from, to, 1);
+                if let Err(e) = route(method, &planted) {
+                    let body = String::from_utf8_lossy(&e.body()).to_lowercase();
+                    assert!(!body.contains("canaryxq"), "{method} {planted}: {body}");
+                }
+            }
+        }
+        let e = refused(route("CANARYXQ", "/fhir/r4/Patient/1"));
+        assert!(!String::from_utf8_lossy(&e.body()).to_lowercase().contains("canaryxq"));
+    }
+
     #[test]
     fn every_row_of_the_refusal_table() {
         for (method, path, status, reason) in ROWS {
