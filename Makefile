@@ -10,12 +10,13 @@ WASM_DIR  := build/wasm
 CLI       := target/debug/fhirgate
 PORT      ?= 8080
 
-.PHONY: help tools wasm cli images compose test test-native lint test-e2e fuzz fuzz-smoke run bench clean
+.PHONY: help tools wasm cli images compose test test-native lint test-e2e fuzz fuzz-smoke soak run bench clean
 
 help:
 	@echo "make run     start the demo gateway (Envoy + fhirgate + a FHIR server with example data)"
 	@echo "make test    build everything and run every test (native, clippy, end-to-end)"
 	@echo "make wasm    build the filters into $(WASM_DIR)/"
+	@echo "make soak    ten minutes of mixed traffic through the chain (SOAK_SECONDS)"
 	@echo "make fuzz    fuzz the core, FUZZ_SECONDS per target (default 600)"
 	@echo "make bench   measure the filters' cost against Envoy without them"
 	@echo "make images  write each filter as an OCI image for Istio (build/images/)"
@@ -87,6 +88,13 @@ fuzz:
 # The short run `make test` includes: each target replays its corpus and fuzzes 10 seconds.
 fuzz-smoke:
 	tools/fuzz.sh run 10
+
+# Ten minutes of mixed traffic through the whole chain (tests/e2e/test_soak.py; `make test` runs
+# it for 45 s): no 5xx, RSS flat within 5%, one audit record per request. Report: build/soak/.
+SOAK_SECONDS ?= 600
+soak: tools cli
+	FHIRGATE_EXTRA_FILTERS=fhirgate-fault tools/build-wasm.sh
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/e2e/test_soak.py -q -p no:cacheprovider -s
 
 # -- demo and benchmarks --------------------------------------------------------------------
 run: tools wasm cli
