@@ -10,7 +10,7 @@ WASM_DIR  := build/wasm
 CLI       := target/debug/fhirgate
 PORT      ?= 8080
 
-.PHONY: help tools wasm cli images compose test test-native lint test-e2e fuzz fuzz-smoke soak run bench clean
+.PHONY: help tools wasm cli images compose test test-native lint test-e2e fuzz fuzz-smoke soak run bench bench-chain clean
 
 help:
 	@echo "make run     start the demo gateway (Envoy + fhirgate + a FHIR server with example data)"
@@ -102,6 +102,11 @@ run: tools wasm cli
 
 bench: tools wasm
 	$(PY) tools/bench.py
+	$(PY) tools/bench_chain.py
+
+# The whole-chain part alone (bench/chain.md).
+bench-chain: tools wasm
+	$(PY) tools/bench_chain.py
 
 clean:
 	rm -rf build target $(VENV) $(TOOLS)

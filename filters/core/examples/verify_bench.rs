@@ -1,7 +1,8 @@
 //! Token verification for the benchmark.
 //!
 //! `verify_bench prepare DIR`: makes an RSA 2048, a P-256 and an Ed25519 key, writes their
-//! public JWKS (`jwks.json`) and one long-lived token per algorithm (`token-RS256`, …).
+//! public JWKS (`jwks.json`), one long-lived token per algorithm (`token-RS256`, …) and
+//! clinician tokens with 4, 16 and 64 scopes (`token-scopes-N`, for the whole-chain bench).
 //! `verify_bench verify DIR ALG N`: verifies that token N times (no cache), for callgrind; run
 //! with N = 0 and N > 0, the difference over N is one first-sight verification.
 
@@ -17,6 +18,18 @@ use std::process::ExitCode;
 
 pub const ISSUER: &str = "https://bench.fhirgate.invalid";
 pub const AUDIENCE: &str = "bench";
+/// Resource types for scopes that grant none of the bench's requests.
+const SUPPORTED_FILLER_TYPES: &[&str] = &[
+    "Account", "ActivityDefinition", "AdverseEvent", "AllergyIntolerance", "Appointment", "AppointmentResponse", "AuditEvent",
+    "Basic", "Binary", "BodyStructure", "CarePlan", "CareTeam", "ChargeItem", "Claim", "ClaimResponse", "ClinicalImpression",
+    "Communication", "CommunicationRequest", "Composition", "Contract", "Coverage", "DetectedIssue", "Device", "DeviceRequest",
+    "DiagnosticReport", "DocumentReference", "EpisodeOfCare", "ExplanationOfBenefit", "FamilyMemberHistory", "Flag", "Goal",
+    "Group", "ImagingStudy", "Immunization", "Invoice", "List", "Location", "Media", "Medication", "MedicationAdministration",
+    "MedicationDispense", "MedicationRequest", "MedicationStatement", "MolecularSequence", "NutritionOrder", "Organization",
+    "Person", "Practitioner", "PractitionerRole", "Procedure", "Provenance", "Questionnaire", "QuestionnaireResponse",
+    "RelatedPerson", "RequestGroup", "ResearchStudy", "ResearchSubject", "RiskAssessment", "Schedule", "ServiceRequest",
+    "Specimen", "SupplyDelivery", "SupplyRequest", "Task", "VisionPrescription",
+];
 
 fn prepare(dir: &Path) -> Result<(), String> {
     let mut rng = rand_core::OsRng;
@@ -44,6 +57,18 @@ fn prepare(dir: &Path) -> Result<(), String> {
     ];
     for (alg, token) in tokens {
         std::fs::write(dir.join(format!("token-{alg}")), token.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    // For the whole-chain bench: a clinician's token with N granular scopes, the ones that
+    // grant the bench's requests last (the worst case for a scope matcher that scans).
+    let fillers = SUPPORTED_FILLER_TYPES.iter().map(|t| format!("user/{t}.r"));
+    for n in [4usize, 16, 64] {
+        let granting = ["user/Patient.rs", "user/Observation.rs", "user/Condition.rs", "user/Encounter.rs"];
+        let scope: Vec<String> = fillers.clone().take(n - granting.len()).chain(granting.iter().map(|s| s.to_string())).collect();
+        let custom = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "dr-bench", "fhirUser": "Practitioner/bench", "scope": scope.join(" ")});
+        let mut claims = Claims::new(custom.as_object().cloned().unwrap_or_default());
+        claims.expiration = DateTime::from_timestamp(4_102_444_800, 0);
+        let token = Rsa::rs256().token(&Header::empty().with_key_id("rsa"), &claims, &rsa).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join(format!("token-scopes-{n}")), token).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
