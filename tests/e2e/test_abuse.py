@@ -225,6 +225,32 @@ def test_an_abandoned_body_reaches_no_upstream(stack):
     assert received(stack, tid) == []
 
 
+def test_a_request_head_sent_slowly_is_cut_off_with_408(stack):
+    """Slowloris: a head that never ends holds no stream beyond request_headers_timeout (10 s)."""
+    tid = uuid.uuid4().hex
+    conn = socket.create_connection(("127.0.0.1", stack.listen_port), timeout=30)
+    try:
+        conn.sendall(f"GET {BASE}/metadata HTTP/1.1\r\nHost: gw\r\nx-test-id: {tid}\r\n".encode())
+        started = time.monotonic()
+        answer = b""
+        for _ in range(14):  # one header line a second, never the blank line that ends the head
+            time.sleep(1)
+            try:
+                conn.sendall(b"x-slow: 1\r\n")
+            except OSError:
+                break
+        conn.settimeout(10)
+        try:
+            answer = conn.recv(4096)
+        except OSError:
+            pass
+        waited = time.monotonic() - started
+    finally:
+        conn.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert waited < 25 and received(stack, tid) == []
+
+
 # -- afterwards ------------------------------------------------------------------------------
 def test_after_all_of_it_every_vm_still_serves(stack):
     """Runs last in this module: the gateway answers over both protocols on new connections (so
