@@ -5,6 +5,7 @@
 #
 #   tools/fuzz.sh build                 build every target (AddressSanitizer + coverage)
 #   tools/fuzz.sh run SECONDS [TARGET…] fuzz each target for SECONDS (default: all targets)
+#   tools/fuzz.sh merge [TARGET…]       fold build/fuzz/corpus/<t> into fuzz/corpus/<t>, minimised
 #   tools/fuzz.sh list                  the targets
 #   FUZZ_NO_BUILD=1 tools/fuzz.sh run … run what was built (parallel lanes share one build)
 #
@@ -54,9 +55,23 @@ run() {
   done
 }
 
+# Folds what runs found into the committed corpus, keeping only inputs that add coverage.
+merge() {
+  local list=("$@")
+  [ ${#list[@]} -eq 0 ] && mapfile -t list < <(targets)
+  for t in "${list[@]}"; do
+    [ -d "build/fuzz/corpus/$t" ] || continue
+    mkdir -p "fuzz/corpus/$t"
+    ASAN_OPTIONS=detect_leaks=0 "$BIN/$t" -merge=1 -timeout=5 -rss_limit_mb=2048 -max_len=65536 \
+      "fuzz/corpus/$t" "build/fuzz/corpus/$t" >"build/fuzz/$t.merge.log" 2>&1
+    echo "fuzz: $t corpus $(find "fuzz/corpus/$t" -type f | wc -l) inputs, $(du -sh "fuzz/corpus/$t" | cut -f1)" >&2
+  done
+}
+
 case "${1:-}" in
   build) build ;;
   run) shift; [ -n "${FUZZ_NO_BUILD:-}" ] || build; run "$@" ;;
+  merge) shift; merge "$@" ;;
   list) targets ;;
-  *) echo "usage: tools/fuzz.sh build | run SECONDS [TARGET…] | list" >&2; exit 2 ;;
+  *) echo "usage: tools/fuzz.sh build | run SECONDS [TARGET…] | merge [TARGET…] | list" >&2; exit 2 ;;
 esac
