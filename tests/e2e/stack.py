@@ -658,21 +658,28 @@ class Stack:
         return dict(self.envoy_values(), LISTEN_PORT=listen, ADMIN_PORT=admin, ACCESS_LOG=self.log_dir / f"{name}-access.log")
 
     def render_variant(self, name: str, values: dict, audit: pathlib.Path | None = None, lds: pathlib.Path | None = None,
-                       out: pathlib.Path | None = None) -> pathlib.Path:
+                       out: pathlib.Path | None = None, consent: pathlib.Path | None = None) -> pathlib.Path:
         """The chain with this stack's deployment settings, for another Envoy."""
         return render_envoy(out or self.log_dir / f"{name}.yaml", values, issuers=self.log_dir / "issuers.json",
-                            ratelimit=self.log_dir / "ratelimit.json", consent=self.log_dir / "consent.json",
+                            ratelimit=self.log_dir / "ratelimit.json", consent=consent or self.log_dir / "consent.json",
                             audit=audit or self.log_dir / "audit.json", lds=lds)
 
-    def start_variant(self, name: str, audit: pathlib.Path | None = None, lds: pathlib.Path | None = None) -> tuple[int, int]:
-        """One more Envoy with the chain and these audit settings: (listen port, admin port)."""
+    def start_variant(self, name: str, audit: pathlib.Path | None = None, lds: pathlib.Path | None = None,
+                      consent: pathlib.Path | None = None, concurrency: int = 2, **values) -> tuple[int, int]:
+        """One more Envoy with the chain and these settings (`values` override the rendered
+        template's): (listen port, admin port)."""
         listen, admin = free_port(), free_port()
-        config = self.render_variant(name, self.variant_values(name, listen, admin), audit=audit, lds=lds)
-        proc = Process(name, [binary("envoy"), "-c", str(config), "--concurrency", "2", "--disable-hot-restart", "-l", "info"],
+        config = self.render_variant(name, {**self.variant_values(name, listen, admin), **values}, audit=audit, lds=lds, consent=consent)
+        self.run_envoy(name, config, admin, concurrency)
+        return listen, admin
+
+    def run_envoy(self, name: str, config: pathlib.Path, admin: int, concurrency: int = 2) -> Process:
+        """Starts Envoy on a rendered config, stopped with the stack; returns once it is ready."""
+        proc = Process(name, [binary("envoy"), "-c", str(config), "--concurrency", str(concurrency), "--disable-hot-restart", "-l", "info"],
                        self.log_dir / f"{name}.log")
         self.processes.append(proc)
         wait_until(name, lambda: http_get(admin, "/ready")[0] == 200, timeout=60, process=proc)
-        return listen, admin
+        return proc
 
     def break_glass_token(self, user: str, reason: str = "ETREAT", ttl: int = 600) -> str:
         """A break-glass token signed by the operator CLI with this gateway's key."""

@@ -11,7 +11,7 @@ import uuid
 import pytest
 import yaml
 
-from stack import BASE, WASM_DIR, Process, binary, free_port, http_get, render_envoy, wait_until
+from stack import BASE, WASM_DIR, free_port, http_get, wait_until
 from test_routing import received
 
 
@@ -39,10 +39,7 @@ def start_with_fault(stack, name: str) -> tuple[int, int, dict]:
                          "code": {"local": {"filename": str(WASM_DIR / "fhirgate_fault.wasm")}}}}}}
     filters.insert(names.index("fhirgate.ratelimit"), fault)
     path.write_text(yaml.safe_dump(config))
-    proc = Process(name, [binary("envoy"), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "info"],
-                   stack.log_dir / f"{name}.log")
-    stack.processes.append(proc)
-    wait_until(name, lambda: http_get(admin, "/ready")[0] == 200, timeout=60, process=proc)
+    stack.run_envoy(name, path, admin, concurrency=1)
     return listen, admin, fault["typed_config"]["config"]
 
 
@@ -130,21 +127,15 @@ class Forwarder:
 
 
 def start_variant_with(stack, name: str, consent: dict | None = None, **values) -> tuple[int, int]:
-    listen, admin = free_port(), free_port()
+    """The chain in one more Envoy (one worker), with these consent settings laid over the
+    stack's and these template values."""
     consent_path = None
     if consent is not None:
         settings = json.loads((stack.log_dir / "consent.json").read_text())
         settings["consents"].update(consent)
         consent_path = stack.log_dir / f"{name}-consent.json"
         consent_path.write_text(json.dumps(settings))
-    path = render_envoy(stack.log_dir / f"{name}.yaml", {**stack.variant_values(name, listen, admin), **values},
-                        issuers=stack.log_dir / "issuers.json", ratelimit=stack.log_dir / "ratelimit.json",
-                        consent=consent_path or stack.log_dir / "consent.json", audit=stack.log_dir / "audit.json")
-    proc = Process(name, [binary("envoy"), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "info"],
-                   stack.log_dir / f"{name}.log")
-    stack.processes.append(proc)
-    wait_until(name, lambda: http_get(admin, "/ready")[0] == 200, timeout=60, process=proc)
-    return listen, admin
+    return stack.start_variant(name, consent=consent_path, concurrency=1, **values)
 
 
 def test_with_the_token_issuer_out_of_reach_tokens_are_refused_503_and_it_recovers(stack):

@@ -286,7 +286,7 @@ pub(crate) mod refuse {
     }
     // Refusals never echo what the client sent (a path segment or method may carry PHI, and
     // error bodies get logged by clients and intermediaries): they name the part, not its value.
-    pub fn unknown_type(_name: &str) -> Rejection {
+    pub fn unknown_type() -> Rejection {
         Rejection::new(404, "unknown-resource-type", IssueType::NotSupported, "the path does not name a FHIR R4 resource type (names are case-sensitive)")
     }
     pub fn type_not_allowed(name: &str) -> Rejection {
@@ -319,7 +319,7 @@ pub(crate) mod refuse {
     pub fn too_many_params(max: usize) -> Rejection {
         Rejection::new(414, "too-many-query-params", IssueType::TooLong, format!("more than {max} query parameters"))
     }
-    pub fn method_not_allowed(_method: &str, allow: &[&str]) -> Rejection {
+    pub fn method_not_allowed(allow: &[&str]) -> Rejection {
         Rejection::new(405, "method-not-allowed", IssueType::NotSupported, format!("this method is not allowed here; allowed: {}", allow.join(", ")))
             .with_header("allow", allow.join(", "))
     }
@@ -388,7 +388,7 @@ impl RoutingPolicy {
         // Passthrough prefixes first: they may sit under the FHIR base (bulk status URLs).
         if let Some(p) = self.passthrough.iter().find(|p| path.starts_with(&p.prefix)) {
             if !p.methods.contains(&head.method) {
-                return Err(refuse::method_not_allowed(head.method, &p.methods));
+                return Err(refuse::method_not_allowed(&p.methods));
             }
             split_segments(path)?; // not FHIR, but the same path hygiene
             let mut r = RoutedRequest::new(Interaction::Passthrough);
@@ -435,7 +435,7 @@ impl RoutingPolicy {
     }
 
     fn check_type(&self, segment: &str) -> Result<&'static str, Rejection> {
-        let t = fhir::resource_type(segment).ok_or_else(|| refuse::unknown_type(segment))?;
+        let t = fhir::resource_type(segment).ok_or_else(refuse::unknown_type)?;
         match &self.allowed_types {
             Some(allowed) if allowed.binary_search(&t).is_err() => Err(refuse::type_not_allowed(t)),
             _ => Ok(t),
@@ -558,7 +558,7 @@ impl RoutingPolicy {
             }
         };
         let Some(mut r) = routed.take() else {
-            return Err(refuse::method_not_allowed(method, allowed));
+            return Err(refuse::method_not_allowed(allowed));
         };
         if let Some(q) = query {
             r.params = parse_query(q, self.max_query_params).map_err(|e| match e {
@@ -659,7 +659,7 @@ fn route_cds(method: &str, rest: &str) -> Result<RoutedRequest, Rejection> {
         _ => return Err(refuse::invalid_path("unrecognised CDS Hooks path")),
     };
     if !allowed.contains(&method) {
-        return Err(refuse::method_not_allowed(method, allowed));
+        return Err(refuse::method_not_allowed(allowed));
     }
     let mut r = RoutedRequest::new(interaction);
     r.pool = "cds-hooks".to_string();
