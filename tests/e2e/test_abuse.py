@@ -4,6 +4,7 @@ headers, path tricks, method overrides, oversized and slow requests. Each is ref
 normalised, none gets past authorization (checked on what the upstream received, never on what a
 filter meant to do), and afterwards every VM still serves."""
 import re
+import select
 import socket
 import subprocess
 import tempfile
@@ -20,16 +21,32 @@ PATIENT = "example"
 
 
 def raw(stack, request: bytes, port=None) -> bytes:
-    """Sends bytes as they are; returns the status line."""
+    """Sends bytes as they are; returns the status line. Like a real client it watches for an
+    early answer while it uploads: Envoy may answer (413, 400) and close before the body ends,
+    and a client that only writes would see the reset instead of the answer."""
     conn = socket.create_connection(("127.0.0.1", port or stack.listen_port), timeout=20)
     try:
-        conn.sendall(request)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data, sent, deadline = b"", 0, time.monotonic() + 20
+        conn.setblocking(False)
+        while b"\r\n" not in data and time.monotonic() < deadline:
+            readable, writable, _ = select.select([conn], [conn] if sent < len(request) else [], [], 1)
+            if readable:
+                try:
+                    chunk = conn.recv(4096)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            elif writable:
+                try:
+                    sent += conn.send(request[sent:sent + 65536])
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except (ConnectionResetError, BrokenPipeError):
+                    sent = len(request)  # the answer, if any, is still to be read
         return data.split(b"\r\n")[0]
     finally:
         conn.close()
