@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod labels;
 pub mod provision;
+pub mod scan;
 
 use crate::outcome::IssueType;
 use crate::smart::authz::patients_of;
@@ -38,25 +39,6 @@ pub enum Consents<'a> {
     Known(&'a [Value]),
     /// The fetch failed (or timed out).
     Unavailable,
-}
-
-/// The fast path's last check: only a well-formed FHIR JSON document is released unparsed.
-/// The full filter refuses anything else (502), and a lenient client could read a label out
-/// of malformed JSON (an unquoted `security` key) that the byte scan does not see. Found by
-/// the `consent` fuzz target (twice: broken syntax, then invalid UTF-8 inside a string). Validating without building a document costs a fraction of the
-/// parse it saves.
-fn released_if_well_formed(body: &[u8]) -> FastPath {
-    #[derive(serde::Deserialize)]
-    struct Top {
-        #[serde(rename = "resourceType")]
-        _resource_type: String,
-    }
-    // Skipped strings are not checked for UTF-8 by serde_json; the full parse checks them.
-    let Ok(text) = std::str::from_utf8(body) else { return FastPath::Parse };
-    match serde_json::from_str::<Top>(text) {
-        Ok(_) => FastPath::Release,
-        Err(_) => FastPath::Parse,
-    }
 }
 
 /// What happened to one response.
@@ -148,38 +130,13 @@ impl ConsentPolicy {
     /// none of them has a privacy Consent, nothing can be withheld. `cached` gives a patient's
     /// Consents, None when they are not cached.
     pub fn fast_path<'c>(&self, body: &[u8], cached: &dyn Fn(&str) -> Option<Consents<'c>>) -> FastPath {
-        use memchr::memmem;
-        let text = body.trim_ascii();
-        if !(text.starts_with(b"{") && text.ends_with(b"}")) {
-            return FastPath::Parse;
-        }
-        // A `\u` escape of an ASCII character could spell a key or a reference; escapes of
-        // other characters (`\u00b2`) cannot.
-        let ascii_escape = memmem::find_iter(body, b"\\u").any(|at| {
-            let hex = body.get(at + 2..at + 6).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u32::from_str_radix(h, 16).ok());
-            hex.is_none_or(|c| c < 0x80)
-        });
-        if ascii_escape || memmem::find(body, b"\\/").is_some() {
-            return FastPath::Parse;
-        }
-        if memmem::find(body, b"\"security\"").is_some() || memmem::find(body, b"\"Patient\"").is_some() {
-            return FastPath::Parse;
-        }
-        if self.config.consents.is_none() {
-            return released_if_well_formed(body);
-        }
+        // Only a well-formed FHIR JSON document is released unparsed: the full filter refuses
+        // anything else (502), and a lenient client could read a label out of malformed JSON
+        // (an unquoted `security` key) that a byte scan does not see. Found by the `consent`
+        // fuzz target (broken syntax, then invalid UTF-8 inside a string).
+        let scan::Scan::Clean(patients) = scan::scan(body, self.config.consents.is_some()) else { return FastPath::Parse };
         let mut need: Vec<String> = Vec::new();
-        for at in memmem::find_iter(body, b"Patient/") {
-            let before = at.checked_sub(1).map(|i| body[i]);
-            if !matches!(before, Some(b'"') | Some(b'/')) {
-                continue;
-            }
-            let id_start = at + "Patient/".len();
-            let id_len = body[id_start..].iter().take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.')).count();
-            let Ok(id) = std::str::from_utf8(&body[id_start..id_start + id_len]) else { return FastPath::Parse };
-            if id.is_empty() || need.iter().any(|n| n == id) {
-                continue;
-            }
+        for id in patients {
             match cached(id) {
                 None => need.push(id.to_string()),
                 Some(Consents::Known(list)) if list.iter().all(|c| !consent_is_for(c, id) || !provision::is_privacy_consent(c)) => {}
@@ -187,7 +144,7 @@ impl ConsentPolicy {
             }
         }
         if need.is_empty() {
-            released_if_well_formed(body)
+            FastPath::Release
         } else {
             need.sort();
             FastPath::NeedConsents(need)
