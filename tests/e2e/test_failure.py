@@ -89,6 +89,57 @@ def test_a_filter_failing_mid_request_fails_that_request_closed_and_the_vm_is_re
     assert reloads(admin) == before + 1
 
 
+# -- a filter whose VM cannot be loaded on a worker -------------------------------------------
+def start_with_stand_in(stack, name: str, filter_name: str, fail_on_workers: bool, require_marks: bool = True) -> int:
+    """The chain as shipped, one worker, with `filter_name`'s module replaced by the fault
+    instrument standing in for it (marking what it passes as that filter does); with
+    `fail_on_workers` its configuration fails on the worker, as a VM that cannot be created
+    there (memory exhausted) does. `require_marks` False takes the routes' filter-state matchers
+    out, to show what Envoy does without them. Returns the listen port."""
+    listen, admin = free_port(), free_port()
+    path = stack.render_variant(name, stack.variant_values(name, listen, admin))
+    config = yaml.safe_load(path.read_text())
+    filters = http_filters(config)
+    [entry] = [f["typed_config"]["config"] for f in filters if f["name"] == filter_name]
+    entry["configuration"]["value"] = json.dumps({"standIn": filter_name, "failOnWorkers": fail_on_workers})
+    entry["vm_config"] = {"vm_id": f"test.stand-in.{name}", "runtime": "envoy.wasm.runtime.v8",
+                          "code": {"local": {"filename": str(WASM_DIR / "fhirgate_fault.wasm")}}}
+    if not require_marks:
+        [listener] = config["static_resources"]["listeners"]
+        for route in listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]:
+            route["match"].pop("filter_state", None)
+    path.write_text(yaml.safe_dump(config))
+    stack.run_envoy(name, path, admin, concurrency=1)
+    return listen
+
+
+STAND_INS = ["fhirgate.authz", "fhirgate.consent", "fhirgate.audit"]
+
+
+@pytest.mark.parametrize("filter_name", STAND_INS)
+def test_a_filter_that_cannot_load_on_a_worker_stops_every_request_there(stack, filter_name):
+    """Envoy skips a Wasm filter whose VM failed to load on a worker, whatever its
+    failure_policy. The shipped routes need every filter's mark, so the request is answered 503
+    filter-unavailable and reaches no upstream; the same stand-in loading everywhere passes."""
+    short = filter_name.removeprefix("fhirgate.")
+    failing = start_with_stand_in(stack, f"envoy-unloaded-{short}", filter_name, fail_on_workers=True)
+    status, headers, body, seen = get(stack, failing)
+    assert (status, reason(body), seen) == (503, "filter-unavailable", [])
+    assert headers.get("retry-after") == "1" and headers.get("content-type") == "application/fhir+json"
+    loading = start_with_stand_in(stack, f"envoy-loaded-{short}", filter_name, fail_on_workers=False)
+    status, _, _, seen = get(stack, loading)
+    assert status == 200 and len(seen) == 1, "the stand-in passes requests when it loads"
+
+
+def test_without_the_marks_envoy_forwards_what_an_unloaded_filter_never_saw(stack):
+    """Why the marks are there: the same unloaded authorization filter without the routes'
+    filter-state matchers, and a request with no token at all reaches the FHIR server."""
+    listen = start_with_stand_in(stack, "envoy-unloaded-unmarked", "fhirgate.authz", fail_on_workers=True, require_marks=False)
+    tid = uuid.uuid4().hex
+    status, _, _ = stack.request("GET", f"{BASE}/Patient/example", headers={"x-test-id": tid}, port=listen)
+    assert status == 200 and len(received(stack, tid)) == 1
+
+
 # -- services the chain depends on, out of reach ----------------------------------------------
 class Forwarder:
     """A TCP relay from a port to another, started late: a service coming back."""

@@ -8,7 +8,7 @@ use fhirgate_core::audit::{record, Facts};
 use fhirgate_core::outcome::IssueType;
 use fhirgate_core::ratelimit::filter::host_without_port;
 use fhirgate_core::{headers, Rejection};
-use fhirgate_proxy::{count, property_text, property_u64, reject, RequestHeaders, CONSENT_PROPERTY, REASON_PROPERTY};
+use fhirgate_proxy::{count, mark_passed, property_text, property_u64, reject, RequestHeaders, CONSENT_PROPERTY, REASON_PROPERTY};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -96,6 +96,8 @@ impl HttpContext for AuditFilter {
         let Some(worker) = self.worker.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
+        // Marked now: in fail-closed mode the request goes on only after the acknowledgement.
+        mark_passed(FILTER);
         let (Some(fail_closed), Some(c)) = (worker.policy.config.fail_closed.as_ref(), worker.policy.config.collector.as_ref()) else {
             return Action::Continue;
         };

@@ -5,7 +5,7 @@ use crate::root::{dispatch_jwks_fetch, finish_jwks_fetch, now_of, FILTER};
 use fhirgate_core::routing::RequestHead;
 use fhirgate_core::smart::filter::{AuthzRuntime, Exchange, Step};
 use fhirgate_core::Rejection;
-use fhirgate_proxy::{reject, set_routing_headers, RequestHeaders};
+use fhirgate_proxy::{mark_passed, reject, set_routing_headers, RequestHeaders};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
@@ -80,6 +80,7 @@ impl AuthzFilter {
     fn apply(&mut self, step: Step) -> Action {
         match step {
             Step::Allow { headers, path } => {
+                mark_passed(FILTER);
                 if let Some(path) = path {
                     self.set_http_request_header(":path", Some(&path));
                     fhirgate_proxy::count(FILTER, "allowed", "narrowed");
@@ -95,6 +96,7 @@ impl AuthzFilter {
                 Action::Pause
             }
             Step::WaitResponseBody { headers } => {
+                mark_passed(FILTER);
                 set_routing_headers(&headers);
                 self.holding_response = true;
                 Action::Continue
@@ -102,6 +104,7 @@ impl AuthzFilter {
             Step::ReportOnly { reason, headers } => {
                 log::info!("{FILTER}: report-only, not enforced: {reason}");
                 fhirgate_proxy::count(FILTER, "report_only", reason);
+                mark_passed(FILTER);
                 set_routing_headers(&headers);
                 Action::Continue
             }

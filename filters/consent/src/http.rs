@@ -6,7 +6,7 @@ use fhirgate_core::consent::cache::{read_search_for, search_path};
 use fhirgate_core::consent::{filters_interaction, is_single_read, rfc3339, Caller, Consents, FastPath, Filtered, ReadPlan, Report};
 use fhirgate_core::outcome::IssueType;
 use fhirgate_core::{headers, Rejection};
-use fhirgate_proxy::{count, reject, RequestHeaders};
+use fhirgate_proxy::{count, mark_passed, reject, RequestHeaders};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::collections::{HashMap, HashSet};
@@ -208,6 +208,7 @@ impl HttpContext for ConsentFilter {
         let Some(shared) = self.shared.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
+        mark_passed(FILTER);
         let h = RequestHeaders::read();
         let interaction = h.get(headers::INTERACTION).unwrap_or_default();
         if !filters_interaction(interaction) {

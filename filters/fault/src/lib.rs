@@ -3,26 +3,72 @@
 //! the VM: the filters are built with `panic=abort`). Anything else passes. Placed inside the
 //! chain with the failure policy fhirgate's own filters ship with, it shows what Envoy does when
 //! one of them fails mid-request. Never deployed: `make wasm` does not build it.
+//!
+//! Configured `{"standIn": "fhirgate.authz", "failOnWorkers": true}` it takes a shipped filter's
+//! place: it marks the requests it passes as that filter does, and its configuration fails on
+//! every VM but the first (Envoy's main thread, which validates the configuration): what a
+//! worker that cannot load a filter's VM looks like to Envoy.
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FaultRoot) });
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FaultRoot::default()) });
 }}
 
-struct FaultRoot;
+/// How many VMs of this process configured the instrument so far (shared data is process-wide).
+const CONFIGURES: &str = "fhirgate.fault.configures";
+
+#[derive(Default)]
+struct FaultRoot {
+    stand_in: Option<&'static str>,
+}
+
+impl FaultRoot {
+    /// Counts this configuration among the process's; true for the first.
+    fn first_to_configure() -> bool {
+        loop {
+            let (value, cas) = hostcalls::get_shared_data(CONFIGURES).unwrap_or((None, None));
+            let seen = value.and_then(|v| String::from_utf8(v).ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            if hostcalls::set_shared_data(CONFIGURES, Some((seen + 1).to_string().as_bytes()), cas).is_ok() {
+                return seen == 0;
+            }
+        }
+    }
+}
+
 impl Context for FaultRoot {}
 impl RootContext for FaultRoot {
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Fault))
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config: serde_json::Value = self.get_plugin_configuration().and_then(|c| serde_json::from_slice(&c).ok()).unwrap_or_default();
+        // Only the shipped filters' names: the mark's property name must be static.
+        self.stand_in = ["fhirgate.routing", "fhirgate.authz", "fhirgate.ratelimit", "fhirgate.consent", "fhirgate.audit"]
+            .into_iter()
+            .find(|f| config.get("standIn").and_then(|s| s.as_str()) == Some(f));
+        let fail_on_workers = config.get("failOnWorkers").and_then(|f| f.as_bool()).unwrap_or(false);
+        let first = Self::first_to_configure();
+        if fail_on_workers && !first {
+            log::error!("fault instrument: failing this worker's configuration, as asked");
+            return false;
+        }
+        true
     }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Fault { stand_in: self.stand_in }))
+    }
+
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
 }
 
-struct Fault;
+struct Fault {
+    stand_in: Option<&'static str>,
+}
+
 impl Context for Fault {}
 impl HttpContext for Fault {
     #[allow(clippy::panic)] // failing is this instrument's whole purpose
@@ -31,7 +77,12 @@ impl HttpContext for Fault {
             #[cfg(target_arch = "wasm32")]
             Some("trap") => core::arch::wasm32::unreachable(),
             Some("panic") => panic!("fault instrument: asked to panic"),
-            _ => Action::Continue,
+            _ => {
+                if let Some(filter) = self.stand_in {
+                    fhirgate_proxy::mark_passed(filter);
+                }
+                Action::Continue
+            }
         }
     }
 }

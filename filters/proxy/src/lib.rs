@@ -178,6 +178,21 @@ impl SharedStore for SharedData {
     }
 }
 
+/// Marks the request as passed by `filter` (let through, or held for its response): sets the
+/// filter-state property `<filter>.passed` (Envoy's key `wasm.<filter>.passed`) to `1`.
+///
+/// Why: Envoy skips a Wasm filter whose VM could not be created or configured on a worker
+/// thread (memory exhausted, say), whatever its `failure_policy` — it fails open. The shipped
+/// routes match only requests that carry every fhirgate filter's mark (Envoy's `filter_state`
+/// route matcher), so a request one of them never saw is answered 503 by Envoy itself instead
+/// of being forwarded. Filter state, unlike a header, cannot come from a client.
+pub fn mark_passed(filter: &'static str) {
+    let _ = hostcalls::set_property(vec![&format!("{filter}{PASSED_SUFFIX}")], Some(b"1"));
+}
+
+/// The suffix of each filter's mark (see [`mark_passed`]).
+pub const PASSED_SUFFIX: &str = ".passed";
+
 /// The request's filter-state property naming why a fhirgate filter refused it, for the audit
 /// filter (Envoy keeps Wasm properties in the stream's filter state, shared by all filters).
 pub const REASON_PROPERTY: &str = "fhirgate.reason";

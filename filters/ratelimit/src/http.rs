@@ -5,7 +5,7 @@ use crate::root::FILTER;
 use fhirgate_core::headers;
 use fhirgate_core::ratelimit::filter::{retry_after_for_envoy_429, RateLimitFilterPolicy, RateLimitRequest, Verdict};
 use fhirgate_core::Rejection;
-use fhirgate_proxy::{count, reject, set_routing_headers, RequestHeaders, SharedData};
+use fhirgate_proxy::{count, mark_passed, reject, set_routing_headers, RequestHeaders, SharedData};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -68,6 +68,7 @@ impl HttpContext for RateLimitFilter {
                 reject(FILTER, &rejection)
             }
             Verdict::Admit(admitted) => {
+                mark_passed(FILTER);
                 count(FILTER, "requests", admitted.class.name());
                 if admitted.break_glass {
                     count(FILTER, "break_glass", "used");

@@ -3,7 +3,7 @@
 use crate::root::FILTER;
 use fhirgate_core::routing::{RoutedRequest, RoutingPolicy};
 use fhirgate_core::Rejection;
-use fhirgate_proxy::{reject, set_routing_headers, RequestHeaders};
+use fhirgate_proxy::{mark_passed, reject, set_routing_headers, RequestHeaders};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -24,6 +24,7 @@ impl RoutingFilter {
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         match policy.route_body(&mut routed, &body) {
             Ok(()) => {
+                mark_passed(FILTER);
                 set_routing_headers(&routed.headers());
                 fhirgate_proxy::count(FILTER, "routed", routed.interaction.name());
                 Action::Continue
@@ -51,6 +52,7 @@ impl HttpContext for RoutingFilter {
                 Action::Pause
             }
             Ok(routed) => {
+                mark_passed(FILTER);
                 set_routing_headers(&routed.headers());
                 fhirgate_proxy::count(FILTER, "routed", routed.interaction.name());
                 Action::Continue
