@@ -23,11 +23,9 @@ pub struct Worker {
 impl Worker {
     /// Seals a record, logs it and (with `queue`) queues it for the collector.
     pub fn emit(&self, record: Record, queue: bool) -> Record {
-        let sealed = self.chain.borrow_mut().seal(record);
+        let (sealed, line) = self.chain.borrow_mut().seal_line(record);
         if self.policy.config.log {
-            if let Ok(line) = serde_json::to_string(&sealed) {
-                log::info!("{FILTER}: {line}");
-            }
+            log::info!("{FILTER}: {line}");
         }
         if sealed.break_glass {
             // The alert stream: emergency access is logged at warning level and counted apart.

@@ -93,16 +93,17 @@ pub struct Record {
 /// Keys the record's resource and patient ids (`hashIds`): an HMAC, so the same id maps to the
 /// same value in every record (joins stay possible) but cannot be reversed without the key.
 pub struct IdHasher {
-    key: Vec<u8>,
+    /// Keyed once; each id's HMAC starts from a copy.
+    keyed: Option<Hmac<Sha256>>,
 }
 
 impl IdHasher {
     pub fn new(key: Vec<u8>) -> Self {
-        IdHasher { key }
+        IdHasher { keyed: Hmac::<Sha256>::new_from_slice(&key).ok() }
     }
 
     pub fn hash(&self, id: &str) -> String {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else { return String::new() };
+        let Some(mut mac) = self.keyed.clone() else { return String::new() };
         mac.update(id.as_bytes());
         hex(&mac.finalize().into_bytes()[..16])
     }

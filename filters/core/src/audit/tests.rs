@@ -203,6 +203,21 @@ mod chain_verification {
         assert_eq!(verify(&log(20).join("\n"), &keys()), Ok(20));
     }
 
+    /// The filter logs the line `seal_line` builds from its one serialisation: it must be the
+    /// sealed record exactly, and verify like one.
+    #[test]
+    fn the_sealed_line_is_the_sealed_record_and_verifies() {
+        let mut chain = Chain::new("w1", "k1", KEY.to_vec());
+        let lines: Vec<String> = (0..5)
+            .map(|i| {
+                let (sealed, line) = chain.seal_line(record(&Facts { duration_ms: i, user_agent: Some("a \"quoted\" agent"), ..facts() }, "/fhir/r4", None));
+                assert_eq!(line, serde_json::to_string(&sealed).unwrap());
+                line
+            })
+            .collect();
+        assert_eq!(verify(&lines.join("\n"), &keys()), Ok(5));
+    }
+
     #[test]
     fn an_edit_a_deletion_a_swap_and_junk_are_named_by_line() {
         let lines = log(12);
