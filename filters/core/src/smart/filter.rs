@@ -3,10 +3,11 @@
 //! only carries these steps between Envoy and here.
 
 use super::authz::{AuthzDecision, AuthzPolicy, Grant, Needs};
-use super::cache::TokenCache;
+use super::cache::{TokenCache, Verified};
 use super::introspection::{is_opaque, Introspection, IntrospectionError};
 use super::jwks::{JwksSource, JwksState};
 use std::collections::HashMap;
+use std::rc::Rc;
 use super::check::route_relative;
 use super::config::AuthzConfig;
 use super::token::{bearer_token, TokenError, TokenVerifier, VerifiedToken};
@@ -102,7 +103,7 @@ impl AuthzRuntime {
         match endpoint.read(status, body, now) {
             Ok(verified) => {
                 let grant = Grant::of(&verified);
-                self.cache.put(key, verified, grant);
+                self.cache.put(key, Rc::new((verified, grant)));
                 Ok(())
             }
             Err(IntrospectionError::Inactive) => {
@@ -234,8 +235,18 @@ pub struct Exchange {
     /// The request's path without its query, and its raw query.
     path: String,
     raw_query: String,
-    grant: Option<Grant>,
-    token: Option<VerifiedToken>,
+    /// The request's token and grant, shared with the token cache.
+    verified: Option<Verified>,
+}
+
+impl Exchange {
+    fn token(&self) -> Option<&VerifiedToken> {
+        self.verified.as_deref().map(|(token, _)| token)
+    }
+
+    fn grant(&self) -> Option<&Grant> {
+        self.verified.as_deref().map(|(_, grant)| grant)
+    }
 }
 
 fn identity_headers(token: Option<&VerifiedToken>) -> Vec<(&'static str, String)> {
@@ -296,7 +307,7 @@ impl AuthzFilterPolicy {
         if !self.zone_policy(ex).1 {
             return step;
         }
-        let mut headers = identity_headers(ex.token.as_ref());
+        let mut headers = identity_headers(ex.token());
         let reason = match &step {
             Step::Deny(r) => r.reason,
             Step::Allow { path: Some(_), .. } => "narrowed",
@@ -309,7 +320,7 @@ impl AuthzFilterPolicy {
 
     fn head_step(&self, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>, peer: Option<&str>, now: i64, cache: &mut TokenCache) -> (Step, Exchange) {
         let zone = peer.and_then(|san| self.zones.iter().position(|z| z.prefixes.iter().any(|p| san.starts_with(p.as_str()))));
-        let mut ex = Exchange { zone, routed: None, path: String::new(), raw_query: String::new(), grant: None, token: None };
+        let mut ex = Exchange { zone, routed: None, path: String::new(), raw_query: String::new(), verified: None };
         let routed = match self.routing.route(head) {
             Ok(r) => r,
             Err(rejection) => return (Step::Deny(rejection), ex),
@@ -324,10 +335,7 @@ impl AuthzFilterPolicy {
             };
             match verified {
                 Err(rejection) if rejection.reason == NEEDS_INTROSPECTION => return (Step::Introspect, ex),
-                Ok((token, grant)) => {
-                    ex.grant = Some(grant);
-                    ex.token = Some(token);
-                }
+                Ok(verified) => ex.verified = Some(verified),
                 Err(rejection) => return (Step::Deny(rejection), ex),
             }
         }
@@ -345,15 +353,15 @@ impl AuthzFilterPolicy {
     /// jwt_authn mode: Envoy verified the token and forwarded its payload; a token it did not
     /// accept leaves no payload (it runs with `allow_missing_or_failed`, so every refusal is
     /// this filter's, with an OperationOutcome).
-    fn trust_envoy(&self, authorization: Option<&str>, forwarded: Option<&str>, now: i64) -> Result<(VerifiedToken, Grant), Rejection> {
+    fn trust_envoy(&self, authorization: Option<&str>, forwarded: Option<&str>, now: i64) -> Result<Verified, Rejection> {
         bearer_token(authorization).map_err(|e| e.rejection())?;
         let payload = forwarded.ok_or_else(|| TokenError::RejectedByEnvoy.rejection())?;
         let token = self.verifier.from_forwarded_payload(payload, now).map_err(|e| e.rejection())?;
         let grant = Grant::of(&token);
-        Ok((token, grant))
+        Ok(Rc::new((token, grant)))
     }
 
-    fn verify(&self, authorization: Option<&str>, now: i64, cache: &mut TokenCache) -> Result<(VerifiedToken, Grant), Rejection> {
+    fn verify(&self, authorization: Option<&str>, now: i64, cache: &mut TokenCache) -> Result<Verified, Rejection> {
         let token = bearer_token(authorization).map_err(|e| e.rejection())?;
         let key = TokenCache::key(token);
         if let Some(hit) = cache.get(&key, now) {
@@ -364,8 +372,9 @@ impl AuthzFilterPolicy {
         }
         let verified = self.verifier.verify(token, now).map_err(|e| e.rejection())?;
         let grant = Grant::of(&verified);
-        cache.put(key, verified.clone(), grant.clone());
-        Ok((verified, grant))
+        let verified = Rc::new((verified, grant));
+        cache.put(key, verified.clone());
+        Ok(verified)
     }
 
     pub fn on_request_body(&self, ex: &mut Exchange, body: &[u8]) -> Step {
@@ -381,12 +390,12 @@ impl AuthzFilterPolicy {
     fn decide(&self, ex: &mut Exchange, body: Option<&Value>) -> Step {
         let Some(routed) = ex.routed.as_ref() else { return Step::Deny(Rejection::not_configured("fhirgate.authz")) };
         let (policy, _) = self.zone_policy(ex);
-        let mut decision = policy.decide(routed, &ex.raw_query, ex.grant.as_ref());
-        if let (AuthzDecision::Pending { needs: Needs::RequestBody }, Some(grant), Some(body)) = (&decision, ex.grant.as_ref(), body) {
+        let mut decision = policy.decide(routed, &ex.raw_query, ex.grant());
+        if let (AuthzDecision::Pending { needs: Needs::RequestBody }, Some(grant), Some(body)) = (&decision, ex.grant(), body) {
             let route = |m: &str, u: &str, b: Option<&Value>| route_relative(&self.routing, m, u, b);
             decision = policy.decide_body(routed, grant, body, &route);
         }
-        let ids = identity_headers(ex.token.as_ref());
+        let ids = identity_headers(ex.token());
         match decision {
             AuthzDecision::Allow { query, .. } => {
                 let path = query.map(|q| format!("{}?{q}", ex.path));
@@ -410,7 +419,7 @@ impl AuthzFilterPolicy {
         if status != 200 {
             return Step::Allow { headers: vec![], path: None };
         }
-        let (Some(routed), Some(grant)) = (ex.routed.as_ref(), ex.grant.as_ref()) else {
+        let (Some(routed), Some(grant)) = (ex.routed.as_ref(), ex.grant()) else {
             return Step::Deny(Rejection::not_configured("fhirgate.authz"));
         };
         let Ok(json) = serde_json::from_slice::<Value>(body) else {
