@@ -193,17 +193,21 @@ impl<'a> Scanner<'a> {
         (self.body.get(self.at..end)? == word).then(|| self.at = end)
     }
 
-    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?`. An exponent goes to the parse: serde_json refuses one
-    /// that overflows a double (`1e400`), and FHIR decimals do not need them.
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`. serde_json refuses a number that
+    /// overflows a double (`1e400`); FHIR decimals may carry exponents (`1e-22`), so one is
+    /// released only while the number stays far below that: at most three exponent digits, and
+    /// under 10^300 with its integer digits counted in.
     fn number(&mut self) -> Option<()> {
         if self.peek() == Some(b'-') {
             self.at += 1;
         }
+        let int_start = self.at;
         match self.peek()? {
             b'0' => self.at += 1,
             b'1'..=b'9' => self.digits(),
             _ => return None,
         }
+        let int_digits = self.at - int_start;
         if self.peek() == Some(b'.') {
             self.at += 1;
             if !self.peek()?.is_ascii_digit() {
@@ -211,10 +215,24 @@ impl<'a> Scanner<'a> {
             }
             self.digits();
         }
-        match self.peek() {
-            Some(b'e' | b'E') => None,
-            _ => Some(()),
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            let negative = self.peek() == Some(b'-');
+            if let Some(b'-' | b'+') = self.peek() {
+                self.at += 1;
+            }
+            let start = self.at;
+            self.digits();
+            let digits = &self.body[start..self.at];
+            if digits.is_empty() || digits.len() > 3 {
+                return None;
+            }
+            let exponent = digits.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+            if !negative && int_digits + exponent > 300 {
+                return None;
+            }
         }
+        Some(())
     }
 
     fn digits(&mut self) {
@@ -336,6 +354,8 @@ mod tests {
         assert_eq!(clean(body), vec!["p1", "p2"]);
         assert_eq!(clean(r#" {"resourceType" : "Observation" , "note" : "NotPatient/x"} "#), Vec::<&str>::new());
         assert_eq!(clean(r#"{"resourceType":"Observation","valueString":"0.9 g/cm\u00b2 \"q\" \\ é"}"#), Vec::<&str>::new());
+        let decimals = r#"{"resourceType":"Observation","component":[{"valueQuantity":{"value":1e-22}},{"valueQuantity":{"value":-1E+245}},{"valueQuantity":{"value":1.5e3}},{"valueQuantity":{"value":0E0}}]}"#;
+        assert_eq!(clean(decimals), Vec::<&str>::new(), "FHIR decimals with exponents");
     }
 
     #[test]
@@ -354,6 +374,9 @@ mod tests {
             r#"{"resourceType":"Observation","x":"\ud83d\ude00"}"#,
             r#"{"resourceType":"Observation","x":"\uZZZZ"}"#,
             r#"{"resourceType":"Observation","valueQuantity":{"value":1e400}}"#,
+            r#"{"resourceType":"Observation","valueQuantity":{"value":5E919999}}"#,
+            r#"{"resourceType":"Observation","valueQuantity":{"value":1000e299}}"#,
+            r#"{"resourceType":"Observation","valueQuantity":{"value":1e-1000}}"#,
         ];
         for body in cases {
             assert_eq!(scan(body.as_bytes(), true), Scan::Parse, "{body}");
@@ -376,6 +399,9 @@ mod tests {
             br#"{"resourceType":"Observation","a":01}"#.to_vec(),
             br#"{"resourceType":"Observation","a":1.}"#.to_vec(),
             br#"{"resourceType":"Observation","a":-}"#.to_vec(),
+            br#"{"resourceType":"Observation","a":1e}"#.to_vec(),
+            br#"{"resourceType":"Observation","a":1e+}"#.to_vec(),
+            br#"{"resourceType":"Observation","a":1.5E-}"#.to_vec(),
             br#"{"resourceType":"Observation","a":tru}"#.to_vec(),
             br#"{"resourceType":"Observation","a":{"b"}}"#.to_vec(),
             br#"{"resourceType":"Observation",'security':[]}"#.to_vec(),
