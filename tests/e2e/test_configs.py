@@ -58,6 +58,24 @@ def test_shipped_envoy_config_passes_envoy_validate(template, tmp_path):
     assert "fhirgate.routing: configuration accepted" in result.stdout + result.stderr
 
 
+def test_every_forwarding_route_requires_the_mark_of_every_fhirgate_filter_in_the_chain(tmp_path):
+    """Envoy skips a filter whose VM failed to load on a worker; a route that forgot one
+    filter's mark (or a filter added without one) would forward what that filter never saw."""
+    import yaml
+    rendered = render_envoy(tmp_path / "fhirgate.yaml", PLACEHOLDERS, ENVOY_DIR / "fhirgate.yaml", audit=AUDIT)
+    [listener] = yaml.safe_load(rendered.read_text())["static_resources"]["listeners"]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    marks = {f"wasm.{f['name']}.passed" for f in hcm["http_filters"] if f["name"].startswith("fhirgate.")}
+    assert len(marks) == 5
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    forwarding = [r for r in routes if "route" in r]
+    assert forwarding, routes
+    for r in forwarding:
+        required = {m["key"] for m in r["match"].get("filter_state", []) if m["string_match"] == {"exact": "1"}}
+        assert required == marks, r["match"]
+    assert [r["direct_response"]["status"] for r in routes if "route" not in r] == [503], "the catch-all refuses"
+
+
 @pytest.mark.parametrize("config,field", [
     ({"basePath": "fhir"}, "basePath"),
     ({"resourceTypes": ["Patient", "Patinet"]}, "resourceTypes[1]"),
