@@ -6,7 +6,7 @@ One Envoy process (`--concurrency 1`, V8) serves three proxies to the same in-pr
 `routing` (fhirgate.routing + router). h2load sends the same fixed number of requests (a mix
 of FHIR reads and searches, HTTP/1.1, loopback) to each, in alternating rounds; CPU per
 request is Envoy's CPU time (every thread's schedstat) over the round / requests, medians over
-the rounds. Then the same Envoy runs under callgrind, whose per-request instruction counts do
+the rounds. Then the same configuration runs under callgrind, whose per-request instruction counts do
 not depend on what else the machine is doing, and callgrind counts the core's `route()`
 natively. Writes bench/results.md.
 """
@@ -354,7 +354,9 @@ one header and clears the route cache; `routing` has `fhirgate.routing` (config
 `$export`), to each proxy in turn, {ROUNDS} rounds after a warm-up. Envoy's CPU time per round
 is the sum over its threads of `/proc/<pid>/task/*/schedstat`. Figures are medians over the
 rounds; the origin's cost is in every proxy and cancels out of the differences.
-Then the same Envoy runs under `valgrind --tool=callgrind`; after a warm-up of 800 requests per
+Then the same configuration runs under `valgrind --tool=callgrind`, split over two Envoys (the
+audit filter's listeners in the second: valgrind's address space does not hold every module's
+V8 instances at once); after a warm-up of 300 requests per
 proxy, counters are zeroed, {CALLGRIND_REQUESTS} requests sent to one proxy (one connection), and
 counters dumped: instructions per request, independent of machine load.
 Last, callgrind counts one native `RoutingPolicy::route()` call plus its header list over the

@@ -78,6 +78,15 @@ enum Container {
     Array,
 }
 
+impl Container {
+    fn closing(self) -> u8 {
+        match self {
+            Container::Object => b'}',
+            Container::Array => b']',
+        }
+    }
+}
+
 impl<'a> Scanner<'a> {
     fn peek(&self) -> Option<u8> {
         self.body.get(self.at).copied()
@@ -123,7 +132,7 @@ impl<'a> Scanner<'a> {
                     }
                     stack.push(container);
                     self.skip_whitespace();
-                    let close = if container == Container::Object { b'}' } else { b']' };
+                    let close = container.closing();
                     if self.peek()? == close {
                         self.at += 1;
                         stack.pop();
@@ -155,7 +164,7 @@ impl<'a> Scanner<'a> {
             loop {
                 let Some(&container) = stack.last() else { return Some(()) };
                 self.skip_whitespace();
-                let close = if container == Container::Object { b'}' } else { b']' };
+                let close = container.closing();
                 match self.peek()? {
                     b',' => {
                         self.at += 1;
