@@ -8,7 +8,10 @@ use fhirgate_core::audit::{record, Facts};
 use fhirgate_core::outcome::IssueType;
 use fhirgate_core::ratelimit::filter::host_without_port;
 use fhirgate_core::{headers, Rejection};
-use fhirgate_proxy::{count, mark_passed, property_text, property_u64, reject, RequestHeaders, CONSENT_PROPERTY, REASON_PROPERTY};
+use fhirgate_proxy::{
+    count, mark_passed, property_text, property_u64, reject, RequestHeaders, CONSENT_PROPERTY,
+    REASON_PROPERTY,
+};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -25,15 +28,24 @@ pub struct AuditFilter {
 
 impl AuditFilter {
     pub fn new(worker: Option<Rc<Worker>>) -> Self {
-        AuditFilter { worker, acknowledging: None, reading_error: false, upstream_outcome: None }
+        AuditFilter {
+            worker,
+            acknowledging: None,
+            reading_error: false,
+            upstream_outcome: None,
+        }
     }
 
     /// The record of this request as things stand (`status` 0: not answered yet).
     fn facts_record(&self, worker: &Worker, status: u16) -> fhirgate_core::audit::Record {
         let h = RequestHeaders::read();
-        let now_ms = self.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_ms = self
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let started_ms = property_u64(vec!["request", "time"]).map_or(now_ms, |ns| ns / 1_000_000);
-        let duration_ms = property_u64(vec!["request", "duration"]).map_or(now_ms.saturating_sub(started_ms), |ns| ns / 1_000_000);
+        let duration_ms = property_u64(vec!["request", "duration"])
+            .map_or(now_ms.saturating_sub(started_ms), |ns| ns / 1_000_000);
         let source = property_text(vec!["source", "address"]);
         let reason = property_text(vec![REASON_PROPERTY]);
         let consent = property_text(vec![CONSENT_PROPERTY]);
@@ -64,28 +76,48 @@ impl AuditFilter {
             status,
             reason: reason.as_deref(),
             upstream_outcome: self.upstream_outcome.as_deref(),
-            purpose: purpose_header.and_then(|p| h.get(p)).or(h.get(headers::BREAK_GLASS)),
+            purpose: purpose_header
+                .and_then(|p| h.get(p))
+                .or(h.get(headers::BREAK_GLASS)),
             break_glass: h.get(headers::BREAK_GLASS),
             consent_withheld: withheld,
             consent_redacted: redacted,
         };
-        record(&facts, &worker.policy.config.base_path, worker.policy.ids.as_ref())
+        record(
+            &facts,
+            &worker.policy.config.base_path,
+            worker.policy.ids.as_ref(),
+        )
     }
 }
 
 impl Context for AuditFilter {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, _body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        _body_size: usize,
+        _num_trailers: usize,
+    ) {
         if self.acknowledging != Some(token_id) {
             return;
         }
         self.acknowledging = None;
-        let acknowledged = self.get_http_call_response_header(":status").and_then(|s| s.parse::<u16>().ok()).is_some_and(|s| (200..300).contains(&s));
+        let acknowledged = self
+            .get_http_call_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .is_some_and(|s| (200..300).contains(&s));
         if acknowledged {
             self.resume_http_request();
         } else {
             count(FILTER, "fail_closed", "refused");
-            let rejection = Rejection::new(503, "audit-unavailable", IssueType::Transient, "the audit record could not be stored; nothing was forwarded")
-                .with_header("retry-after", "1");
+            let rejection = Rejection::new(
+                503,
+                "audit-unavailable",
+                IssueType::Transient,
+                "the audit record could not be stored; nothing was forwarded",
+            )
+            .with_header("retry-after", "1");
             reject(FILTER, &rejection);
         }
     }
@@ -98,7 +130,10 @@ impl HttpContext for AuditFilter {
         };
         // Marked now: in fail-closed mode the request goes on only after the acknowledgement.
         mark_passed(FILTER);
-        let (Some(fail_closed), Some(c)) = (worker.policy.config.fail_closed.as_ref(), worker.policy.config.collector.as_ref()) else {
+        let (Some(fail_closed), Some(c)) = (
+            worker.policy.config.fail_closed.as_ref(),
+            worker.policy.config.collector.as_ref(),
+        ) else {
             return Action::Continue;
         };
         let mut access = self.facts_record(&worker, 0);
@@ -107,8 +142,19 @@ impl HttpContext for AuditFilter {
         access.fhir_outcome = "pending".into();
         let sealed = worker.emit(access, false);
         let body = encode(c.format, std::slice::from_ref(&sealed));
-        let call_headers = vec![(":method", "POST"), (":path", c.path.as_str()), (":authority", c.authority.as_str()), ("content-type", content_type(c.format))];
-        match self.dispatch_http_call(&c.cluster, call_headers, Some(&body), vec![], Duration::from_millis(fail_closed.timeout_ms)) {
+        let call_headers = vec![
+            (":method", "POST"),
+            (":path", c.path.as_str()),
+            (":authority", c.authority.as_str()),
+            ("content-type", content_type(c.format)),
+        ];
+        match self.dispatch_http_call(
+            &c.cluster,
+            call_headers,
+            Some(&body),
+            vec![],
+            Duration::from_millis(fail_closed.timeout_ms),
+        ) {
             Ok(token) => {
                 self.acknowledging = Some(token);
                 Action::Pause
@@ -116,7 +162,15 @@ impl HttpContext for AuditFilter {
             Err(status) => {
                 log::warn!("{FILTER}: access record call could not start: {status:?}");
                 count(FILTER, "fail_closed", "refused");
-                reject(FILTER, &Rejection::new(503, "audit-unavailable", IssueType::Transient, "the audit record could not be stored; nothing was forwarded"))
+                reject(
+                    FILTER,
+                    &Rejection::new(
+                        503,
+                        "audit-unavailable",
+                        IssueType::Transient,
+                        "the audit record could not be stored; nothing was forwarded",
+                    ),
+                )
             }
         }
     }
@@ -125,7 +179,10 @@ impl HttpContext for AuditFilter {
         if end_of_stream {
             return Action::Continue;
         }
-        let status = self.get_http_response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        let status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
         self.reading_error = status >= 400
             && fhirgate_core::audit::reads_error_body(
                 status,
@@ -145,13 +202,17 @@ impl HttpContext for AuditFilter {
             return Action::Pause;
         }
         self.reading_error = false;
-        let body = self.get_http_response_body(0, body_size).unwrap_or_default();
+        let body = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
         self.upstream_outcome = fhirgate_core::audit::outcome_code(&body);
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        let Some(worker) = self.worker.clone() else { return };
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
         let status = property_u64(vec!["response", "code"]).map_or(0, |c| c as u16);
         let outcome = self.facts_record(&worker, status);
         worker.emit(outcome, true);

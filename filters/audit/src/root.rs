@@ -29,11 +29,18 @@ impl Worker {
         }
         if sealed.break_glass {
             // The alert stream: emergency access is logged at warning level and counted apart.
-            log::warn!("{FILTER}: ALERT break-glass access (stream {} record {})", sealed.stream, sealed.seq);
+            log::warn!(
+                "{FILTER}: ALERT break-glass access (stream {} record {})",
+                sealed.stream,
+                sealed.seq
+            );
             count(FILTER, "break_glass", "");
         }
         count(FILTER, "events", "");
-        if queue && self.policy.config.collector.is_some() && !self.queue.borrow_mut().push(sealed.clone()) {
+        if queue
+            && self.policy.config.collector.is_some()
+            && !self.queue.borrow_mut().push(sealed.clone())
+        {
             count(FILTER, "dropped", "queue_full");
         }
         sealed
@@ -49,10 +56,25 @@ pub struct AuditRoot {
 
 impl AuditRoot {
     fn send(&mut self, batch: Batch) {
-        let Some(worker) = self.worker.clone() else { return };
-        let Some(c) = worker.policy.config.collector.as_ref() else { return };
-        let headers = vec![(":method", "POST"), (":path", c.path.as_str()), (":authority", c.authority.as_str()), ("content-type", batch.content_type)];
-        match self.dispatch_http_call(&c.cluster, headers, Some(&batch.body), vec![], Duration::from_millis(c.timeout_ms)) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Some(c) = worker.policy.config.collector.as_ref() else {
+            return;
+        };
+        let headers = vec![
+            (":method", "POST"),
+            (":path", c.path.as_str()),
+            (":authority", c.authority.as_str()),
+            ("content-type", batch.content_type),
+        ];
+        match self.dispatch_http_call(
+            &c.cluster,
+            headers,
+            Some(&batch.body),
+            vec![],
+            Duration::from_millis(c.timeout_ms),
+        ) {
             Ok(token) => self.in_flight = Some(token),
             Err(status) => {
                 log::warn!("{FILTER}: collector call could not start: {status:?}");
@@ -68,14 +90,27 @@ impl AuditRoot {
 }
 
 impl Context for AuditRoot {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, _body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        _body_size: usize,
+        _num_trailers: usize,
+    ) {
         if self.in_flight != Some(token_id) {
             return;
         }
         self.in_flight = None;
-        let Some(worker) = self.worker.clone() else { return };
-        let Some(c) = worker.policy.config.collector.as_ref() else { return };
-        let ok = self.get_http_call_response_header(":status").and_then(|s| s.parse::<u16>().ok()).is_some_and(|s| (200..300).contains(&s));
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Some(c) = worker.policy.config.collector.as_ref() else {
+            return;
+        };
+        let ok = self
+            .get_http_call_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .is_some_and(|s| (200..300).contains(&s));
         if !ok {
             count(FILTER, "sink_errors", "");
         }
@@ -95,24 +130,52 @@ impl Context for AuditRoot {
 
 impl RootContext for AuditRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        fhirgate_proxy::declare(FILTER, &[("events", ""), ("sink_errors", ""), ("dropped", "queue_full"), ("dropped", "attempts_used"), ("fail_closed", "refused"), ("break_glass", ""), ("denied", "")]);
-        let Some(policy) = fhirgate_proxy::load_config(self, FILTER, AuditPolicy::from_json) else { return false };
-        let started = self.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        fhirgate_proxy::declare(
+            FILTER,
+            &[
+                ("events", ""),
+                ("sink_errors", ""),
+                ("dropped", "queue_full"),
+                ("dropped", "attempts_used"),
+                ("fail_closed", "refused"),
+                ("break_glass", ""),
+                ("denied", ""),
+            ],
+        );
+        let Some(policy) = fhirgate_proxy::load_config(self, FILTER, AuditPolicy::from_json) else {
+            return false;
+        };
+        let started = self
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         // One stream per worker VM and configuration: the start time in nanoseconds tells
         // the workers (and restarts) apart.
         let stream = format!("{started:x}");
-        let chain = Chain::new(stream, policy.config.chain.kid.clone(), policy.chain_key.clone());
+        let chain = Chain::new(
+            stream,
+            policy.config.chain.kid.clone(),
+            policy.chain_key.clone(),
+        );
         let capacity = policy.config.collector.as_ref().map_or(0, |c| c.queue_size);
         if let Some(c) = &policy.config.collector {
             self.set_tick_period(Duration::from_millis(c.flush_interval_ms));
         }
-        self.worker = Some(Rc::new(Worker { policy, chain: RefCell::new(chain), queue: RefCell::new(Queue::new(capacity)) }));
+        self.worker = Some(Rc::new(Worker {
+            policy,
+            chain: RefCell::new(chain),
+            queue: RefCell::new(Queue::new(capacity)),
+        }));
         true
     }
 
     fn on_tick(&mut self) {
-        let Some(worker) = self.worker.clone() else { return };
-        let Some(c) = worker.policy.config.collector.as_ref() else { return };
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Some(c) = worker.policy.config.collector.as_ref() else {
+            return;
+        };
         fhirgate_proxy::gauge(FILTER, "queue_depth", worker.queue.borrow().depth() as u64);
         if self.in_flight.is_some() {
             return;

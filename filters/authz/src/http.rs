@@ -64,14 +64,23 @@ pub struct AuthzFilter {
 
 impl AuthzFilter {
     pub fn new(runtime: Option<Rc<RefCell<AuthzRuntime>>>) -> Self {
-        AuthzFilter { runtime, exchange: None, awaiting_request_body: false, holding_response: false, waiting: None, held_body: (0, false) }
+        AuthzFilter {
+            runtime,
+            exchange: None,
+            awaiting_request_body: false,
+            holding_response: false,
+            waiting: None,
+            held_body: (0, false),
+        }
     }
 
     /// Applies a step, turning a key refresh that cannot happen (or did not find the key)
     /// into the core's refusal for it.
     fn settle(&mut self, step: Step, authorization: Option<&str>) -> Action {
         let step = match (step, &self.runtime, &self.exchange) {
-            (Step::RefreshKeys, Some(runtime), Some(exchange)) => runtime.borrow().unknown_key_step(authorization, exchange),
+            (Step::RefreshKeys, Some(runtime), Some(exchange)) => {
+                runtime.borrow().unknown_key_step(authorization, exchange)
+            }
             (step, _, _) => step,
         };
         self.apply(step)
@@ -123,7 +132,14 @@ impl AuthzFilter {
     }
 
     /// Pauses the request until `token_id` answers.
-    fn wait_for(&mut self, token_id: u32, what: Waiting, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>) -> Action {
+    fn wait_for(
+        &mut self,
+        token_id: u32,
+        what: Waiting,
+        head: &RequestHead,
+        authorization: Option<&str>,
+        forwarded: Option<&str>,
+    ) -> Action {
         let held = HeldHead {
             method: head.method.to_string(),
             path: head.path.to_string(),
@@ -142,11 +158,15 @@ impl AuthzFilter {
 
     fn decide_body(&mut self, body_size: usize) -> Action {
         self.awaiting_request_body = false;
-        let (Some(runtime), Some(mut exchange)) = (self.runtime.clone(), self.exchange.take()) else {
+        let (Some(runtime), Some(mut exchange)) = (self.runtime.clone(), self.exchange.take())
+        else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        let step = runtime.borrow().policy.on_request_body(&mut exchange, &body);
+        let step = runtime
+            .borrow()
+            .policy
+            .on_request_body(&mut exchange, &body);
         self.exchange = Some(exchange);
         self.apply(step)
     }
@@ -154,7 +174,11 @@ impl AuthzFilter {
     /// Replaces a held response with the rejection (headers are still held, so the status
     /// can change).
     fn replace_response(&mut self, rejection: &Rejection, body_size: usize) {
-        log::debug!("{FILTER}: response refused ({} {})", rejection.status, rejection.reason);
+        log::debug!(
+            "{FILTER}: response refused ({} {})",
+            rejection.status,
+            rejection.reason
+        );
         fhirgate_proxy::set_reason(rejection.reason);
         self.set_http_response_header(":status", Some(&rejection.status.to_string()));
         self.set_http_response_header("content-length", None);
@@ -167,9 +191,19 @@ impl AuthzFilter {
 }
 
 impl Context for AuthzFilter {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let Some(runtime) = self.runtime.clone() else { return };
-        let Some((token, what, held)) = self.waiting.take() else { return };
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(runtime) = self.runtime.clone() else {
+            return;
+        };
+        let Some((token, what, held)) = self.waiting.take() else {
+            return;
+        };
         if token != token_id {
             return;
         }
@@ -177,18 +211,36 @@ impl Context for AuthzFilter {
         match what {
             Waiting::Jwks(issuer) => finish_jwks_fetch(self, &runtime, issuer, body_size, now),
             Waiting::Introspection => {
-                let status = self.get_http_call_response_header(":status").and_then(|s| s.parse().ok());
-                let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
-                let answer = runtime.borrow_mut().introspected(held.authorization.as_deref(), status, &body, now);
-                fhirgate_proxy::count(FILTER, "introspection", if answer.is_ok() { "active" } else { "refused" });
+                let status = self
+                    .get_http_call_response_header(":status")
+                    .and_then(|s| s.parse().ok());
+                let body = self
+                    .get_http_call_response_body(0, body_size)
+                    .unwrap_or_default();
+                let answer = runtime.borrow_mut().introspected(
+                    held.authorization.as_deref(),
+                    status,
+                    &body,
+                    now,
+                );
+                fhirgate_proxy::count(
+                    FILTER,
+                    "introspection",
+                    if answer.is_ok() { "active" } else { "refused" },
+                );
                 if let Err(rejection) = answer {
                     reject(FILTER, &rejection);
                     return;
                 }
             }
         }
-        let (step, exchange) =
-            runtime.borrow_mut().on_head(&held.head(), held.authorization.as_deref(), held.forwarded.as_deref(), held.peer.as_deref(), now);
+        let (step, exchange) = runtime.borrow_mut().on_head(
+            &held.head(),
+            held.authorization.as_deref(),
+            held.forwarded.as_deref(),
+            held.peer.as_deref(),
+            now,
+        );
         self.exchange = Some(exchange);
         let (size, complete) = self.held_body;
         let action = match self.settle(step, held.authorization.as_deref()) {
@@ -210,14 +262,22 @@ impl HttpContext for AuthzFilter {
         let headers = RequestHeaders::read();
         let head = headers.head(end_of_stream);
         let authorization = headers.get("authorization");
-        let forwarded = runtime.borrow().policy.jwt_authn_header.as_deref().and_then(|h| headers.get(h));
+        let forwarded = runtime
+            .borrow()
+            .policy
+            .jwt_authn_header
+            .as_deref()
+            .and_then(|h| headers.get(h));
         let now = now_of(self);
         let (hits, misses) = {
             let r = runtime.borrow();
             (r.cache.hits, r.cache.misses)
         };
         let peer = self.peer_uri_san();
-        let (step, exchange) = runtime.borrow_mut().on_head(&head, authorization, forwarded, peer.as_deref(), now);
+        let (step, exchange) =
+            runtime
+                .borrow_mut()
+                .on_head(&head, authorization, forwarded, peer.as_deref(), now);
         let r = runtime.borrow();
         if r.cache.hits > hits {
             fhirgate_proxy::count(FILTER, "token_cache", "hit");
@@ -230,23 +290,53 @@ impl HttpContext for AuthzFilter {
             if let Some(rejection) = known {
                 return reject(FILTER, &rejection);
             }
-            let Some((cluster, call_headers, body)) = runtime.borrow().introspection_request(authorization) else {
+            let Some((cluster, call_headers, body)) =
+                runtime.borrow().introspection_request(authorization)
+            else {
                 return reject(FILTER, &Rejection::not_configured(FILTER));
             };
-            let pairs: Vec<(&str, &str)> = call_headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            return match self.dispatch_http_call(&cluster, pairs, Some(&body), vec![], INTROSPECTION_TIMEOUT) {
-                Ok(token) => self.wait_for(token, Waiting::Introspection, &head, authorization, forwarded),
+            let pairs: Vec<(&str, &str)> =
+                call_headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            return match self.dispatch_http_call(
+                &cluster,
+                pairs,
+                Some(&body),
+                vec![],
+                INTROSPECTION_TIMEOUT,
+            ) {
+                Ok(token) => self.wait_for(
+                    token,
+                    Waiting::Introspection,
+                    &head,
+                    authorization,
+                    forwarded,
+                ),
                 Err(_) => {
-                    let answer = runtime.borrow_mut().introspected(authorization, None, b"", now);
-                    reject(FILTER, &answer.err().unwrap_or_else(|| Rejection::not_configured(FILTER)))
+                    let answer = runtime
+                        .borrow_mut()
+                        .introspected(authorization, None, b"", now);
+                    reject(
+                        FILTER,
+                        &answer
+                            .err()
+                            .unwrap_or_else(|| Rejection::not_configured(FILTER)),
+                    )
                 }
             };
         }
         if step == Step::RefreshKeys {
-            let fetch = runtime.borrow_mut().fetch_for_unknown_key(authorization, now);
+            let fetch = runtime
+                .borrow_mut()
+                .fetch_for_unknown_key(authorization, now);
             if let Some(fetch) = fetch {
                 if let Some(token) = dispatch_jwks_fetch(self, &fetch) {
-                    return self.wait_for(token, Waiting::Jwks(fetch.0), &head, authorization, forwarded);
+                    return self.wait_for(
+                        token,
+                        Waiting::Jwks(fetch.0),
+                        &head,
+                        authorization,
+                        forwarded,
+                    );
                 }
                 runtime.borrow_mut().fetched(fetch.0, now, None, b"");
             }
@@ -285,10 +375,20 @@ impl HttpContext for AuthzFilter {
             return Action::Pause;
         }
         self.holding_response = false;
-        let (Some(runtime), Some(exchange)) = (self.runtime.clone(), self.exchange.as_ref()) else { return Action::Continue };
-        let status = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = self.get_http_response_body(0, body_size).unwrap_or_default();
-        let step = runtime.borrow().policy.on_response_body(exchange, status, &body);
+        let (Some(runtime), Some(exchange)) = (self.runtime.clone(), self.exchange.as_ref()) else {
+            return Action::Continue;
+        };
+        let status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
+        let step = runtime
+            .borrow()
+            .policy
+            .on_response_body(exchange, status, &body);
         match step {
             Step::Deny(rejection) => {
                 fhirgate_proxy::count(FILTER, "denied", rejection.reason);

@@ -23,20 +23,38 @@ pub struct AuthzRoot {
 /// Dispatches a JWKS fetch from any context; returns its call token.
 pub fn dispatch_jwks_fetch(ctx: &dyn Context, fetch: &JwksFetch) -> Option<u32> {
     let (_, source) = fetch;
-    let headers = vec![(":method", "GET"), (":path", source.path.as_str()), (":authority", source.authority.as_str()), ("accept", "application/json")];
+    let headers = vec![
+        (":method", "GET"),
+        (":path", source.path.as_str()),
+        (":authority", source.authority.as_str()),
+        ("accept", "application/json"),
+    ];
     match ctx.dispatch_http_call(&source.cluster, headers, None, vec![], JWKS_TIMEOUT) {
         Ok(token) => Some(token),
         Err(status) => {
-            log::warn!("{FILTER}: JWKS fetch through cluster {} could not start: {status:?}", source.cluster);
+            log::warn!(
+                "{FILTER}: JWKS fetch through cluster {} could not start: {status:?}",
+                source.cluster
+            );
             None
         }
     }
 }
 
 /// Reads a finished JWKS fetch into the runtime.
-pub fn finish_jwks_fetch(ctx: &dyn Context, runtime: &RefCell<AuthzRuntime>, issuer: usize, body_size: usize, now: i64) {
-    let status = ctx.get_http_call_response_header(":status").and_then(|s| s.parse().ok());
-    let body = ctx.get_http_call_response_body(0, body_size).unwrap_or_default();
+pub fn finish_jwks_fetch(
+    ctx: &dyn Context,
+    runtime: &RefCell<AuthzRuntime>,
+    issuer: usize,
+    body_size: usize,
+    now: i64,
+) {
+    let status = ctx
+        .get_http_call_response_header(":status")
+        .and_then(|s| s.parse().ok());
+    let body = ctx
+        .get_http_call_response_body(0, body_size)
+        .unwrap_or_default();
     if runtime.borrow_mut().fetched(issuer, now, status, &body) {
         fhirgate_proxy::count(FILTER, "jwks", "refreshed");
         log::info!("{FILTER}: JWKS of issuer #{issuer} refreshed");
@@ -47,20 +65,48 @@ pub fn finish_jwks_fetch(ctx: &dyn Context, runtime: &RefCell<AuthzRuntime>, iss
 }
 
 pub fn now_of(ctx: &dyn Context) -> i64 {
-    ctx.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    ctx.get_current_time()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Context for AuthzRoot {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let (Some(runtime), Some(issuer)) = (self.runtime.clone(), self.fetches.remove(&token_id)) else { return };
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let (Some(runtime), Some(issuer)) = (self.runtime.clone(), self.fetches.remove(&token_id))
+        else {
+            return;
+        };
         finish_jwks_fetch(self, &runtime, issuer, body_size, now_of(self));
     }
 }
 
 impl RootContext for AuthzRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        fhirgate_proxy::declare(FILTER, &[("allowed", ""), ("allowed", "narrowed"), ("denied", ""), ("report_only", ""), ("token_cache", "hit"), ("token_cache", "miss"), ("jwks", "refreshed"), ("jwks", "failed"), ("introspection", "active"), ("introspection", "refused")]);
-        let Some(policy) = fhirgate_proxy::load_config(self, FILTER, AuthzFilterPolicy::from_json) else { return false };
+        fhirgate_proxy::declare(
+            FILTER,
+            &[
+                ("allowed", ""),
+                ("allowed", "narrowed"),
+                ("denied", ""),
+                ("report_only", ""),
+                ("token_cache", "hit"),
+                ("token_cache", "miss"),
+                ("jwks", "refreshed"),
+                ("jwks", "failed"),
+                ("introspection", "active"),
+                ("introspection", "refused"),
+            ],
+        );
+        let Some(policy) = fhirgate_proxy::load_config(self, FILTER, AuthzFilterPolicy::from_json)
+        else {
+            return false;
+        };
         let fetches_keys = policy.verifier.issuers.iter().any(|i| i.source.is_some());
         self.runtime = Some(Rc::new(RefCell::new(AuthzRuntime::new(policy))));
         if fetches_keys {
@@ -70,7 +116,9 @@ impl RootContext for AuthzRoot {
     }
 
     fn on_tick(&mut self) {
-        let Some(runtime) = self.runtime.clone() else { return };
+        let Some(runtime) = self.runtime.clone() else {
+            return;
+        };
         let now = now_of(self);
         runtime.borrow_mut().expire_stale_keys(now);
         let due = runtime.borrow_mut().fetches_due(now);

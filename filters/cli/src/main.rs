@@ -3,9 +3,9 @@
 //! Every subcommand calls the same core functions the Wasm filters run in Envoy.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use fhirgate_core::routing::{RequestHead, RoutingPolicy};
 use fhirgate_core::ratelimit::breakglass;
 use fhirgate_core::ratelimit::classify::{Caller, RateLimitPolicy};
+use fhirgate_core::routing::{RequestHead, RoutingPolicy};
 use fhirgate_core::smart::authz::AuthzPolicy;
 use fhirgate_core::smart::check;
 use serde_json::json;
@@ -13,7 +13,11 @@ use std::io::{BufRead, Read, Write};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "fhirgate", version, about = "fhirgate: FHIR gateway filters for Envoy, on the command line")]
+#[command(
+    name = "fhirgate",
+    version,
+    about = "fhirgate: FHIR gateway filters for Envoy, on the command line"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -202,7 +206,10 @@ const SHIPPED_CONSENT: &str = include_str!("../../../envoy/consent.json");
 
 /// Applies `f` to each JSON-object line of stdin, writing one JSON line each (`invalid` for a
 /// line that is not a JSON object).
-fn json_lines(invalid: serde_json::Value, f: impl Fn(&serde_json::Value) -> serde_json::Value) -> Result<String, String> {
+fn json_lines(
+    invalid: serde_json::Value,
+    f: impl Fn(&serde_json::Value) -> serde_json::Value,
+) -> Result<String, String> {
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     for line in stdin.lock().lines() {
@@ -225,13 +232,18 @@ fn ratelimit_classify(config: Option<&str>) -> Result<String, String> {
         None => Vec::new(),
     };
     let policy = RateLimitPolicy::from_json(&bytes).map_err(|e| e.to_string())?;
-    let routing = RoutingPolicy::from_json(SHIPPED_ROUTING.as_bytes()).map_err(|e| e.to_string())?;
+    let routing =
+        RoutingPolicy::from_json(SHIPPED_ROUTING.as_bytes()).map_err(|e| e.to_string())?;
     json_lines(json!({"error": "invalid-input-line"}), |input| {
         let text = |k: &str| input.get(k).and_then(serde_json::Value::as_str);
         let method = text("method").unwrap_or("GET");
         let query = text("query").unwrap_or("");
         let path = text("path").unwrap_or("");
-        let relative = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
+        let relative = if query.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{query}")
+        };
         match check::route_relative(&routing, method, &relative, input.get("body")) {
             Err(rejection) => json!({"error": rejection.reason, "status": rejection.status}),
             Ok((routed, _)) => {
@@ -239,7 +251,10 @@ fn ratelimit_classify(config: Option<&str>) -> Result<String, String> {
                     tenant: text("tenant"),
                     subject: text("subject"),
                     client_id: text("clientId"),
-                    backend: input.get("backend").and_then(serde_json::Value::as_bool).unwrap_or(false),
+                    backend: input
+                        .get("backend")
+                        .and_then(serde_json::Value::as_bool)
+                        .unwrap_or(false),
                     peer: text("peer"),
                 };
                 let c = policy.classify(&routed, &caller);
@@ -256,7 +271,9 @@ fn ratelimit_descriptors(config: Option<&str>) -> Result<String, String> {
         None => SHIPPED_RATELIMIT.as_bytes().to_vec(),
     };
     let policy = RateLimitPolicy::from_json(&bytes).map_err(|e| e.to_string())?;
-    fhirgate_core::ratelimit::descriptors::service_config(&policy.config).map(|yaml| yaml.trim_end().to_string()).map_err(|e| e.to_string())
+    fhirgate_core::ratelimit::descriptors::service_config(&policy.config)
+        .map(|yaml| yaml.trim_end().to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn consent_apply(config: Option<&str>, context: &str) -> Result<String, String> {
@@ -266,28 +283,45 @@ fn consent_apply(config: Option<&str>, context: &str) -> Result<String, String> 
         None => SHIPPED_CONSENT.as_bytes().to_vec(),
     };
     let policy = ConsentPolicy::from_json(&bytes).map_err(|e| e.to_string())?;
-    let ctx: serde_json::Value = serde_json::from_slice(&read_input(context)?).map_err(|e| format!("{context}: {e}"))?;
+    let ctx: serde_json::Value =
+        serde_json::from_slice(&read_input(context)?).map_err(|e| format!("{context}: {e}"))?;
     let text = |k: &str| ctx.get(k).and_then(serde_json::Value::as_str);
     let now = match text("now") {
         Some(now) => now.to_string(),
-        None => fhirgate_core::consent::rfc3339(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs() as i64),
+        None => fhirgate_core::consent::rfc3339(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| e.to_string())?
+                .as_secs() as i64,
+        ),
     };
     let caller = Caller {
         subject: text("subject"),
         client_id: text("clientId"),
         purpose: text("purpose"),
-        break_glass: ctx.get("breakGlass").and_then(serde_json::Value::as_bool).unwrap_or(false),
+        break_glass: ctx
+            .get("breakGlass")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
         now: &now,
     };
-    let single_read = ctx.get("singleRead").and_then(serde_json::Value::as_bool).unwrap_or(false);
+    let single_read = ctx
+        .get("singleRead")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
     let consents = ctx.get("consents").and_then(serde_json::Value::as_object);
-    let lookup = |patient: &str| match consents.and_then(|c| c.get(patient)).and_then(serde_json::Value::as_array) {
+    let lookup = |patient: &str| match consents
+        .and_then(|c| c.get(patient))
+        .and_then(serde_json::Value::as_array)
+    {
         Some(list) => Consents::Known(list.as_slice()),
         None => Consents::Unavailable,
     };
     let response = read_input("-")?;
     let mut report = Report::default();
-    let result = policy.decode(None, &response).map(|body| policy.filter(&body, &caller, single_read, &lookup, &mut report));
+    let result = policy
+        .decode(None, &response)
+        .map(|body| policy.filter(&body, &caller, single_read, &lookup, &mut report));
     let report_json = json!({"withheld": report.withheld, "redacted": report.redacted, "part2Labelled": report.part2_labelled,
                              "breakGlassReleased": report.break_glass_released});
     let out = match result {
@@ -295,11 +329,13 @@ fn consent_apply(config: Option<&str>, context: &str) -> Result<String, String> 
             json!({"status": rejection.status, "reason": rejection.reason, "outcome": rejection.outcome.to_value(), "report": report_json})
         }
         Ok(Filtered::Unchanged) => {
-            let body: serde_json::Value = serde_json::from_slice(&response).map_err(|e| e.to_string())?;
+            let body: serde_json::Value =
+                serde_json::from_slice(&response).map_err(|e| e.to_string())?;
             json!({"status": 200, "changed": false, "body": body, "report": report_json})
         }
         Ok(Filtered::Rewritten(bytes)) => {
-            let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            let body: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
             json!({"status": 200, "changed": true, "body": body, "report": report_json})
         }
     };
@@ -310,7 +346,9 @@ fn audit_verify(file: &str, key_file: &str, kid: &str, is_base64: bool) -> Resul
     use base64::Engine;
     let raw = read_input(key_file)?;
     let key = if is_base64 {
-        base64::engine::general_purpose::STANDARD.decode(raw.trim_ascii()).map_err(|e| format!("{key_file}: {e}"))?
+        base64::engine::general_purpose::STANDARD
+            .decode(raw.trim_ascii())
+            .map_err(|e| format!("{key_file}: {e}"))?
     } else {
         raw
     };
@@ -322,15 +360,29 @@ fn audit_verify(file: &str, key_file: &str, kid: &str, is_base64: bool) -> Resul
     }
 }
 
-fn breakglass_sign(key_file: &str, kid: &str, user: &str, reason: &str, ttl: i64) -> Result<String, String> {
+fn breakglass_sign(
+    key_file: &str,
+    kid: &str,
+    user: &str,
+    reason: &str,
+    ttl: i64,
+) -> Result<String, String> {
     let key = read_input(key_file)?;
     let key = key.trim_ascii();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs() as i64;
     if !(1..=breakglass::MAX_VALIDITY_SECONDS).contains(&ttl) {
-        return Err(format!("--ttl must be between 1 and {}", breakglass::MAX_VALIDITY_SECONDS));
+        return Err(format!(
+            "--ttl must be between 1 and {}",
+            breakglass::MAX_VALIDITY_SECONDS
+        ));
     }
     let mut nonce = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut nonce)).map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut nonce))
+        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
     let claims = breakglass::BreakGlass {
         kid: kid.into(),
         user: user.into(),
@@ -347,14 +399,20 @@ fn authz_check(config: Option<&str>) -> Result<String, String> {
         None => SHIPPED_AUTHZ.as_bytes().to_vec(),
     };
     let authz = AuthzPolicy::from_json(&config_bytes).map_err(|e| e.to_string())?;
-    let routing = RoutingPolicy::from_json(SHIPPED_ROUTING.as_bytes()).map_err(|e| e.to_string())?;
-    json_lines(json!({"decision": "deny", "status": 400, "reason": "invalid-input-line"}), |input| check::check(&routing, &authz, input))
+    let routing =
+        RoutingPolicy::from_json(SHIPPED_ROUTING.as_bytes()).map_err(|e| e.to_string())?;
+    json_lines(
+        json!({"decision": "deny", "status": 400, "reason": "invalid-input-line"}),
+        |input| check::check(&routing, &authz, input),
+    )
 }
 
 fn read_input(path: &str) -> Result<Vec<u8>, String> {
     if path == "-" {
         let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).map_err(|e| format!("reading stdin: {e}"))?;
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("reading stdin: {e}"))?;
         Ok(buf)
     } else {
         std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))
@@ -369,7 +427,13 @@ fn path_of(url: &str) -> &str {
     }
 }
 
-fn route(method: &str, url: &str, config: Option<&str>, headers: &[String], body: Option<&str>) -> Result<serde_json::Value, String> {
+fn route(
+    method: &str,
+    url: &str,
+    config: Option<&str>,
+    headers: &[String],
+    body: Option<&str>,
+) -> Result<serde_json::Value, String> {
     let config_bytes = match config {
         Some(path) => read_input(path)?,
         None => Vec::new(),
@@ -377,10 +441,17 @@ fn route(method: &str, url: &str, config: Option<&str>, headers: &[String], body
     let policy = RoutingPolicy::from_json(&config_bytes).map_err(|e| e.to_string())?;
     let mut parsed_headers = Vec::new();
     for h in headers {
-        let (name, value) = h.split_once(':').ok_or_else(|| format!("header `{h}` is not `Name: value`"))?;
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| format!("header `{h}` is not `Name: value`"))?;
         parsed_headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
     }
-    let header = |name: &str| parsed_headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let header = |name: &str| {
+        parsed_headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
     let body_bytes = match body {
         Some(path) => Some(read_input(path)?),
         None => None,
@@ -392,7 +463,9 @@ fn route(method: &str, url: &str, config: Option<&str>, headers: &[String], body
         content_length: header("content-length"),
         has_body: body_bytes.as_ref().is_some_and(|b| !b.is_empty()),
         if_none_exist: header("if-none-exist").is_some(),
-        method_override: fhirgate_core::headers::METHOD_OVERRIDE.iter().any(|h| header(h).is_some()),
+        method_override: fhirgate_core::headers::METHOD_OVERRIDE
+            .iter()
+            .any(|h| header(h).is_some()),
     };
     let result = policy.route(&head).and_then(|mut routed| {
         if routed.awaiting_body {
@@ -417,30 +490,76 @@ fn lint(file: &str, filter: Filter) -> Result<String, String> {
     // The same compile step each filter runs in on_configure.
     let (name, result) = match filter {
         Filter::Routing => ("routing", RoutingPolicy::from_json(&bytes).map(drop)),
-        Filter::Authz => ("authz", fhirgate_core::smart::filter::AuthzFilterPolicy::from_json(&bytes).map(drop)),
-        Filter::Ratelimit => ("ratelimit", fhirgate_core::ratelimit::filter::RateLimitFilterPolicy::from_json(&bytes).map(drop)),
-        Filter::Consent => ("consent", fhirgate_core::consent::ConsentPolicy::from_json(&bytes).map(drop)),
-        Filter::Audit => ("audit", fhirgate_core::audit::sink::AuditPolicy::from_json(&bytes).map(drop)),
+        Filter::Authz => (
+            "authz",
+            fhirgate_core::smart::filter::AuthzFilterPolicy::from_json(&bytes).map(drop),
+        ),
+        Filter::Ratelimit => (
+            "ratelimit",
+            fhirgate_core::ratelimit::filter::RateLimitFilterPolicy::from_json(&bytes).map(drop),
+        ),
+        Filter::Consent => (
+            "consent",
+            fhirgate_core::consent::ConsentPolicy::from_json(&bytes).map(drop),
+        ),
+        Filter::Audit => (
+            "audit",
+            fhirgate_core::audit::sink::AuditPolicy::from_json(&bytes).map(drop),
+        ),
     };
-    result.map(|()| format!("{file}: valid {name} config")).map_err(|e| format!("{file}: {e}"))
+    result
+        .map(|()| format!("{file}: valid {name} config"))
+        .map_err(|e| format!("{file}: {e}"))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Route { method, url, config, headers, body } => {
-            route(&method, &url, config.as_deref(), &headers, body.as_deref()).map(|v| v.to_string())
-        }
-        Command::Scope { command: ScopeCommand::Parse { scope } } => Ok(fhirgate_core::smart::scope::describe(&scope).to_string()),
-        Command::Authz { command: AuthzCommand::Check { config } } => authz_check(config.as_deref()),
-        Command::Ratelimit { command: RatelimitCommand::Classify { config } } => ratelimit_classify(config.as_deref()),
-        Command::Ratelimit { command: RatelimitCommand::Descriptors { config } } => ratelimit_descriptors(config.as_deref()),
-        Command::Breakglass { command: BreakglassCommand::Sign { key_file, kid, user, reason, ttl } } => {
-            breakglass_sign(&key_file, &kid, &user, &reason, ttl)
-        }
-        Command::Consent { command: ConsentCommand::Apply { config, context } } => consent_apply(config.as_deref(), &context),
-        Command::Audit { command: AuditCommand::Verify { file, key_file, kid, base64 } } => audit_verify(&file, &key_file, &kid, base64),
-        Command::Config { command: ConfigCommand::Lint { file, filter } } => lint(&file, filter),
+        Command::Route {
+            method,
+            url,
+            config,
+            headers,
+            body,
+        } => route(&method, &url, config.as_deref(), &headers, body.as_deref())
+            .map(|v| v.to_string()),
+        Command::Scope {
+            command: ScopeCommand::Parse { scope },
+        } => Ok(fhirgate_core::smart::scope::describe(&scope).to_string()),
+        Command::Authz {
+            command: AuthzCommand::Check { config },
+        } => authz_check(config.as_deref()),
+        Command::Ratelimit {
+            command: RatelimitCommand::Classify { config },
+        } => ratelimit_classify(config.as_deref()),
+        Command::Ratelimit {
+            command: RatelimitCommand::Descriptors { config },
+        } => ratelimit_descriptors(config.as_deref()),
+        Command::Breakglass {
+            command:
+                BreakglassCommand::Sign {
+                    key_file,
+                    kid,
+                    user,
+                    reason,
+                    ttl,
+                },
+        } => breakglass_sign(&key_file, &kid, &user, &reason, ttl),
+        Command::Consent {
+            command: ConsentCommand::Apply { config, context },
+        } => consent_apply(config.as_deref(), &context),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    file,
+                    key_file,
+                    kid,
+                    base64,
+                },
+        } => audit_verify(&file, &key_file, &kid, base64),
+        Command::Config {
+            command: ConfigCommand::Lint { file, filter },
+        } => lint(&file, filter),
     };
     match result {
         Ok(out) => {
@@ -462,7 +581,10 @@ mod tests {
 
     #[test]
     fn strips_scheme_and_host_from_urls() {
-        assert_eq!(path_of("https://gw.example/fhir/r4/Patient?x=1"), "/fhir/r4/Patient?x=1");
+        assert_eq!(
+            path_of("https://gw.example/fhir/r4/Patient?x=1"),
+            "/fhir/r4/Patient?x=1"
+        );
         assert_eq!(path_of("http://gw.example"), "/");
         assert_eq!(path_of("/fhir/r4/Patient"), "/fhir/r4/Patient");
     }

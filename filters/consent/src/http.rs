@@ -3,7 +3,10 @@
 
 use crate::root::{Shared, FILTER};
 use fhirgate_core::consent::cache::{read_search_for, search_path};
-use fhirgate_core::consent::{filters_interaction, is_single_read, rfc3339, Caller, Consents, FastPath, Filtered, ReadPlan, Report};
+use fhirgate_core::consent::{
+    filters_interaction, is_single_read, rfc3339, Caller, Consents, FastPath, Filtered, ReadPlan,
+    Report,
+};
 use fhirgate_core::outcome::IssueType;
 use fhirgate_core::{headers, Rejection};
 use fhirgate_proxy::{count, mark_passed, reject, RequestHeaders};
@@ -49,11 +52,21 @@ pub struct ConsentFilter {
 
 impl ConsentFilter {
     pub fn new(shared: Option<Rc<Shared>>) -> Self {
-        ConsentFilter { shared, asked: None, held: None, fetches: HashMap::new(), unavailable: HashSet::new(), refusal: None, reading: false }
+        ConsentFilter {
+            shared,
+            asked: None,
+            held: None,
+            fetches: HashMap::new(),
+            unavailable: HashSet::new(),
+            refusal: None,
+            reading: false,
+        }
     }
 
     fn now(&self) -> i64 {
-        self.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+        self.get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
     }
 
     fn replace_response(&self, rejection: &Rejection, body_size: usize) {
@@ -69,7 +82,11 @@ impl ConsentFilter {
 
     /// Decides the held response with the Consents now known, and writes the result.
     fn finish(&mut self) {
-        let (Some(shared), Some((held, body_size)), Some(asked)) = (self.shared.clone(), self.held.take(), self.asked.as_ref()) else { return };
+        let (Some(shared), Some((held, body_size)), Some(asked)) =
+            (self.shared.clone(), self.held.take(), self.asked.as_ref())
+        else {
+            return;
+        };
         let now = self.now();
         let cache = shared.cache.borrow();
         let unavailable = &self.unavailable;
@@ -97,7 +114,13 @@ impl ConsentFilter {
         };
         let mut report = Report::default();
         let filtered = match response {
-            Ok(response) => shared.policy.filter_value(response, &caller, asked.single_read, &lookup, &mut report),
+            Ok(response) => shared.policy.filter_value(
+                response,
+                &caller,
+                asked.single_read,
+                &lookup,
+                &mut report,
+            ),
             Err(rejection) => Filtered::Refused(rejection),
         };
         drop(cache);
@@ -105,7 +128,10 @@ impl ConsentFilter {
         let withheld: u32 = report.withheld.values().sum();
         let redacted: u32 = report.redacted.values().sum();
         if withheld + redacted > 0 {
-            let _ = proxy_wasm::hostcalls::set_property(vec![fhirgate_proxy::CONSENT_PROPERTY], Some(format!("{withheld},{redacted}").as_bytes()));
+            let _ = proxy_wasm::hostcalls::set_property(
+                vec![fhirgate_proxy::CONSENT_PROPERTY],
+                Some(format!("{withheld},{redacted}").as_bytes()),
+            );
         }
         match filtered {
             Filtered::Unchanged => {}
@@ -120,16 +146,32 @@ impl ConsentFilter {
     /// Dispatches Consent searches for these patients, several per search; the patients of a
     /// search that cannot start are unavailable.
     fn fetch(&mut self, shared: &Shared, patients: Vec<String>, attempt: u8) {
-        let Some(source) = shared.policy.config.consents.as_ref() else { return };
+        let Some(source) = shared.policy.config.consents.as_ref() else {
+            return;
+        };
         for chunk in patients.chunks(source.patients_per_search.max(1)) {
             let path = search_path(source, chunk);
-            let call_headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", source.authority.as_str()), ("accept", "application/fhir+json")];
-            match self.dispatch_http_call(&source.cluster, call_headers, None, vec![], Duration::from_millis(source.timeout_ms)) {
+            let call_headers = vec![
+                (":method", "GET"),
+                (":path", path.as_str()),
+                (":authority", source.authority.as_str()),
+                ("accept", "application/fhir+json"),
+            ];
+            match self.dispatch_http_call(
+                &source.cluster,
+                call_headers,
+                None,
+                vec![],
+                Duration::from_millis(source.timeout_ms),
+            ) {
                 Ok(token) => {
                     self.fetches.insert(token, (chunk.to_vec(), attempt));
                 }
                 Err(status) => {
-                    log::warn!("{FILTER}: Consent fetch through cluster {} could not start: {status:?}", source.cluster);
+                    log::warn!(
+                        "{FILTER}: Consent fetch through cluster {} could not start: {status:?}",
+                        source.cluster
+                    );
                     count(FILTER, "consent_cache", "fetch_failed");
                     self.unavailable.extend(chunk.iter().cloned());
                 }
@@ -155,14 +197,27 @@ fn count_report(report: &Report) {
     }
     if report.break_glass_released > 0 {
         count(FILTER, "break_glass_released", "");
-        log::warn!("{FILTER}: break-glass released {} withheld resource(s)", report.break_glass_released);
+        log::warn!(
+            "{FILTER}: break-glass released {} withheld resource(s)",
+            report.break_glass_released
+        );
     }
 }
 
 impl Context for ConsentFilter {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let Some((patients, attempt)) = self.fetches.remove(&token_id) else { return };
-        let status: Option<u16> = self.get_http_call_response_header(":status").and_then(|s| s.parse().ok());
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some((patients, attempt)) = self.fetches.remove(&token_id) else {
+            return;
+        };
+        let status: Option<u16> = self
+            .get_http_call_response_header(":status")
+            .and_then(|s| s.parse().ok());
         // A transport failure or a 5xx is tried once more (another endpoint, most likely)
         // before the patients' resources are withheld.
         if attempt == 0 && status.is_none_or(|s| s >= 500) {
@@ -174,7 +229,9 @@ impl Context for ConsentFilter {
                 }
             }
         } else {
-            let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+            let body = self
+                .get_http_call_response_body(0, body_size)
+                .unwrap_or_default();
             self.record_fetch(patients, status, &body);
         }
         if self.fetches.is_empty() {
@@ -186,7 +243,10 @@ impl Context for ConsentFilter {
 
 impl ConsentFilter {
     fn record_fetch(&mut self, patients: Vec<String>, status: Option<u16>, body: &[u8]) {
-        match (read_search_for(status, body, &patients), self.shared.clone()) {
+        match (
+            read_search_for(status, body, &patients),
+            self.shared.clone(),
+        ) {
             (Some(answers), Some(shared)) => {
                 let now = self.now();
                 let mut cache = shared.cache.borrow_mut();
@@ -215,11 +275,20 @@ impl HttpContext for ConsentFilter {
             return Action::Continue;
         }
         let break_glass = h.get(headers::BREAK_GLASS);
-        let purpose_header = shared.policy.config.purpose.header.as_deref().and_then(|name| h.get(name));
+        let purpose_header = shared
+            .policy
+            .config
+            .purpose
+            .header
+            .as_deref()
+            .and_then(|name| h.get(name));
         self.asked = Some(Asked {
             subject: h.get(headers::SUBJECT).map(str::to_string),
             client_id: h.get(headers::CLIENT_ID).map(str::to_string),
-            purpose: shared.policy.purpose_of(purpose_header, break_glass).map(str::to_string),
+            purpose: shared
+                .policy
+                .purpose_of(purpose_header, break_glass)
+                .map(str::to_string),
             break_glass: break_glass.is_some(),
             single_read: is_single_read(interaction),
         });
@@ -234,9 +303,16 @@ impl HttpContext for ConsentFilter {
         if self.asked.is_none() || end_of_stream {
             return Action::Continue;
         }
-        let Some(shared) = self.shared.clone() else { return Action::Continue };
-        let status = self.get_http_response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        let content_type = self.get_http_response_header("content-type").unwrap_or_default();
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        let content_type = self
+            .get_http_response_header("content-type")
+            .unwrap_or_default();
         match shared.policy.read_plan(status, &content_type) {
             ReadPlan::Skip => return Action::Continue,
             ReadPlan::Refuse(rejection) => self.refusal = Some(rejection),
@@ -248,7 +324,11 @@ impl HttpContext for ConsentFilter {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Some(shared), Some(_), true) = (self.shared.clone(), self.asked.as_ref(), self.reading) else { return Action::Continue };
+        let (Some(shared), Some(_), true) =
+            (self.shared.clone(), self.asked.as_ref(), self.reading)
+        else {
+            return Action::Continue;
+        };
         if let Some(rejection) = self.refusal.take() {
             if !end_of_stream {
                 // Nothing of a refused response is kept or sent: drop what came so far.
@@ -262,12 +342,19 @@ impl HttpContext for ConsentFilter {
         if !end_of_stream {
             if body_size > shared.policy.config.max_body_bytes {
                 self.set_http_response_body(0, body_size, &[]);
-                self.refusal = Some(Rejection::new(502, "response-too-large", IssueType::TooCostly, "the response is larger than the consent filter's limit"));
+                self.refusal = Some(Rejection::new(
+                    502,
+                    "response-too-large",
+                    IssueType::TooCostly,
+                    "the response is larger than the consent filter's limit",
+                ));
                 return Action::Pause;
             }
             return Action::Pause;
         }
-        let raw = self.get_http_response_body(0, body_size).unwrap_or_default();
+        let raw = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
         let encoding = self.get_http_response_header("content-encoding");
         let body = match shared.policy.decode(encoding.as_deref(), &raw) {
             Ok(body) => body,
@@ -281,7 +368,10 @@ impl HttpContext for ConsentFilter {
         // else from the parsed response.
         let (held, missing) = {
             let cache = shared.cache.borrow();
-            match shared.policy.fast_path(&body, &|p| cache.get(p, now).map(Consents::Known)) {
+            match shared
+                .policy
+                .fast_path(&body, &|p| cache.get(p, now).map(Consents::Known))
+            {
                 FastPath::Release => {
                     count(FILTER, "released", "unparsed");
                     return Action::Continue;
@@ -289,7 +379,12 @@ impl HttpContext for ConsentFilter {
                 FastPath::NeedConsents(patients) => (Held::Raw(body), patients),
                 FastPath::Parse => match shared.policy.parse(&body) {
                     Ok(response) => {
-                        let missing = shared.policy.patients_needed(&response).into_iter().filter(|p| cache.get(p, now).is_none()).collect();
+                        let missing = shared
+                            .policy
+                            .patients_needed(&response)
+                            .into_iter()
+                            .filter(|p| cache.get(p, now).is_none())
+                            .collect();
                         (Held::Parsed(response), missing)
                     }
                     Err(rejection) => {

@@ -24,11 +24,32 @@ impl Context for ConsentRoot {}
 
 impl RootContext for ConsentRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        fhirgate_proxy::declare(FILTER, &[("withheld", ""), ("redacted", ""), ("denied", ""), ("part2_labelled", ""), ("break_glass_released", ""), ("released", "unparsed"), ("consent_cache", "hit"), ("consent_cache", "miss"), ("consent_cache", "fetch_failed"), ("consent_cache", "fetch_retried")]);
+        fhirgate_proxy::declare(
+            FILTER,
+            &[
+                ("withheld", ""),
+                ("redacted", ""),
+                ("denied", ""),
+                ("part2_labelled", ""),
+                ("break_glass_released", ""),
+                ("released", "unparsed"),
+                ("consent_cache", "hit"),
+                ("consent_cache", "miss"),
+                ("consent_cache", "fetch_failed"),
+                ("consent_cache", "fetch_retried"),
+            ],
+        );
         match fhirgate_proxy::load_config(self, FILTER, ConsentPolicy::from_json) {
             Some(policy) => {
-                let (size, ttl) = policy.config.consents.as_ref().map_or((1, 0), |c| (c.cache_size, c.cache_seconds));
-                self.shared = Some(Rc::new(Shared { policy, cache: RefCell::new(ConsentCache::new(size, ttl)) }));
+                let (size, ttl) = policy
+                    .config
+                    .consents
+                    .as_ref()
+                    .map_or((1, 0), |c| (c.cache_size, c.cache_seconds));
+                self.shared = Some(Rc::new(Shared {
+                    policy,
+                    cache: RefCell::new(ConsentCache::new(size, ttl)),
+                }));
                 true
             }
             None => false,

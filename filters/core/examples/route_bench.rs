@@ -14,9 +14,15 @@ fn main() -> ExitCode {
         eprintln!("usage: route_bench CONFIG URIS ITERATIONS");
         return ExitCode::from(2);
     };
-    let Ok(config) = std::fs::read(config) else { return ExitCode::from(2) };
-    let Ok(uris) = std::fs::read_to_string(uris) else { return ExitCode::from(2) };
-    let Ok(iterations) = iterations.parse::<u64>() else { return ExitCode::from(2) };
+    let Ok(config) = std::fs::read(config) else {
+        return ExitCode::from(2);
+    };
+    let Ok(uris) = std::fs::read_to_string(uris) else {
+        return ExitCode::from(2);
+    };
+    let Ok(iterations) = iterations.parse::<u64>() else {
+        return ExitCode::from(2);
+    };
     let policy = match RoutingPolicy::from_json(&config) {
         Ok(p) => p,
         Err(e) => {
@@ -28,7 +34,11 @@ fn main() -> ExitCode {
     let mut allowed = 0u64;
     for _ in 0..iterations {
         for path in &paths {
-            let head = RequestHead { method: "GET", path, ..RequestHead::default() };
+            let head = RequestHead {
+                method: "GET",
+                path,
+                ..RequestHead::default()
+            };
             if let Ok(routed) = policy.route(black_box(&head)) {
                 allowed += black_box(routed.headers()).len() as u64;
             }

@@ -20,15 +20,71 @@ pub const ISSUER: &str = "https://bench.fhirgate.invalid";
 pub const AUDIENCE: &str = "bench";
 /// Resource types for scopes that grant none of the bench's requests.
 const SUPPORTED_FILLER_TYPES: &[&str] = &[
-    "Account", "ActivityDefinition", "AdverseEvent", "AllergyIntolerance", "Appointment", "AppointmentResponse", "AuditEvent",
-    "Basic", "Binary", "BodyStructure", "CarePlan", "CareTeam", "ChargeItem", "Claim", "ClaimResponse", "ClinicalImpression",
-    "Communication", "CommunicationRequest", "Composition", "Contract", "Coverage", "DetectedIssue", "Device", "DeviceRequest",
-    "DiagnosticReport", "DocumentReference", "EpisodeOfCare", "ExplanationOfBenefit", "FamilyMemberHistory", "Flag", "Goal",
-    "Group", "ImagingStudy", "Immunization", "Invoice", "List", "Location", "Media", "Medication", "MedicationAdministration",
-    "MedicationDispense", "MedicationRequest", "MedicationStatement", "MolecularSequence", "NutritionOrder", "Organization",
-    "Person", "Practitioner", "PractitionerRole", "Procedure", "Provenance", "Questionnaire", "QuestionnaireResponse",
-    "RelatedPerson", "RequestGroup", "ResearchStudy", "ResearchSubject", "RiskAssessment", "Schedule", "ServiceRequest",
-    "Specimen", "SupplyDelivery", "SupplyRequest", "Task", "VisionPrescription",
+    "Account",
+    "ActivityDefinition",
+    "AdverseEvent",
+    "AllergyIntolerance",
+    "Appointment",
+    "AppointmentResponse",
+    "AuditEvent",
+    "Basic",
+    "Binary",
+    "BodyStructure",
+    "CarePlan",
+    "CareTeam",
+    "ChargeItem",
+    "Claim",
+    "ClaimResponse",
+    "ClinicalImpression",
+    "Communication",
+    "CommunicationRequest",
+    "Composition",
+    "Contract",
+    "Coverage",
+    "DetectedIssue",
+    "Device",
+    "DeviceRequest",
+    "DiagnosticReport",
+    "DocumentReference",
+    "EpisodeOfCare",
+    "ExplanationOfBenefit",
+    "FamilyMemberHistory",
+    "Flag",
+    "Goal",
+    "Group",
+    "ImagingStudy",
+    "Immunization",
+    "Invoice",
+    "List",
+    "Location",
+    "Media",
+    "Medication",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MolecularSequence",
+    "NutritionOrder",
+    "Organization",
+    "Person",
+    "Practitioner",
+    "PractitionerRole",
+    "Procedure",
+    "Provenance",
+    "Questionnaire",
+    "QuestionnaireResponse",
+    "RelatedPerson",
+    "RequestGroup",
+    "ResearchStudy",
+    "ResearchSubject",
+    "RiskAssessment",
+    "Schedule",
+    "ServiceRequest",
+    "Specimen",
+    "SupplyDelivery",
+    "SupplyRequest",
+    "Task",
+    "VisionPrescription",
 ];
 
 fn prepare(dir: &Path) -> Result<(), String> {
@@ -47,35 +103,63 @@ fn prepare(dir: &Path) -> Result<(), String> {
         with_kid(JsonWebKey::from(&ed.pk), "ed")?,
     ]});
     std::fs::write(dir.join("jwks.json"), jwks.to_string()).map_err(|e| e.to_string())?;
-    let custom = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "bench-client", "scope": "system/*.rs"});
+    let custom =
+        json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "bench-client", "scope": "system/*.rs"});
     let mut claims = Claims::new(custom.as_object().cloned().unwrap_or_default());
     claims.expiration = DateTime::from_timestamp(4_102_444_800, 0); // 2100
     let tokens = [
-        ("RS256", Rsa::rs256().token(&Header::empty().with_key_id("rsa"), &claims, &rsa)),
-        ("ES256", Es256.token(&Header::empty().with_key_id("ec"), &claims, &ec)),
-        ("EdDSA", Ed25519.token(&Header::empty().with_key_id("ed"), &claims, &ed.sk)),
+        (
+            "RS256",
+            Rsa::rs256().token(&Header::empty().with_key_id("rsa"), &claims, &rsa),
+        ),
+        (
+            "ES256",
+            Es256.token(&Header::empty().with_key_id("ec"), &claims, &ec),
+        ),
+        (
+            "EdDSA",
+            Ed25519.token(&Header::empty().with_key_id("ed"), &claims, &ed.sk),
+        ),
     ];
     for (alg, token) in tokens {
-        std::fs::write(dir.join(format!("token-{alg}")), token.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        std::fs::write(
+            dir.join(format!("token-{alg}")),
+            token.map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
     }
     // For the whole-chain bench: a clinician's token with N granular scopes, the ones that
     // grant the bench's requests last (the worst case for a scope matcher that scans).
     let fillers = SUPPORTED_FILLER_TYPES.iter().map(|t| format!("user/{t}.r"));
     for n in [4usize, 16, 64] {
-        let granting = ["user/Patient.rs", "user/Observation.rs", "user/Condition.rs", "user/Encounter.rs"];
-        let scope: Vec<String> = fillers.clone().take(n - granting.len()).chain(granting.iter().map(|s| s.to_string())).collect();
+        let granting = [
+            "user/Patient.rs",
+            "user/Observation.rs",
+            "user/Condition.rs",
+            "user/Encounter.rs",
+        ];
+        let scope: Vec<String> = fillers
+            .clone()
+            .take(n - granting.len())
+            .chain(granting.iter().map(|s| s.to_string()))
+            .collect();
         let custom = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "dr-bench", "fhirUser": "Practitioner/bench", "scope": scope.join(" ")});
         let mut claims = Claims::new(custom.as_object().cloned().unwrap_or_default());
         claims.expiration = DateTime::from_timestamp(4_102_444_800, 0);
-        let token = Rsa::rs256().token(&Header::empty().with_key_id("rsa"), &claims, &rsa).map_err(|e| e.to_string())?;
+        let token = Rsa::rs256()
+            .token(&Header::empty().with_key_id("rsa"), &claims, &rsa)
+            .map_err(|e| e.to_string())?;
         std::fs::write(dir.join(format!("token-scopes-{n}")), token).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
 fn verify(dir: &Path, alg: &str, n: u64) -> Result<u64, String> {
-    let jwks: Value = serde_json::from_slice(&std::fs::read(dir.join("jwks.json")).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    let token = std::fs::read_to_string(dir.join(format!("token-{alg}"))).map_err(|e| e.to_string())?;
+    let jwks: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("jwks.json")).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let token =
+        std::fs::read_to_string(dir.join(format!("token-{alg}"))).map_err(|e| e.to_string())?;
     let verifier = TokenVerifier {
         issuers: vec![Issuer {
             issuer: ISSUER.into(),
@@ -101,9 +185,17 @@ fn verify(dir: &Path, alg: &str, n: u64) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [_, "prepare", dir] => prepare(Path::new(dir)).map(|_| 0),
-        [_, "verify", dir, alg, n] => n.parse().map_err(|_| "N is not a number".to_string()).and_then(|n| verify(Path::new(dir), alg, n)),
+        [_, "verify", dir, alg, n] => n
+            .parse()
+            .map_err(|_| "N is not a number".to_string())
+            .and_then(|n| verify(Path::new(dir), alg, n)),
         _ => Err("usage: verify_bench prepare DIR | verify DIR ALG N".into()),
     };
     match result {
@@ -117,4 +209,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

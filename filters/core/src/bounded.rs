@@ -15,7 +15,11 @@ pub struct BoundedMap<K, V> {
 
 impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
     pub fn new(capacity: usize) -> Self {
-        BoundedMap { capacity, entries: HashMap::new(), order: VecDeque::new() }
+        BoundedMap {
+            capacity,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
     pub fn get<Q: Eq + Hash + ?Sized>(&self, key: &Q) -> Option<&V>
@@ -83,7 +87,10 @@ mod tests {
         m.insert("a", 10);
         assert_eq!(m.get(&"a"), Some(&10), "a replacement keeps the place");
         m.insert("c", 3);
-        assert_eq!((m.get(&"a"), m.get(&"b"), m.get(&"c")), (None, Some(&2), Some(&3)));
+        assert_eq!(
+            (m.get(&"a"), m.get(&"b"), m.get(&"c")),
+            (None, Some(&2), Some(&3))
+        );
         assert_eq!(m.len(), 2);
     }
 

@@ -27,7 +27,12 @@ impl Rejection {
     ///
     /// `diagnostics` is shown to the client; it must never contain tokens, bodies or
     /// identifiers beyond what the client itself sent in the offending element.
-    pub fn new(status: u16, reason: &'static str, code: IssueType, diagnostics: impl Into<String>) -> Self {
+    pub fn new(
+        status: u16,
+        reason: &'static str,
+        code: IssueType,
+        diagnostics: impl Into<String>,
+    ) -> Self {
         Rejection {
             status,
             reason,
@@ -38,7 +43,12 @@ impl Rejection {
 
     /// The fail-closed answer of a filter that has no usable configuration.
     pub fn not_configured(filter: &str) -> Self {
-        Rejection::new(503, "filter-not-configured", IssueType::Exception, format!("{filter} is not configured"))
+        Rejection::new(
+            503,
+            "filter-not-configured",
+            IssueType::Exception,
+            format!("{filter} is not configured"),
+        )
     }
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {

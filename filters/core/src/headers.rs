@@ -42,7 +42,11 @@ pub const RL_WEIGHT: &str = "x-fhirgate-rl-weight";
 
 /// Request headers that ask a server to treat a request as another method. fhirgate never
 /// honours them: a request carrying one is refused (lower case, as Envoy keeps header names).
-pub const METHOD_OVERRIDE: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
+pub const METHOD_OVERRIDE: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// True when `name` (any case) is one of fhirgate's internal headers.
 pub fn is_internal(name: &str) -> bool {

@@ -60,7 +60,11 @@ pub struct OperationOutcome {
 
 impl OperationOutcome {
     pub fn error(code: IssueType, reason: &'static str, diagnostics: impl Into<String>) -> Self {
-        OperationOutcome { code, reason, diagnostics: diagnostics.into() }
+        OperationOutcome {
+            code,
+            reason,
+            diagnostics: diagnostics.into(),
+        }
     }
 
     pub fn to_value(&self) -> serde_json::Value {
@@ -91,18 +95,23 @@ mod tests {
 
     #[test]
     fn renders_a_valid_r4_operation_outcome() {
-        let outcome = OperationOutcome::error(IssueType::NotFound, "unknown-resource-type", "no such type");
+        let outcome =
+            OperationOutcome::error(IssueType::NotFound, "unknown-resource-type", "no such type");
         let v: serde_json::Value = serde_json::from_slice(&outcome.to_json()).unwrap();
         assert_eq!(v["resourceType"], "OperationOutcome");
         assert_eq!(v["issue"][0]["severity"], "error");
         assert_eq!(v["issue"][0]["code"], "not-found");
-        assert_eq!(v["issue"][0]["details"]["coding"][0]["code"], "unknown-resource-type");
+        assert_eq!(
+            v["issue"][0]["details"]["coding"][0]["code"],
+            "unknown-resource-type"
+        );
         assert_eq!(v["issue"][0]["diagnostics"], "no such type");
     }
 
     #[test]
     fn escapes_diagnostics_as_json() {
-        let outcome = OperationOutcome::error(IssueType::Invalid, "x", "quote \" and \\ newline \n");
+        let outcome =
+            OperationOutcome::error(IssueType::Invalid, "x", "quote \" and \\ newline \n");
         let v: serde_json::Value = serde_json::from_slice(&outcome.to_json()).unwrap();
         assert_eq!(v["issue"][0]["diagnostics"], "quote \" and \\ newline \n");
     }

@@ -31,8 +31,13 @@ impl FaultRoot {
     fn first_to_configure() -> bool {
         loop {
             let (value, cas) = hostcalls::get_shared_data(CONFIGURES).unwrap_or((None, None));
-            let seen = value.and_then(|v| String::from_utf8(v).ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            if hostcalls::set_shared_data(CONFIGURES, Some((seen + 1).to_string().as_bytes()), cas).is_ok() {
+            let seen = value
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            if hostcalls::set_shared_data(CONFIGURES, Some((seen + 1).to_string().as_bytes()), cas)
+                .is_ok()
+            {
                 return seen == 0;
             }
         }
@@ -42,12 +47,24 @@ impl FaultRoot {
 impl Context for FaultRoot {}
 impl RootContext for FaultRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let config: serde_json::Value = self.get_plugin_configuration().and_then(|c| serde_json::from_slice(&c).ok()).unwrap_or_default();
+        let config: serde_json::Value = self
+            .get_plugin_configuration()
+            .and_then(|c| serde_json::from_slice(&c).ok())
+            .unwrap_or_default();
         // Only the shipped filters' names: the mark's property name must be static.
-        self.stand_in = ["fhirgate.routing", "fhirgate.authz", "fhirgate.ratelimit", "fhirgate.consent", "fhirgate.audit"]
-            .into_iter()
-            .find(|f| config.get("standIn").and_then(|s| s.as_str()) == Some(f));
-        let fail_on_workers = config.get("failOnWorkers").and_then(|f| f.as_bool()).unwrap_or(false);
+        self.stand_in = [
+            "fhirgate.routing",
+            "fhirgate.authz",
+            "fhirgate.ratelimit",
+            "fhirgate.consent",
+            "fhirgate.audit",
+        ]
+        .into_iter()
+        .find(|f| config.get("standIn").and_then(|s| s.as_str()) == Some(f));
+        let fail_on_workers = config
+            .get("failOnWorkers")
+            .and_then(|f| f.as_bool())
+            .unwrap_or(false);
         let first = Self::first_to_configure();
         if fail_on_workers && !first {
             log::error!("fault instrument: failing this worker's configuration, as asked");
@@ -57,7 +74,9 @@ impl RootContext for FaultRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Fault { stand_in: self.stand_in }))
+        Some(Box::new(Fault {
+            stand_in: self.stand_in,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -41,7 +41,11 @@ fn metric_id(filter: &'static str, event: &'static str, detail: &'static str) ->
         if let Some(id) = m.get(&(filter, event, detail)) {
             return Some(*id);
         }
-        let name = if detail.is_empty() { format!("{filter}.{event}") } else { format!("{filter}.{event}.{detail}") };
+        let name = if detail.is_empty() {
+            format!("{filter}.{event}")
+        } else {
+            format!("{filter}.{event}.{detail}")
+        };
         let id = hostcalls::define_metric(MetricType::Counter, &name).ok()?;
         m.insert((filter, event, detail), id);
         Some(id)
@@ -70,7 +74,11 @@ pub fn gauge(filter: &'static str, name: &'static str, value: u64) {
 
 /// Reads the plugin configuration and compiles it. On failure logs the refusal, naming the
 /// field, and returns None: `on_configure` then returns false and Envoy refuses the config.
-pub fn load_config<T>(root: &dyn RootContext, filter: &'static str, compile: impl FnOnce(&[u8]) -> Result<T, ConfigError>) -> Option<T> {
+pub fn load_config<T>(
+    root: &dyn RootContext,
+    filter: &'static str,
+    compile: impl FnOnce(&[u8]) -> Result<T, ConfigError>,
+) -> Option<T> {
     let bytes = root.get_plugin_configuration().unwrap_or_default();
     match compile(&bytes) {
         Ok(policy) => {
@@ -88,13 +96,19 @@ pub fn load_config<T>(root: &dyn RootContext, filter: &'static str, compile: imp
 /// the request: nothing reaches the upstream.
 pub fn reject(filter: &'static str, rejection: &Rejection) -> Action {
     // Only the stable reason code is logged and counted: never paths, ids, tokens or bodies.
-    log::debug!("{filter}: refused ({} {})", rejection.status, rejection.reason);
+    log::debug!(
+        "{filter}: refused ({} {})",
+        rejection.status,
+        rejection.reason
+    );
     count(filter, "denied", rejection.reason);
     set_reason(rejection.reason);
     let headers = rejection.response_headers();
     let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let body = rejection.body();
-    if let Err(status) = hostcalls::send_http_response(u32::from(rejection.status), pairs, Some(&body)) {
+    if let Err(status) =
+        hostcalls::send_http_response(u32::from(rejection.status), pairs, Some(&body))
+    {
         log::error!("{filter}: could not send local reply: {status:?}");
     }
     Action::Pause
@@ -109,12 +123,17 @@ pub struct RequestHeaders {
 
 impl RequestHeaders {
     pub fn read() -> Self {
-        RequestHeaders { pairs: hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default() }
+        RequestHeaders {
+            pairs: hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default(),
+        }
     }
 
     /// The first value of `name` (lower case, as Envoy keeps them), if it is UTF-8.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.pairs.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -139,7 +158,11 @@ impl RequestHeaders {
     /// clients must never be able to speak for fhirgate. Costs host calls only when a client
     /// actually sent one.
     pub fn strip_internal(&self) {
-        for (name, _) in self.pairs.iter().filter(|(name, _)| headers::is_internal(name)) {
+        for (name, _) in self
+            .pairs
+            .iter()
+            .filter(|(name, _)| headers::is_internal(name))
+        {
             let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
         }
     }

@@ -3,7 +3,9 @@
 
 use crate::root::FILTER;
 use fhirgate_core::headers;
-use fhirgate_core::ratelimit::filter::{retry_after_for_envoy_429, RateLimitFilterPolicy, RateLimitRequest, Verdict};
+use fhirgate_core::ratelimit::filter::{
+    retry_after_for_envoy_429, RateLimitFilterPolicy, RateLimitRequest, Verdict,
+};
 use fhirgate_core::Rejection;
 use fhirgate_proxy::{count, mark_passed, reject, set_routing_headers, RequestHeaders, SharedData};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -18,7 +20,10 @@ pub struct RateLimitFilter {
 
 impl RateLimitFilter {
     pub fn new(policy: Option<Rc<RateLimitFilterPolicy>>) -> Self {
-        RateLimitFilter { policy, response_headers: Vec::new() }
+        RateLimitFilter {
+            policy,
+            response_headers: Vec::new(),
+        }
     }
 
     fn peer(&self) -> Option<String> {
@@ -38,7 +43,11 @@ impl HttpContext for RateLimitFilter {
         let break_glass_header = policy.break_glass_header();
         let break_glass = break_glass_header.and_then(|name| h.get(name));
         // Anonymous traffic is limited per peer address; identified traffic never needs it.
-        let peer = if h.contains(headers::SUBJECT) || h.contains(headers::CLIENT_ID) { None } else { self.peer() };
+        let peer = if h.contains(headers::SUBJECT) || h.contains(headers::CLIENT_ID) {
+            None
+        } else {
+            self.peer()
+        };
         let request = RateLimitRequest {
             interaction: h.get(headers::INTERACTION),
             operation: h.get(headers::OPERATION),
@@ -51,7 +60,10 @@ impl HttpContext for RateLimitFilter {
             peer: peer.as_deref(),
             break_glass,
         };
-        let now_ms = self.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_ms = self
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let verdict = policy.decide(&request, &mut SharedData, now_ms);
         if let (Some(name), true) = (break_glass_header, break_glass.is_some()) {
             // The token is a credential: it never travels upstream.
@@ -60,7 +72,11 @@ impl HttpContext for RateLimitFilter {
         match verdict {
             Verdict::Refuse { class, rejection } => {
                 if rejection.status == 429 {
-                    count(FILTER, "limited", class.map_or("unclassified", |c| c.name()));
+                    count(
+                        FILTER,
+                        "limited",
+                        class.map_or("unclassified", |c| c.name()),
+                    );
                 }
                 if rejection.reason.starts_with("break-glass") {
                     count(FILTER, "break_glass", "refused");
@@ -72,7 +88,10 @@ impl HttpContext for RateLimitFilter {
                 count(FILTER, "requests", admitted.class.name());
                 if admitted.break_glass {
                     count(FILTER, "break_glass", "used");
-                    log::warn!("{FILTER}: break-glass access admitted ({} class)", admitted.class.name());
+                    log::warn!(
+                        "{FILTER}: break-glass access admitted ({} class)",
+                        admitted.class.name()
+                    );
                 }
                 if !admitted.request_headers.is_empty() {
                     set_routing_headers(&admitted.request_headers);
@@ -89,7 +108,12 @@ impl HttpContext for RateLimitFilter {
         }
         let status = self.get_http_response_header(":status");
         if status.as_deref() == Some("429") {
-            let retry = retry_after_for_envoy_429(status.as_deref(), self.get_http_response_header("retry-after").as_deref(), self.get_http_response_header("x-ratelimit-reset").as_deref());
+            let retry = retry_after_for_envoy_429(
+                status.as_deref(),
+                self.get_http_response_header("retry-after").as_deref(),
+                self.get_http_response_header("x-ratelimit-reset")
+                    .as_deref(),
+            );
             if let Some(seconds) = retry {
                 self.set_http_response_header("retry-after", Some(&seconds));
             }

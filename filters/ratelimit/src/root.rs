@@ -19,7 +19,16 @@ impl Context for RateLimitRoot {}
 
 impl RootContext for RateLimitRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        fhirgate_proxy::declare(FILTER, &[("requests", ""), ("limited", ""), ("denied", ""), ("break_glass", "used"), ("break_glass", "refused")]);
+        fhirgate_proxy::declare(
+            FILTER,
+            &[
+                ("requests", ""),
+                ("limited", ""),
+                ("denied", ""),
+                ("break_glass", "used"),
+                ("break_glass", "refused"),
+            ],
+        );
         match fhirgate_proxy::load_config(self, FILTER, RateLimitFilterPolicy::from_json) {
             Some(policy) => {
                 if policy.break_glass_header().is_some() {

@@ -16,11 +16,16 @@ pub struct RoutingFilter {
 
 impl RoutingFilter {
     pub fn new(policy: Option<Rc<RoutingPolicy>>) -> Self {
-        RoutingFilter { policy, pending: None }
+        RoutingFilter {
+            policy,
+            pending: None,
+        }
     }
 
     fn finish_body(&mut self, policy: &RoutingPolicy, body_size: usize) -> Action {
-        let Some(mut routed) = self.pending.take() else { return Action::Continue };
+        let Some(mut routed) = self.pending.take() else {
+            return Action::Continue;
+        };
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         match policy.route_body(&mut routed, &body) {
             Ok(()) => {
@@ -61,7 +66,9 @@ impl HttpContext for RoutingFilter {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(policy) = self.policy.clone() else { return Action::Continue };
+        let Some(policy) = self.policy.clone() else {
+            return Action::Continue;
+        };
         if self.pending.is_none() {
             return Action::Continue;
         }
@@ -77,8 +84,12 @@ impl HttpContext for RoutingFilter {
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // A body followed by trailers never sees end_of_stream in the body callback.
-        let Some(policy) = self.policy.clone() else { return Action::Continue };
-        let size = self.get_http_request_body(0, policy.max_body_bytes() + 1).map_or(0, |b| b.len());
+        let Some(policy) = self.policy.clone() else {
+            return Action::Continue;
+        };
+        let size = self
+            .get_http_request_body(0, policy.max_body_bytes() + 1)
+            .map_or(0, |b| b.len());
         self.finish_body(&policy, size)
     }
 }

@@ -4,10 +4,10 @@
 //! chain at that point, and [`verify`] names the first line where it breaks.
 
 use super::Record;
-use serde::Deserialize;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use serde::Deserialize;
 use sha2::Sha256;
 use std::collections::{HashMap, HashSet};
 
@@ -31,7 +31,11 @@ fn mac_over(keyed: &HmacSha256, prev: &[u8], unsealed: &[u8]) -> Vec<u8> {
 fn mac_of(key: &[u8], prev: &[u8], record: &Record) -> Option<Vec<u8>> {
     let mut unsealed = record.clone();
     unsealed.mac = String::new();
-    Some(mac_over(&keyed(key)?, prev, &serde_json::to_vec(&unsealed).ok()?))
+    Some(mac_over(
+        &keyed(key)?,
+        prev,
+        &serde_json::to_vec(&unsealed).ok()?,
+    ))
 }
 
 /// One emitting stream's chain.
@@ -45,7 +49,13 @@ pub struct Chain {
 
 impl Chain {
     pub fn new(stream: impl Into<String>, kid: impl Into<String>, key: Vec<u8>) -> Self {
-        Chain { stream: stream.into(), kid: kid.into(), keyed: keyed(&key), seq: 0, prev: vec![0; 32] }
+        Chain {
+            stream: stream.into(),
+            kid: kid.into(),
+            keyed: keyed(&key),
+            seq: 0,
+            prev: vec![0; 32],
+        }
     }
 
     /// Numbers and seals a record.
@@ -62,7 +72,11 @@ impl Chain {
         record.kid = self.kid.clone();
         record.mac = String::new();
         let unsealed = serde_json::to_string(&record).unwrap_or_default();
-        let mac = self.keyed.as_ref().map(|k| mac_over(k, &self.prev, unsealed.as_bytes())).unwrap_or_default();
+        let mac = self
+            .keyed
+            .as_ref()
+            .map(|k| mac_over(k, &self.prev, unsealed.as_bytes()))
+            .unwrap_or_default();
         record.mac = STANDARD.encode(&mac);
         self.prev = mac;
         // `mac` is the record's last field, serialised empty: the line is the same text with
@@ -90,9 +104,17 @@ pub enum BreakKind {
     /// Signed with a key id the verifier was not given.
     UnknownKey(String),
     /// Records before this one (of its stream) are missing: `expected` was never seen.
-    Gap { stream: String, expected: u64, found: u64 },
+    Gap {
+        stream: String,
+        expected: u64,
+        found: u64,
+    },
     /// Records are out of order: `expected` appears later in the file.
-    Reordered { stream: String, expected: u64, found: u64 },
+    Reordered {
+        stream: String,
+        expected: u64,
+        found: u64,
+    },
     /// The record (or the one before it in its stream) was changed.
     Edited { stream: String, seq: u64 },
 }
@@ -101,14 +123,28 @@ impl std::fmt::Display for Break {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
             BreakKind::Unreadable => write!(f, "line {}: not an audit record", self.line),
-            BreakKind::UnknownKey(kid) => write!(f, "line {}: signed with unknown key id {kid:?}", self.line),
-            BreakKind::Gap { stream, expected, found } => {
+            BreakKind::UnknownKey(kid) => {
+                write!(f, "line {}: signed with unknown key id {kid:?}", self.line)
+            }
+            BreakKind::Gap {
+                stream,
+                expected,
+                found,
+            } => {
                 write!(f, "line {}: stream {stream}: record {expected} is missing (found {found}): records were deleted", self.line)
             }
-            BreakKind::Reordered { stream, expected, found } => {
+            BreakKind::Reordered {
+                stream,
+                expected,
+                found,
+            } => {
                 write!(f, "line {}: stream {stream}: record {found} comes before {expected}: records were reordered", self.line)
             }
-            BreakKind::Edited { stream, seq } => write!(f, "line {}: stream {stream}: record {seq} does not match its MAC: it was edited", self.line),
+            BreakKind::Edited { stream, seq } => write!(
+                f,
+                "line {}: stream {stream}: record {seq} does not match its MAC: it was edited",
+                self.line
+            ),
         }
     }
 }
@@ -116,37 +152,77 @@ impl std::fmt::Display for Break {
 /// Verifies a log (JSON lines, streams interleaved). Returns how many records were checked,
 /// or the first break.
 pub fn verify(log: &str, keys: &HashMap<String, Vec<u8>>) -> Result<usize, Break> {
-    let lines: Vec<(usize, &str)> = log.lines().enumerate().map(|(i, l)| (i + 1, l)).filter(|(_, l)| !l.trim().is_empty()).collect();
+    let lines: Vec<(usize, &str)> = log
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
     let mut records = Vec::with_capacity(lines.len());
     for (line, text) in &lines {
-        let unreadable = Break { line: *line, kind: BreakKind::Unreadable };
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else { return Err(unreadable) };
-        let Ok(r) = Record::deserialize(&value) else { return Err(unreadable) };
+        let unreadable = Break {
+            line: *line,
+            kind: BreakKind::Unreadable,
+        };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+            return Err(unreadable);
+        };
+        let Ok(r) = Record::deserialize(&value) else {
+            return Err(unreadable);
+        };
         // The MAC covers the record's fields, so a line must be exactly those fields: a key
         // added, dropped or renamed (a null one reads back the same) is an edit too. Found by
         // the `audit_chain` fuzz target.
         let exact = serde_json::to_value(&r).is_ok_and(|again| again == value);
         records.push((*line, r, exact));
     }
-    let present: HashSet<(String, u64)> = records.iter().map(|(_, r, _)| (r.stream.clone(), r.seq)).collect();
+    let present: HashSet<(String, u64)> = records
+        .iter()
+        .map(|(_, r, _)| (r.stream.clone(), r.seq))
+        .collect();
     let mut state: HashMap<String, (u64, Vec<u8>)> = HashMap::new();
     for (line, r, exact) in &records {
-        let Some(key) = keys.get(&r.kid) else { return Err(Break { line: *line, kind: BreakKind::UnknownKey(r.kid.clone()) }) };
+        let Some(key) = keys.get(&r.kid) else {
+            return Err(Break {
+                line: *line,
+                kind: BreakKind::UnknownKey(r.kid.clone()),
+            });
+        };
         let (last, prev) = state.get(&r.stream).cloned().unwrap_or((0, vec![0; 32]));
         let expected = last + 1;
         if r.seq != expected {
             let kind = if r.seq > expected && !present.contains(&(r.stream.clone(), expected)) {
-                BreakKind::Gap { stream: r.stream.clone(), expected, found: r.seq }
+                BreakKind::Gap {
+                    stream: r.stream.clone(),
+                    expected,
+                    found: r.seq,
+                }
             } else {
-                BreakKind::Reordered { stream: r.stream.clone(), expected, found: r.seq }
+                BreakKind::Reordered {
+                    stream: r.stream.clone(),
+                    expected,
+                    found: r.seq,
+                }
             };
             return Err(Break { line: *line, kind });
         }
         let mac = mac_of(key, &prev, r).unwrap_or_default();
         let given = STANDARD.decode(&r.mac).unwrap_or_default();
-        let equal = *exact && mac.len() == given.len() && mac.iter().zip(&given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        let equal = *exact
+            && mac.len() == given.len()
+            && mac
+                .iter()
+                .zip(&given)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
         if !equal {
-            return Err(Break { line: *line, kind: BreakKind::Edited { stream: r.stream.clone(), seq: r.seq } });
+            return Err(Break {
+                line: *line,
+                kind: BreakKind::Edited {
+                    stream: r.stream.clone(),
+                    seq: r.seq,
+                },
+            });
         }
         state.insert(r.stream.clone(), (r.seq, mac));
     }

@@ -109,12 +109,20 @@ fn default_attempts() -> u32 {
 
 /// A decoded key (base64, at least 32 bytes).
 pub fn decode_key(field: &str, k: &KeyConfig) -> Result<Vec<u8>, ConfigError> {
-    let key = base64::engine::general_purpose::STANDARD.decode(k.key.trim()).map_err(|_| ConfigError::new(format!("{field}.key"), "is not base64"))?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(k.key.trim())
+        .map_err(|_| ConfigError::new(format!("{field}.key"), "is not base64"))?;
     if key.len() < 32 {
-        return Err(ConfigError::new(format!("{field}.key"), "must be at least 32 bytes"));
+        return Err(ConfigError::new(
+            format!("{field}.key"),
+            "must be at least 32 bytes",
+        ));
     }
     if k.kid.is_empty() || k.kid.len() > 64 {
-        return Err(ConfigError::new(format!("{field}.kid"), "must be 1 to 64 characters"));
+        return Err(ConfigError::new(
+            format!("{field}.kid"),
+            "must be 1 to 64 characters",
+        ));
     }
     Ok(key)
 }
@@ -133,15 +141,26 @@ impl AuditConfig {
             if !col.path.starts_with('/') {
                 return Err(ConfigError::new("collector.path", "must start with /"));
             }
-            if col.batch_size == 0 || col.queue_size < col.batch_size || col.attempts == 0 || col.timeout_ms == 0 || col.flush_interval_ms == 0 {
+            if col.batch_size == 0
+                || col.queue_size < col.batch_size
+                || col.attempts == 0
+                || col.timeout_ms == 0
+                || col.flush_interval_ms == 0
+            {
                 return Err(ConfigError::new("collector", "batchSize ≥ 1, queueSize ≥ batchSize, attempts, timeoutMs and flushIntervalMs ≥ 1"));
             }
         }
         if c.fail_closed.is_some() && c.collector.is_none() {
-            return Err(ConfigError::new("failClosed", "needs a collector to acknowledge access records"));
+            return Err(ConfigError::new(
+                "failClosed",
+                "needs a collector to acknowledge access records",
+            ));
         }
         if !c.base_path.starts_with('/') || c.base_path.ends_with('/') {
-            return Err(ConfigError::new("basePath", "must start with / and not end with /"));
+            return Err(ConfigError::new(
+                "basePath",
+                "must start with / and not end with /",
+            ));
         }
         Ok(c)
     }

@@ -11,7 +11,12 @@ use serde_json::{json, Value};
 pub fn action(interaction: Option<&str>) -> &'static str {
     match interaction.unwrap_or("") {
         "create" | "conditional-create" => "C",
-        "read" | "vread" | "history-instance" | "capabilities" | "smart-configuration" | "passthrough" => "R",
+        "read"
+        | "vread"
+        | "history-instance"
+        | "capabilities"
+        | "smart-configuration"
+        | "passthrough" => "R",
         "update" | "conditional-update" | "patch" | "conditional-patch" => "U",
         "delete" | "conditional-delete" => "D",
         _ => "E",
@@ -99,7 +104,10 @@ pub fn audit_event(r: &Record) -> Value {
         }
         match r.purpose_of_use.as_deref() {
             Some("unrecognized") => {
-                obj.insert("purposeOfEvent".into(), json!([{"text": "unrecognized purpose of use asserted"}]));
+                obj.insert(
+                    "purposeOfEvent".into(),
+                    json!([{"text": "unrecognized purpose of use asserted"}]),
+                );
             }
             Some(p) => {
                 obj.insert("purposeOfEvent".into(), json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": p}]}]));
@@ -107,7 +115,15 @@ pub fn audit_event(r: &Record) -> Value {
             None => {}
         }
         if let Some(id) = &r.request_id {
-            obj.insert("id".into(), Value::String(id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.').take(64).collect()));
+            obj.insert(
+                "id".into(),
+                Value::String(
+                    id.chars()
+                        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+                        .take(64)
+                        .collect(),
+                ),
+            );
         }
     }
     event

@@ -99,11 +99,15 @@ pub struct IdHasher {
 
 impl IdHasher {
     pub fn new(key: Vec<u8>) -> Self {
-        IdHasher { keyed: Hmac::<Sha256>::new_from_slice(&key).ok() }
+        IdHasher {
+            keyed: Hmac::<Sha256>::new_from_slice(&key).ok(),
+        }
     }
 
     pub fn hash(&self, id: &str) -> String {
-        let Some(mut mac) = self.keyed.clone() else { return String::new() };
+        let Some(mut mac) = self.keyed.clone() else {
+            return String::new();
+        };
         mac.update(id.as_bytes());
         hex(&mac.finalize().into_bytes()[..16])
     }
@@ -115,7 +119,9 @@ fn hex(bytes: &[u8]) -> String {
 
 /// `/fhir/r4/Patient/{id}/$everything`: the route with every value replaced by its role.
 pub fn route_template(base: &str, f: &Facts) -> String {
-    let Some(interaction) = f.interaction.and_then(Interaction::from_name) else { return "{unrouted}".into() };
+    let Some(interaction) = f.interaction.and_then(Interaction::from_name) else {
+        return "{unrouted}".into();
+    };
     use Interaction as I;
     let t = f.resource_type.unwrap_or("{type}");
     let op = f.operation.unwrap_or("$op");
@@ -125,9 +131,19 @@ pub fn route_template(base: &str, f: &Facts) -> String {
         I::HistoryInstance => format!("{base}/{t}/{{id}}/_history"),
         I::HistoryType => format!("{base}/{t}/_history"),
         I::HistorySystem => format!("{base}/_history"),
-        I::Create | I::SearchType | I::ConditionalCreate | I::ConditionalUpdate | I::ConditionalPatch | I::ConditionalDelete => format!("{base}/{t}"),
+        I::Create
+        | I::SearchType
+        | I::ConditionalCreate
+        | I::ConditionalUpdate
+        | I::ConditionalPatch
+        | I::ConditionalDelete => format!("{base}/{t}"),
         I::SearchSystem | I::Batch | I::Transaction => base.to_string(),
-        I::SearchCompartment => format!("{base}/{}/{{id}}/{t}", f.compartment.and_then(|c| c.split('/').next()).unwrap_or("Patient")),
+        I::SearchCompartment => format!(
+            "{base}/{}/{{id}}/{t}",
+            f.compartment
+                .and_then(|c| c.split('/').next())
+                .unwrap_or("Patient")
+        ),
         I::Capabilities => format!("{base}/metadata"),
         I::SmartConfiguration => format!("{base}/.well-known/smart-configuration"),
         I::OperationSystem => format!("{base}/{op}"),
@@ -143,11 +159,15 @@ pub fn route_template(base: &str, f: &Facts) -> String {
 /// The scopes of the token that speak for this resource type (`user/Observation.rs`,
 /// `patient/*.read`, …): the ones that authorised the request.
 pub fn scopes_used(scopes: Option<&str>, resource_type: Option<&str>) -> Vec<String> {
-    let Some(scopes) = scopes else { return Vec::new() };
+    let Some(scopes) = scopes else {
+        return Vec::new();
+    };
     scopes
         .split_ascii_whitespace()
         .filter(|s| {
-            let Some((context, rest)) = s.split_once('/') else { return false };
+            let Some((context, rest)) = s.split_once('/') else {
+                return false;
+            };
             if !matches!(context, "patient" | "user" | "system") {
                 return false;
             }
@@ -163,10 +183,17 @@ pub const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// Does the filter read this response's body for its OperationOutcome? An upstream error
 /// answered in uncompressed JSON with a known, small length.
-pub fn reads_error_body(status: u16, content_type: Option<&str>, content_length: Option<&str>, content_encoding: Option<&str>) -> bool {
+pub fn reads_error_body(
+    status: u16,
+    content_type: Option<&str>,
+    content_length: Option<&str>,
+    content_encoding: Option<&str>,
+) -> bool {
     status >= 400
         && content_type.is_some_and(|c| c.to_ascii_lowercase().contains("json"))
-        && content_length.and_then(|l| l.trim().parse::<usize>().ok()).is_some_and(|l| l <= MAX_ERROR_BODY)
+        && content_length
+            .and_then(|l| l.trim().parse::<usize>().ok())
+            .is_some_and(|l| l <= MAX_ERROR_BODY)
         && content_encoding.is_none()
 }
 
@@ -186,12 +213,19 @@ pub fn outcome_code(body: &[u8]) -> Option<String> {
         .or_else(|| issue.get("code"))?
         .as_str()?;
     // A code, not free text: PHI cannot hide in 1–64 code characters.
-    (!code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))).then(|| code.to_string())
+    (!code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+    .then(|| code.to_string())
 }
 
 /// `2026-11-24T12:00:00.123Z`.
 pub fn timestamp(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms as i64).map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_default()
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
 }
 
 /// The outcome in FHIR terms: `success`, or the fhirgate reason code, or a class of failure.
@@ -209,7 +243,11 @@ fn outcome_of(status: u16, reason: Option<&str>) -> String {
 }
 
 fn role_of(f: &Facts) -> String {
-    match (f.fhir_user.and_then(|u| u.split('/').rev().nth(1)), f.subject, f.client_id) {
+    match (
+        f.fhir_user.and_then(|u| u.split('/').rev().nth(1)),
+        f.subject,
+        f.client_id,
+    ) {
         (Some(t), _, _) => t.to_string(),
         (None, Some(s), Some(c)) if s == c => "system".into(),
         (None, None, Some(_)) => "system".into(),
@@ -241,13 +279,21 @@ pub fn record(f: &Facts, base: &str, ids: Option<&IdHasher>) -> Record {
         source_ip: f.source_ip.map(str::to_string),
         user_agent_hash: f.user_agent.map(|ua| hex(&Sha256::digest(ua.as_bytes()))),
         http_status: f.status,
-        fhir_outcome: f.upstream_outcome.filter(|_| f.reason.is_none()).map_or_else(|| outcome_of(f.status, f.reason), str::to_string),
+        fhir_outcome: f
+            .upstream_outcome
+            .filter(|_| f.reason.is_none())
+            .map_or_else(|| outcome_of(f.status, f.reason), str::to_string),
         decision: if allowed { "allow" } else { "deny" }.into(),
         reason: f.reason.map(str::to_string),
         response_ms: f.duration_ms,
         purpose_of_use: f.purpose.map(purpose_code),
         break_glass: f.break_glass.is_some(),
-        severity: if f.break_glass.is_some() { "elevated" } else { "normal" }.into(),
+        severity: if f.break_glass.is_some() {
+            "elevated"
+        } else {
+            "normal"
+        }
+        .into(),
         consent_withheld: f.consent_withheld,
         consent_redacted: f.consent_redacted,
         stream: String::new(),
@@ -259,19 +305,78 @@ pub fn record(f: &Facts, base: &str, ids: Option<&IdHasher>) -> Record {
 
 /// HL7 v3 PurposeOfUse codes (terminology.hl7.org ValueSet v3-PurposeOfUse).
 const PURPOSES_OF_USE: &[&str] = &[
-    "BIORCH", "BTG", "CAREMGT", "CLINTRCH", "CLINTRCHNPC", "CLINTRCHPC", "CLINTRL", "CLMATTCH", "COC", "COVAUTH", "COVERAGE",
-    "DECEASED", "DISASTER", "DONAT", "DSRCH", "ELIGDTRM", "ELIGVER", "ENROLLM", "ERTREAT", "ETREAT", "FAMRQT", "FRAUD", "GOV",
-    "HACCRED", "HCOMPL", "HDECD", "HDIRECT", "HDM", "HLEGAL", "HMARKT", "HOPERAT", "HOUTCOMS", "HPAYMT", "HPRGRP", "HQUALIMP",
-    "HRESCH", "HSYSADMIN", "HTEST", "LABELING", "MEMADMIN", "METAMGT", "MILCDM", "MILDCRG", "PATADMIN", "PATRQT", "PATSFTY",
-    "PERFMSR", "POARCH", "POPHLTH", "PRECLINTRCH", "PUBHLTH", "PWATRNY", "RECORDMGT", "REMITADV", "SUPNWK", "SYSDEV", "THREAT",
-    "TRAIN", "TRANSRCH", "TREAT",
+    "BIORCH",
+    "BTG",
+    "CAREMGT",
+    "CLINTRCH",
+    "CLINTRCHNPC",
+    "CLINTRCHPC",
+    "CLINTRL",
+    "CLMATTCH",
+    "COC",
+    "COVAUTH",
+    "COVERAGE",
+    "DECEASED",
+    "DISASTER",
+    "DONAT",
+    "DSRCH",
+    "ELIGDTRM",
+    "ELIGVER",
+    "ENROLLM",
+    "ERTREAT",
+    "ETREAT",
+    "FAMRQT",
+    "FRAUD",
+    "GOV",
+    "HACCRED",
+    "HCOMPL",
+    "HDECD",
+    "HDIRECT",
+    "HDM",
+    "HLEGAL",
+    "HMARKT",
+    "HOPERAT",
+    "HOUTCOMS",
+    "HPAYMT",
+    "HPRGRP",
+    "HQUALIMP",
+    "HRESCH",
+    "HSYSADMIN",
+    "HTEST",
+    "LABELING",
+    "MEMADMIN",
+    "METAMGT",
+    "MILCDM",
+    "MILDCRG",
+    "PATADMIN",
+    "PATRQT",
+    "PATSFTY",
+    "PERFMSR",
+    "POARCH",
+    "POPHLTH",
+    "PRECLINTRCH",
+    "PUBHLTH",
+    "PWATRNY",
+    "RECORDMGT",
+    "REMITADV",
+    "SUPNWK",
+    "SYSDEV",
+    "THREAT",
+    "TRAIN",
+    "TRANSRCH",
+    "TREAT",
 ];
 
 /// The purpose a client asserted, as recorded: a PurposeOfUse code, or `unrecognized` — the
 /// header is free text from the client and must not carry anything else into the record.
 fn purpose_code(asserted: &str) -> String {
     let code = asserted.trim();
-    if PURPOSES_OF_USE.contains(&code) { code } else { "unrecognized" }.to_string()
+    if PURPOSES_OF_USE.contains(&code) {
+        code
+    } else {
+        "unrecognized"
+    }
+    .to_string()
 }
 
 #[cfg(test)]

@@ -23,7 +23,13 @@ pub struct Batch {
 
 impl Queue {
     pub fn new(capacity: usize) -> Self {
-        Queue { records: VecDeque::new(), capacity, in_flight: None, dropped: 0, sent: 0 }
+        Queue {
+            records: VecDeque::new(),
+            capacity,
+            in_flight: None,
+            dropped: 0,
+            sent: 0,
+        }
     }
 
     /// Adds a record; false (and counted as dropped) when the queue is full.
@@ -51,14 +57,19 @@ impl Queue {
             self.in_flight = Some((self.records.drain(..n).collect(), 0));
         }
         let (batch, _) = self.in_flight.as_ref()?;
-        Some(Batch { content_type: content_type(c.format), body: encode(c.format, batch) })
+        Some(Batch {
+            content_type: content_type(c.format),
+            body: encode(c.format, batch),
+        })
     }
 
     /// The collector acknowledged the batch (`ok`) or not (error status, timeout, call not
     /// started). A failed batch is kept for the next [`Self::next_batch`] until it has used
     /// its attempts, then dropped. Returns how many records were dropped.
     pub fn finished(&mut self, ok: bool, c: &CollectorConfig) -> u64 {
-        let Some((batch, attempts)) = self.in_flight.take() else { return 0 };
+        let Some((batch, attempts)) = self.in_flight.take() else {
+            return 0;
+        };
         if ok {
             self.sent += batch.len() as u64;
             return 0;
@@ -108,10 +119,16 @@ impl AuditPolicy {
         let config = AuditConfig::from_json(bytes)?;
         let chain_key = super::config::decode_key("chain", &config.chain)?;
         let ids = match &config.hash_ids {
-            Some(k) => Some(super::IdHasher::new(super::config::decode_key("hashIds", k)?)),
+            Some(k) => Some(super::IdHasher::new(super::config::decode_key(
+                "hashIds", k,
+            )?)),
             None => None,
         };
-        Ok(AuditPolicy { config, chain_key, ids })
+        Ok(AuditPolicy {
+            config,
+            chain_key,
+            ids,
+        })
     }
 }
 
@@ -125,7 +142,14 @@ mod tests {
     }
 
     fn r() -> Record {
-        record(&Facts { status: 200, ..Facts::default() }, "/fhir/r4", None)
+        record(
+            &Facts {
+                status: 200,
+                ..Facts::default()
+            },
+            "/fhir/r4",
+            None,
+        )
     }
 
     #[test]
@@ -137,7 +161,11 @@ mod tests {
         }
         let b = q.next_batch(&c).unwrap();
         assert_eq!(b.body.iter().filter(|&&x| x == b'\n').count(), 2);
-        assert_eq!(q.next_batch(&c).unwrap().body, b.body, "the unfinished batch again, nothing new");
+        assert_eq!(
+            q.next_batch(&c).unwrap().body,
+            b.body,
+            "the unfinished batch again, nothing new"
+        );
         assert_eq!(q.finished(true, &c), 0);
         assert_eq!((q.sent, q.depth()), (2, 3));
     }
@@ -167,6 +195,9 @@ mod tests {
     fn the_fhir_format_is_a_batch_bundle() {
         let body = encode(Format::Fhir, &[r(), r()]);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!((v["type"].as_str(), v["entry"].as_array().map(Vec::len)), (Some("batch"), Some(2)));
+        assert_eq!(
+            (v["type"].as_str(), v["entry"].as_array().map(Vec::len)),
+            (Some("batch"), Some(2))
+        );
     }
 }

@@ -11,7 +11,12 @@ use serde_json::Value;
 /// FHIR ids, checked when they were read from references, so they need no escaping).
 pub fn search_path(source: &ConsentSourceConfig, patients: &[String]) -> String {
     let list: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
-    format!("{}?patient={}&status=active&_count={}", source.path, list.join(","), PAGE)
+    format!(
+        "{}?patient={}&status=active&_count={}",
+        source.path,
+        list.join(","),
+        PAGE
+    )
 }
 
 /// Consents asked for per search: an answer that needs a second page is not trusted (see
@@ -20,12 +25,25 @@ const PAGE: usize = 1000;
 
 /// Assigns the Consents of a multi-patient search to each patient asked for (a patient with
 /// none gets an empty list); None when the search failed.
-pub fn read_search_for(status: Option<u16>, body: &[u8], patients: &[String]) -> Option<Vec<(String, Vec<Value>)>> {
+pub fn read_search_for(
+    status: Option<u16>,
+    body: &[u8],
+    patients: &[String],
+) -> Option<Vec<(String, Vec<Value>)>> {
     let consents = read_search(status, body)?;
     Some(
         patients
             .iter()
-            .map(|p| (p.clone(), consents.iter().filter(|c| super::consent_is_for(c, p)).cloned().collect()))
+            .map(|p| {
+                (
+                    p.clone(),
+                    consents
+                        .iter()
+                        .filter(|c| super::consent_is_for(c, p))
+                        .cloned()
+                        .collect(),
+                )
+            })
             .collect(),
     )
 }
@@ -46,11 +64,25 @@ pub fn read_search(status: Option<u16>, body: &[u8]) -> Option<Vec<Value>> {
         Some(_) => return None,
     };
     // A next page would hide Consents: a patient with more than a page is not decided on half.
-    let paged = bundle.get("link").and_then(Value::as_array).is_some_and(|links| links.iter().any(|l| l.get("relation").and_then(Value::as_str) == Some("next")));
+    let paged = bundle
+        .get("link")
+        .and_then(Value::as_array)
+        .is_some_and(|links| {
+            links
+                .iter()
+                .any(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
+        });
     if paged {
         return None;
     }
-    Some(entries.iter().filter_map(|e| e.get("resource")).filter(|r| is_privacy_consent(r)).cloned().collect())
+    Some(
+        entries
+            .iter()
+            .filter_map(|e| e.get("resource"))
+            .filter(|r| is_privacy_consent(r))
+            .cloned()
+            .collect(),
+    )
 }
 
 pub struct ConsentCache {
@@ -60,12 +92,18 @@ pub struct ConsentCache {
 
 impl ConsentCache {
     pub fn new(capacity: usize, ttl_seconds: u32) -> Self {
-        ConsentCache { entries: BoundedMap::new(capacity.max(1)), ttl: i64::from(ttl_seconds) }
+        ConsentCache {
+            entries: BoundedMap::new(capacity.max(1)),
+            ttl: i64::from(ttl_seconds),
+        }
     }
 
     /// The patient's Consents if fetched less than the TTL ago.
     pub fn get(&self, patient: &str, now: i64) -> Option<&[Value]> {
-        self.entries.get(patient).filter(|(_, at)| now - at < self.ttl).map(|(list, _)| list.as_slice())
+        self.entries
+            .get(patient)
+            .filter(|(_, at)| now - at < self.ttl)
+            .map(|(list, _)| list.as_slice())
     }
 
     pub fn insert(&mut self, patient: &str, consents: Vec<Value>, now: i64) {
@@ -97,7 +135,14 @@ mod tests {
             {"resource": {"resourceType": "OperationOutcome"}}]});
         let got = read_search(Some(200), &serde_json::to_vec(&body).unwrap()).unwrap();
         assert_eq!(got, vec![privacy("a")]);
-        assert_eq!(read_search(Some(200), br#"{"resourceType":"Bundle","type":"searchset"}"#), Some(vec![]), "no Consents is an answer");
+        assert_eq!(
+            read_search(
+                Some(200),
+                br#"{"resourceType":"Bundle","type":"searchset"}"#
+            ),
+            Some(vec![]),
+            "no Consents is an answer"
+        );
     }
 
     #[test]
@@ -107,10 +152,18 @@ mod tests {
             (Some(500), b"{}".to_vec()),
             (None, Vec::new()),
             (Some(200), b"not json".to_vec()),
-            (Some(200), br#"{"resourceType":"OperationOutcome"}"#.to_vec()),
+            (
+                Some(200),
+                br#"{"resourceType":"OperationOutcome"}"#.to_vec(),
+            ),
             (Some(200), serde_json::to_vec(&paged).unwrap()),
         ] {
-            assert_eq!(read_search(status, &body), None, "{status:?} {}", String::from_utf8_lossy(&body));
+            assert_eq!(
+                read_search(status, &body),
+                None,
+                "{status:?} {}",
+                String::from_utf8_lossy(&body)
+            );
         }
     }
 
@@ -125,18 +178,28 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert!(c.get("p1", 100).is_none(), "the oldest was evicted");
         c.insert("p3", vec![privacy("b")], 105);
-        assert_eq!(c.get("p3", 110).map(<[Value]>::len), Some(1), "a refetch replaces the entry");
+        assert_eq!(
+            c.get("p3", 110).map(<[Value]>::len),
+            Some(1),
+            "a refetch replaces the entry"
+        );
     }
 
     #[test]
     fn one_search_asks_for_several_patients_and_the_answer_is_split_by_patient() {
-        let source: ConsentSourceConfig = serde_json::from_str(r#"{"cluster": "c", "path": "/fhir/Consent"}"#).unwrap();
+        let source: ConsentSourceConfig =
+            serde_json::from_str(r#"{"cluster": "c", "path": "/fhir/Consent"}"#).unwrap();
         let patients = vec!["p1".to_string(), "p2".to_string()];
-        assert_eq!(search_path(&source, &patients), "/fhir/Consent?patient=Patient/p1,Patient/p2&status=active&_count=1000");
+        assert_eq!(
+            search_path(&source, &patients),
+            "/fhir/Consent?patient=Patient/p1,Patient/p2&status=active&_count=1000"
+        );
         let mut c1 = privacy("a");
         c1["patient"] = json!({"reference": "Patient/p1"});
-        let body = json!({"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": c1}]});
-        let split = read_search_for(Some(200), &serde_json::to_vec(&body).unwrap(), &patients).unwrap();
+        let body =
+            json!({"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": c1}]});
+        let split =
+            read_search_for(Some(200), &serde_json::to_vec(&body).unwrap(), &patients).unwrap();
         assert_eq!(split[0].1.len(), 1);
         assert!(split[1].1.is_empty(), "p2 has none");
         assert!(read_search_for(Some(500), b"", &patients).is_none());

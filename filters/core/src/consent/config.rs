@@ -184,19 +184,35 @@ impl ConsentConfig {
     fn check(&self) -> Result<(), ConfigError> {
         for (i, rule) in self.labels.iter().enumerate() {
             if rule.codes.is_empty() || rule.codes.iter().any(|c| c.is_empty()) {
-                return Err(ConfigError::new(format!("labels[{i}].codes"), "needs at least one non-empty code"));
+                return Err(ConfigError::new(
+                    format!("labels[{i}].codes"),
+                    "needs at least one non-empty code",
+                ));
             }
             match rule.action {
                 Action::Redact if rule.redact.is_empty() => {
-                    return Err(ConfigError::new(format!("labels[{i}].redact"), "names the elements to remove with action redact"))
+                    return Err(ConfigError::new(
+                        format!("labels[{i}].redact"),
+                        "names the elements to remove with action redact",
+                    ))
                 }
                 Action::Drop | Action::Refuse if !rule.redact.is_empty() => {
-                    return Err(ConfigError::new(format!("labels[{i}].redact"), "is only for action redact"))
+                    return Err(ConfigError::new(
+                        format!("labels[{i}].redact"),
+                        "is only for action redact",
+                    ))
                 }
                 _ => {}
             }
-            if let Some(e) = rule.redact.iter().position(|e| KEPT.contains(&e.as_str()) || e.is_empty()) {
-                return Err(ConfigError::new(format!("labels[{i}].redact[{e}]"), "resourceType, id and meta cannot be redacted"));
+            if let Some(e) = rule
+                .redact
+                .iter()
+                .position(|e| KEPT.contains(&e.as_str()) || e.is_empty())
+            {
+                return Err(ConfigError::new(
+                    format!("labels[{i}].redact[{e}]"),
+                    "resourceType, id and meta cannot be redacted",
+                ));
             }
         }
         if let Some(c) = &self.consents {
@@ -204,18 +220,35 @@ impl ConsentConfig {
                 return Err(ConfigError::new("consents.cluster", "is required"));
             }
             if !c.path.starts_with('/') || c.path.contains('?') {
-                return Err(ConfigError::new("consents.path", "must be a path starting with / and without a query"));
+                return Err(ConfigError::new(
+                    "consents.path",
+                    "must be a path starting with / and without a query",
+                ));
             }
-            if c.cache_size == 0 || c.max_patients == 0 || c.timeout_ms == 0 || c.patients_per_search == 0 {
-                return Err(ConfigError::new("consents", "cacheSize, maxPatients, patientsPerSearch and timeoutMs must be at least 1"));
+            if c.cache_size == 0
+                || c.max_patients == 0
+                || c.timeout_ms == 0
+                || c.patients_per_search == 0
+            {
+                return Err(ConfigError::new(
+                    "consents",
+                    "cacheSize, maxPatients, patientsPerSearch and timeoutMs must be at least 1",
+                ));
             }
             if c.patients_per_search > 200 {
-                return Err(ConfigError::new("consents.patientsPerSearch", "at most 200 (the search URL grows with it)"));
+                return Err(ConfigError::new(
+                    "consents.patientsPerSearch",
+                    "at most 200 (the search URL grows with it)",
+                ));
             }
         }
         if let Some(h) = &self.purpose.header {
-            if h.is_empty() || h.bytes().any(|b| b.is_ascii_uppercase()) || headers::is_internal(h) {
-                return Err(ConfigError::new("purpose.header", "must be a lower-case header name outside the x-fhirgate- prefix"));
+            if h.is_empty() || h.bytes().any(|b| b.is_ascii_uppercase()) || headers::is_internal(h)
+            {
+                return Err(ConfigError::new(
+                    "purpose.header",
+                    "must be a lower-case header name outside the x-fhirgate- prefix",
+                ));
             }
         }
         if self.max_body_bytes == 0 {

@@ -36,12 +36,17 @@ pub struct Label {
 
 /// The resource's `meta.security` codings.
 pub fn labels_of(resource: &Value) -> Vec<Label> {
-    let Some(Value::Array(codings)) = resource.get("meta").and_then(|m| m.get("security")) else { return Vec::new() };
+    let Some(Value::Array(codings)) = resource.get("meta").and_then(|m| m.get("security")) else {
+        return Vec::new();
+    };
     codings
         .iter()
         .filter_map(|c| {
             let code = c.get("code")?.as_str()?;
-            Some(Label { system: c.get("system").and_then(Value::as_str).map(str::to_string), code: code.to_string() })
+            Some(Label {
+                system: c.get("system").and_then(Value::as_str).map(str::to_string),
+                code: code.to_string(),
+            })
         })
         .collect()
 }
@@ -54,9 +59,10 @@ pub fn covers(rule_code: &str, label: &Label) -> bool {
     }
     let is_confidentiality = label.system.as_deref().is_none_or(|s| s == CONFIDENTIALITY);
     if is_confidentiality {
-        if let (Some(rule), Some(have)) =
-            (CONFIDENTIALITY_ORDER.iter().position(|c| *c == rule_code), CONFIDENTIALITY_ORDER.iter().position(|c| *c == label.code))
-        {
+        if let (Some(rule), Some(have)) = (
+            CONFIDENTIALITY_ORDER.iter().position(|c| *c == rule_code),
+            CONFIDENTIALITY_ORDER.iter().position(|c| *c == label.code),
+        ) {
             return have >= rule;
         }
     }
@@ -75,12 +81,25 @@ pub fn covers(rule_code: &str, label: &Label) -> bool {
 
 /// Adds a coding to `meta.security` unless it is there already.
 pub fn add_label(resource: &mut Value, system: &str, code: &str, display: Option<&str>) {
-    let Some(obj) = resource.as_object_mut() else { return };
-    let meta = obj.entry("meta").or_insert_with(|| Value::Object(Default::default()));
-    let Some(meta) = meta.as_object_mut() else { return };
-    let security = meta.entry("security").or_insert_with(|| Value::Array(Vec::new()));
-    let Some(list) = security.as_array_mut() else { return };
-    let present = list.iter().any(|c| c.get("code").and_then(Value::as_str) == Some(code) && c.get("system").and_then(Value::as_str) == Some(system));
+    let Some(obj) = resource.as_object_mut() else {
+        return;
+    };
+    let meta = obj
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let Some(meta) = meta.as_object_mut() else {
+        return;
+    };
+    let security = meta
+        .entry("security")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Some(list) = security.as_array_mut() else {
+        return;
+    };
+    let present = list.iter().any(|c| {
+        c.get("code").and_then(Value::as_str) == Some(code)
+            && c.get("system").and_then(Value::as_str) == Some(system)
+    });
     if !present {
         let mut coding = serde_json::Map::new();
         coding.insert("system".into(), Value::String(system.into()));
@@ -98,25 +117,45 @@ mod tests {
     use serde_json::json;
 
     fn label(system: Option<&str>, code: &str) -> Label {
-        Label { system: system.map(str::to_string), code: code.into() }
+        Label {
+            system: system.map(str::to_string),
+            code: code.into(),
+        }
     }
 
     #[test]
     fn reads_meta_security() {
         let r = json!({"resourceType": "Observation", "meta": {"security": [{"system": CONFIDENTIALITY, "code": "R"}, {"code": "HIV"}, {"system": "x"}]}});
-        assert_eq!(labels_of(&r), vec![label(Some(CONFIDENTIALITY), "R"), label(None, "HIV")]);
+        assert_eq!(
+            labels_of(&r),
+            vec![label(Some(CONFIDENTIALITY), "R"), label(None, "HIV")]
+        );
         assert!(labels_of(&json!({"resourceType": "Patient"})).is_empty());
-        assert!(labels_of(&json!({"meta": {"security": "R"}})).is_empty(), "a malformed meta.security is no label");
+        assert!(
+            labels_of(&json!({"meta": {"security": "R"}})).is_empty(),
+            "a malformed meta.security is no label"
+        );
     }
 
     #[test]
     fn confidentiality_rules_cover_higher_levels() {
         let c = |code| label(Some(CONFIDENTIALITY), code);
-        let table = [("R", "R", true), ("R", "V", true), ("R", "N", false), ("N", "R", true), ("V", "R", false), ("L", "U", false), ("U", "V", true)];
+        let table = [
+            ("R", "R", true),
+            ("R", "V", true),
+            ("R", "N", false),
+            ("N", "R", true),
+            ("V", "R", false),
+            ("L", "U", false),
+            ("U", "V", true),
+        ];
         for (rule, have, expected) in table {
             assert_eq!(covers(rule, &c(have)), expected, "{rule} covers {have}");
         }
-        assert!(!covers("R", &label(Some(ACT_CODE), "V")), "another system's V is not very restricted");
+        assert!(
+            !covers("R", &label(Some(ACT_CODE), "V")),
+            "another system's V is not very restricted"
+        );
     }
 
     #[test]
@@ -145,6 +184,9 @@ mod tests {
         let mut r = json!({"resourceType": "Observation"});
         add_label(&mut r, OBSERVATION_VALUE, "REDACTED", Some("redacted"));
         add_label(&mut r, OBSERVATION_VALUE, "REDACTED", None);
-        assert_eq!(r["meta"]["security"], json!([{"system": OBSERVATION_VALUE, "code": "REDACTED", "display": "redacted"}]));
+        assert_eq!(
+            r["meta"]["security"],
+            json!([{"system": OBSERVATION_VALUE, "code": "REDACTED", "display": "redacted"}])
+        );
     }
 }

@@ -13,7 +13,7 @@ pub mod scan;
 use crate::outcome::IssueType;
 use crate::smart::authz::patients_of;
 use crate::Rejection;
-use config::{Action, ConsentConfig, Conflict, TotalPolicy};
+use config::{Action, Conflict, ConsentConfig, TotalPolicy};
 use labels::{add_label, covers, labels_of, OBSERVATION_VALUE};
 use provision::{Access, Verdict};
 use serde_json::Value;
@@ -110,14 +110,28 @@ fn severity(a: Action) -> u8 {
 
 impl ConsentPolicy {
     pub fn from_json(bytes: &[u8]) -> Result<Self, crate::config::ConfigError> {
-        Ok(ConsentPolicy { config: ConsentConfig::from_json(bytes)? })
+        Ok(ConsentPolicy {
+            config: ConsentConfig::from_json(bytes)?,
+        })
     }
 
     /// The purpose of use of a request: the configured header's value (an HL7 PurposeOfUse
     /// code), else a verified break-glass token's reason, else the configured default.
-    pub fn purpose_of<'a>(&'a self, header_value: Option<&'a str>, break_glass_reason: Option<&'a str>) -> Option<&'a str> {
-        let code = |v: &&str| !v.is_empty() && v.len() <= 32 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        header_value.filter(code).or(break_glass_reason.filter(code)).or(self.config.purpose.default.as_deref())
+    pub fn purpose_of<'a>(
+        &'a self,
+        header_value: Option<&'a str>,
+        break_glass_reason: Option<&'a str>,
+    ) -> Option<&'a str> {
+        let code = |v: &&str| {
+            !v.is_empty()
+                && v.len() <= 32
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        header_value
+            .filter(code)
+            .or(break_glass_reason.filter(code))
+            .or(self.config.purpose.default.as_deref())
     }
 
     /// Decides from the raw bytes whether a response can be released without parsing it.
@@ -129,17 +143,26 @@ impl ConsentPolicy {
     /// `Patient/<id>` in a string, a superset of what [`Self::patients_needed`] finds; if
     /// none of them has a privacy Consent, nothing can be withheld. `cached` gives a patient's
     /// Consents, None when they are not cached.
-    pub fn fast_path<'c>(&self, body: &[u8], cached: &dyn Fn(&str) -> Option<Consents<'c>>) -> FastPath {
+    pub fn fast_path<'c>(
+        &self,
+        body: &[u8],
+        cached: &dyn Fn(&str) -> Option<Consents<'c>>,
+    ) -> FastPath {
         // Only a well-formed FHIR JSON document is released unparsed: the full filter refuses
         // anything else (502), and a lenient client could read a label out of malformed JSON
         // (an unquoted `security` key) that a byte scan does not see. Found by the `consent`
         // fuzz target (broken syntax, then invalid UTF-8 inside a string).
-        let scan::Scan::Clean(patients) = scan::scan(body, self.config.consents.is_some()) else { return FastPath::Parse };
+        let scan::Scan::Clean(patients) = scan::scan(body, self.config.consents.is_some()) else {
+            return FastPath::Parse;
+        };
         let mut need: Vec<String> = Vec::new();
         for id in patients {
             match cached(id) {
                 None => need.push(id.to_string()),
-                Some(Consents::Known(list)) if list.iter().all(|c| !consent_is_for(c, id) || !provision::is_privacy_consent(c)) => {}
+                Some(Consents::Known(list))
+                    if list
+                        .iter()
+                        .all(|c| !consent_is_for(c, id) || !provision::is_privacy_consent(c)) => {}
                 Some(_) => return FastPath::Parse,
             }
         }
@@ -189,22 +212,45 @@ impl ConsentPolicy {
     }
 
     /// The response body to parse, decoded: identity, gzip or deflate (refused otherwise).
-    pub fn decode(&self, content_encoding: Option<&str>, body: &[u8]) -> Result<Vec<u8>, Rejection> {
+    pub fn decode(
+        &self,
+        content_encoding: Option<&str>,
+        body: &[u8],
+    ) -> Result<Vec<u8>, Rejection> {
         let limit = self.config.max_body_bytes;
         if body.len() > limit {
             return Err(too_large(limit));
         }
         let mut out = Vec::new();
-        let read = match content_encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
+        let read = match content_encoding
+            .map(|e| e.trim().to_ascii_lowercase())
+            .as_deref()
+        {
             None | Some("") | Some("identity") => return Ok(body.to_vec()),
-            Some("gzip") | Some("x-gzip") => flate2::read::GzDecoder::new(body).take(limit as u64 + 1).read_to_end(&mut out),
-            Some("deflate") => flate2::read::ZlibDecoder::new(body).take(limit as u64 + 1).read_to_end(&mut out),
-            Some(_) => return Err(Rejection::new(502, "response-encoding-unsupported", IssueType::Exception, "the upstream answered in an encoding the consent filter cannot read")),
+            Some("gzip") | Some("x-gzip") => flate2::read::GzDecoder::new(body)
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out),
+            Some("deflate") => flate2::read::ZlibDecoder::new(body)
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out),
+            Some(_) => {
+                return Err(Rejection::new(
+                    502,
+                    "response-encoding-unsupported",
+                    IssueType::Exception,
+                    "the upstream answered in an encoding the consent filter cannot read",
+                ))
+            }
         };
         match read {
             Ok(n) if n > limit => Err(too_large(limit)),
             Ok(_) => Ok(out),
-            Err(_) => Err(Rejection::new(502, "response-unreadable", IssueType::Exception, "the upstream's compressed response could not be read")),
+            Err(_) => Err(Rejection::new(
+                502,
+                "response-unreadable",
+                IssueType::Exception,
+                "the upstream's compressed response could not be read",
+            )),
         }
     }
 
@@ -213,16 +259,34 @@ impl ConsentPolicy {
         if body.len() > self.config.max_body_bytes {
             return Err(too_large(self.config.max_body_bytes));
         }
-        let unreadable = |why: &str| Rejection::new(502, "response-unreadable", IssueType::Exception, format!("the upstream's response is not {why}"));
+        let unreadable = |why: &str| {
+            Rejection::new(
+                502,
+                "response-unreadable",
+                IssueType::Exception,
+                format!("the upstream's response is not {why}"),
+            )
+        };
         let response: Value = serde_json::from_slice(body).map_err(|_| unreadable("JSON"))?;
-        if response.get("resourceType").and_then(Value::as_str).is_none() {
+        if response
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .is_none()
+        {
             return Err(unreadable("a FHIR resource"));
         }
         Ok(response)
     }
 
     /// Filters a decoded response body: [`Self::parse`] then [`Self::filter_value`].
-    pub fn filter<'c>(&self, body: &[u8], caller: &Caller, single_read: bool, consents: &dyn Fn(&str) -> Consents<'c>, report: &mut Report) -> Filtered {
+    pub fn filter<'c>(
+        &self,
+        body: &[u8],
+        caller: &Caller,
+        single_read: bool,
+        consents: &dyn Fn(&str) -> Consents<'c>,
+        report: &mut Report,
+    ) -> Filtered {
         match self.parse(body) {
             Ok(response) => self.filter_value(response, caller, single_read, consents, report),
             Err(rejection) => Filtered::Refused(rejection),
@@ -231,8 +295,19 @@ impl ConsentPolicy {
 
     /// Filters a parsed response. `single_read`: the request read one resource (a withheld
     /// one is refused rather than removed). `consents` gives each patient's Consents.
-    pub fn filter_value<'c>(&self, mut response: Value, caller: &Caller, single_read: bool, consents: &dyn Fn(&str) -> Consents<'c>, report: &mut Report) -> Filtered {
-        let kind = response.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string();
+    pub fn filter_value<'c>(
+        &self,
+        mut response: Value,
+        caller: &Caller,
+        single_read: bool,
+        consents: &dyn Fn(&str) -> Consents<'c>,
+        report: &mut Report,
+    ) -> Filtered {
+        let kind = response
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let labelled_before = report.part2_labelled;
         let changed = if kind == "Bundle" {
             self.filter_bundle(&mut response, caller, consents, report)
@@ -252,7 +327,12 @@ impl ConsentPolicy {
         }
         match serde_json::to_vec(&response) {
             Ok(bytes) => Filtered::Rewritten(bytes),
-            Err(_) => Filtered::Refused(Rejection::new(500, "response-unwritable", IssueType::Exception, "the filtered response could not be written")),
+            Err(_) => Filtered::Refused(Rejection::new(
+                500,
+                "response-unwritable",
+                IssueType::Exception,
+                "the filtered response could not be written",
+            )),
         }
     }
 
@@ -260,17 +340,34 @@ impl ConsentPolicy {
         if self.config.hide_existence && single_read {
             Rejection::new(404, "not-found", IssueType::NotFound, "resource not found")
         } else {
-            Rejection::new(403, "consent-withheld", IssueType::Forbidden, "the patient's consent or the resource's security labels do not permit this access")
+            Rejection::new(
+                403,
+                "consent-withheld",
+                IssueType::Forbidden,
+                "the patient's consent or the resource's security labels do not permit this access",
+            )
         }
     }
 
     /// Returns whether the Bundle changed.
-    fn filter_bundle<'c>(&self, bundle: &mut Value, caller: &Caller, consents: &dyn Fn(&str) -> Consents<'c>, report: &mut Report) -> bool {
-        let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+    fn filter_bundle<'c>(
+        &self,
+        bundle: &mut Value,
+        caller: &Caller,
+        consents: &dyn Fn(&str) -> Consents<'c>,
+        report: &mut Report,
+    ) -> bool {
+        let kind = bundle
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         // In transaction and batch responses an entry is the answer to one request: keep the
         // entry (its response status), drop only the resource.
         let keep_entry = matches!(kind.as_str(), "transaction-response" | "batch-response");
-        let Some(Value::Array(entries)) = bundle.get_mut("entry") else { return false };
+        let Some(Value::Array(entries)) = bundle.get_mut("entry") else {
+            return false;
+        };
         let before_labels = report.part2_labelled;
         let mut changed = false;
         // Matches removed, for `total`.
@@ -279,9 +376,19 @@ impl ConsentPolicy {
         for mut entry in std::mem::take(entries) {
             // Only an OperationOutcome passes as an outcome: `search.mode` is the server's word,
             // and a resource marked `outcome` is filtered like any other.
-            let is_outcome = entry.get("resource").and_then(|r| r.get("resourceType")).and_then(Value::as_str) == Some("OperationOutcome");
+            let is_outcome = entry
+                .get("resource")
+                .and_then(|r| r.get("resourceType"))
+                .and_then(Value::as_str)
+                == Some("OperationOutcome");
             // `total` counts matches only, not `_include`d resources or outcomes.
-            let is_match = matches!(entry.get("search").and_then(|s| s.get("mode")).and_then(Value::as_str), None | Some("match"));
+            let is_match = matches!(
+                entry
+                    .get("search")
+                    .and_then(|s| s.get("mode"))
+                    .and_then(Value::as_str),
+                None | Some("match")
+            );
             let treatment = match entry.get_mut("resource") {
                 Some(resource) if !is_outcome => {
                     if resource.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
@@ -322,7 +429,10 @@ impl ConsentPolicy {
             if let Some(obj) = bundle.as_object_mut() {
                 match (self.config.total, obj.get("total").and_then(Value::as_u64)) {
                     (TotalPolicy::Adjust, Some(total)) => {
-                        obj.insert("total".into(), Value::from(total.saturating_sub(u64::from(removed))));
+                        obj.insert(
+                            "total".into(),
+                            Value::from(total.saturating_sub(u64::from(removed))),
+                        );
                     }
                     (TotalPolicy::Omit, Some(_)) => {
                         obj.remove("total");
@@ -335,7 +445,13 @@ impl ConsentPolicy {
     }
 
     /// Decides one resource and applies a redaction or the Part 2 label in place.
-    fn treat<'c>(&self, resource: &mut Value, caller: &Caller, consents: &dyn Fn(&str) -> Consents<'c>, report: &mut Report) -> Treatment {
+    fn treat<'c>(
+        &self,
+        resource: &mut Value,
+        caller: &Caller,
+        consents: &dyn Fn(&str) -> Consents<'c>,
+        report: &mut Report,
+    ) -> Treatment {
         let mut worst: Option<(Action, &'static str)> = None;
         let mut redact: Vec<String> = Vec::new();
         let mut overridden = false;
@@ -355,9 +471,16 @@ impl ConsentPolicy {
         let labels = labels_of(resource);
         if !labels.is_empty() {
             for rule in &self.config.labels {
-                let labelled = rule.codes.iter().any(|code| labels.iter().any(|l| covers(code, l)));
-                let allowed = caller.purpose.is_some_and(|p| rule.allow_purposes.iter().any(|a| a == p))
-                    || caller.client_id.is_some_and(|c| rule.allow_clients.iter().any(|a| a == c));
+                let labelled = rule
+                    .codes
+                    .iter()
+                    .any(|code| labels.iter().any(|l| covers(code, l)));
+                let allowed = caller
+                    .purpose
+                    .is_some_and(|p| rule.allow_purposes.iter().any(|a| a == p))
+                    || caller
+                        .client_id
+                        .is_some_and(|c| rule.allow_clients.iter().any(|a| a == c));
                 if labelled && !allowed {
                     let reason = match rule.action {
                         Action::Redact => "label-redacted",
@@ -369,18 +492,29 @@ impl ConsentPolicy {
         }
 
         if let Some(source) = &self.config.consents {
-            let access = Access { subject: caller.subject, client_id: caller.client_id, purpose: caller.purpose, now: caller.now };
+            let access = Access {
+                subject: caller.subject,
+                client_id: caller.client_id,
+                purpose: caller.purpose,
+                now: caller.now,
+            };
             for patient in patients_of(resource) {
                 match consents(&patient) {
                     Consents::Unavailable if source.fail_open => {}
                     Consents::Unavailable => judge(Action::Drop, "consent-unavailable", &[]),
                     Consents::Known(list) => {
                         // Only the patient's own Consents, whatever the server's search returned.
-                        let verdicts: Vec<Verdict> =
-                            list.iter().filter(|c| consent_is_for(c, &patient)).filter_map(|c| provision::decide(c, resource, &access)).collect();
+                        let verdicts: Vec<Verdict> = list
+                            .iter()
+                            .filter(|c| consent_is_for(c, &patient))
+                            .filter_map(|c| provision::decide(c, resource, &access))
+                            .collect();
                         let denied = match source.conflict {
                             Conflict::DenyWins => verdicts.contains(&Verdict::Deny),
-                            Conflict::PermitWins => verdicts.contains(&Verdict::Deny) && !verdicts.contains(&Verdict::Permit),
+                            Conflict::PermitWins => {
+                                verdicts.contains(&Verdict::Deny)
+                                    && !verdicts.contains(&Verdict::Permit)
+                            }
                         };
                         if denied {
                             judge(Action::Drop, "consent-denied", &[]);
@@ -408,8 +542,17 @@ impl ConsentPolicy {
             None => Treatment::Release,
         };
         if let Some(part2) = &self.config.part2 {
-            if part2.codes.iter().any(|code| labels.iter().any(|l| covers(code, l))) {
-                add_label(resource, &part2.system, &part2.code, Some("no redisclosure without consent directive (42 CFR Part 2)"));
+            if part2
+                .codes
+                .iter()
+                .any(|code| labels.iter().any(|l| covers(code, l)))
+            {
+                add_label(
+                    resource,
+                    &part2.system,
+                    &part2.code,
+                    Some("no redisclosure without consent directive (42 CFR Part 2)"),
+                );
                 report.part2_labelled += 1;
             }
         }
@@ -419,15 +562,28 @@ impl ConsentPolicy {
 
 /// Is this Consent about this patient (`Consent.patient` references `Patient/{id}`)?
 pub(crate) fn consent_is_for(consent: &Value, patient: &str) -> bool {
-    let reference = consent.get("patient").and_then(|p| p.get("reference")).and_then(Value::as_str).unwrap_or("");
+    let reference = consent
+        .get("patient")
+        .and_then(|p| p.get("reference"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let path = reference.split("/_history/").next().unwrap_or(reference);
-    path.rsplit_once("Patient/").is_some_and(|(before, id)| (before.is_empty() || before.ends_with('/')) && id == patient)
+    path.rsplit_once("Patient/")
+        .is_some_and(|(before, id)| (before.is_empty() || before.ends_with('/')) && id == patient)
 }
 
 /// Which responses the filter reads: those of FHIR interactions that return resources (not
 /// capabilities, SMART configuration, CDS Hooks or passthrough paths).
 pub fn filters_interaction(interaction: &str) -> bool {
-    !matches!(interaction, "capabilities" | "smart-configuration" | "cds-discovery" | "cds-service" | "cds-feedback" | "passthrough")
+    !matches!(
+        interaction,
+        "capabilities"
+            | "smart-configuration"
+            | "cds-discovery"
+            | "cds-service"
+            | "cds-feedback"
+            | "passthrough"
+    )
 }
 
 /// A read of one resource: a withheld one is refused, not removed.
@@ -438,11 +594,18 @@ pub fn is_single_read(interaction: &str) -> bool {
 /// Seconds since the Unix epoch as RFC 3339 UTC (`2026-11-24T12:00:00Z`), what Consent
 /// periods are compared with.
 pub fn rfc3339(seconds: i64) -> String {
-    chrono::DateTime::from_timestamp(seconds, 0).map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
+    chrono::DateTime::from_timestamp(seconds, 0)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 fn too_large(limit: usize) -> Rejection {
-    Rejection::new(502, "response-too-large", IssueType::TooCostly, format!("the response is larger than the consent filter's limit of {limit} bytes"))
+    Rejection::new(
+        502,
+        "response-too-large",
+        IssueType::TooCostly,
+        format!("the response is larger than the consent filter's limit of {limit} bytes"),
+    )
 }
 
 /// Calls `f` on the response (when it is not a Bundle) or on each entry's resource, at any

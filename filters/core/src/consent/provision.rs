@@ -75,7 +75,13 @@ fn in_period(period: &Value, now: &str) -> Match {
     let end = period.get("end").and_then(Value::as_str);
     let before_start = start.is_some_and(|s| now < s);
     // An end given as a date covers that whole day.
-    let after_end = end.is_some_and(|e| if e.len() == 10 { &now[..now.len().min(10)] > e } else { now > e });
+    let after_end = end.is_some_and(|e| {
+        if e.len() == 10 {
+            &now[..now.len().min(10)] > e
+        } else {
+            now > e
+        }
+    });
     if before_start || after_end {
         Match::No
     } else {
@@ -85,15 +91,24 @@ fn in_period(period: &Value, now: &str) -> Match {
 
 fn reference_names(reference: &str, subject: &str) -> bool {
     let path = reference.split("/_history/").next().unwrap_or(reference);
-    path == subject || path.rsplit_once('/').is_some_and(|(_, id)| id == subject) || path.ends_with(&format!("/{subject}"))
+    path == subject
+        || path.rsplit_once('/').is_some_and(|(_, id)| id == subject)
+        || path.ends_with(&format!("/{subject}"))
 }
 
 fn actor_matches(actors: &[Value], access: &Access) -> Match {
     let mut result = Match::No;
     for actor in actors {
-        match actor.get("reference").and_then(|r| r.get("reference")).and_then(Value::as_str) {
+        match actor
+            .get("reference")
+            .and_then(|r| r.get("reference"))
+            .and_then(Value::as_str)
+        {
             Some(r) => {
-                let me = [access.subject, access.client_id].into_iter().flatten().any(|who| reference_names(r, who));
+                let me = [access.subject, access.client_id]
+                    .into_iter()
+                    .flatten()
+                    .any(|who| reference_names(r, who));
                 if me {
                     return Match::Yes;
                 }
@@ -107,7 +122,11 @@ fn actor_matches(actors: &[Value], access: &Access) -> Match {
 
 /// The resource's own `Type/id`.
 fn own_reference(resource: &Value) -> Option<String> {
-    Some(format!("{}/{}", resource.get("resourceType")?.as_str()?, resource.get("id")?.as_str()?))
+    Some(format!(
+        "{}/{}",
+        resource.get("resourceType")?.as_str()?,
+        resource.get("id")?.as_str()?
+    ))
 }
 
 fn provision_matches(p: &Value, resource: &Value, access: &Access) -> Match {
@@ -122,7 +141,9 @@ fn provision_matches(p: &Value, resource: &Value, access: &Access) -> Match {
     }
     let actions = codings(p.get("action"));
     if !actions.is_empty() {
-        let reading = actions.iter().any(|(_, c)| matches!(*c, "access" | "use" | "disclose"));
+        let reading = actions
+            .iter()
+            .any(|(_, c)| matches!(*c, "access" | "use" | "disclose"));
         m = m.and(if reading { Match::Yes } else { Match::No });
     }
     let purposes = codings(p.get("purpose"));
@@ -140,19 +161,31 @@ fn provision_matches(p: &Value, resource: &Value, access: &Access) -> Match {
     }
     let classes = codings(p.get("class"));
     if !classes.is_empty() {
-        let t = resource.get("resourceType").and_then(Value::as_str).unwrap_or("");
-        m = m.and(if classes.iter().any(|(_, c)| *c == t) { Match::Yes } else { Match::No });
+        let t = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        m = m.and(if classes.iter().any(|(_, c)| *c == t) {
+            Match::Yes
+        } else {
+            Match::No
+        });
     }
     let codes = codings(p.get("code"));
     if !codes.is_empty() {
         let have = codings(resource.get("code"));
-        let hit = codes.iter().any(|(s, c)| have.iter().any(|(hs, hc)| hc == c && (s.is_none() || hs == s)));
+        let hit = codes.iter().any(|(s, c)| {
+            have.iter()
+                .any(|(hs, hc)| hc == c && (s.is_none() || hs == s))
+        });
         m = m.and(if hit { Match::Yes } else { Match::No });
     }
     let labels = codings(p.get("securityLabel"));
     if !labels.is_empty() {
         let have = labels_of(resource);
-        let hit = labels.iter().any(|(_, rule)| have.iter().any(|l| covers(rule, l)));
+        let hit = labels
+            .iter()
+            .any(|(_, rule)| have.iter().any(|l| covers(rule, l)));
         m = m.and(if hit { Match::Yes } else { Match::No });
     }
     if p.get("dataPeriod").is_some() {
@@ -163,10 +196,20 @@ fn provision_matches(p: &Value, resource: &Value, access: &Access) -> Match {
             let own = own_reference(resource);
             let mut dm = Match::No;
             for d in data {
-                let meaning = d.get("meaning").and_then(Value::as_str).unwrap_or("instance");
-                let target = d.get("reference").and_then(|r| r.get("reference")).and_then(Value::as_str);
+                let meaning = d
+                    .get("meaning")
+                    .and_then(Value::as_str)
+                    .unwrap_or("instance");
+                let target = d
+                    .get("reference")
+                    .and_then(|r| r.get("reference"))
+                    .and_then(Value::as_str);
                 match (meaning, target, &own) {
-                    ("instance", Some(t), Some(own)) if t.split("/_history/").next().is_some_and(|t| t == own || t.ends_with(&format!("/{own}"))) => {
+                    ("instance", Some(t), Some(own))
+                        if t.split("/_history/")
+                            .next()
+                            .is_some_and(|t| t == own || t.ends_with(&format!("/{own}"))) =>
+                    {
                         dm = Match::Yes;
                         break;
                     }
@@ -189,7 +232,13 @@ fn type_of(p: &Value, inherited: Verdict) -> Verdict {
 }
 
 /// The verdict of one provision (and its exceptions) on an access; None when it does not apply.
-fn evaluate(p: &Value, resource: &Value, access: &Access, inherited: Verdict, depth: usize) -> Option<Verdict> {
+fn evaluate(
+    p: &Value,
+    resource: &Value,
+    access: &Access,
+    inherited: Verdict,
+    depth: usize,
+) -> Option<Verdict> {
     if depth > 16 {
         // A tree this deep is not a real Consent: refuse rather than recurse without end.
         return Some(Verdict::Deny);
@@ -203,7 +252,11 @@ fn evaluate(p: &Value, resource: &Value, access: &Access, inherited: Verdict, de
         return None;
     }
     // Exceptions: a nested provision without a type has the opposite of its parent.
-    let opposite = if own == Verdict::Deny { Verdict::Permit } else { Verdict::Deny };
+    let opposite = if own == Verdict::Deny {
+        Verdict::Permit
+    } else {
+        Verdict::Deny
+    };
     let mut exceptions = Vec::new();
     if let Some(Value::Array(children)) = p.get("provision") {
         for child in children {
@@ -225,7 +278,9 @@ fn evaluate(p: &Value, resource: &Value, access: &Access, inherited: Verdict, de
 pub fn is_privacy_consent(consent: &Value) -> bool {
     consent.get("resourceType").and_then(Value::as_str) == Some("Consent")
         && consent.get("status").and_then(Value::as_str) == Some("active")
-        && codings(consent.get("scope")).iter().any(|(_, c)| *c == "patient-privacy")
+        && codings(consent.get("scope"))
+            .iter()
+            .any(|(_, c)| *c == "patient-privacy")
 }
 
 /// One Consent's verdict on an access to a resource, or None when it says nothing about it.

@@ -55,7 +55,13 @@ static STRING_CLASSES: [u8; 256] = string_classes();
 /// Scans `body`. `want_patients`: collect `Patient/<id>` ids (only needed when Consents are
 /// configured).
 pub fn scan(body: &[u8], want_patients: bool) -> Scan<'_> {
-    let mut scanner = Scanner { body, at: 0, want_patients, patients: Vec::new(), resource_types: 0 };
+    let mut scanner = Scanner {
+        body,
+        at: 0,
+        want_patients,
+        patients: Vec::new(),
+        resource_types: 0,
+    };
     match scanner.document() {
         Some(()) if scanner.resource_types == 1 => Scan::Clean(scanner.patients),
         _ => Scan::Parse,
@@ -125,7 +131,11 @@ impl<'a> Scanner<'a> {
             self.skip_whitespace();
             match self.peek()? {
                 b'{' | b'[' => {
-                    let container = if self.peek()? == b'{' { Container::Object } else { Container::Array };
+                    let container = if self.peek()? == b'{' {
+                        Container::Object
+                    } else {
+                        Container::Array
+                    };
                     self.at += 1;
                     if stack.len() == MAX_DEPTH {
                         return None;
@@ -162,7 +172,9 @@ impl<'a> Scanner<'a> {
             resource_type_key = false;
             // After a value: a separator, or the end of one or more containers.
             loop {
-                let Some(&container) = stack.last() else { return Some(()) };
+                let Some(&container) = stack.last() else {
+                    return Some(());
+                };
                 self.skip_whitespace();
                 let close = container.closing();
                 match self.peek()? {
@@ -236,7 +248,9 @@ impl<'a> Scanner<'a> {
             if digits.is_empty() || digits.len() > 3 {
                 return None;
             }
-            let exponent = digits.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+            let exponent = digits
+                .iter()
+                .fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
             if !negative && int_digits + exponent > 300 {
                 return None;
             }
@@ -270,7 +284,10 @@ impl<'a> Scanner<'a> {
                 PLAIN | SLASH => i += 1,
                 QUOTE => break,
                 CAPITAL_P => {
-                    if self.want_patients && (i == start || body[i - 1] == b'/') && body[i..].starts_with(b"Patient/") {
+                    if self.want_patients
+                        && (i == start || body[i - 1] == b'/')
+                        && body[i..].starts_with(b"Patient/")
+                    {
                         self.patient_at(i + "Patient/".len());
                     }
                     i += 1;
@@ -285,9 +302,14 @@ impl<'a> Scanner<'a> {
     }
 
     fn patient_at(&mut self, id_start: usize) {
-        let id_len = self.body[id_start..].iter().take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.')).count();
+        let id_len = self.body[id_start..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+            .count();
         // Only ASCII bytes were taken: the slice is UTF-8.
-        let Ok(id) = std::str::from_utf8(&self.body[id_start..id_start + id_len]) else { return };
+        let Ok(id) = std::str::from_utf8(&self.body[id_start..id_start + id_len]) else {
+            return;
+        };
         if !id.is_empty() && !self.patients.contains(&id) {
             self.patients.push(id);
         }
@@ -361,15 +383,31 @@ mod tests {
             {"resource":{"resourceType":"Observation","subject":{"reference":"https://x/fhir/Patient/p2/_history/1"}}},
             {"resource":{"resourceType":"Observation","subject":{"reference":"Patient/p1"}},"n":[1,-2.5,0,true,false,null,{},[]]}]}"#;
         assert_eq!(clean(body), vec!["p1", "p2"]);
-        assert_eq!(clean(r#" {"resourceType" : "Observation" , "note" : "NotPatient/x"} "#), Vec::<&str>::new());
-        assert_eq!(clean(r#"{"resourceType":"Observation","valueString":"0.9 g/cm\u00b2 \"q\" \\ é"}"#), Vec::<&str>::new());
+        assert_eq!(
+            clean(r#" {"resourceType" : "Observation" , "note" : "NotPatient/x"} "#),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            clean(r#"{"resourceType":"Observation","valueString":"0.9 g/cm\u00b2 \"q\" \\ é"}"#),
+            Vec::<&str>::new()
+        );
         let decimals = r#"{"resourceType":"Observation","component":[{"valueQuantity":{"value":1e-22}},{"valueQuantity":{"value":-1E+245}},{"valueQuantity":{"value":1.5e3}},{"valueQuantity":{"value":0E0}}]}"#;
-        assert_eq!(clean(decimals), Vec::<&str>::new(), "FHIR decimals with exponents");
+        assert_eq!(
+            clean(decimals),
+            Vec::<&str>::new(),
+            "FHIR decimals with exponents"
+        );
     }
 
     #[test]
     fn does_not_collect_patients_when_not_asked() {
-        assert_eq!(scan(br#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}"#, false), Scan::Clean(vec![]));
+        assert_eq!(
+            scan(
+                br#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}"#,
+                false
+            ),
+            Scan::Clean(vec![])
+        );
     }
 
     #[test]
@@ -394,7 +432,11 @@ mod tests {
 
     #[test]
     fn sends_malformed_json_to_the_parse() {
-        let deep = format!(r#"{{"resourceType":"Basic","x":{}{}}}"#, "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        let deep = format!(
+            r#"{{"resourceType":"Basic","x":{}{}}}"#,
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
         let cases: Vec<Vec<u8>> = vec![
             br#"{"resourceType": "Bundle", "type": " "http://loinc.org"}"#.to_vec(),
             b"{\"resourceType\":\"Observation\",\"note\":\"\x9b\"}".to_vec(),
@@ -424,14 +466,23 @@ mod tests {
             deep.into_bytes(),
         ];
         for body in cases {
-            assert_eq!(scan(&body, true), Scan::Parse, "{}", String::from_utf8_lossy(&body));
+            assert_eq!(
+                scan(&body, true),
+                Scan::Parse,
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
         }
     }
 
     #[test]
     fn accepts_nesting_up_to_serde_jsons_limit() {
         let depth = MAX_DEPTH - 1; // the top-level object is one level
-        let body = format!(r#"{{"resourceType":"Basic","x":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+        let body = format!(
+            r#"{{"resourceType":"Basic","x":{}{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
         assert_eq!(scan(body.as_bytes(), true), Scan::Clean(vec![]));
         assert!(serde_json::from_str::<serde_json::Value>(&body).is_ok());
     }
@@ -442,11 +493,18 @@ mod tests {
     fn accepts_nothing_serde_json_refuses() {
         let doc = br#"{"resourceType":"Bundle","total":2,"entry":[{"fullUrl":"http://x/Observation/1","resource":{"resourceType":"Observation","status":"final","valueQuantity":{"value":-0.25,"unit":"g/cm\u00b2"},"subject":{"reference":"Patient/p1"},"note":[{"text":"caf\u00e9 \"x\" \\"}],"flag":[true,false,null]}}]}"#;
         let mut accepted = 0;
-        let replacements = [b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b'0', b'e', b'u', b' ', b'x', 0x01, 0xff];
+        let replacements = [
+            b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b'0', b'e', b'u', b' ', b'x', 0x01,
+            0xff,
+        ];
         let mut check = |body: &[u8]| {
             if let Scan::Clean(_) = scan(body, true) {
                 accepted += 1;
-                assert!(serde_json::from_slice::<serde_json::Value>(body).is_ok(), "{}", String::from_utf8_lossy(body));
+                assert!(
+                    serde_json::from_slice::<serde_json::Value>(body).is_ok(),
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
             }
         };
         for end in 0..=doc.len() {
@@ -459,6 +517,9 @@ mod tests {
                 check(&body);
             }
         }
-        assert!(accepted > 100, "the edits exercise the accepting path ({accepted})");
+        assert!(
+            accepted > 100,
+            "the edits exercise the accepting path ({accepted})"
+        );
     }
 }

@@ -17,7 +17,13 @@ const LABELS: &str = r#"{"labels": [
   ], "part2": {}}"#;
 
 fn caller(purpose: Option<&'static str>) -> Caller<'static> {
-    Caller { subject: Some("dr-a"), client_id: Some("app-1"), purpose, break_glass: false, now: NOW }
+    Caller {
+        subject: Some("dr-a"),
+        client_id: Some("app-1"),
+        purpose,
+        break_glass: false,
+        now: NOW,
+    }
 }
 
 fn labelled(id: &str, codes: &[&str]) -> Value {
@@ -28,7 +34,10 @@ fn labelled(id: &str, codes: &[&str]) -> Value {
 
 fn searchset(resources: Vec<Value>) -> Value {
     let n = resources.len();
-    let entries: Vec<Value> = resources.into_iter().map(|r| json!({"resource": r, "search": {"mode": "match"}})).collect();
+    let entries: Vec<Value> = resources
+        .into_iter()
+        .map(|r| json!({"resource": r, "search": {"mode": "match"}}))
+        .collect();
     json!({"resourceType": "Bundle", "type": "searchset", "total": n, "link": [{"relation": "self", "url": "http://x/Observation"}], "entry": entries})
 }
 
@@ -36,9 +45,21 @@ fn no_consents(_: &str) -> Consents<'static> {
     Consents::Known(&[])
 }
 
-fn run<'c>(p: &ConsentPolicy, body: &Value, c: &Caller, single: bool, consents: &dyn Fn(&str) -> Consents<'c>) -> (Filtered, Report) {
+fn run<'c>(
+    p: &ConsentPolicy,
+    body: &Value,
+    c: &Caller,
+    single: bool,
+    consents: &dyn Fn(&str) -> Consents<'c>,
+) -> (Filtered, Report) {
     let mut report = Report::default();
-    let out = p.filter(&serde_json::to_vec(body).unwrap(), c, single, consents, &mut report);
+    let out = p.filter(
+        &serde_json::to_vec(body).unwrap(),
+        c,
+        single,
+        consents,
+        &mut report,
+    );
     (out, report)
 }
 
@@ -50,7 +71,12 @@ fn rewritten(f: Filtered) -> Value {
 }
 
 fn ids(bundle: &Value) -> Vec<&str> {
-    bundle["entry"].as_array().unwrap().iter().filter_map(|e| e["resource"]["id"].as_str()).collect()
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect()
 }
 
 mod labels {
@@ -59,7 +85,11 @@ mod labels {
     #[test]
     fn a_restricted_resource_is_dropped_unless_the_purpose_allows_it() {
         let p = policy(LABELS);
-        let b = searchset(vec![labelled("a", &[]), labelled("r", &["R"]), labelled("v", &["V"])]);
+        let b = searchset(vec![
+            labelled("a", &[]),
+            labelled("r", &["R"]),
+            labelled("v", &["V"]),
+        ]);
         let (out, report) = run(&p, &b, &caller(Some("HPAYMT")), false, &no_consents);
         let out = rewritten(out);
         assert_eq!(ids(&out), vec!["a"], "V is above R: covered too");
@@ -73,53 +103,140 @@ mod labels {
     #[test]
     fn redaction_removes_the_named_elements_and_tags_the_resource() {
         let p = policy(LABELS);
-        let (out, report) = run(&p, &labelled("p", &["PSYTHPN"]), &caller(Some("TREAT")), true, &no_consents);
+        let (out, report) = run(
+            &p,
+            &labelled("p", &["PSYTHPN"]),
+            &caller(Some("TREAT")),
+            true,
+            &no_consents,
+        );
         let r = rewritten(out);
         assert!(r.get("valueString").is_none() && r.get("note").is_none());
         assert_eq!(r["subject"]["reference"], "Patient/p1", "the rest is kept");
-        assert!(r["meta"]["security"].as_array().unwrap().iter().any(|c| c["code"] == "REDACTED"));
+        assert!(r["meta"]["security"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["code"] == "REDACTED"));
         assert_eq!(report.redacted.get("label-redacted"), Some(&1));
     }
 
     #[test]
     fn a_withheld_single_read_is_refused_with_403_or_404() {
-        let (out, _) = run(&policy(LABELS), &labelled("h", &["HIV"]), &caller(Some("TREAT")), true, &no_consents);
-        assert!(matches!(out, Filtered::Refused(ref r) if r.status == 403 && r.reason == "consent-withheld"), "{out:?}");
+        let (out, _) = run(
+            &policy(LABELS),
+            &labelled("h", &["HIV"]),
+            &caller(Some("TREAT")),
+            true,
+            &no_consents,
+        );
+        assert!(
+            matches!(out, Filtered::Refused(ref r) if r.status == 403 && r.reason == "consent-withheld"),
+            "{out:?}"
+        );
         let hidden = policy(&LABELS.replacen('{', r#"{"hideExistence": true, "#, 1));
-        let (out, _) = run(&hidden, &labelled("h", &["HIV"]), &caller(None), true, &no_consents);
-        assert!(matches!(out, Filtered::Refused(ref r) if r.status == 404), "{out:?}");
-        let clinic = Caller { client_id: Some("hiv-clinic"), ..caller(None) };
-        assert!(matches!(run(&policy(LABELS), &labelled("h", &["HIV"]), &clinic, true, &no_consents).0, Filtered::Unchanged));
+        let (out, _) = run(
+            &hidden,
+            &labelled("h", &["HIV"]),
+            &caller(None),
+            true,
+            &no_consents,
+        );
+        assert!(
+            matches!(out, Filtered::Refused(ref r) if r.status == 404),
+            "{out:?}"
+        );
+        let clinic = Caller {
+            client_id: Some("hiv-clinic"),
+            ..caller(None)
+        };
+        assert!(matches!(
+            run(
+                &policy(LABELS),
+                &labelled("h", &["HIV"]),
+                &clinic,
+                true,
+                &no_consents
+            )
+            .0,
+            Filtered::Unchanged
+        ));
     }
 
     #[test]
     fn the_strictest_rule_wins() {
-        let (out, _) = run(&policy(LABELS), &searchset(vec![labelled("x", &["PSY", "R"])]), &caller(None), false, &no_consents);
+        let (out, _) = run(
+            &policy(LABELS),
+            &searchset(vec![labelled("x", &["PSY", "R"])]),
+            &caller(None),
+            false,
+            &no_consents,
+        );
         assert!(ids(&rewritten(out)).is_empty(), "drop beats redact");
     }
 
     #[test]
     fn break_glass_releases_what_labels_withhold_and_counts_it() {
         let p = policy(LABELS);
-        let c = Caller { break_glass: true, ..caller(Some("ETREAT")) };
-        let (out, report) = run(&p, &searchset(vec![labelled("h", &["HIV"]), labelled("p", &["PSY"])]), &c, false, &no_consents);
+        let c = Caller {
+            break_glass: true,
+            ..caller(Some("ETREAT"))
+        };
+        let (out, report) = run(
+            &p,
+            &searchset(vec![labelled("h", &["HIV"]), labelled("p", &["PSY"])]),
+            &c,
+            false,
+            &no_consents,
+        );
         assert!(matches!(out, Filtered::Unchanged));
         assert_eq!(report.break_glass_released, 2);
         let strict = policy(&LABELS.replacen('{', r#"{"breakGlassOverrides": false, "#, 1));
-        let (out, _) = run(&strict, &searchset(vec![labelled("h", &["HIV"])]), &c, false, &no_consents);
+        let (out, _) = run(
+            &strict,
+            &searchset(vec![labelled("h", &["HIV"])]),
+            &c,
+            false,
+            &no_consents,
+        );
         assert!(ids(&rewritten(out)).is_empty());
     }
 
     #[test]
     fn released_substance_use_data_carries_the_part2_label() {
-        let (out, report) = run(&policy(LABELS), &searchset(vec![labelled("s", &["SUD"]), labelled("a", &[])]), &caller(None), false, &no_consents);
+        let (out, report) = run(
+            &policy(LABELS),
+            &searchset(vec![labelled("s", &["SUD"]), labelled("a", &[])]),
+            &caller(None),
+            false,
+            &no_consents,
+        );
         let out = rewritten(out);
         let security = &out["entry"][0]["resource"]["meta"]["security"];
-        assert!(security.as_array().unwrap().iter().any(|c| c["code"] == "NORDSCLCD"), "{security}");
-        assert!(out["entry"][1]["resource"]["meta"]["security"].as_array().unwrap().is_empty());
+        assert!(
+            security
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["code"] == "NORDSCLCD"),
+            "{security}"
+        );
+        assert!(out["entry"][1]["resource"]["meta"]["security"]
+            .as_array()
+            .unwrap()
+            .is_empty());
         assert_eq!(report.part2_labelled, 1);
-        let (single, _) = run(&policy(LABELS), &labelled("s", &["ETHUD"]), &caller(None), true, &no_consents);
-        assert!(matches!(single, Filtered::Rewritten(_)), "a single read is labelled too");
+        let (single, _) = run(
+            &policy(LABELS),
+            &labelled("s", &["ETHUD"]),
+            &caller(None),
+            true,
+            &no_consents,
+        );
+        assert!(
+            matches!(single, Filtered::Rewritten(_)),
+            "a single read is labelled too"
+        );
     }
 }
 
@@ -130,17 +247,39 @@ mod bundles {
     fn outcome_entries_and_includes_are_handled() {
         let mut b = searchset(vec![labelled("a", &[]), labelled("r", &["R"])]);
         b["entry"].as_array_mut().unwrap().push(json!({"resource": {"resourceType": "OperationOutcome", "issue": []}, "search": {"mode": "outcome"}}));
-        b["entry"].as_array_mut().unwrap().push(json!({"resource": labelled("inc", &["R"]), "search": {"mode": "include"}}));
+        b["entry"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"resource": labelled("inc", &["R"]), "search": {"mode": "include"}}));
         let out = rewritten(run(&policy(LABELS), &b, &caller(None), false, &no_consents).0);
-        assert_eq!(out["entry"].as_array().unwrap().len(), 2, "the match a and the OperationOutcome");
-        assert_eq!(out["entry"][1]["resource"]["resourceType"], "OperationOutcome");
-        assert_eq!(out["total"], 1, "total counts matches: the included resource was not one");
+        assert_eq!(
+            out["entry"].as_array().unwrap().len(),
+            2,
+            "the match a and the OperationOutcome"
+        );
+        assert_eq!(
+            out["entry"][1]["resource"]["resourceType"],
+            "OperationOutcome"
+        );
+        assert_eq!(
+            out["total"], 1,
+            "total counts matches: the included resource was not one"
+        );
     }
 
     #[test]
     fn total_can_be_omitted() {
         let p = policy(&LABELS.replacen('{', r#"{"total": "omit", "#, 1));
-        let out = rewritten(run(&p, &searchset(vec![labelled("r", &["R"])]), &caller(None), false, &no_consents).0);
+        let out = rewritten(
+            run(
+                &p,
+                &searchset(vec![labelled("r", &["R"])]),
+                &caller(None),
+                false,
+                &no_consents,
+            )
+            .0,
+        );
         assert!(out.get("total").is_none());
     }
 
@@ -150,14 +289,26 @@ mod bundles {
             {"fullUrl": "http://x/Observation/r", "resource": labelled("r", &["R"]), "response": {"status": "201 Created"}},
             {"resource": labelled("a", &[]), "response": {"status": "200 OK"}}]});
         let out = rewritten(run(&policy(LABELS), &b, &caller(None), false, &no_consents).0);
-        assert_eq!(out["entry"][0], json!({"response": {"status": "201 Created"}}));
+        assert_eq!(
+            out["entry"][0],
+            json!({"response": {"status": "201 Created"}})
+        );
         assert_eq!(out["entry"][1]["resource"]["id"], "a");
     }
 
     #[test]
     fn nested_bundles_are_filtered_too() {
         let doc = json!({"resourceType": "Bundle", "type": "document", "entry": [{"resource": labelled("r", &["R"])}, {"resource": labelled("a", &[])}]});
-        let out = rewritten(run(&policy(LABELS), &searchset(vec![doc]), &caller(None), false, &no_consents).0);
+        let out = rewritten(
+            run(
+                &policy(LABELS),
+                &searchset(vec![doc]),
+                &caller(None),
+                false,
+                &no_consents,
+            )
+            .0,
+        );
         assert_eq!(ids(&out["entry"][0]["resource"]), vec!["a"]);
     }
 
@@ -173,14 +324,23 @@ mod bundles {
             seed % n
         };
         const CODES: &[&str] = &["R", "V", "N", "HIV", "PSY", "SUD", "STD", "L"];
-        const KINDS: &[&str] = &["searchset", "history", "collection", "document", "batch-response", "transaction-response"];
+        const KINDS: &[&str] = &[
+            "searchset",
+            "history",
+            "collection",
+            "document",
+            "batch-response",
+            "transaction-response",
+        ];
         fn bundle(next: &mut dyn FnMut(u64) -> u64, depth: u32) -> Value {
             let mut entries = Vec::new();
             for i in 0..next(6) {
                 let resource = if depth < 3 && next(5) == 0 {
                     bundle(next, depth + 1)
                 } else {
-                    let codes: Vec<&str> = (0..next(3)).map(|_| CODES[next(CODES.len() as u64) as usize]).collect();
+                    let codes: Vec<&str> = (0..next(3))
+                        .map(|_| CODES[next(CODES.len() as u64) as usize])
+                        .collect();
                     labelled(&format!("r{depth}-{i}"), &codes)
                 };
                 let mode = ["match", "include", "outcome"][next(3) as usize];
@@ -191,7 +351,10 @@ mod bundles {
         fn forbidden(v: &Value) -> bool {
             let labels = crate::consent::labels::labels_of(v);
             v.get("resourceType").and_then(Value::as_str) != Some("OperationOutcome")
-                && (labels.iter().any(|l| crate::consent::labels::covers("R", l) || crate::consent::labels::covers("HIV", l)))
+                && (labels.iter().any(|l| {
+                    crate::consent::labels::covers("R", l)
+                        || crate::consent::labels::covers("HIV", l)
+                }))
         }
         fn scan(v: &Value, found: &mut u32) {
             if forbidden(v) && v["resourceType"] != "Bundle" {
@@ -224,8 +387,10 @@ mod consents {
     const WITH_CONSENTS: &str = r#"{"consents": {"cluster": "fhir_api", "path": "/fhir/Consent"}}"#;
 
     fn deny_observations() -> Vec<Value> {
-        vec![json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"code": "patient-privacy"}]},
-                    "patient": {"reference": "Patient/p1"}, "provision": {"type": "permit", "provision": [{"type": "deny", "class": [{"code": "Observation"}]}]}})]
+        vec![
+            json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"code": "patient-privacy"}]},
+                    "patient": {"reference": "Patient/p1"}, "provision": {"type": "permit", "provision": [{"type": "deny", "class": [{"code": "Observation"}]}]}}),
+        ]
     }
 
     fn other_patient(id: &str) -> Value {
@@ -234,17 +399,39 @@ mod consents {
 
     #[test]
     fn patients_needed_are_every_patient_in_the_response() {
-        let b = searchset(vec![labelled("a", &[]), other_patient("b"), json!({"resourceType": "Patient", "id": "p3"})]);
-        assert_eq!(policy(WITH_CONSENTS).patients_needed(&b), vec!["p1", "p2", "p3"]);
-        assert!(policy(LABELS).patients_needed(&b).is_empty(), "not without consents configured");
+        let b = searchset(vec![
+            labelled("a", &[]),
+            other_patient("b"),
+            json!({"resourceType": "Patient", "id": "p3"}),
+        ]);
+        assert_eq!(
+            policy(WITH_CONSENTS).patients_needed(&b),
+            vec!["p1", "p2", "p3"]
+        );
+        assert!(
+            policy(LABELS).patients_needed(&b).is_empty(),
+            "not without consents configured"
+        );
     }
 
     #[test]
     fn a_denying_consent_withholds_only_its_patients_data() {
         let list = deny_observations();
-        let lookup = |p: &str| if p == "p1" { Consents::Known(&list) } else { Consents::Known(&[]) };
+        let lookup = |p: &str| {
+            if p == "p1" {
+                Consents::Known(&list)
+            } else {
+                Consents::Known(&[])
+            }
+        };
         let b = searchset(vec![labelled("a", &[]), other_patient("b")]);
-        let (out, report) = run(&policy(WITH_CONSENTS), &b, &caller(Some("TREAT")), false, &lookup);
+        let (out, report) = run(
+            &policy(WITH_CONSENTS),
+            &b,
+            &caller(Some("TREAT")),
+            false,
+            &lookup,
+        );
         assert_eq!(ids(&rewritten(out)), vec!["b"]);
         assert_eq!(report.withheld.get("consent-denied"), Some(&1));
     }
@@ -253,26 +440,62 @@ mod consents {
     fn another_patients_consent_in_the_answer_is_ignored() {
         let list = deny_observations();
         let lookup = |_: &str| Consents::Known(&list);
-        let (out, _) = run(&policy(WITH_CONSENTS), &searchset(vec![other_patient("b")]), &caller(None), false, &lookup);
-        assert!(matches!(out, Filtered::Unchanged), "p1's Consent does not speak for p2");
+        let (out, _) = run(
+            &policy(WITH_CONSENTS),
+            &searchset(vec![other_patient("b")]),
+            &caller(None),
+            false,
+            &lookup,
+        );
+        assert!(
+            matches!(out, Filtered::Unchanged),
+            "p1's Consent does not speak for p2"
+        );
     }
 
     #[test]
     fn consents_that_could_not_be_fetched_withhold_unless_fail_open() {
         let unavailable = |_: &str| Consents::Unavailable;
-        let (out, report) = run(&policy(WITH_CONSENTS), &labelled("a", &[]), &caller(None), true, &unavailable);
+        let (out, report) = run(
+            &policy(WITH_CONSENTS),
+            &labelled("a", &[]),
+            &caller(None),
+            true,
+            &unavailable,
+        );
         assert!(matches!(out, Filtered::Refused(ref r) if r.status == 403));
         assert_eq!(report.withheld.get("consent-unavailable"), Some(&1));
-        let open = policy(r#"{"consents": {"cluster": "fhir_api", "path": "/fhir/Consent", "failOpen": true}}"#);
-        assert!(matches!(run(&open, &labelled("a", &[]), &caller(None), true, &unavailable).0, Filtered::Unchanged));
+        let open = policy(
+            r#"{"consents": {"cluster": "fhir_api", "path": "/fhir/Consent", "failOpen": true}}"#,
+        );
+        assert!(matches!(
+            run(
+                &open,
+                &labelled("a", &[]),
+                &caller(None),
+                true,
+                &unavailable
+            )
+            .0,
+            Filtered::Unchanged
+        ));
     }
 
     #[test]
     fn break_glass_overrides_a_consent_denial() {
         let list = deny_observations();
         let lookup = |_: &str| Consents::Known(&list);
-        let c = Caller { break_glass: true, ..caller(Some("ETREAT")) };
-        let (out, report) = run(&policy(WITH_CONSENTS), &labelled("a", &[]), &c, true, &lookup);
+        let c = Caller {
+            break_glass: true,
+            ..caller(Some("ETREAT"))
+        };
+        let (out, report) = run(
+            &policy(WITH_CONSENTS),
+            &labelled("a", &[]),
+            &c,
+            true,
+            &lookup,
+        );
         assert!(matches!(out, Filtered::Unchanged));
         assert_eq!(report.break_glass_released, 1);
     }
@@ -283,9 +506,27 @@ mod consents {
         list.push(json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"code": "patient-privacy"}]},
                          "patient": {"reference": "Patient/p1"}, "provision": {"type": "permit"}}));
         let lookup = |_: &str| Consents::Known(&list);
-        assert!(matches!(run(&policy(WITH_CONSENTS), &labelled("a", &[]), &caller(None), true, &lookup).0, Filtered::Refused(_)), "deny wins");
-        let permit = policy(r#"{"consents": {"cluster": "fhir_api", "path": "/fhir/Consent", "conflict": "permitWins"}}"#);
-        assert!(matches!(run(&permit, &labelled("a", &[]), &caller(None), true, &lookup).0, Filtered::Unchanged));
+        assert!(
+            matches!(
+                run(
+                    &policy(WITH_CONSENTS),
+                    &labelled("a", &[]),
+                    &caller(None),
+                    true,
+                    &lookup
+                )
+                .0,
+                Filtered::Refused(_)
+            ),
+            "deny wins"
+        );
+        let permit = policy(
+            r#"{"consents": {"cluster": "fhir_api", "path": "/fhir/Consent", "conflict": "permitWins"}}"#,
+        );
+        assert!(matches!(
+            run(&permit, &labelled("a", &[]), &caller(None), true, &lookup).0,
+            Filtered::Unchanged
+        ));
     }
 }
 
@@ -301,24 +542,45 @@ mod bodies {
         let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         zl.write_all(body).unwrap();
         assert_eq!(p.decode(Some("gzip"), &gz.finish().unwrap()).unwrap(), body);
-        assert_eq!(p.decode(Some("deflate"), &zl.finish().unwrap()).unwrap(), body);
+        assert_eq!(
+            p.decode(Some("deflate"), &zl.finish().unwrap()).unwrap(),
+            body
+        );
         assert_eq!(p.decode(None, body).unwrap(), body);
-        assert_eq!(p.decode(Some("br"), body).unwrap_err().reason, "response-encoding-unsupported");
-        assert_eq!(p.decode(Some("gzip"), b"not gzip").unwrap_err().reason, "response-unreadable");
+        assert_eq!(
+            p.decode(Some("br"), body).unwrap_err().reason,
+            "response-encoding-unsupported"
+        );
+        assert_eq!(
+            p.decode(Some("gzip"), b"not gzip").unwrap_err().reason,
+            "response-unreadable"
+        );
     }
 
     #[test]
     fn oversized_and_unreadable_bodies_fail_closed() {
         let p = policy(r#"{"maxBodyBytes": 64}"#);
         let big = searchset((0..5).map(|i| labelled(&i.to_string(), &[])).collect());
-        assert!(matches!(run(&p, &big, &caller(None), false, &no_consents).0, Filtered::Refused(ref r) if r.reason == "response-too-large"));
+        assert!(
+            matches!(run(&p, &big, &caller(None), false, &no_consents).0, Filtered::Refused(ref r) if r.reason == "response-too-large")
+        );
         // A gzip bomb: small on the wire, over the limit decoded.
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         gz.write_all(&vec![b' '; 10_000]).unwrap();
-        assert_eq!(p.decode(Some("gzip"), &gz.finish().unwrap()).unwrap_err().reason, "response-too-large");
+        assert_eq!(
+            p.decode(Some("gzip"), &gz.finish().unwrap())
+                .unwrap_err()
+                .reason,
+            "response-too-large"
+        );
         let mut report = Report::default();
-        assert!(matches!(p.filter(b"{not json", &caller(None), false, &no_consents, &mut report), Filtered::Refused(ref r) if r.status == 502));
-        assert!(matches!(p.filter(b"[1,2]", &caller(None), false, &no_consents, &mut report), Filtered::Refused(_)));
+        assert!(
+            matches!(p.filter(b"{not json", &caller(None), false, &no_consents, &mut report), Filtered::Refused(ref r) if r.status == 502)
+        );
+        assert!(matches!(
+            p.filter(b"[1,2]", &caller(None), false, &no_consents, &mut report),
+            Filtered::Refused(_)
+        ));
     }
 }
 
@@ -329,11 +591,26 @@ mod config {
     fn refuses_bad_config_naming_the_field() {
         let cases = [
             (r#"{"labels": [{"codes": []}]}"#, "labels[0].codes"),
-            (r#"{"labels": [{"codes": ["R"], "action": "redact"}]}"#, "labels[0].redact"),
-            (r#"{"labels": [{"codes": ["R"], "action": "drop", "redact": ["x"]}]}"#, "labels[0].redact"),
-            (r#"{"labels": [{"codes": ["R"], "action": "redact", "redact": ["id"]}]}"#, "labels[0].redact[0]"),
-            (r#"{"labels": [{"codes": ["R"], "action": "hide"}]}"#, "labels[0].action"),
-            (r#"{"consents": {"cluster": "c", "path": "Consent"}}"#, "consents.path"),
+            (
+                r#"{"labels": [{"codes": ["R"], "action": "redact"}]}"#,
+                "labels[0].redact",
+            ),
+            (
+                r#"{"labels": [{"codes": ["R"], "action": "drop", "redact": ["x"]}]}"#,
+                "labels[0].redact",
+            ),
+            (
+                r#"{"labels": [{"codes": ["R"], "action": "redact", "redact": ["id"]}]}"#,
+                "labels[0].redact[0]",
+            ),
+            (
+                r#"{"labels": [{"codes": ["R"], "action": "hide"}]}"#,
+                "labels[0].action",
+            ),
+            (
+                r#"{"consents": {"cluster": "c", "path": "Consent"}}"#,
+                "consents.path",
+            ),
             (r#"{"consents": {"path": "/Consent"}}"#, "consents"),
             (r#"{"purpose": {"header": "X-Purpose"}}"#, "purpose.header"),
             (r#"{"total": "keep"}"#, "total"),
@@ -341,7 +618,9 @@ mod config {
             (r#"{"lables": []}"#, "lables"),
         ];
         for (json, field) in cases {
-            let e = ConsentPolicy::from_json(json.as_bytes()).err().unwrap_or_else(|| panic!("accepted {json}"));
+            let e = ConsentPolicy::from_json(json.as_bytes())
+                .err()
+                .unwrap_or_else(|| panic!("accepted {json}"));
             assert!(e.field.starts_with(field), "{json}: {e}");
         }
     }
@@ -356,27 +635,45 @@ mod helpers {
         assert_eq!(p.purpose_of(Some("HPAYMT"), Some("ETREAT")), Some("HPAYMT"));
         assert_eq!(p.purpose_of(None, Some("ETREAT")), Some("ETREAT"));
         assert_eq!(p.purpose_of(None, None), Some("TREAT"));
-        assert_eq!(p.purpose_of(Some("bad value!"), None), Some("TREAT"), "a malformed purpose is ignored");
+        assert_eq!(
+            p.purpose_of(Some("bad value!"), None),
+            Some("TREAT"),
+            "a malformed purpose is ignored"
+        );
         assert_eq!(policy("{}").purpose_of(None, None), None);
     }
 
     #[test]
     fn only_successful_json_answers_are_read_and_other_successes_refused() {
         let p = policy("{}");
-        assert_eq!(p.read_plan(200, "application/fhir+json; charset=utf-8"), ReadPlan::Read);
+        assert_eq!(
+            p.read_plan(200, "application/fhir+json; charset=utf-8"),
+            ReadPlan::Read
+        );
         assert_eq!(p.read_plan(201, "Application/JSON"), ReadPlan::Read);
         assert_eq!(p.read_plan(404, "application/fhir+json"), ReadPlan::Skip);
         assert_eq!(p.read_plan(304, ""), ReadPlan::Skip);
-        assert!(matches!(p.read_plan(200, "application/fhir+xml"), ReadPlan::Refuse(r) if r.status == 502 && r.reason == "response-format-unsupported"));
-        let c = policy(r#"{"consents": {"cluster": "c", "path": "/fhir/Consent", "maxPatients": 2}}"#);
+        assert!(
+            matches!(p.read_plan(200, "application/fhir+xml"), ReadPlan::Refuse(r) if r.status == 502 && r.reason == "response-format-unsupported")
+        );
+        let c =
+            policy(r#"{"consents": {"cluster": "c", "path": "/fhir/Consent", "maxPatients": 2}}"#);
         assert!(c.too_many_patients(2).is_none());
         assert_eq!(c.too_many_patients(3).map(|r| r.status), Some(503));
     }
 
     #[test]
     fn interactions_and_time() {
-        assert!(filters_interaction("read") && filters_interaction("search-type") && filters_interaction("operation-instance"));
-        assert!(!filters_interaction("capabilities") && !filters_interaction("passthrough") && !filters_interaction("cds-service"));
+        assert!(
+            filters_interaction("read")
+                && filters_interaction("search-type")
+                && filters_interaction("operation-instance")
+        );
+        assert!(
+            !filters_interaction("capabilities")
+                && !filters_interaction("passthrough")
+                && !filters_interaction("cds-service")
+        );
         assert!(is_single_read("vread") && !is_single_read("search-type"));
         assert_eq!(rfc3339(1_795_521_600), "2026-11-24T12:00:00Z");
     }
@@ -407,13 +704,27 @@ mod fast_path {
     fn a_response_without_labels_or_consented_patients_is_released_unparsed() {
         let p = policy(WITH_CONSENTS);
         let b = bytes(&searchset(vec![obs("a", "p1"), obs("b", "p2")]));
-        assert_eq!(p.fast_path(&b, &none_cached), FastPath::NeedConsents(vec!["p1".into(), "p2".into()]));
+        assert_eq!(
+            p.fast_path(&b, &none_cached),
+            FastPath::NeedConsents(vec!["p1".into(), "p2".into()])
+        );
         assert_eq!(p.fast_path(&b, &all_empty), FastPath::Release);
         let with_base = br#"{"resourceType":"Observation","subject":{"reference":"https://x/fhir/Patient/p9/_history/1"}}"#;
-        assert_eq!(p.fast_path(with_base, &none_cached), FastPath::NeedConsents(vec!["p9".into()]));
-        assert_eq!(policy("{}").fast_path(&b, &none_cached), FastPath::Release, "nothing to fetch without consents configured");
+        assert_eq!(
+            p.fast_path(with_base, &none_cached),
+            FastPath::NeedConsents(vec!["p9".into()])
+        );
+        assert_eq!(
+            policy("{}").fast_path(&b, &none_cached),
+            FastPath::Release,
+            "nothing to fetch without consents configured"
+        );
         let unicode = br#"{"resourceType":"Observation","valueString":"0.9 g/cm\u00b2","subject":{"reference":"Patient/p1"}}"#;
-        assert_eq!(p.fast_path(unicode, &all_empty), FastPath::Release, "a non-ASCII escape hides nothing");
+        assert_eq!(
+            p.fast_path(unicode, &all_empty),
+            FastPath::Release,
+            "a non-ASCII escape hides nothing"
+        );
     }
 
     #[test]
@@ -421,20 +732,43 @@ mod fast_path {
         let p = policy(WITH_CONSENTS);
         let consent = json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"code": "patient-privacy"}]}, "patient": {"reference": "Patient/p1"}});
         let list = vec![consent];
-        let has_consent = |id: &str| Some(if id == "p1" { Consents::Known(&list) } else { Consents::Known(&[]) });
+        let has_consent = |id: &str| {
+            Some(if id == "p1" {
+                Consents::Known(&list)
+            } else {
+                Consents::Known(&[])
+            })
+        };
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("a label", bytes(&searchset(vec![labelled("a", &["R"])]))),
-            ("a Patient resource", bytes(&json!({"resourceType": "Patient", "id": "p1"}))),
-            ("an escaped key", br#"{"resourceType":"Observation","meta":{"\u0073ecurity":[{"code":"R"}]}}"#.to_vec()),
-            ("an escape that could spell anything", br#"{"resourceType":"Observation","subject":{"reference":"\uZZZZ"}}"#.to_vec()),
-            ("an escaped slash", br#"{"resourceType":"Observation","subject":{"reference":"Patient\/p1"}}"#.to_vec()),
+            (
+                "a Patient resource",
+                bytes(&json!({"resourceType": "Patient", "id": "p1"})),
+            ),
+            (
+                "an escaped key",
+                br#"{"resourceType":"Observation","meta":{"\u0073ecurity":[{"code":"R"}]}}"#
+                    .to_vec(),
+            ),
+            (
+                "an escape that could spell anything",
+                br#"{"resourceType":"Observation","subject":{"reference":"\uZZZZ"}}"#.to_vec(),
+            ),
+            (
+                "an escaped slash",
+                br#"{"resourceType":"Observation","subject":{"reference":"Patient\/p1"}}"#.to_vec(),
+            ),
             ("a patient with a Consent", bytes(&obs("a", "p1"))),
             ("not a JSON object", b"Patient/p1 hello".to_vec()),
         ];
         for (what, body) in cases {
             assert_eq!(p.fast_path(&body, &has_consent), FastPath::Parse, "{what}");
         }
-        assert_eq!(p.fast_path(&bytes(&obs("a", "p1")), &|_| Some(Consents::Unavailable)), FastPath::Parse, "a failed fetch is decided by the full filter");
+        assert_eq!(
+            p.fast_path(&bytes(&obs("a", "p1")), &|_| Some(Consents::Unavailable)),
+            FastPath::Parse,
+            "a failed fetch is decided by the full filter"
+        );
     }
 
     /// Found by the `consent` fuzz target (three times: broken syntax, invalid UTF-8 in a
@@ -455,9 +789,23 @@ mod fast_path {
                 br#"{"id":"no-type"}"#,
             ];
             for body in cases {
-                assert_eq!(p.fast_path(body, &all_empty), FastPath::Parse, "{}", String::from_utf8_lossy(body));
-                let decided = p.filter(body, &caller(None), false, &|_| Consents::Known(&[]), &mut report);
-                assert!(!matches!(decided, Filtered::Unchanged) || serde_json::from_slice::<Value>(body).is_ok());
+                assert_eq!(
+                    p.fast_path(body, &all_empty),
+                    FastPath::Parse,
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
+                let decided = p.filter(
+                    body,
+                    &caller(None),
+                    false,
+                    &|_| Consents::Known(&[]),
+                    &mut report,
+                );
+                assert!(
+                    !matches!(decided, Filtered::Unchanged)
+                        || serde_json::from_slice::<Value>(body).is_ok()
+                );
             }
         }
     }
@@ -468,7 +816,13 @@ mod fast_path {
         let p = policy(WITH_CONSENTS);
         let consent = json!({"resourceType": "Consent", "status": "active", "scope": {"coding": [{"code": "patient-privacy"}]}, "patient": {"reference": "Patient/p3"}, "provision": {"type": "deny"}});
         let list = vec![consent];
-        let lookup = |id: &str| if id == "p3" { Consents::Known(&list) } else { Consents::Known(&[]) };
+        let lookup = |id: &str| {
+            if id == "p3" {
+                Consents::Known(&list)
+            } else {
+                Consents::Known(&[])
+            }
+        };
         let cached = |id: &str| Some(lookup(id));
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move |n: u64| {
@@ -490,9 +844,19 @@ mod fast_path {
             if p.fast_path(&body, &cached) == FastPath::Release {
                 released += 1;
                 let mut report = Report::default();
-                assert!(matches!(p.filter(&body, &caller(None), false, &lookup, &mut report), Filtered::Unchanged), "{}", String::from_utf8_lossy(&body));
+                assert!(
+                    matches!(
+                        p.filter(&body, &caller(None), false, &lookup, &mut report),
+                        Filtered::Unchanged
+                    ),
+                    "{}",
+                    String::from_utf8_lossy(&body)
+                );
             }
         }
-        assert!(released > 20, "the generator exercises the fast path ({released})");
+        assert!(
+            released > 20,
+            "the generator exercises the fast path ({released})"
+        );
     }
 }

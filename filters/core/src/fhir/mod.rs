@@ -9,47 +9,170 @@ pub use reference_params::REFERENCE_PARAMS;
 
 /// Every concrete resource type of FHIR R4 (4.0.1): the 148 codes of CodeSystem `resource-types` less the abstract `Resource` and `DomainResource`. Sorted for binary search.
 pub const R4_RESOURCE_TYPES: &[&str] = &[
-    "Account", "ActivityDefinition", "AdverseEvent", "AllergyIntolerance", "Appointment",
-    "AppointmentResponse", "AuditEvent", "Basic", "Binary", "BiologicallyDerivedProduct",
-    "BodyStructure", "Bundle", "CapabilityStatement", "CarePlan", "CareTeam", "CatalogEntry",
-    "ChargeItem", "ChargeItemDefinition", "Claim", "ClaimResponse", "ClinicalImpression",
-    "CodeSystem", "Communication", "CommunicationRequest", "CompartmentDefinition", "Composition",
-    "ConceptMap", "Condition", "Consent", "Contract", "Coverage", "CoverageEligibilityRequest",
-    "CoverageEligibilityResponse", "DetectedIssue", "Device", "DeviceDefinition", "DeviceMetric",
-    "DeviceRequest", "DeviceUseStatement", "DiagnosticReport", "DocumentManifest",
-    "DocumentReference", "EffectEvidenceSynthesis", "Encounter", "Endpoint", "EnrollmentRequest",
-    "EnrollmentResponse", "EpisodeOfCare", "EventDefinition", "Evidence", "EvidenceVariable",
-    "ExampleScenario", "ExplanationOfBenefit", "FamilyMemberHistory", "Flag", "Goal",
-    "GraphDefinition", "Group", "GuidanceResponse", "HealthcareService", "ImagingStudy",
-    "Immunization", "ImmunizationEvaluation", "ImmunizationRecommendation", "ImplementationGuide",
-    "InsurancePlan", "Invoice", "Library", "Linkage", "List", "Location", "Measure",
-    "MeasureReport", "Media", "Medication", "MedicationAdministration", "MedicationDispense",
-    "MedicationKnowledge", "MedicationRequest", "MedicationStatement", "MedicinalProduct",
-    "MedicinalProductAuthorization", "MedicinalProductContraindication",
-    "MedicinalProductIndication", "MedicinalProductIngredient", "MedicinalProductInteraction",
-    "MedicinalProductManufactured", "MedicinalProductPackaged", "MedicinalProductPharmaceutical",
-    "MedicinalProductUndesirableEffect", "MessageDefinition", "MessageHeader",
-    "MolecularSequence", "NamingSystem", "NutritionOrder", "Observation", "ObservationDefinition",
-    "OperationDefinition", "OperationOutcome", "Organization", "OrganizationAffiliation",
-    "Parameters", "Patient", "PaymentNotice", "PaymentReconciliation", "Person", "PlanDefinition",
-    "Practitioner", "PractitionerRole", "Procedure", "Provenance", "Questionnaire",
-    "QuestionnaireResponse", "RelatedPerson", "RequestGroup", "ResearchDefinition",
-    "ResearchElementDefinition", "ResearchStudy", "ResearchSubject", "RiskAssessment",
-    "RiskEvidenceSynthesis", "Schedule", "SearchParameter", "ServiceRequest", "Slot", "Specimen",
-    "SpecimenDefinition", "StructureDefinition", "StructureMap", "Subscription", "Substance",
-    "SubstanceNucleicAcid", "SubstancePolymer", "SubstanceProtein",
-    "SubstanceReferenceInformation", "SubstanceSourceMaterial", "SubstanceSpecification",
-    "SupplyDelivery", "SupplyRequest", "Task", "TerminologyCapabilities", "TestReport",
-    "TestScript", "ValueSet", "VerificationResult", "VisionPrescription",
+    "Account",
+    "ActivityDefinition",
+    "AdverseEvent",
+    "AllergyIntolerance",
+    "Appointment",
+    "AppointmentResponse",
+    "AuditEvent",
+    "Basic",
+    "Binary",
+    "BiologicallyDerivedProduct",
+    "BodyStructure",
+    "Bundle",
+    "CapabilityStatement",
+    "CarePlan",
+    "CareTeam",
+    "CatalogEntry",
+    "ChargeItem",
+    "ChargeItemDefinition",
+    "Claim",
+    "ClaimResponse",
+    "ClinicalImpression",
+    "CodeSystem",
+    "Communication",
+    "CommunicationRequest",
+    "CompartmentDefinition",
+    "Composition",
+    "ConceptMap",
+    "Condition",
+    "Consent",
+    "Contract",
+    "Coverage",
+    "CoverageEligibilityRequest",
+    "CoverageEligibilityResponse",
+    "DetectedIssue",
+    "Device",
+    "DeviceDefinition",
+    "DeviceMetric",
+    "DeviceRequest",
+    "DeviceUseStatement",
+    "DiagnosticReport",
+    "DocumentManifest",
+    "DocumentReference",
+    "EffectEvidenceSynthesis",
+    "Encounter",
+    "Endpoint",
+    "EnrollmentRequest",
+    "EnrollmentResponse",
+    "EpisodeOfCare",
+    "EventDefinition",
+    "Evidence",
+    "EvidenceVariable",
+    "ExampleScenario",
+    "ExplanationOfBenefit",
+    "FamilyMemberHistory",
+    "Flag",
+    "Goal",
+    "GraphDefinition",
+    "Group",
+    "GuidanceResponse",
+    "HealthcareService",
+    "ImagingStudy",
+    "Immunization",
+    "ImmunizationEvaluation",
+    "ImmunizationRecommendation",
+    "ImplementationGuide",
+    "InsurancePlan",
+    "Invoice",
+    "Library",
+    "Linkage",
+    "List",
+    "Location",
+    "Measure",
+    "MeasureReport",
+    "Media",
+    "Medication",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "MedicationKnowledge",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MedicinalProduct",
+    "MedicinalProductAuthorization",
+    "MedicinalProductContraindication",
+    "MedicinalProductIndication",
+    "MedicinalProductIngredient",
+    "MedicinalProductInteraction",
+    "MedicinalProductManufactured",
+    "MedicinalProductPackaged",
+    "MedicinalProductPharmaceutical",
+    "MedicinalProductUndesirableEffect",
+    "MessageDefinition",
+    "MessageHeader",
+    "MolecularSequence",
+    "NamingSystem",
+    "NutritionOrder",
+    "Observation",
+    "ObservationDefinition",
+    "OperationDefinition",
+    "OperationOutcome",
+    "Organization",
+    "OrganizationAffiliation",
+    "Parameters",
+    "Patient",
+    "PaymentNotice",
+    "PaymentReconciliation",
+    "Person",
+    "PlanDefinition",
+    "Practitioner",
+    "PractitionerRole",
+    "Procedure",
+    "Provenance",
+    "Questionnaire",
+    "QuestionnaireResponse",
+    "RelatedPerson",
+    "RequestGroup",
+    "ResearchDefinition",
+    "ResearchElementDefinition",
+    "ResearchStudy",
+    "ResearchSubject",
+    "RiskAssessment",
+    "RiskEvidenceSynthesis",
+    "Schedule",
+    "SearchParameter",
+    "ServiceRequest",
+    "Slot",
+    "Specimen",
+    "SpecimenDefinition",
+    "StructureDefinition",
+    "StructureMap",
+    "Subscription",
+    "Substance",
+    "SubstanceNucleicAcid",
+    "SubstancePolymer",
+    "SubstanceProtein",
+    "SubstanceReferenceInformation",
+    "SubstanceSourceMaterial",
+    "SubstanceSpecification",
+    "SupplyDelivery",
+    "SupplyRequest",
+    "Task",
+    "TerminologyCapabilities",
+    "TestReport",
+    "TestScript",
+    "ValueSet",
+    "VerificationResult",
+    "VisionPrescription",
 ];
 
 /// The resource types that define a compartment in R4 (CompartmentDefinition).
-pub const COMPARTMENT_TYPES: &[&str] = &["Device", "Encounter", "Patient", "Practitioner", "RelatedPerson"];
+pub const COMPARTMENT_TYPES: &[&str] = &[
+    "Device",
+    "Encounter",
+    "Patient",
+    "Practitioner",
+    "RelatedPerson",
+];
 
 /// The canonical `&'static str` for an R4 resource type name, or None if R4 has no such type.
 /// Case-sensitive, as FHIR is.
 pub fn resource_type(name: &str) -> Option<&'static str> {
-    R4_RESOURCE_TYPES.binary_search(&name).ok().map(|i| R4_RESOURCE_TYPES[i])
+    R4_RESOURCE_TYPES
+        .binary_search(&name)
+        .ok()
+        .map(|i| R4_RESOURCE_TYPES[i])
 }
 
 pub fn is_compartment_type(name: &str) -> bool {
@@ -68,7 +191,9 @@ pub fn patient_compartment_params(resource_type: &str) -> Option<&'static [&'sta
 
 /// Whether R4 defines a `patient` search parameter on this type (Observation, Condition, …).
 pub fn has_patient_search_param(resource_type: &str) -> bool {
-    PATIENT_SEARCH_PARAM_TYPES.binary_search(&resource_type).is_ok()
+    PATIENT_SEARCH_PARAM_TYPES
+        .binary_search(&resource_type)
+        .is_ok()
 }
 
 /// The types a reference search parameter of `base` can point to, or None when `base` has
@@ -84,12 +209,16 @@ pub fn reference_targets(base: &str, code: &str) -> Option<&'static [&'static st
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// An operation segment: `$` then a name of letters, digits, `-` and `_` starting with a letter.
 pub fn is_valid_operation(segment: &str) -> bool {
-    let Some(name) = segment.strip_prefix('$') else { return false };
+    let Some(name) = segment.strip_prefix('$') else {
+        return false;
+    };
     let mut bytes = name.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic())
         && name.len() <= 64
@@ -103,13 +232,19 @@ mod tests {
     #[test]
     fn has_all_146_r4_resource_types_sorted_and_unique() {
         assert_eq!(R4_RESOURCE_TYPES.len(), 146);
-        assert!(R4_RESOURCE_TYPES.windows(2).all(|w| w[0] < w[1]), "not sorted or duplicated");
+        assert!(
+            R4_RESOURCE_TYPES.windows(2).all(|w| w[0] < w[1]),
+            "not sorted or duplicated"
+        );
     }
 
     #[test]
     fn finds_types_case_sensitively() {
         assert_eq!(resource_type("Patient"), Some("Patient"));
-        assert_eq!(resource_type("VisionPrescription"), Some("VisionPrescription"));
+        assert_eq!(
+            resource_type("VisionPrescription"),
+            Some("VisionPrescription")
+        );
         assert_eq!(resource_type("Account"), Some("Account"));
         assert_eq!(resource_type("patient"), None);
         assert_eq!(resource_type("Resource"), None);
@@ -136,10 +271,23 @@ mod tests {
 
     #[test]
     fn knows_which_types_are_in_the_patient_compartment() {
-        assert_eq!(patient_compartment_params("Observation"), Some(&["subject", "performer"][..]));
+        assert_eq!(
+            patient_compartment_params("Observation"),
+            Some(&["subject", "performer"][..])
+        );
         assert_eq!(patient_compartment_params("Patient"), Some(&["link"][..]));
-        assert_eq!(patient_compartment_params("AllergyIntolerance"), Some(&["patient", "recorder", "asserter"][..]));
-        for outside in ["Medication", "Practitioner", "Organization", "Location", "ValueSet", "Foo"] {
+        assert_eq!(
+            patient_compartment_params("AllergyIntolerance"),
+            Some(&["patient", "recorder", "asserter"][..])
+        );
+        for outside in [
+            "Medication",
+            "Practitioner",
+            "Organization",
+            "Location",
+            "ValueSet",
+            "Foo",
+        ] {
             assert_eq!(patient_compartment_params(outside), None, "{outside}");
         }
     }
@@ -147,7 +295,14 @@ mod tests {
     #[test]
     fn knows_which_types_define_a_patient_search_parameter() {
         assert!(PATIENT_SEARCH_PARAM_TYPES.windows(2).all(|w| w[0] < w[1]));
-        for t in ["Observation", "Condition", "Encounter", "AllergyIntolerance", "Coverage", "Claim"] {
+        for t in [
+            "Observation",
+            "Condition",
+            "Encounter",
+            "AllergyIntolerance",
+            "Coverage",
+            "Claim",
+        ] {
             assert!(has_patient_search_param(t), "{t}");
         }
         for t in ["Patient", "Practitioner", "Medication", "Organization"] {
@@ -157,14 +312,29 @@ mod tests {
 
     #[test]
     fn knows_where_reference_parameters_point() {
-        assert!(REFERENCE_PARAMS.windows(2).all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)));
-        assert_eq!(reference_targets("MedicationRequest", "medication"), Some(&["Medication"][..]));
-        assert_eq!(reference_targets("Observation", "subject"), Some(&["Device", "Group", "Location", "Patient"][..]));
-        assert_eq!(reference_targets("Observation", "code"), None, "a token parameter");
+        assert!(REFERENCE_PARAMS
+            .windows(2)
+            .all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)));
+        assert_eq!(
+            reference_targets("MedicationRequest", "medication"),
+            Some(&["Medication"][..])
+        );
+        assert_eq!(
+            reference_targets("Observation", "subject"),
+            Some(&["Device", "Group", "Location", "Patient"][..])
+        );
+        assert_eq!(
+            reference_targets("Observation", "code"),
+            None,
+            "a token parameter"
+        );
         assert_eq!(reference_targets("Foo", "subject"), None);
         for (base, _, targets) in REFERENCE_PARAMS {
             assert!(resource_type(base).is_some(), "{base}");
-            assert!(targets.iter().all(|t| resource_type(t).is_some()), "{base}: {targets:?}");
+            assert!(
+                targets.iter().all(|t| resource_type(t).is_some()),
+                "{base}: {targets:?}"
+            );
         }
     }
 
@@ -175,7 +345,19 @@ mod tests {
             assert!(is_valid_id(id), "{id}");
         }
         let long = "x".repeat(65);
-        let invalid = ["", "a b", "a/b", "a_b", "a%20", "ü", "a:b", "a;b", "a+b", long.as_str(), "a\u{0}"];
+        let invalid = [
+            "",
+            "a b",
+            "a/b",
+            "a_b",
+            "a%20",
+            "ü",
+            "a:b",
+            "a;b",
+            "a+b",
+            long.as_str(),
+            "a\u{0}",
+        ];
         for id in invalid {
             assert!(!is_valid_id(id), "{id:?}");
         }
@@ -183,7 +365,14 @@ mod tests {
 
     #[test]
     fn applies_the_operation_name_rule() {
-        for op in ["$export", "$everything", "$validate", "$lastn", "$member-match", "$submit_x"] {
+        for op in [
+            "$export",
+            "$everything",
+            "$validate",
+            "$lastn",
+            "$member-match",
+            "$submit_x",
+        ] {
             assert!(is_valid_operation(op), "{op}");
         }
         for op in ["export", "$", "$1abc", "$ex port", "$ex/port", "$$x", "$é"] {

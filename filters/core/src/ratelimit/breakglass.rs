@@ -7,11 +7,11 @@
 //! base64url text under the key named by `kid`. Verification is constant-time (hmac's
 //! `verify_slice`), refuses expired tokens and replayed nonces.
 
+use super::bucket::SharedStore;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use super::bucket::SharedStore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
@@ -97,7 +97,12 @@ impl BreakGlassVerifier {
         BreakGlassVerifier { keys }
     }
 
-    pub fn verify(&self, token: &str, now: i64, ledger: &mut dyn SharedStore) -> Result<BreakGlass, BreakGlassError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        now: i64,
+        ledger: &mut dyn SharedStore,
+    ) -> Result<BreakGlass, BreakGlassError> {
         let claims = self.check(token, now)?;
         claim_nonce(ledger, &claims, now)?;
         Ok(claims)
@@ -108,12 +113,26 @@ impl BreakGlassVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(BreakGlassError::Malformed);
         }
-        let (payload, tag) = token.trim().split_once('.').ok_or(BreakGlassError::Malformed)?;
-        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| BreakGlassError::Malformed)?;
-        let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| BreakGlassError::Malformed)?;
-        let claims: BreakGlass = serde_json::from_slice(&bytes).map_err(|_| BreakGlassError::Malformed)?;
-        let key = self.keys.get(&claims.kid).ok_or(BreakGlassError::UnknownKey)?;
-        mac(key, payload).ok_or(BreakGlassError::UnknownKey)?.verify_slice(&tag).map_err(|_| BreakGlassError::BadSignature)?;
+        let (payload, tag) = token
+            .trim()
+            .split_once('.')
+            .ok_or(BreakGlassError::Malformed)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| BreakGlassError::Malformed)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| BreakGlassError::Malformed)?;
+        let claims: BreakGlass =
+            serde_json::from_slice(&bytes).map_err(|_| BreakGlassError::Malformed)?;
+        let key = self
+            .keys
+            .get(&claims.kid)
+            .ok_or(BreakGlassError::UnknownKey)?;
+        mac(key, payload)
+            .ok_or(BreakGlassError::UnknownKey)?
+            .verify_slice(&tag)
+            .map_err(|_| BreakGlassError::BadSignature)?;
         if claims.exp <= now {
             return Err(BreakGlassError::Expired);
         }
@@ -122,7 +141,10 @@ impl BreakGlassVerifier {
         }
         let nonce_ok = !claims.nonce.is_empty()
             && claims.nonce.len() <= MAX_NONCE_BYTES
-            && claims.nonce.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && claims
+                .nonce
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !nonce_ok || claims.user.is_empty() || claims.reason.is_empty() {
             return Err(BreakGlassError::Malformed);
         }
@@ -140,14 +162,27 @@ pub fn ensure_ledger(store: &mut dyn SharedStore) {
 
 /// Records the token's nonce as used, or refuses it if it already is. The ledger holds
 /// (16 bytes of SHA-256 of kid and nonce, expiry) pairs; expired ones are dropped on write.
-fn claim_nonce(store: &mut dyn SharedStore, claims: &BreakGlass, now: i64) -> Result<(), BreakGlassError> {
+fn claim_nonce(
+    store: &mut dyn SharedStore,
+    claims: &BreakGlass,
+    now: i64,
+) -> Result<(), BreakGlassError> {
     let digest = Sha256::digest(format!("{}:{}", claims.kid, claims.nonce).as_bytes());
     let id = &digest[..16];
     for _ in 0..MAX_ATTEMPTS {
         let (value, cas) = store.get(LEDGER_KEY);
-        let mut live: Vec<u8> = Vec::with_capacity(value.as_ref().map_or(0, Vec::len) + LEDGER_ENTRY);
-        for entry in value.as_deref().unwrap_or_default().chunks_exact(LEDGER_ENTRY) {
-            let exp = i64::from_le_bytes(entry[16..].try_into().map_err(|_| BreakGlassError::Unavailable)?);
+        let mut live: Vec<u8> =
+            Vec::with_capacity(value.as_ref().map_or(0, Vec::len) + LEDGER_ENTRY);
+        for entry in value
+            .as_deref()
+            .unwrap_or_default()
+            .chunks_exact(LEDGER_ENTRY)
+        {
+            let exp = i64::from_le_bytes(
+                entry[16..]
+                    .try_into()
+                    .map_err(|_| BreakGlassError::Unavailable)?,
+            );
             if exp <= now {
                 continue;
             }
@@ -177,11 +212,23 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     fn claims(nonce: &str) -> BreakGlass {
-        BreakGlass { kid: "k1".into(), user: "dr-who".into(), reason: "ETREAT".into(), exp: NOW + 600, nonce: nonce.into() }
+        BreakGlass {
+            kid: "k1".into(),
+            user: "dr-who".into(),
+            reason: "ETREAT".into(),
+            exp: NOW + 600,
+            nonce: nonce.into(),
+        }
     }
 
     fn verifier() -> BreakGlassVerifier {
-        BreakGlassVerifier::new(HashMap::from([("k1".to_string(), KEY.to_vec()), ("k2".to_string(), b"another-key-another-key-another!!".to_vec())]))
+        BreakGlassVerifier::new(HashMap::from([
+            ("k1".to_string(), KEY.to_vec()),
+            (
+                "k2".to_string(),
+                b"another-key-another-key-another!!".to_vec(),
+            ),
+        ]))
     }
 
     #[test]
@@ -189,8 +236,13 @@ mod tests {
         let (v, mut ledger) = (verifier(), MemoryStore::default());
         let t = sign(&claims("n1"), KEY).unwrap();
         assert_eq!(v.verify(&t, NOW, &mut ledger).unwrap(), claims("n1"));
-        assert_eq!(v.verify(&t, NOW + 1, &mut ledger), Err(BreakGlassError::Replayed));
-        assert!(v.verify(&sign(&claims("n2"), KEY).unwrap(), NOW, &mut ledger).is_ok());
+        assert_eq!(
+            v.verify(&t, NOW + 1, &mut ledger),
+            Err(BreakGlassError::Replayed)
+        );
+        assert!(v
+            .verify(&sign(&claims("n2"), KEY).unwrap(), NOW, &mut ledger)
+            .is_ok());
     }
 
     #[test]
@@ -199,7 +251,10 @@ mod tests {
         let (payload, tag) = t.split_once('.').unwrap();
         let mut other = claims("n1");
         other.user = "attacker".into();
-        let swapped = format!("{}.{tag}", URL_SAFE_NO_PAD.encode(serde_json::to_vec(&other).unwrap()));
+        let swapped = format!(
+            "{}.{tag}",
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&other).unwrap())
+        );
         let mut k2 = claims("n1");
         k2.kid = "k2".into();
         let mut unknown = claims("n1");
@@ -211,21 +266,40 @@ mod tests {
         let cases = [
             (swapped, BreakGlassError::BadSignature),
             (sign(&k2, KEY).unwrap(), BreakGlassError::BadSignature),
-            (sign(&claims("n1"), b"wrong-key-wrong-key-wrong-key-!!").unwrap(), BreakGlassError::BadSignature),
+            (
+                sign(&claims("n1"), b"wrong-key-wrong-key-wrong-key-!!").unwrap(),
+                BreakGlassError::BadSignature,
+            ),
             (format!("{payload}."), BreakGlassError::BadSignature),
             (sign(&unknown, KEY).unwrap(), BreakGlassError::UnknownKey),
             (sign(&expired, KEY).unwrap(), BreakGlassError::Expired),
             (sign(&long, KEY).unwrap(), BreakGlassError::TooLong),
             (sign(&claims(""), KEY).unwrap(), BreakGlassError::Malformed),
-            (sign(&claims("n/1"), KEY).unwrap(), BreakGlassError::Malformed),
-            (sign(&claims(&"n".repeat(MAX_NONCE_BYTES + 1)), KEY).unwrap(), BreakGlassError::Malformed),
+            (
+                sign(&claims("n/1"), KEY).unwrap(),
+                BreakGlassError::Malformed,
+            ),
+            (
+                sign(&claims(&"n".repeat(MAX_NONCE_BYTES + 1)), KEY).unwrap(),
+                BreakGlassError::Malformed,
+            ),
             ("no-dot".into(), BreakGlassError::Malformed),
             (format!("{payload}.!!!"), BreakGlassError::Malformed),
-            (format!("{}.{tag}", URL_SAFE_NO_PAD.encode(br#"{"kid":"k1","extra":1}"#)), BreakGlassError::Malformed),
+            (
+                format!(
+                    "{}.{tag}",
+                    URL_SAFE_NO_PAD.encode(br#"{"kid":"k1","extra":1}"#)
+                ),
+                BreakGlassError::Malformed,
+            ),
             ("x".repeat(MAX_TOKEN_BYTES + 1), BreakGlassError::Malformed),
         ];
         for (token, expected) in cases {
-            assert_eq!(verifier().verify(&token, NOW, &mut MemoryStore::default()), Err(expected), "{token}");
+            assert_eq!(
+                verifier().verify(&token, NOW, &mut MemoryStore::default()),
+                Err(expected),
+                "{token}"
+            );
         }
     }
 
@@ -238,16 +312,31 @@ mod tests {
     fn forgets_nonces_once_their_token_expired() {
         let (v, mut ledger) = (verifier(), MemoryStore::default());
         for i in 0..10 {
-            assert!(v.verify(&sign(&claims(&format!("n{i}")), KEY).unwrap(), NOW, &mut ledger).is_ok());
+            assert!(v
+                .verify(
+                    &sign(&claims(&format!("n{i}")), KEY).unwrap(),
+                    NOW,
+                    &mut ledger
+                )
+                .is_ok());
         }
         let t = sign(&claims("late"), KEY).unwrap();
         assert!(v.verify(&t, NOW, &mut ledger).is_ok());
-        assert_eq!(v.verify(&t, NOW + 599, &mut ledger), Err(BreakGlassError::Replayed));
+        assert_eq!(
+            v.verify(&t, NOW + 599, &mut ledger),
+            Err(BreakGlassError::Replayed)
+        );
         // Past their expiry the ten early nonces are dropped on the next write.
         let mut later = claims("later");
         later.exp = NOW + 1200;
-        assert!(v.verify(&sign(&later, KEY).unwrap(), NOW + 700, &mut ledger).is_ok());
-        assert_eq!(ledger.get(LEDGER_KEY).0.unwrap().len(), LEDGER_ENTRY, "only the live nonce is kept");
+        assert!(v
+            .verify(&sign(&later, KEY).unwrap(), NOW + 700, &mut ledger)
+            .is_ok());
+        assert_eq!(
+            ledger.get(LEDGER_KEY).0.unwrap().len(),
+            LEDGER_ENTRY,
+            "only the live nonce is kept"
+        );
     }
 
     #[test]
@@ -256,7 +345,10 @@ mod tests {
         let mut ledger = MemoryStore::default();
         let entry: Vec<u8> = [[7u8; 16].as_slice(), &(NOW + 600).to_le_bytes()].concat();
         ledger.set(LEDGER_KEY, &entry.repeat(LEDGER_CAPACITY), None);
-        assert_eq!(v.verify(&sign(&claims("n"), KEY).unwrap(), NOW, &mut ledger), Err(BreakGlassError::Unavailable));
+        assert_eq!(
+            v.verify(&sign(&claims("n"), KEY).unwrap(), NOW, &mut ledger),
+            Err(BreakGlassError::Unavailable)
+        );
     }
 
     /// Two workers verify the same token: the second one's read is stale by the time it
@@ -271,8 +363,16 @@ mod tests {
         assert!(v.verify(&t, NOW, &mut ledger).is_ok(), "worker 1");
         // Worker 2 had read before worker 1 wrote: its write with the stale version fails.
         assert!(!ledger.set(LEDGER_KEY, b"", stale.1));
-        assert_eq!(v.verify(&t, NOW, &mut ledger), Err(BreakGlassError::Replayed), "worker 2 re-reads");
+        assert_eq!(
+            v.verify(&t, NOW, &mut ledger),
+            Err(BreakGlassError::Replayed),
+            "worker 2 re-reads"
+        );
         ensure_ledger(&mut ledger);
-        assert_eq!(v.verify(&t, NOW, &mut ledger), Err(BreakGlassError::Replayed), "ensure_ledger keeps an existing ledger");
+        assert_eq!(
+            v.verify(&t, NOW, &mut ledger),
+            Err(BreakGlassError::Replayed),
+            "ensure_ledger keeps an existing ledger"
+        );
     }
 }

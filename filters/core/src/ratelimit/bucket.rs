@@ -48,8 +48,13 @@ const MAX_ATTEMPTS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
-    Allowed { remaining: u32, reset_seconds: u32 },
-    Limited { retry_after_seconds: u32 },
+    Allowed {
+        remaining: u32,
+        reset_seconds: u32,
+    },
+    Limited {
+        retry_after_seconds: u32,
+    },
     /// The bucket could not be updated (persistent contention): the caller's failure mode
     /// decides (fail closed by default).
     Contended,
@@ -76,24 +81,38 @@ pub fn take(store: &mut dyn SharedStore, key: &str, tier: Tier, weight: u32, now
     let cost = u64::from(weight) * 1000;
     for _ in 0..MAX_ATTEMPTS {
         let (value, cas) = store.get(key);
-        let (tokens, at) = value.as_deref().and_then(decode).unwrap_or((capacity, now_ms));
+        let (tokens, at) = value
+            .as_deref()
+            .and_then(decode)
+            .unwrap_or((capacity, now_ms));
         // Refill: limit tokens per window, i.e. capacity milli-tokens per window_ms.
         let elapsed = now_ms.saturating_sub(at);
-        let refilled = tokens.saturating_add(elapsed.saturating_mul(capacity) / window_ms.max(1)).min(capacity);
+        let refilled = tokens
+            .saturating_add(elapsed.saturating_mul(capacity) / window_ms.max(1))
+            .min(capacity);
         if cost > capacity {
             // Never satisfiable.
-            return Admit::Limited { retry_after_seconds: tier.window_seconds };
+            return Admit::Limited {
+                retry_after_seconds: tier.window_seconds,
+            };
         }
         if cost > refilled {
             // Refused without writing: the refill keeps counting from the last admitted take
             // (writing here would drop the fraction of a token refilled so far).
-            let wait_ms = (cost - refilled).saturating_mul(window_ms).div_ceil(capacity.max(1));
-            return Admit::Limited { retry_after_seconds: wait_ms.div_ceil(1000).max(1) as u32 };
+            let wait_ms = (cost - refilled)
+                .saturating_mul(window_ms)
+                .div_ceil(capacity.max(1));
+            return Admit::Limited {
+                retry_after_seconds: wait_ms.div_ceil(1000).max(1) as u32,
+            };
         }
         let left = refilled - cost;
         let reset = ((capacity - left).saturating_mul(window_ms) / capacity.max(1)).div_ceil(1000);
         if store.set(key, &encode(left, now_ms.max(at)), cas) {
-            return Admit::Allowed { remaining: (left / 1000) as u32, reset_seconds: reset as u32 };
+            return Admit::Allowed {
+                remaining: (left / 1000) as u32,
+                reset_seconds: reset as u32,
+            };
         }
     }
     Admit::Contended
@@ -105,16 +124,33 @@ mod tests {
 
     type Store = MemoryStore;
 
-    const TIER: Tier = Tier { limit: 5, window_seconds: 60 };
+    const TIER: Tier = Tier {
+        limit: 5,
+        window_seconds: 60,
+    };
 
     #[test]
     fn admits_the_limit_then_refuses_with_retry_after() {
         let mut s = Store::default();
         for i in 0..5 {
-            assert_eq!(take(&mut s, "k", TIER, 1, 1_000), Admit::Allowed { remaining: 4 - i, reset_seconds: 12 * (i + 1) });
+            assert_eq!(
+                take(&mut s, "k", TIER, 1, 1_000),
+                Admit::Allowed {
+                    remaining: 4 - i,
+                    reset_seconds: 12 * (i + 1)
+                }
+            );
         }
-        assert_eq!(take(&mut s, "k", TIER, 1, 1_000), Admit::Limited { retry_after_seconds: 12 });
-        assert!(matches!(take(&mut s, "other", TIER, 1, 1_000), Admit::Allowed { .. }), "another key, another bucket");
+        assert_eq!(
+            take(&mut s, "k", TIER, 1, 1_000),
+            Admit::Limited {
+                retry_after_seconds: 12
+            }
+        );
+        assert!(
+            matches!(take(&mut s, "other", TIER, 1, 1_000), Admit::Allowed { .. }),
+            "another key, another bucket"
+        );
     }
 
     #[test]
@@ -123,17 +159,40 @@ mod tests {
         for _ in 0..5 {
             take(&mut s, "k", TIER, 1, 0);
         }
-        assert!(matches!(take(&mut s, "k", TIER, 1, 11_999), Admit::Limited { .. }));
-        assert!(matches!(take(&mut s, "k", TIER, 1, 12_000), Admit::Allowed { remaining: 0, .. }));
-        assert!(matches!(take(&mut s, "k", TIER, 5, 72_000), Admit::Allowed { remaining: 0, .. }), "a full window refills all");
+        assert!(matches!(
+            take(&mut s, "k", TIER, 1, 11_999),
+            Admit::Limited { .. }
+        ));
+        assert!(matches!(
+            take(&mut s, "k", TIER, 1, 12_000),
+            Admit::Allowed { remaining: 0, .. }
+        ));
+        assert!(
+            matches!(
+                take(&mut s, "k", TIER, 5, 72_000),
+                Admit::Allowed { remaining: 0, .. }
+            ),
+            "a full window refills all"
+        );
     }
 
     #[test]
     fn weights_spend_several_tokens_and_oversized_weights_never_pass() {
         let mut s = Store::default();
-        assert!(matches!(take(&mut s, "k", TIER, 4, 0), Admit::Allowed { remaining: 1, .. }));
-        assert!(matches!(take(&mut s, "k", TIER, 2, 0), Admit::Limited { .. }));
-        assert_eq!(take(&mut s, "k", TIER, 6, 0), Admit::Limited { retry_after_seconds: 60 });
+        assert!(matches!(
+            take(&mut s, "k", TIER, 4, 0),
+            Admit::Allowed { remaining: 1, .. }
+        ));
+        assert!(matches!(
+            take(&mut s, "k", TIER, 2, 0),
+            Admit::Limited { .. }
+        ));
+        assert_eq!(
+            take(&mut s, "k", TIER, 6, 0),
+            Admit::Limited {
+                retry_after_seconds: 60
+            }
+        );
     }
 
     /// Two workers: each reads, then the other writes first, so every other write loses its
@@ -165,7 +224,10 @@ mod tests {
         }
         thread_local!(static SNEAKED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
         let mut inner = Store::default();
-        assert!(matches!(take(&mut inner, "k", TIER, 1, 0), Admit::Allowed { .. }));
+        assert!(matches!(
+            take(&mut inner, "k", TIER, 1, 0),
+            Admit::Allowed { .. }
+        ));
         let mut s = Racy { inner, sneak: 3 };
         let mut admitted = 1;
         for _ in 0..20 {
@@ -175,7 +237,11 @@ mod tests {
         }
         let sneaked = SNEAKED.with(|c| c.get());
         assert!(sneaked > 0, "the race happened");
-        assert_eq!(admitted + sneaked, TIER.limit, "admitted {admitted} + {sneaked} by the other worker");
+        assert_eq!(
+            admitted + sneaked,
+            TIER.limit,
+            "admitted {admitted} + {sneaked} by the other worker"
+        );
     }
 
     #[test]
@@ -184,9 +250,17 @@ mod tests {
         let mut s = Store::default();
         let (absent, _) = s.get("k");
         assert!(absent.is_none());
-        assert!(matches!(take(&mut s, "k", TIER, 1, 0), Admit::Allowed { remaining: 4, .. }));
-        assert!(s.set("k", &encode(4_000, 0), None), "the other worker's unversioned create lands");
-        let admitted = (0..10).filter(|_| matches!(take(&mut s, "k", TIER, 1, 0), Admit::Allowed { .. })).count();
+        assert!(matches!(
+            take(&mut s, "k", TIER, 1, 0),
+            Admit::Allowed { remaining: 4, .. }
+        ));
+        assert!(
+            s.set("k", &encode(4_000, 0), None),
+            "the other worker's unversioned create lands"
+        );
+        let admitted = (0..10)
+            .filter(|_| matches!(take(&mut s, "k", TIER, 1, 0), Admit::Allowed { .. }))
+            .count();
         assert_eq!(admitted, 4, "after creation every take is exact");
     }
 
@@ -208,6 +282,9 @@ mod tests {
     fn a_corrupt_value_is_treated_as_a_full_bucket_then_replaced() {
         let mut s = Store::default();
         s.set("k", b"junk", None);
-        assert!(matches!(take(&mut s, "k", TIER, 1, 0), Admit::Allowed { remaining: 4, .. }));
+        assert!(matches!(
+            take(&mut s, "k", TIER, 1, 0),
+            Admit::Allowed { remaining: 4, .. }
+        ));
     }
 }

@@ -24,8 +24,17 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: &'static [Class] =
-        &[Class::Read, Class::Search, Class::Write, Class::Delete, Class::Bulk, Class::Validate, Class::Metadata, Class::CdsHooks, Class::Operation];
+    pub const ALL: &'static [Class] = &[
+        Class::Read,
+        Class::Search,
+        Class::Write,
+        Class::Delete,
+        Class::Bulk,
+        Class::Validate,
+        Class::Metadata,
+        Class::CdsHooks,
+        Class::Operation,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -58,10 +67,19 @@ pub fn class_of_parts(interaction: Interaction, operation: Option<&str>) -> Clas
     match interaction {
         I::Capabilities | I::SmartConfiguration => Class::Metadata,
         I::Read | I::Vread | I::HistoryInstance | I::Passthrough => Class::Read,
-        I::SearchType | I::SearchSystem | I::SearchCompartment | I::HistoryType | I::HistorySystem => Class::Search,
-        I::Create | I::ConditionalCreate | I::Update | I::ConditionalUpdate | I::Patch | I::ConditionalPatch | I::Batch | I::Transaction => {
-            Class::Write
-        }
+        I::SearchType
+        | I::SearchSystem
+        | I::SearchCompartment
+        | I::HistoryType
+        | I::HistorySystem => Class::Search,
+        I::Create
+        | I::ConditionalCreate
+        | I::Update
+        | I::ConditionalUpdate
+        | I::Patch
+        | I::ConditionalPatch
+        | I::Batch
+        | I::Transaction => Class::Write,
         I::Delete | I::ConditionalDelete => Class::Delete,
         I::CdsDiscovery | I::CdsService | I::CdsFeedback => Class::CdsHooks,
         I::OperationSystem | I::OperationType | I::OperationInstance => match operation {
@@ -159,19 +177,35 @@ fn default_large_count() -> u32 {
 
 impl Default for Weights {
     fn default() -> Self {
-        Weights { per_include: 1, large_count_above: 100, large_count: 2, everything: 10, transaction: 5 }
+        Weights {
+            per_include: 1,
+            large_count_above: 100,
+            large_count: 2,
+            everything: 10,
+            transaction: 5,
+        }
     }
 }
 
 /// How many hits a request costs: one, plus each `_include`/`_revinclude`, plus a
 /// `_count` above the threshold, plus `$everything` or a transaction/batch.
 pub fn weight_of(r: &RoutedRequest, w: &Weights) -> u32 {
-    weight_of_parts(r.interaction, r.operation.as_deref(), r.params.iter().map(|p| (p.name.as_str(), p.value.as_str())), w)
+    weight_of_parts(
+        r.interaction,
+        r.operation.as_deref(),
+        r.params.iter().map(|p| (p.name.as_str(), p.value.as_str())),
+        w,
+    )
 }
 
 /// [`weight_of`] from the parts: the interaction, the operation and the query parameters
 /// (decoded names and values).
-pub fn weight_of_parts<'a>(interaction: Interaction, operation: Option<&str>, params: impl Iterator<Item = (&'a str, &'a str)>, w: &Weights) -> u32 {
+pub fn weight_of_parts<'a>(
+    interaction: Interaction,
+    operation: Option<&str>,
+    params: impl Iterator<Item = (&'a str, &'a str)>,
+    w: &Weights,
+) -> u32 {
     let mut weight: u32 = 1;
     for (name, value) in params {
         let base = name.split(':').next().unwrap_or("");
@@ -229,7 +263,10 @@ pub struct RateLimitConfig {
 }
 
 fn default_tiers() -> BTreeMap<String, Tier> {
-    let t = |limit, window_seconds| Tier { limit, window_seconds };
+    let t = |limit, window_seconds| Tier {
+        limit,
+        window_seconds,
+    };
     BTreeMap::from([
         ("read".into(), t(600, 60)),
         ("search".into(), t(600, 60)),
@@ -259,10 +296,16 @@ pub struct Classification {
 fn check_tiers(field: &str, tiers: &BTreeMap<String, Tier>) -> Result<(), ConfigError> {
     for (class, tier) in tiers {
         if Class::from_name(class).is_none() {
-            return Err(ConfigError::new(format!("{field}.{class}"), "is not a rate-limit class"));
+            return Err(ConfigError::new(
+                format!("{field}.{class}"),
+                "is not a rate-limit class",
+            ));
         }
         if tier.limit == 0 || tier.window_seconds == 0 || tier.window_seconds > 86_400 {
-            return Err(ConfigError::new(format!("{field}.{class}"), "needs limit ≥ 1 and windowSeconds between 1 and 86400"));
+            return Err(ConfigError::new(
+                format!("{field}.{class}"),
+                "needs limit ≥ 1 and windowSeconds between 1 and 86400",
+            ));
         }
     }
     Ok(())
@@ -291,14 +334,24 @@ impl RateLimitPolicy {
             .client_id
             .and_then(|c| self.config.clients.get(c))
             .and_then(|t| t.get(name))
-            .or_else(|| caller.tenant.and_then(|t| self.config.tenants.get(t)).and_then(|t| t.get(name)))
+            .or_else(|| {
+                caller
+                    .tenant
+                    .and_then(|t| self.config.tenants.get(t))
+                    .and_then(|t| t.get(name))
+            })
             .or_else(|| self.config.tiers.get(name))
             .copied()
     }
 
     pub fn classify(&self, r: &RoutedRequest, caller: &Caller) -> Classification {
         let class = class_of(r);
-        Classification { class, key: key_of(class, caller), weight: weight_of(r, &self.config.weights), tier: self.tier(class, caller) }
+        Classification {
+            class,
+            key: key_of(class, caller),
+            weight: weight_of(r, &self.config.weights),
+            tier: self.tier(class, caller),
+        }
     }
 
     /// The 429: `Retry-After`, `X-RateLimit-*` (and the IETF headers when configured) and an
@@ -309,7 +362,12 @@ impl RateLimitPolicy {
             429,
             "rate-limited",
             IssueType::Throttled,
-            format!("{} limit of {} per {} s reached; retry in {retry} s", class.name(), tier.limit, tier.window_seconds),
+            format!(
+                "{} limit of {} per {} s reached; retry in {retry} s",
+                class.name(),
+                tier.limit,
+                tier.window_seconds
+            ),
         )
         .with_header("retry-after", retry.to_string())
         .with_header("x-ratelimit-limit", tier.limit.to_string())
@@ -317,8 +375,14 @@ impl RateLimitPolicy {
         .with_header("x-ratelimit-reset", retry.to_string());
         if self.config.ietf_headers {
             r = r
-                .with_header("ratelimit", format!("limit={}, remaining=0, reset={retry}", tier.limit))
-                .with_header("ratelimit-policy", format!("{};w={}", tier.limit, tier.window_seconds));
+                .with_header(
+                    "ratelimit",
+                    format!("limit={}, remaining=0, reset={retry}", tier.limit),
+                )
+                .with_header(
+                    "ratelimit-policy",
+                    format!("{};w={}", tier.limit, tier.window_seconds),
+                );
         }
         r
     }

@@ -20,19 +20,34 @@ fn unit(field: &str, tier: &Tier) -> Result<&'static str, ConfigError> {
         60 => Ok("minute"),
         3600 => Ok("hour"),
         86_400 => Ok("day"),
-        _ => Err(ConfigError::new(format!("{field}.windowSeconds"), "must be 1, 60, 3600 or 86400 for the rate-limit service (it counts in whole units)")),
+        _ => Err(ConfigError::new(
+            format!("{field}.windowSeconds"),
+            "must be 1, 60, 3600 or 86400 for the rate-limit service (it counts in whole units)",
+        )),
     }
 }
 
 fn limit(out: &mut String, indent: usize, field: &str, tier: &Tier) -> Result<(), ConfigError> {
     let pad = " ".repeat(indent);
-    let _ = writeln!(out, "{pad}rate_limit: {{unit: {}, requests_per_unit: {}}}", unit(field, tier)?, tier.limit);
+    let _ = writeln!(
+        out,
+        "{pad}rate_limit: {{unit: {}, requests_per_unit: {}}}",
+        unit(field, tier)?,
+        tier.limit
+    );
     Ok(())
 }
 
 /// One tenant entry (`value` None: any tenant) of a class: its principal limit (if any) and
 /// per-client overrides, or for bulk the tenant's own limit.
-fn tenant_entry(out: &mut String, class: Class, value: Option<&str>, field: &str, tier: Option<&Tier>, clients: &[(&str, Tier)]) -> Result<(), ConfigError> {
+fn tenant_entry(
+    out: &mut String,
+    class: Class,
+    value: Option<&str>,
+    field: &str,
+    tier: Option<&Tier>,
+    clients: &[(&str, Tier)],
+) -> Result<(), ConfigError> {
     match value {
         Some(v) => {
             let _ = writeln!(out, "      - key: tenant\n        value: {v}");
@@ -52,7 +67,11 @@ fn tenant_entry(out: &mut String, class: Class, value: Option<&str>, field: &str
     for (client, t) in clients {
         // Backend Services tokens are counted per client: their principal is the client's
         // pseudonym, so a client's own tier can be named here.
-        let _ = writeln!(out, "          - key: principal\n            value: client={}", pseudonym("client", client));
+        let _ = writeln!(
+            out,
+            "          - key: principal\n            value: client={}",
+            pseudonym("client", client)
+        );
         limit(out, 12, &format!("clients.{client}.{}", class.name()), t)?;
     }
     Ok(())
@@ -67,18 +86,43 @@ pub fn service_config(config: &RateLimitConfig) -> Result<String, ConfigError> {
     for class in Class::ALL {
         let name = class.name();
         let default = config.tiers.get(name);
-        let tenants: BTreeMap<&str, &Tier> = config.tenants.iter().filter_map(|(t, tiers)| tiers.get(name).map(|tier| (t.as_str(), tier))).collect();
-        let clients: Vec<(&str, Tier)> =
-            if *class == Class::Bulk { Vec::new() } else { config.clients.iter().filter_map(|(c, t)| t.get(name).map(|t| (c.as_str(), *t))).collect() };
+        let tenants: BTreeMap<&str, &Tier> = config
+            .tenants
+            .iter()
+            .filter_map(|(t, tiers)| tiers.get(name).map(|tier| (t.as_str(), tier)))
+            .collect();
+        let clients: Vec<(&str, Tier)> = if *class == Class::Bulk {
+            Vec::new()
+        } else {
+            config
+                .clients
+                .iter()
+                .filter_map(|(c, t)| t.get(name).map(|t| (c.as_str(), *t)))
+                .collect()
+        };
         if default.is_none() && tenants.is_empty() && clients.is_empty() {
             continue;
         }
         let _ = writeln!(out, "  - key: class\n    value: {name}\n    descriptors:");
         if default.is_some() || !clients.is_empty() {
-            tenant_entry(&mut out, *class, None, &format!("tiers.{name}"), default, &clients)?;
+            tenant_entry(
+                &mut out,
+                *class,
+                None,
+                &format!("tiers.{name}"),
+                default,
+                &clients,
+            )?;
         }
         for (tenant, tier) in tenants {
-            tenant_entry(&mut out, *class, Some(tenant), &format!("tenants.{tenant}.{name}"), Some(tier), &clients)?;
+            tenant_entry(
+                &mut out,
+                *class,
+                Some(tenant),
+                &format!("tenants.{tenant}.{name}"),
+                Some(tier),
+                &clients,
+            )?;
         }
     }
     Ok(out)
@@ -99,7 +143,10 @@ mod tests {
         assert!(yaml.contains("domain: fhirgate\n"));
         assert!(yaml.contains("  - key: class\n    value: write\n    descriptors:\n      - key: tenant\n        descriptors:\n          - key: principal\n            rate_limit: {unit: minute, requests_per_unit: 60}\n"), "{yaml}");
         assert!(yaml.contains("  - key: class\n    value: bulk\n    descriptors:\n      - key: tenant\n        rate_limit: {unit: hour, requests_per_unit: 2}\n"), "bulk is per tenant: {yaml}");
-        assert!(!yaml.contains("value: read"), "classes without a tier are not limited");
+        assert!(
+            !yaml.contains("value: read"),
+            "classes without a tier are not limited"
+        );
     }
 
     #[test]
@@ -111,21 +158,45 @@ mod tests {
         ))
         .unwrap();
         assert!(yaml.contains("      - key: tenant\n        value: hosp-a\n        descriptors:\n          - key: principal\n            rate_limit: {unit: second, requests_per_unit: 100}\n"), "{yaml}");
-        let client = format!("value: client={}\n            rate_limit: {{unit: day, requests_per_unit: 5}}", pseudonym("client", "etl"));
-        assert_eq!(yaml.matches(&client).count(), 2, "under any tenant and under hosp-a: {yaml}");
-        assert!(!yaml.contains("etl\n"), "client ids leave only as pseudonyms");
+        let client = format!(
+            "value: client={}\n            rate_limit: {{unit: day, requests_per_unit: 5}}",
+            pseudonym("client", "etl")
+        );
+        assert_eq!(
+            yaml.matches(&client).count(),
+            2,
+            "under any tenant and under hosp-a: {yaml}"
+        );
+        assert!(
+            !yaml.contains("etl\n"),
+            "client ids leave only as pseudonyms"
+        );
     }
 
     #[test]
     fn a_window_the_service_cannot_count_is_refused_naming_the_field() {
-        let e = service_config(&config(r#"{"tiers": {"write": {"limit": 60, "windowSeconds": 90}}}"#)).unwrap_err();
+        let e = service_config(&config(
+            r#"{"tiers": {"write": {"limit": 60, "windowSeconds": 90}}}"#,
+        ))
+        .unwrap_err();
         assert_eq!(e.field, "tiers.write.windowSeconds");
     }
 
     #[test]
     fn a_tier_only_some_tenants_have_limits_only_them() {
-        let yaml = service_config(&config(r#"{"tiers": {}, "tenants": {"t": {"read": {"limit": 1, "windowSeconds": 60}}}}"#)).unwrap();
-        assert!(yaml.contains("    value: read\n    descriptors:\n      - key: tenant\n        value: t\n"), "{yaml}");
-        assert!(!yaml.contains("- key: tenant\n        descriptors"), "no entry for any tenant: {yaml}");
+        let yaml = service_config(&config(
+            r#"{"tiers": {}, "tenants": {"t": {"read": {"limit": 1, "windowSeconds": 60}}}}"#,
+        ))
+        .unwrap();
+        assert!(
+            yaml.contains(
+                "    value: read\n    descriptors:\n      - key: tenant\n        value: t\n"
+            ),
+            "{yaml}"
+        );
+        assert!(
+            !yaml.contains("- key: tenant\n        descriptors"),
+            "no entry for any tenant: {yaml}"
+        );
     }
 }

@@ -15,7 +15,10 @@ pub enum BodyRule {
     /// No body allowed (reads, searches by GET, deletes, history).
     None,
     /// A FHIR resource of this type; for updates the id must equal the path's.
-    Resource { resource_type: &'static str, id: Option<String> },
+    Resource {
+        resource_type: &'static str,
+        id: Option<String>,
+    },
     /// A Bundle of type `batch` or `transaction`.
     Bundle,
     /// JSON Patch (an array) or FHIRPath Patch (a Parameters resource).
@@ -38,12 +41,16 @@ enum Media {
 }
 
 fn media(content_type: Option<&str>) -> Result<Option<Media>, Rejection> {
-    let Some(ct) = content_type else { return Ok(None) };
+    let Some(ct) = content_type else {
+        return Ok(None);
+    };
     let mut parts = ct.split(';');
     let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
     for param in parts {
         if let Some((k, v)) = param.split_once('=') {
-            if k.trim().eq_ignore_ascii_case("charset") && !v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8") {
+            if k.trim().eq_ignore_ascii_case("charset")
+                && !v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+            {
                 return Err(unsupported("FHIR bodies must be UTF-8"));
             }
         }
@@ -52,7 +59,9 @@ fn media(content_type: Option<&str>) -> Result<Option<Media>, Rejection> {
         "application/fhir+json" | "application/json" | "application/json+fhir" => Media::FhirJson,
         "application/json-patch+json" => Media::JsonPatch,
         "application/x-www-form-urlencoded" => Media::Form,
-        "application/fhir+xml" | "application/xml" | "text/xml" | "application/xml+fhir" => Media::Xml,
+        "application/fhir+xml" | "application/xml" | "text/xml" | "application/xml+fhir" => {
+            Media::Xml
+        }
         _ => Media::Other,
     }))
 }
@@ -67,14 +76,21 @@ fn invalid_body(reason: &'static str, code: IssueType, why: impl Into<String>) -
 
 /// Chooses the body rule for a routed request from its interaction and declared media type.
 /// Refuses unsupported media types before any body is read.
-pub(super) fn rule_for(r: &RoutedRequest, content_type: Option<&str>) -> Result<BodyRule, Rejection> {
+pub(super) fn rule_for(
+    r: &RoutedRequest,
+    content_type: Option<&str>,
+) -> Result<BodyRule, Rejection> {
     use Interaction as I;
     let m = media(content_type)?;
     let json_only = |rule: BodyRule| -> Result<BodyRule, Rejection> {
         match m {
             Some(Media::FhirJson) => Ok(rule),
-            Some(Media::Xml) => Err(unsupported("this gateway accepts FHIR JSON only (application/fhir+json)")),
-            None => Err(unsupported("a FHIR body needs Content-Type: application/fhir+json")),
+            Some(Media::Xml) => Err(unsupported(
+                "this gateway accepts FHIR JSON only (application/fhir+json)",
+            )),
+            None => Err(unsupported(
+                "a FHIR body needs Content-Type: application/fhir+json",
+            )),
             Some(_) => Err(unsupported("expected Content-Type: application/fhir+json")),
         }
     };
@@ -85,7 +101,11 @@ pub(super) fn rule_for(r: &RoutedRequest, content_type: Option<&str>) -> Result<
             if resource_type == "Binary" && matches!(m, Some(Media::Other) | Some(Media::Xml)) {
                 BodyRule::Opaque
             } else {
-                let id = if r.interaction == I::Update { r.id.clone() } else { None };
+                let id = if r.interaction == I::Update {
+                    r.id.clone()
+                } else {
+                    None
+                };
                 json_only(BodyRule::Resource { resource_type, id })?
             }
         }
@@ -94,14 +114,26 @@ pub(super) fn rule_for(r: &RoutedRequest, content_type: Option<&str>) -> Result<
             Some(Media::JsonPatch) => BodyRule::Patch { json_patch: true },
             _ => match json_only(BodyRule::Patch { json_patch: false }) {
                 Ok(rule) => rule,
-                Err(_) => return Err(unsupported("patch needs application/json-patch+json or application/fhir+json")),
+                Err(_) => {
+                    return Err(unsupported(
+                        "patch needs application/json-patch+json or application/fhir+json",
+                    ))
+                }
             },
         },
         I::SearchType | I::SearchSystem if content_type.is_some() => match m {
             Some(Media::Form) => BodyRule::Form,
-            _ => return Err(unsupported("POST _search needs application/x-www-form-urlencoded")),
+            _ => {
+                return Err(unsupported(
+                    "POST _search needs application/x-www-form-urlencoded",
+                ))
+            }
         },
-        I::OperationSystem | I::OperationType | I::OperationInstance | I::CdsService | I::CdsFeedback => match m {
+        I::OperationSystem
+        | I::OperationType
+        | I::OperationInstance
+        | I::CdsService
+        | I::CdsFeedback => match m {
             None => BodyRule::Json,
             _ => json_only(BodyRule::Json)?,
         },
@@ -111,12 +143,23 @@ pub(super) fn rule_for(r: &RoutedRequest, content_type: Option<&str>) -> Result<
 
 /// Refuses a body where none belongs, and a missing one where one is required.
 pub(super) fn check_presence(r: &RoutedRequest, has_body: bool) -> Result<(), Rejection> {
-    let required = matches!(r.body, BodyRule::Resource { .. } | BodyRule::Bundle | BodyRule::Patch { .. });
+    let required = matches!(
+        r.body,
+        BodyRule::Resource { .. } | BodyRule::Bundle | BodyRule::Patch { .. }
+    );
     if has_body && r.body == BodyRule::None {
-        return Err(invalid_body("body-not-allowed", IssueType::Invalid, format!("{} takes no request body", r.interaction.name())));
+        return Err(invalid_body(
+            "body-not-allowed",
+            IssueType::Invalid,
+            format!("{} takes no request body", r.interaction.name()),
+        ));
     }
     if !has_body && required {
-        return Err(invalid_body("body-required", IssueType::Required, format!("{} needs a request body", r.interaction.name())));
+        return Err(invalid_body(
+            "body-required",
+            IssueType::Required,
+            format!("{} needs a request body", r.interaction.name()),
+        ));
     }
     Ok(())
 }
@@ -139,7 +182,11 @@ struct BundleHead {
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejection> {
     serde_json::from_slice(body).map_err(|e| {
         // serde's message names the JSON position and the expectation, never body content.
-        invalid_body("invalid-json", IssueType::Structure, format!("request body is not valid FHIR JSON: {}", position_only(&e)))
+        invalid_body(
+            "invalid-json",
+            IssueType::Structure,
+            format!("request body is not valid FHIR JSON: {}", position_only(&e)),
+        )
     })
 }
 
@@ -157,30 +204,48 @@ fn position_only(e: &serde_json::Error) -> String {
 
 /// Checks a whole, buffered body against the request's rule, completing the request
 /// (batch vs transaction, form parameters) where the body decides.
-pub(super) fn check(r: &mut RoutedRequest, body: &[u8], max_params: usize) -> Result<(), Rejection> {
+pub(super) fn check(
+    r: &mut RoutedRequest,
+    body: &[u8],
+    max_params: usize,
+) -> Result<(), Rejection> {
     match r.body.clone() {
-        BodyRule::None if !body.is_empty() => {
-            Err(invalid_body("body-not-allowed", IssueType::Invalid, format!("{} takes no request body", r.interaction.name())))
-        }
+        BodyRule::None if !body.is_empty() => Err(invalid_body(
+            "body-not-allowed",
+            IssueType::Invalid,
+            format!("{} takes no request body", r.interaction.name()),
+        )),
         BodyRule::None | BodyRule::Opaque => Ok(()),
         _ if body.is_empty() && matches!(r.body, BodyRule::Json | BodyRule::Form) => Ok(()),
-        _ if body.is_empty() => {
-            Err(invalid_body("body-required", IssueType::Required, format!("{} needs a request body", r.interaction.name())))
-        }
+        _ if body.is_empty() => Err(invalid_body(
+            "body-required",
+            IssueType::Required,
+            format!("{} needs a request body", r.interaction.name()),
+        )),
         BodyRule::Resource { resource_type, id } => {
             let head: ResourceHead = parse(body)?;
             match head.resource_type.as_deref() {
-                None => Err(invalid_body("resource-type-missing", IssueType::Required, "body has no resourceType")),
+                None => Err(invalid_body(
+                    "resource-type-missing",
+                    IssueType::Required,
+                    "body has no resourceType",
+                )),
                 Some(t) if t != resource_type => Err(invalid_body(
                     "resource-type-mismatch",
                     IssueType::Invalid,
                     format!("body resourceType does not match the path's `{resource_type}`"),
                 )),
                 Some(_) => match (&id, &head.id) {
-                    (Some(_), None) => Err(invalid_body("id-missing", IssueType::Required, "update body must carry the id named in the path")),
-                    (Some(want), Some(got)) if want != got => {
-                        Err(invalid_body("id-mismatch", IssueType::Invalid, "body id does not match the id in the path"))
-                    }
+                    (Some(_), None) => Err(invalid_body(
+                        "id-missing",
+                        IssueType::Required,
+                        "update body must carry the id named in the path",
+                    )),
+                    (Some(want), Some(got)) if want != got => Err(invalid_body(
+                        "id-mismatch",
+                        IssueType::Invalid,
+                        "body id does not match the id in the path",
+                    )),
                     _ => Ok(()),
                 },
             }
@@ -188,12 +253,22 @@ pub(super) fn check(r: &mut RoutedRequest, body: &[u8], max_params: usize) -> Re
         BodyRule::Bundle => {
             let head: BundleHead = parse(body)?;
             if head.resource_type.as_deref() != Some("Bundle") {
-                return Err(invalid_body("resource-type-mismatch", IssueType::Invalid, "POST to the base needs a Bundle"));
+                return Err(invalid_body(
+                    "resource-type-mismatch",
+                    IssueType::Invalid,
+                    "POST to the base needs a Bundle",
+                ));
             }
             let (interaction, kind) = match head.bundle_type.as_deref() {
                 Some("batch") => (Interaction::Batch, "batch"),
                 Some("transaction") => (Interaction::Transaction, "transaction"),
-                _ => return Err(invalid_body("invalid-bundle-type", IssueType::Invalid, "Bundle.type must be batch or transaction")),
+                _ => {
+                    return Err(invalid_body(
+                        "invalid-bundle-type",
+                        IssueType::Invalid,
+                        "Bundle.type must be batch or transaction",
+                    ))
+                }
             };
             r.interaction = interaction;
             r.bundle_type = Some(kind);
@@ -204,7 +279,11 @@ pub(super) fn check(r: &mut RoutedRequest, body: &[u8], max_params: usize) -> Re
             if ops.is_array() {
                 Ok(())
             } else {
-                Err(invalid_body("invalid-patch", IssueType::Invalid, "a JSON Patch body must be an array of operations"))
+                Err(invalid_body(
+                    "invalid-patch",
+                    IssueType::Invalid,
+                    "a JSON Patch body must be an array of operations",
+                ))
             }
         }
         BodyRule::Patch { json_patch: false } => {
@@ -212,18 +291,26 @@ pub(super) fn check(r: &mut RoutedRequest, body: &[u8], max_params: usize) -> Re
             if head.resource_type.as_deref() == Some("Parameters") {
                 Ok(())
             } else {
-                Err(invalid_body("invalid-patch", IssueType::Invalid, "a FHIRPath Patch body must be a Parameters resource"))
+                Err(invalid_body(
+                    "invalid-patch",
+                    IssueType::Invalid,
+                    "a FHIRPath Patch body must be a Parameters resource",
+                ))
             }
         }
         BodyRule::Json => parse::<serde::de::IgnoredAny>(body).map(|_| ()),
         BodyRule::Form => {
             let text = std::str::from_utf8(body).map_err(|_| refuse::bad_escape("form body"))?;
             let remaining = max_params.saturating_sub(r.params.len());
-            let extra = parse_query(text.trim_end_matches(['\r', '\n']), remaining).map_err(|e| match e {
-                QueryError::Uri(_) => refuse::bad_escape("form body"),
-                QueryError::BadName => refuse::invalid_query("invalid parameter name in form body"),
-                QueryError::TooMany => refuse::too_many_params(max_params),
-            })?;
+            let extra = parse_query(text.trim_end_matches(['\r', '\n']), remaining).map_err(
+                |e| match e {
+                    QueryError::Uri(_) => refuse::bad_escape("form body"),
+                    QueryError::BadName => {
+                        refuse::invalid_query("invalid parameter name in form body")
+                    }
+                    QueryError::TooMany => refuse::too_many_params(max_params),
+                },
+            )?;
             r.params.extend(extra);
             Ok(())
         }

@@ -103,13 +103,19 @@ impl RoutingConfig {
     pub fn compile(self) -> Result<RoutingPolicy, ConfigError> {
         check_path_prefix("basePath", &self.base_path)?;
         if self.base_path == "/" {
-            return Err(ConfigError::new("basePath", "must not be `/`; use the FHIR base, e.g. `/fhir/r4`"));
+            return Err(ConfigError::new(
+                "basePath",
+                "must not be `/`; use the FHIR base, e.g. `/fhir/r4`",
+            ));
         }
         let allowed_types = match &self.resource_types {
             None => None,
             Some(list) => {
                 if list.is_empty() {
-                    return Err(ConfigError::new("resourceTypes", "is empty: omit it to allow every R4 type"));
+                    return Err(ConfigError::new(
+                        "resourceTypes",
+                        "is empty: omit it to allow every R4 type",
+                    ));
                 }
                 let mut types = Vec::with_capacity(list.len());
                 for (i, name) in list.iter().enumerate() {
@@ -127,20 +133,32 @@ impl RoutingConfig {
             ("maxBodyBytes", self.max_body_bytes),
         ] {
             if value == 0 || value > LIMIT_CEILING {
-                return Err(ConfigError::new(field, format!("must be between 1 and {LIMIT_CEILING}")));
+                return Err(ConfigError::new(
+                    field,
+                    format!("must be between 1 and {LIMIT_CEILING}"),
+                ));
             }
         }
         if let Some(cds) = &self.cds_hooks_path {
             check_path_prefix("cdsHooksPath", cds)?;
             if overlaps(cds, &self.base_path) {
-                return Err(ConfigError::new("cdsHooksPath", "must not overlap basePath"));
+                return Err(ConfigError::new(
+                    "cdsHooksPath",
+                    "must not overlap basePath",
+                ));
             }
         }
         let mut passthrough = Vec::with_capacity(self.passthrough.len());
         for (i, p) in self.passthrough.iter().enumerate() {
             let field = format!("passthrough[{i}]");
-            if !p.prefix.starts_with('/') || p.prefix.contains(['?', '#', '%']) || p.prefix.len() < 2 {
-                return Err(ConfigError::new(format!("{field}.prefix"), "must be a path prefix such as `/fhir/r4/bulk-status/`"));
+            if !p.prefix.starts_with('/')
+                || p.prefix.contains(['?', '#', '%'])
+                || p.prefix.len() < 2
+            {
+                return Err(ConfigError::new(
+                    format!("{field}.prefix"),
+                    "must be a path prefix such as `/fhir/r4/bulk-status/`",
+                ));
             }
             check_pool_name(&format!("{field}.pool"), &p.pool)?;
             if p.methods.is_empty() {
@@ -158,18 +176,28 @@ impl RoutingConfig {
                     }
                 }
             }
-            passthrough.push(super::Passthrough { prefix: p.prefix.clone(), pool: p.pool.clone(), methods });
+            passthrough.push(super::Passthrough {
+                prefix: p.prefix.clone(),
+                pool: p.pool.clone(),
+                methods,
+            });
         }
         let mut pools = Vec::with_capacity(self.pools.len());
         for (i, p) in self.pools.iter().enumerate() {
             let field = format!("pools[{i}]");
             check_pool_name(&format!("{field}.name"), &p.name)?;
             if p.operations.is_empty() && p.resource_types.is_empty() && p.interactions.is_empty() {
-                return Err(ConfigError::new(field, "needs at least one of operations, resourceTypes, interactions"));
+                return Err(ConfigError::new(
+                    field,
+                    "needs at least one of operations, resourceTypes, interactions",
+                ));
             }
             for (j, op) in p.operations.iter().enumerate() {
                 if !fhir::is_valid_operation(op) {
-                    return Err(ConfigError::new(format!("{field}.operations[{j}]"), format!("`{op}` is not an operation name like `$export`")));
+                    return Err(ConfigError::new(
+                        format!("{field}.operations[{j}]"),
+                        format!("`{op}` is not an operation name like `$export`"),
+                    ));
                 }
             }
             let mut resource_types = Vec::with_capacity(p.resource_types.len());
@@ -180,10 +208,20 @@ impl RoutingConfig {
             for (j, name) in p.interactions.iter().enumerate() {
                 match Interaction::from_name(name) {
                     Some(x) => interactions.push(x),
-                    None => return Err(ConfigError::new(format!("{field}.interactions[{j}]"), format!("`{name}` is not a fhirgate interaction"))),
+                    None => {
+                        return Err(ConfigError::new(
+                            format!("{field}.interactions[{j}]"),
+                            format!("`{name}` is not a fhirgate interaction"),
+                        ))
+                    }
                 }
             }
-            pools.push(PoolRule { name: p.name.clone(), operations: p.operations.clone(), resource_types, interactions });
+            pools.push(PoolRule {
+                name: p.name.clone(),
+                operations: p.operations.clone(),
+                resource_types,
+                interactions,
+            });
         }
         check_pool_name("defaultPool", &self.default_pool)?;
         Ok(RoutingPolicy {
@@ -202,19 +240,25 @@ impl RoutingConfig {
 }
 
 fn known_type(field: &str, name: &str) -> Result<&'static str, ConfigError> {
-    fhir::resource_type(name).ok_or_else(|| ConfigError::new(field, format!("`{name}` is not an R4 resource type")))
+    fhir::resource_type(name)
+        .ok_or_else(|| ConfigError::new(field, format!("`{name}` is not an R4 resource type")))
 }
 
 fn check_path_prefix(field: &str, path: &str) -> Result<(), ConfigError> {
     let ok = path.starts_with('/')
         && (path.len() == 1 || !path.ends_with('/'))
         && !path.contains("//")
-        && path.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'))
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'))
         && !path.split('/').any(|s| s == "." || s == "..");
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::new(field, format!("`{path}` must be an absolute path without trailing slash, query or escapes")))
+        Err(ConfigError::new(
+            field,
+            format!("`{path}` must be an absolute path without trailing slash, query or escapes"),
+        ))
     }
 }
 
@@ -222,16 +266,22 @@ fn check_path_prefix(field: &str, path: &str) -> Result<(), ConfigError> {
 fn check_pool_name(field: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::new(field, format!("`{name}` must be 1-64 characters of a-z, 0-9 and `-`")))
+        Err(ConfigError::new(
+            field,
+            format!("`{name}` must be 1-64 characters of a-z, 0-9 and `-`"),
+        ))
     }
 }
 
 fn overlaps(a: &str, b: &str) -> bool {
-    let within = |inner: &str, outer: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
+    let within =
+        |inner: &str, outer: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
     within(a, b) || within(b, a)
 }
 
@@ -272,7 +322,10 @@ mod tests {
             (r#"{"basePath": "/fhir/../x"}"#, "basePath"),
             (r#"{"basePath": 3}"#, "basePath"),
             (r#"{"resourceTypes": []}"#, "resourceTypes"),
-            (r#"{"resourceTypes": ["Patient", "Foo"]}"#, "resourceTypes[1]"),
+            (
+                r#"{"resourceTypes": ["Patient", "Foo"]}"#,
+                "resourceTypes[1]",
+            ),
             (r#"{"maxPathBytes": 0}"#, "maxPathBytes"),
             (r#"{"maxQueryBytes": -1}"#, "maxQueryBytes"),
             (r#"{"maxQueryParams": 0}"#, "maxQueryParams"),
@@ -280,17 +333,44 @@ mod tests {
             (r#"{"cdsHooksPath": "cds"}"#, "cdsHooksPath"),
             (r#"{"cdsHooksPath": "/fhir/r4/cds"}"#, "cdsHooksPath"),
             (r#"{"cdsHooksPath": "/fhir"}"#, "cdsHooksPath"),
-            (r#"{"pools": [{"name": "Bulk", "operations": ["$export"]}]}"#, "pools[0].name"),
+            (
+                r#"{"pools": [{"name": "Bulk", "operations": ["$export"]}]}"#,
+                "pools[0].name",
+            ),
             (r#"{"pools": [{"name": "a"}]}"#, "pools[0]"),
-            (r#"{"pools": [{"name": "a", "operations": ["export"]}]}"#, "pools[0].operations[0]"),
-            (r#"{"pools": [{"name": "a", "resourceTypes": ["Claim", "Nope"]}]}"#, "pools[0].resourceTypes[1]"),
-            (r#"{"pools": [{"name": "a", "interactions": ["reed"]}]}"#, "pools[0].interactions[0]"),
-            (r#"{"pools": [{"name": "a", "operation": ["$x"]}]}"#, "pools[0].operation"),
+            (
+                r#"{"pools": [{"name": "a", "operations": ["export"]}]}"#,
+                "pools[0].operations[0]",
+            ),
+            (
+                r#"{"pools": [{"name": "a", "resourceTypes": ["Claim", "Nope"]}]}"#,
+                "pools[0].resourceTypes[1]",
+            ),
+            (
+                r#"{"pools": [{"name": "a", "interactions": ["reed"]}]}"#,
+                "pools[0].interactions[0]",
+            ),
+            (
+                r#"{"pools": [{"name": "a", "operation": ["$x"]}]}"#,
+                "pools[0].operation",
+            ),
             (r#"{"defaultPool": ""}"#, "defaultPool"),
-            (r#"{"passthrough": [{"prefix": "x", "pool": "bulk"}]}"#, "passthrough[0].prefix"),
-            (r#"{"passthrough": [{"prefix": "/x/", "pool": "b b"}]}"#, "passthrough[0].pool"),
-            (r#"{"passthrough": [{"prefix": "/x/", "pool": "b", "methods": ["FETCH"]}]}"#, "passthrough[0].methods[0]"),
-            (r#"{"passthrough": [{"prefix": "/x/", "pool": "b", "methods": []}]}"#, "passthrough[0].methods"),
+            (
+                r#"{"passthrough": [{"prefix": "x", "pool": "bulk"}]}"#,
+                "passthrough[0].prefix",
+            ),
+            (
+                r#"{"passthrough": [{"prefix": "/x/", "pool": "b b"}]}"#,
+                "passthrough[0].pool",
+            ),
+            (
+                r#"{"passthrough": [{"prefix": "/x/", "pool": "b", "methods": ["FETCH"]}]}"#,
+                "passthrough[0].methods[0]",
+            ),
+            (
+                r#"{"passthrough": [{"prefix": "/x/", "pool": "b", "methods": []}]}"#,
+                "passthrough[0].methods",
+            ),
         ];
         for (json, field) in cases {
             let err = refuse(json);
@@ -301,12 +381,18 @@ mod tests {
     #[test]
     fn refuses_unknown_top_level_field() {
         let err = refuse(r#"{"basepath": "/fhir"}"#);
-        assert!(err.to_string().contains("unknown field `basepath`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `basepath`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn compiles_allow_list_sorted_and_deduplicated() {
-        let p = RoutingPolicy::from_json(br#"{"resourceTypes": ["Patient", "Observation", "Patient"]}"#).unwrap();
+        let p = RoutingPolicy::from_json(
+            br#"{"resourceTypes": ["Patient", "Observation", "Patient"]}"#,
+        )
+        .unwrap();
         assert_eq!(p.allowed_types, Some(vec!["Observation", "Patient"]));
     }
 }

@@ -141,11 +141,20 @@ impl Interaction {
 
     /// False for the non-FHIR kinds (CDS Hooks, passthrough), which have no patient or pool rule.
     pub fn is_fhir(self) -> bool {
-        !matches!(self, Interaction::CdsDiscovery | Interaction::CdsService | Interaction::CdsFeedback | Interaction::Passthrough)
+        !matches!(
+            self,
+            Interaction::CdsDiscovery
+                | Interaction::CdsService
+                | Interaction::CdsFeedback
+                | Interaction::Passthrough
+        )
     }
 
     pub fn is_search(self) -> bool {
-        matches!(self, Interaction::SearchType | Interaction::SearchSystem | Interaction::SearchCompartment)
+        matches!(
+            self,
+            Interaction::SearchType | Interaction::SearchSystem | Interaction::SearchCompartment
+        )
     }
 }
 
@@ -181,8 +190,13 @@ pub(crate) struct PoolRule {
 
 impl PoolRule {
     fn matches(&self, r: &RoutedRequest) -> bool {
-        (self.operations.is_empty() || r.operation.as_ref().is_some_and(|op| self.operations.contains(op)))
-            && (self.resource_types.is_empty() || r.resource_type.is_some_and(|t| self.resource_types.contains(&t)))
+        (self.operations.is_empty()
+            || r.operation
+                .as_ref()
+                .is_some_and(|op| self.operations.contains(op)))
+            && (self.resource_types.is_empty()
+                || r.resource_type
+                    .is_some_and(|t| self.resource_types.contains(&t)))
             && (self.interactions.is_empty() || self.interactions.contains(&r.interaction))
     }
 }
@@ -282,58 +296,146 @@ pub(crate) mod refuse {
     use super::*;
 
     pub fn not_fhir() -> Rejection {
-        Rejection::new(404, "not-fhir-endpoint", IssueType::NotFound, "this path is not a FHIR endpoint of this gateway")
+        Rejection::new(
+            404,
+            "not-fhir-endpoint",
+            IssueType::NotFound,
+            "this path is not a FHIR endpoint of this gateway",
+        )
     }
     // Refusals never echo what the client sent (a path segment or method may carry PHI, and
     // error bodies get logged by clients and intermediaries): they name the part, not its value.
     pub fn unknown_type() -> Rejection {
-        Rejection::new(404, "unknown-resource-type", IssueType::NotSupported, "the path does not name a FHIR R4 resource type (names are case-sensitive)")
+        Rejection::new(
+            404,
+            "unknown-resource-type",
+            IssueType::NotSupported,
+            "the path does not name a FHIR R4 resource type (names are case-sensitive)",
+        )
     }
     pub fn type_not_allowed(name: &str) -> Rejection {
-        Rejection::new(404, "resource-type-not-allowed", IssueType::NotSupported, format!("resource type `{name}` is not served by this gateway"))
+        Rejection::new(
+            404,
+            "resource-type-not-allowed",
+            IssueType::NotSupported,
+            format!("resource type `{name}` is not served by this gateway"),
+        )
     }
     pub fn invalid_id() -> Rejection {
-        Rejection::new(400, "invalid-id", IssueType::Invalid, "resource id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'")
+        Rejection::new(
+            400,
+            "invalid-id",
+            IssueType::Invalid,
+            "resource id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'",
+        )
     }
     pub fn invalid_version_id() -> Rejection {
-        Rejection::new(400, "invalid-version-id", IssueType::Invalid, "version id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'")
+        Rejection::new(
+            400,
+            "invalid-version-id",
+            IssueType::Invalid,
+            "version id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'",
+        )
     }
     pub fn invalid_operation() -> Rejection {
-        Rejection::new(400, "invalid-operation-name", IssueType::Invalid, "operation name must be `$` followed by letters, digits, '-' or '_'")
+        Rejection::new(
+            400,
+            "invalid-operation-name",
+            IssueType::Invalid,
+            "operation name must be `$` followed by letters, digits, '-' or '_'",
+        )
     }
     pub fn invalid_path(why: &str) -> Rejection {
-        Rejection::new(400, "invalid-path", IssueType::Invalid, format!("malformed request path: {why}"))
+        Rejection::new(
+            400,
+            "invalid-path",
+            IssueType::Invalid,
+            format!("malformed request path: {why}"),
+        )
     }
     pub fn bad_escape(where_: &str) -> Rejection {
-        Rejection::new(400, "bad-percent-encoding", IssueType::Invalid, format!("malformed percent-encoding in the {where_}"))
+        Rejection::new(
+            400,
+            "bad-percent-encoding",
+            IssueType::Invalid,
+            format!("malformed percent-encoding in the {where_}"),
+        )
     }
     pub fn invalid_query(why: &str) -> Rejection {
-        Rejection::new(400, "invalid-query", IssueType::Invalid, format!("malformed query: {why}"))
+        Rejection::new(
+            400,
+            "invalid-query",
+            IssueType::Invalid,
+            format!("malformed query: {why}"),
+        )
     }
     pub fn path_too_long(max: usize) -> Rejection {
-        Rejection::new(414, "path-too-long", IssueType::TooLong, format!("request path exceeds {max} bytes"))
+        Rejection::new(
+            414,
+            "path-too-long",
+            IssueType::TooLong,
+            format!("request path exceeds {max} bytes"),
+        )
     }
     pub fn query_too_long(max: usize) -> Rejection {
-        Rejection::new(414, "query-too-long", IssueType::TooLong, format!("query string exceeds {max} bytes"))
+        Rejection::new(
+            414,
+            "query-too-long",
+            IssueType::TooLong,
+            format!("query string exceeds {max} bytes"),
+        )
     }
     pub fn too_many_params(max: usize) -> Rejection {
-        Rejection::new(414, "too-many-query-params", IssueType::TooLong, format!("more than {max} query parameters"))
+        Rejection::new(
+            414,
+            "too-many-query-params",
+            IssueType::TooLong,
+            format!("more than {max} query parameters"),
+        )
     }
     pub fn method_not_allowed(allow: &[&str]) -> Rejection {
-        Rejection::new(405, "method-not-allowed", IssueType::NotSupported, format!("this method is not allowed here; allowed: {}", allow.join(", ")))
-            .with_header("allow", allow.join(", "))
+        Rejection::new(
+            405,
+            "method-not-allowed",
+            IssueType::NotSupported,
+            format!(
+                "this method is not allowed here; allowed: {}",
+                allow.join(", ")
+            ),
+        )
+        .with_header("allow", allow.join(", "))
     }
     pub fn method_override() -> Rejection {
-        Rejection::new(400, "method-override-refused", IssueType::Security, "method override headers are not accepted; send the real HTTP method")
+        Rejection::new(
+            400,
+            "method-override-refused",
+            IssueType::Security,
+            "method override headers are not accepted; send the real HTTP method",
+        )
     }
     pub fn criteria_required(what: &str) -> Rejection {
-        Rejection::new(400, "conditional-criteria-required", IssueType::Required, format!("conditional {what} needs search parameters"))
+        Rejection::new(
+            400,
+            "conditional-criteria-required",
+            IssueType::Required,
+            format!("conditional {what} needs search parameters"),
+        )
     }
     pub fn bad_content_length() -> Rejection {
-        Rejection::new(400, "invalid-content-length", IssueType::Invalid, "content-length is not a number")
+        Rejection::new(
+            400,
+            "invalid-content-length",
+            IssueType::Invalid,
+            "content-length is not a number",
+        )
     }
     pub fn body_too_large(max: usize) -> Rejection {
-        Rejection::new(413, "body-too-large", IssueType::TooLong, format!("request body exceeds {max} bytes"))
+        Rejection::new(
+            413,
+            "body-too-large",
+            IssueType::TooLong,
+            format!("request body exceeds {max} bytes"),
+        )
     }
 }
 
@@ -378,7 +480,11 @@ impl RoutingPolicy {
         }
         let body_len = match head.content_length {
             None => None,
-            Some(v) => Some(v.trim().parse::<u64>().map_err(|_| refuse::bad_content_length())?),
+            Some(v) => Some(
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| refuse::bad_content_length())?,
+            ),
         };
         if body_len.is_some_and(|n| n > self.max_body_bytes as u64) {
             return Err(refuse::body_too_large(self.max_body_bytes));
@@ -386,7 +492,11 @@ impl RoutingPolicy {
         let has_body = head.has_body && body_len != Some(0);
 
         // Passthrough prefixes first: they may sit under the FHIR base (bulk status URLs).
-        if let Some(p) = self.passthrough.iter().find(|p| path.starts_with(&p.prefix)) {
+        if let Some(p) = self
+            .passthrough
+            .iter()
+            .find(|p| path.starts_with(&p.prefix))
+        {
             if !p.methods.contains(&head.method) {
                 return Err(refuse::method_not_allowed(&p.methods));
             }
@@ -399,7 +509,11 @@ impl RoutingPolicy {
         }
         let mut routed = if let Some(rest) = under(path, &self.base_path) {
             self.route_fhir(head, rest, query)?
-        } else if let Some(rest) = self.cds_hooks_path.as_deref().and_then(|cds| under(path, cds)) {
+        } else if let Some(rest) = self
+            .cds_hooks_path
+            .as_deref()
+            .and_then(|cds| under(path, cds))
+        {
             route_cds(head.method, rest)?
         } else {
             return Err(refuse::not_fhir());
@@ -442,7 +556,12 @@ impl RoutingPolicy {
         }
     }
 
-    fn route_fhir(&self, head: &RequestHead, rest: &str, query: Option<&str>) -> Result<RoutedRequest, Rejection> {
+    fn route_fhir(
+        &self,
+        head: &RequestHead,
+        rest: &str,
+        query: Option<&str>,
+    ) -> Result<RoutedRequest, Rejection> {
         let segments = split_segments(rest)?;
         let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
         let method = head.method;
@@ -450,24 +569,40 @@ impl RoutingPolicy {
 
         // Each arm: the methods the path shape allows, and the interaction for each.
         let (allowed, mut routed): (&[&str], Option<RoutedRequest>) = match seg.as_slice() {
-            [] => (&["GET", "POST"], match method {
-                "GET" => Some(RoutedRequest::new(I::SearchSystem)),
-                "POST" => Some(RoutedRequest::new(I::Batch)),
-                _ => None,
-            }),
-            ["metadata"] => (&["GET"], (method == "GET").then(|| RoutedRequest::new(I::Capabilities))),
-            [".well-known", "smart-configuration"] => {
-                (&["GET"], (method == "GET").then(|| RoutedRequest::new(I::SmartConfiguration)))
-            }
-            ["_search"] => (&["GET", "POST"], matches!(method, "GET" | "POST").then(|| RoutedRequest::new(I::SearchSystem))),
-            ["_history"] => (&["GET"], (method == "GET").then(|| RoutedRequest::new(I::HistorySystem))),
+            [] => (
+                &["GET", "POST"],
+                match method {
+                    "GET" => Some(RoutedRequest::new(I::SearchSystem)),
+                    "POST" => Some(RoutedRequest::new(I::Batch)),
+                    _ => None,
+                },
+            ),
+            ["metadata"] => (
+                &["GET"],
+                (method == "GET").then(|| RoutedRequest::new(I::Capabilities)),
+            ),
+            [".well-known", "smart-configuration"] => (
+                &["GET"],
+                (method == "GET").then(|| RoutedRequest::new(I::SmartConfiguration)),
+            ),
+            ["_search"] => (
+                &["GET", "POST"],
+                matches!(method, "GET" | "POST").then(|| RoutedRequest::new(I::SearchSystem)),
+            ),
+            ["_history"] => (
+                &["GET"],
+                (method == "GET").then(|| RoutedRequest::new(I::HistorySystem)),
+            ),
             [op] if op.starts_with('$') => {
                 let op = operation(op)?;
-                (&["GET", "POST"], matches!(method, "GET" | "POST").then(|| {
-                    let mut r = RoutedRequest::new(I::OperationSystem);
-                    r.operation = Some(op);
-                    r
-                }))
+                (
+                    &["GET", "POST"],
+                    matches!(method, "GET" | "POST").then(|| {
+                        let mut r = RoutedRequest::new(I::OperationSystem);
+                        r.operation = Some(op);
+                        r
+                    }),
+                )
             }
             [t] => {
                 let t = self.check_type(t)?;
@@ -480,24 +615,36 @@ impl RoutingPolicy {
                     "DELETE" => Some(I::ConditionalDelete),
                     _ => None,
                 };
-                (&["GET", "POST", "PUT", "PATCH", "DELETE"], interaction.map(|i| typed(i, t)))
+                (
+                    &["GET", "POST", "PUT", "PATCH", "DELETE"],
+                    interaction.map(|i| typed(i, t)),
+                )
             }
             [t, "_search"] => {
                 let t = self.check_type(t)?;
-                (&["GET", "POST"], matches!(method, "GET" | "POST").then(|| typed(I::SearchType, t)))
+                (
+                    &["GET", "POST"],
+                    matches!(method, "GET" | "POST").then(|| typed(I::SearchType, t)),
+                )
             }
             [t, "_history"] => {
                 let t = self.check_type(t)?;
-                (&["GET"], (method == "GET").then(|| typed(I::HistoryType, t)))
+                (
+                    &["GET"],
+                    (method == "GET").then(|| typed(I::HistoryType, t)),
+                )
             }
             [t, op] if op.starts_with('$') => {
                 let t = self.check_type(t)?;
                 let op = operation(op)?;
-                (&["GET", "POST"], matches!(method, "GET" | "POST").then(|| {
-                    let mut r = typed(I::OperationType, t);
-                    r.operation = Some(op);
-                    r
-                }))
+                (
+                    &["GET", "POST"],
+                    matches!(method, "GET" | "POST").then(|| {
+                        let mut r = typed(I::OperationType, t);
+                        r.operation = Some(op);
+                        r
+                    }),
+                )
             }
             [t, id] => {
                 let t = self.check_type(t)?;
@@ -509,12 +656,18 @@ impl RoutingPolicy {
                     "DELETE" => Some(I::Delete),
                     _ => None,
                 };
-                (&["GET", "PUT", "PATCH", "DELETE"], interaction.map(|i| instance(i, t, id)))
+                (
+                    &["GET", "PUT", "PATCH", "DELETE"],
+                    interaction.map(|i| instance(i, t, id)),
+                )
             }
             [t, id, "_history"] => {
                 let t = self.check_type(t)?;
                 let id = valid_id(id)?;
-                (&["GET"], (method == "GET").then(|| instance(I::HistoryInstance, t, id)))
+                (
+                    &["GET"],
+                    (method == "GET").then(|| instance(I::HistoryInstance, t, id)),
+                )
             }
             [t, id, "_history", vid] => {
                 let t = self.check_type(t)?;
@@ -522,35 +675,50 @@ impl RoutingPolicy {
                 if !fhir::is_valid_id(vid) {
                     return Err(refuse::invalid_version_id());
                 }
-                (&["GET"], (method == "GET").then(|| {
-                    let mut r = instance(I::Vread, t, id);
-                    r.version_id = Some((*vid).to_string());
-                    r
-                }))
+                (
+                    &["GET"],
+                    (method == "GET").then(|| {
+                        let mut r = instance(I::Vread, t, id);
+                        r.version_id = Some((*vid).to_string());
+                        r
+                    }),
+                )
             }
             [t, id, op] if op.starts_with('$') => {
                 let t = self.check_type(t)?;
                 let id = valid_id(id)?;
                 let op = operation(op)?;
-                (&["GET", "POST"], matches!(method, "GET" | "POST").then(|| {
-                    let mut r = instance(I::OperationInstance, t, id);
-                    r.operation = Some(op);
-                    r
-                }))
+                (
+                    &["GET", "POST"],
+                    matches!(method, "GET" | "POST").then(|| {
+                        let mut r = instance(I::OperationInstance, t, id);
+                        r.operation = Some(op);
+                        r
+                    }),
+                )
             }
             [t, id, target] => {
                 let t = self.check_type(t)?;
                 if !fhir::is_compartment_type(t) {
-                    return Err(refuse::invalid_path(&format!("`{t}` does not define a compartment")));
+                    return Err(refuse::invalid_path(&format!(
+                        "`{t}` does not define a compartment"
+                    )));
                 }
                 let id = valid_id(id)?;
-                let target = if *target == "*" { None } else { Some(self.check_type(target)?) };
-                (&["GET"], (method == "GET").then(|| {
-                    let mut r = RoutedRequest::new(I::SearchCompartment);
-                    r.resource_type = target;
-                    r.compartment = Some((t, id));
-                    r
-                }))
+                let target = if *target == "*" {
+                    None
+                } else {
+                    Some(self.check_type(target)?)
+                };
+                (
+                    &["GET"],
+                    (method == "GET").then(|| {
+                        let mut r = RoutedRequest::new(I::SearchCompartment);
+                        r.resource_type = target;
+                        r.compartment = Some((t, id));
+                        r
+                    }),
+                )
             }
             [first, ..] => {
                 self.check_type(first)?;

@@ -18,7 +18,12 @@ pub(super) fn named_patient(r: &RoutedRequest) -> Option<String> {
     if let Some(("Patient", id)) = r.compartment.as_ref().map(|(t, id)| (*t, id)) {
         seen.note(id);
     }
-    if r.interaction.is_search() || matches!(r.interaction, Interaction::OperationType | Interaction::OperationSystem) {
+    if r.interaction.is_search()
+        || matches!(
+            r.interaction,
+            Interaction::OperationType | Interaction::OperationSystem
+        )
+    {
         for p in &r.params {
             let bare_id_allowed = match p.name.as_str() {
                 "patient" | "patient:Patient" | "subject:Patient" | "beneficiary:Patient" => true,

@@ -22,7 +22,9 @@ pub fn decode(raw: &str, plus_is_space: bool) -> Result<String, UriError> {
     let mut escaped = false;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let ok = i + 2 < bytes.len() && bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit();
+            let ok = i + 2 < bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit();
             if !ok {
                 return Err(UriError::BadEscape);
             }
@@ -43,7 +45,9 @@ pub fn decode(raw: &str, plus_is_space: bool) -> Result<String, UriError> {
     } else {
         bytes
     };
-    let decoded = percent_decode(source).decode_utf8().map_err(|_| UriError::BadUtf8)?;
+    let decoded = percent_decode(source)
+        .decode_utf8()
+        .map_err(|_| UriError::BadUtf8)?;
     check_controls(decoded.into_owned())
 }
 
@@ -98,7 +102,9 @@ pub fn parse_query(raw: &str, max_params: usize) -> Result<Vec<Param>, QueryErro
 fn is_valid_param_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 256
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'$' | b'[' | b']'))
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'$' | b'[' | b']')
+        })
 }
 
 #[cfg(test)]
@@ -114,7 +120,11 @@ mod tests {
             ("a+b", true, "a b"),
             ("%2B", true, "+"),
             ("%C3%A9", false, "é"),
-            ("http%3A%2F%2Floinc.org%7C1234-5", true, "http://loinc.org|1234-5"),
+            (
+                "http%3A%2F%2Floinc.org%7C1234-5",
+                true,
+                "http://loinc.org|1234-5",
+            ),
             ("", false, ""),
             ("%41%42", false, "AB"),
             ("%e2%82%ac", false, "€"),
@@ -148,19 +158,43 @@ mod tests {
 
     #[test]
     fn parses_query_parameters_in_order() {
-        let q = parse_query("patient=123&code=http%3A%2F%2Floinc.org%7C1234&_count=10&&_sort=-date", 10).unwrap();
-        let pairs: Vec<_> = q.iter().map(|p| (p.name.as_str(), p.value.as_str())).collect();
+        let q = parse_query(
+            "patient=123&code=http%3A%2F%2Floinc.org%7C1234&_count=10&&_sort=-date",
+            10,
+        )
+        .unwrap();
+        let pairs: Vec<_> = q
+            .iter()
+            .map(|p| (p.name.as_str(), p.value.as_str()))
+            .collect();
         assert_eq!(
             pairs,
-            [("patient", "123"), ("code", "http://loinc.org|1234"), ("_count", "10"), ("_sort", "-date")]
+            [
+                ("patient", "123"),
+                ("code", "http://loinc.org|1234"),
+                ("_count", "10"),
+                ("_sort", "-date")
+            ]
         );
     }
 
     #[test]
     fn keeps_modifiers_chains_and_reverse_chains_in_names() {
-        let q = parse_query("subject:Patient.name=x&_has:Observation:patient:code=1&code:not=2&flag", 10).unwrap();
+        let q = parse_query(
+            "subject:Patient.name=x&_has:Observation:patient:code=1&code:not=2&flag",
+            10,
+        )
+        .unwrap();
         let names: Vec<_> = q.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["subject:Patient.name", "_has:Observation:patient:code", "code:not", "flag"]);
+        assert_eq!(
+            names,
+            [
+                "subject:Patient.name",
+                "_has:Observation:patient:code",
+                "code:not",
+                "flag"
+            ]
+        );
         assert_eq!(q[3].value, "");
     }
 
@@ -171,6 +205,9 @@ mod tests {
         assert_eq!(parse_query("a%3Cscript%3E=1", 10), Err(QueryError::BadName));
         assert_eq!(parse_query("a=1&b=2&c=3", 2), Err(QueryError::TooMany));
         assert!(parse_query("a=1&b=2", 2).is_ok());
-        assert_eq!(parse_query("a=%zz", 2), Err(QueryError::Uri(UriError::BadEscape)));
+        assert_eq!(
+            parse_query("a=%zz", 2),
+            Err(QueryError::Uri(UriError::BadEscape))
+        );
     }
 }

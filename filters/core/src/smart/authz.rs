@@ -34,7 +34,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde_json::Value;
 
 /// Turns a Bundle entry's method, url and resource into a routed request and its raw query.
-pub type EntryRouter<'a> = dyn Fn(&str, &str, Option<&Value>) -> Result<(RoutedRequest, String), Rejection> + 'a;
+pub type EntryRouter<'a> =
+    dyn Fn(&str, &str, Option<&Value>) -> Result<(RoutedRequest, String), Rejection> + 'a;
 
 /// What a verified token grants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,7 +48,10 @@ pub struct Grant {
 impl Grant {
     /// The resource scopes and launch patient of a verified token.
     pub fn of(token: &super::token::VerifiedToken) -> Grant {
-        Grant { scopes: super::scope::resource_scopes(&token.scopes), patient: token.patient.clone() }
+        Grant {
+            scopes: super::scope::resource_scopes(&token.scopes),
+            patient: token.patient.clone(),
+        }
     }
 }
 
@@ -70,8 +74,13 @@ impl Needs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthzDecision {
     /// Allowed; `query` is the rewritten raw query when the request was narrowed.
-    Allow { reason: &'static str, query: Option<String> },
-    Pending { needs: Needs },
+    Allow {
+        reason: &'static str,
+        query: Option<String>,
+    },
+    Pending {
+        needs: Needs,
+    },
     Deny(Rejection),
 }
 
@@ -112,12 +121,20 @@ pub struct OperationRule {
 impl Default for AuthzPolicy {
     fn default() -> Self {
         let rs = Permissions::R.union(Permissions::S);
-        let op = |name: &str, permissions, all_types| OperationRule { name: name.into(), permissions, all_types };
+        let op = |name: &str, permissions, all_types| OperationRule {
+            name: name.into(),
+            permissions,
+            all_types,
+        };
         AuthzPolicy {
             patient_search: PatientSearch::Narrow,
             instance_check: InstanceCheck::Body,
             public: vec![Interaction::Capabilities, Interaction::SmartConfiguration],
-            operations: vec![op("$everything", rs, true), op("$lastn", Permissions::S, false), op("$validate", Permissions::C, false)],
+            operations: vec![
+                op("$everything", rs, true),
+                op("$lastn", Permissions::S, false),
+                op("$validate", Permissions::C, false),
+            ],
         }
     }
 }
@@ -126,39 +143,70 @@ pub(crate) mod deny {
     use super::*;
 
     pub fn missing_token() -> Rejection {
-        Rejection::new(401, "missing-token", IssueType::Login, "a bearer token is required")
-            .with_header("www-authenticate", r#"Bearer realm="fhir""#)
+        Rejection::new(
+            401,
+            "missing-token",
+            IssueType::Login,
+            "a bearer token is required",
+        )
+        .with_header("www-authenticate", r#"Bearer realm="fhir""#)
     }
     pub fn forbidden(reason: &'static str, why: &str) -> Rejection {
-        Rejection::new(403, reason, IssueType::Forbidden, why)
-            .with_header("www-authenticate", r#"Bearer realm="fhir", error="insufficient_scope""#)
+        Rejection::new(403, reason, IssueType::Forbidden, why).with_header(
+            "www-authenticate",
+            r#"Bearer realm="fhir", error="insufficient_scope""#,
+        )
     }
     pub fn insufficient_scope() -> Rejection {
-        forbidden("insufficient-scope", "the token's scopes do not allow this request")
+        forbidden(
+            "insufficient-scope",
+            "the token's scopes do not allow this request",
+        )
     }
     pub fn patient_mismatch() -> Rejection {
-        forbidden("patient-mismatch", "the request names a patient other than the token's")
+        forbidden(
+            "patient-mismatch",
+            "the request names a patient other than the token's",
+        )
     }
     pub fn patient_context_missing() -> Rejection {
-        forbidden("patient-context-missing", "patient/ scopes need a launch patient in the token")
+        forbidden(
+            "patient-context-missing",
+            "patient/ scopes need a launch patient in the token",
+        )
     }
     pub fn not_confinable() -> Rejection {
-        forbidden("not-confinable", "this request cannot be confined to the token's patient")
+        forbidden(
+            "not-confinable",
+            "this request cannot be confined to the token's patient",
+        )
     }
     pub fn query_shape() -> Rejection {
         forbidden("query-shape-not-permitted", "an include, reverse include, chain or _has reaches types the token's scopes do not allow")
     }
     pub fn operation() -> Rejection {
-        forbidden("operation-not-permitted", "this operation is not permitted through the gateway")
+        forbidden(
+            "operation-not-permitted",
+            "this operation is not permitted through the gateway",
+        )
     }
     pub fn bulk() -> Rejection {
-        forbidden("bulk-requires-system-scope", "bulk export needs unconstrained system/ read and search scopes on every exported type")
+        forbidden(
+            "bulk-requires-system-scope",
+            "bulk export needs unconstrained system/ read and search scopes on every exported type",
+        )
     }
     pub fn granular() -> Rejection {
-        forbidden("granular-not-narrowable", "the request cannot be narrowed to the token's granular scopes")
+        forbidden(
+            "granular-not-narrowable",
+            "the request cannot be narrowed to the token's granular scopes",
+        )
     }
     pub fn not_patients() -> Rejection {
-        forbidden("not-in-patient-compartment", "the resource does not belong to the token's patient")
+        forbidden(
+            "not-in-patient-compartment",
+            "the resource does not belong to the token's patient",
+        )
     }
 }
 
@@ -177,7 +225,11 @@ pub fn required_permissions(interaction: Interaction) -> Option<Permissions> {
         I::ConditionalUpdate => P::C.union(P::U).union(P::S),
         I::ConditionalPatch => P::U.union(P::S),
         I::ConditionalDelete => P::D.union(P::S),
-        I::SearchType | I::SearchSystem | I::SearchCompartment | I::HistoryType | I::HistorySystem => P::S,
+        I::SearchType
+        | I::SearchSystem
+        | I::SearchCompartment
+        | I::HistoryType
+        | I::HistorySystem => P::S,
         _ => return None,
     })
 }
@@ -185,10 +237,22 @@ pub fn required_permissions(interaction: Interaction) -> Option<Permissions> {
 /// Query parameters that can reach resource types the scopes do not name.
 fn reaches_other_types(name: &str) -> bool {
     let base = name.split(':').next().unwrap_or(name);
-    matches!(base, "_include" | "_revinclude" | "_has" | "_contained" | "_containedType") || name.contains('.')
+    matches!(
+        base,
+        "_include" | "_revinclude" | "_has" | "_contained" | "_containedType"
+    ) || name.contains('.')
 }
 
-const QUERY_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'#').add(b'&').add(b'+').add(b'=').add(b'%').add(b'"').add(b'<').add(b'>');
+const QUERY_VALUE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'#')
+    .add(b'&')
+    .add(b'+')
+    .add(b'=')
+    .add(b'%')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>');
 
 fn append_param(raw_query: &str, name: &str, value: &str) -> String {
     let pair = format!("{name}={}", utf8_percent_encode(value, QUERY_VALUE));
@@ -205,7 +269,11 @@ fn patient_refs(value: &str) -> Vec<Option<&str>> {
     value
         .split(',')
         .map(|v| match v.rsplit_once("Patient/") {
-            Some((before, id)) if (before.is_empty() || before.ends_with('/')) && fhir::is_valid_id(id) => Some(id),
+            Some((before, id))
+                if (before.is_empty() || before.ends_with('/')) && fhir::is_valid_id(id) =>
+            {
+                Some(id)
+            }
             None if fhir::is_valid_id(v) => Some(v),
             _ => None,
         })
@@ -214,23 +282,43 @@ fn patient_refs(value: &str) -> Vec<Option<&str>> {
 
 impl AuthzPolicy {
     /// Decides on the request head. `raw_query` is the query as on the wire (for narrowing).
-    pub fn decide(&self, r: &RoutedRequest, raw_query: &str, grant: Option<&Grant>) -> AuthzDecision {
+    pub fn decide(
+        &self,
+        r: &RoutedRequest,
+        raw_query: &str,
+        grant: Option<&Grant>,
+    ) -> AuthzDecision {
         if self.public.contains(&r.interaction) {
-            return AuthzDecision::Allow { reason: "public", query: None };
+            return AuthzDecision::Allow {
+                reason: "public",
+                query: None,
+            };
         }
-        let Some(grant) = grant else { return AuthzDecision::Deny(deny::missing_token()) };
+        let Some(grant) = grant else {
+            return AuthzDecision::Deny(deny::missing_token());
+        };
         match r.interaction {
-            Interaction::Batch | Interaction::Transaction => return AuthzDecision::Pending { needs: Needs::RequestBody },
-            Interaction::OperationSystem | Interaction::OperationType | Interaction::OperationInstance => {
-                return self.decide_operation(r, raw_query, grant)
+            Interaction::Batch | Interaction::Transaction => {
+                return AuthzDecision::Pending {
+                    needs: Needs::RequestBody,
+                }
             }
-            Interaction::Passthrough => return AuthzDecision::Allow { reason: "authenticated", query: None },
+            Interaction::OperationSystem
+            | Interaction::OperationType
+            | Interaction::OperationInstance => return self.decide_operation(r, raw_query, grant),
+            Interaction::Passthrough => {
+                return AuthzDecision::Allow {
+                    reason: "authenticated",
+                    query: None,
+                }
+            }
             _ => {}
         }
         let Some(needed) = required_permissions(r.interaction) else {
             return AuthzDecision::Deny(deny::insufficient_scope());
         };
-        if r.interaction == Interaction::SearchSystem || r.interaction == Interaction::HistorySystem {
+        if r.interaction == Interaction::SearchSystem || r.interaction == Interaction::HistorySystem
+        {
             return self.decide_system_wide(r, grant, needed);
         }
         let types: Vec<&'static str> = match r.resource_type {
@@ -240,9 +328,19 @@ impl AuthzPolicy {
         self.decide_typed(r, raw_query, grant, &types, needed)
     }
 
-    fn decide_system_wide(&self, r: &RoutedRequest, grant: &Grant, needed: Permissions) -> AuthzDecision {
+    fn decide_system_wide(
+        &self,
+        r: &RoutedRequest,
+        grant: &Grant,
+        needed: Permissions,
+    ) -> AuthzDecision {
         // `_type` lists what a system search can return; without it, everything.
-        let listed: Vec<&str> = r.params.iter().filter(|p| p.name == "_type").flat_map(|p| p.value.split(',')).collect();
+        let listed: Vec<&str> = r
+            .params
+            .iter()
+            .filter(|p| p.name == "_type")
+            .flat_map(|p| p.value.split(','))
+            .collect();
         let covered = |t: Option<&str>| {
             grant.scopes.iter().any(|s| {
                 s.context != Context::Patient
@@ -255,12 +353,17 @@ impl AuthzPolicy {
             return AuthzDecision::Deny(deny::query_shape());
         }
         let ok = if r.interaction == Interaction::SearchSystem && !listed.is_empty() {
-            listed.iter().all(|t| fhir::resource_type(t).is_some() && covered(Some(t)))
+            listed
+                .iter()
+                .all(|t| fhir::resource_type(t).is_some() && covered(Some(t)))
         } else {
             covered(None)
         };
         if ok {
-            AuthzDecision::Allow { reason: "scope", query: None }
+            AuthzDecision::Allow {
+                reason: "scope",
+                query: None,
+            }
         } else if grant.scopes.iter().any(|s| s.context == Context::Patient) {
             AuthzDecision::Deny(deny::not_confinable())
         } else {
@@ -274,10 +377,15 @@ impl AuthzPolicy {
         if !under_patient && self.has_wildcard_read(grant) {
             return true;
         }
-        let Some(searched) = r.resource_type else { return false };
+        let Some(searched) = r.resource_type else {
+            return false;
+        };
         let covered = |t: &str, perm: Permissions, patient_ok: bool| {
             grant.scopes.iter().any(|s| {
-                s.params.is_empty() && s.permissions.contains(perm) && s.covers_type(t) && (patient_ok || s.context != Context::Patient)
+                s.params.is_empty()
+                    && s.permissions.contains(perm)
+                    && s.covers_type(t)
+                    && (patient_ok || s.context != Context::Patient)
             })
         };
         for p in &r.params {
@@ -288,20 +396,31 @@ impl AuthzPolicy {
                 "_include" | "_revinclude" if modifier.is_some() => return false, // :iterate
                 "_include" => {
                     let mut v = p.value.split(':');
-                    let (Some(source), Some(param)) = (v.next(), v.next()) else { return false };
+                    let (Some(source), Some(param)) = (v.next(), v.next()) else {
+                        return false;
+                    };
                     if source != searched {
                         return false;
                     }
-                    let Some(targets) = fhir::reference_targets(source, param) else { return false };
+                    let Some(targets) = fhir::reference_targets(source, param) else {
+                        return false;
+                    };
                     let wanted = v.next();
                     if wanted.is_some_and(|w| !targets.contains(&w)) {
                         return false;
                     }
                     let mut out = Vec::new();
-                    for t in targets.iter().copied().filter(|t| wanted.is_none_or(|w| w == *t)) {
+                    for t in targets
+                        .iter()
+                        .copied()
+                        .filter(|t| wanted.is_none_or(|w| w == *t))
+                    {
                         if under_patient {
-                            let names_the_patient = t == "Patient" && ["patient", "subject", "beneficiary"].contains(&param);
-                            let harmless = t != "Group" && t != "Patient" && fhir::patient_compartment_params(t).is_none();
+                            let names_the_patient = t == "Patient"
+                                && ["patient", "subject", "beneficiary"].contains(&param);
+                            let harmless = t != "Group"
+                                && t != "Patient"
+                                && fhir::patient_compartment_params(t).is_none();
                             if !(names_the_patient || harmless) {
                                 return false;
                             }
@@ -310,14 +429,26 @@ impl AuthzPolicy {
                     }
                     out
                 }
-                _ if under_patient && (base == "_revinclude" || base == "_has" || p.name.contains('.') || base.starts_with("_contained")) => {
+                _ if under_patient
+                    && (base == "_revinclude"
+                        || base == "_has"
+                        || p.name.contains('.')
+                        || base.starts_with("_contained")) =>
+                {
                     return false
                 }
                 "_revinclude" => {
                     let mut v = p.value.split(':');
-                    let (Some(source), Some(param)) = (v.next(), v.next()) else { return false };
+                    let (Some(source), Some(param)) = (v.next(), v.next()) else {
+                        return false;
+                    };
                     match fhir::reference_targets(source, param) {
-                        Some(targets) if targets.contains(&searched) && fhir::resource_type(source).is_some() => vec![(source, Permissions::R)],
+                        Some(targets)
+                            if targets.contains(&searched)
+                                && fhir::resource_type(source).is_some() =>
+                        {
+                            vec![(source, Permissions::R)]
+                        }
                         _ => return false,
                     }
                 }
@@ -333,7 +464,9 @@ impl AuthzPolicy {
                         Some((param, t)) => (param, Some(t)),
                         None => (head, None),
                     };
-                    let Some(targets) = fhir::reference_targets(searched, param) else { return false };
+                    let Some(targets) = fhir::reference_targets(searched, param) else {
+                        return false;
+                    };
                     match typed {
                         Some(t) if targets.contains(&t) => vec![(t, Permissions::S)],
                         Some(_) => return false,
@@ -342,7 +475,10 @@ impl AuthzPolicy {
                 }
                 _ => continue,
             };
-            if !reached.iter().all(|(t, perm)| covered(t, *perm, under_patient)) {
+            if !reached
+                .iter()
+                .all(|(t, perm)| covered(t, *perm, under_patient))
+            {
                 return false;
             }
         }
@@ -359,10 +495,21 @@ impl AuthzPolicy {
     }
 
     /// `types` empty means every type (compartment search of `*`, `$everything`).
-    fn decide_typed(&self, r: &RoutedRequest, raw_query: &str, grant: &Grant, types: &[&str], needed: Permissions) -> AuthzDecision {
+    fn decide_typed(
+        &self,
+        r: &RoutedRequest,
+        raw_query: &str,
+        grant: &Grant,
+        types: &[&str],
+        needed: Permissions,
+    ) -> AuthzDecision {
         let matches = |s: &&ResourceScope| {
             s.permissions.contains(needed)
-                && if types.is_empty() { s.resource.is_none() } else { types.iter().all(|t| s.covers_type(t)) }
+                && if types.is_empty() {
+                    s.resource.is_none()
+                } else {
+                    types.iter().all(|t| s.covers_type(t))
+                }
         };
         let candidates: Vec<&ResourceScope> = grant.scopes.iter().filter(matches).collect();
         if candidates.is_empty() {
@@ -370,14 +517,23 @@ impl AuthzPolicy {
         }
         let shape_risky = r.params.iter().any(|p| reaches_other_types(&p.name));
         // 1. Unconstrained user/ or system/ scopes.
-        if candidates.iter().any(|s| s.context != Context::Patient && s.params.is_empty()) {
+        if candidates
+            .iter()
+            .any(|s| s.context != Context::Patient && s.params.is_empty())
+        {
             if shape_risky && !self.shape_allowed(r, grant, false) {
                 return AuthzDecision::Deny(deny::query_shape());
             }
-            return AuthzDecision::Allow { reason: "scope", query: None };
+            return AuthzDecision::Allow {
+                reason: "scope",
+                query: None,
+            };
         }
         // 2. Unconstrained patient/ scopes, confined to the launch patient.
-        if candidates.iter().any(|s| s.context == Context::Patient && s.params.is_empty()) {
+        if candidates
+            .iter()
+            .any(|s| s.context == Context::Patient && s.params.is_empty())
+        {
             let Some(patient) = grant.patient.as_deref() else {
                 return AuthzDecision::Deny(deny::patient_context_missing());
             };
@@ -393,17 +549,32 @@ impl AuthzPolicy {
         self.narrow_granular(r, raw_query, grant, &candidates, types)
     }
 
-    fn confine_to_patient(&self, r: &RoutedRequest, raw_query: &str, patient: &str, types: &[&str]) -> AuthzDecision {
+    fn confine_to_patient(
+        &self,
+        r: &RoutedRequest,
+        raw_query: &str,
+        patient: &str,
+        types: &[&str],
+    ) -> AuthzDecision {
         use Interaction as I;
-        let allow = |query| AuthzDecision::Allow { reason: "scope", query };
+        let allow = |query| AuthzDecision::Allow {
+            reason: "scope",
+            query,
+        };
         // A compartment search names its compartment in the path.
         if let Some((ctype, cid)) = &r.compartment {
             if *ctype == "Patient" {
-                return if cid == patient { self.check_named_patients(r, patient, raw_query, types, false) } else { AuthzDecision::Deny(deny::patient_mismatch()) };
+                return if cid == patient {
+                    self.check_named_patients(r, patient, raw_query, types, false)
+                } else {
+                    AuthzDecision::Deny(deny::patient_mismatch())
+                };
             }
             return self.check_named_patients(r, patient, raw_query, types, true);
         }
-        let Some(t) = types.first().copied() else { return AuthzDecision::Deny(deny::not_confinable()) };
+        let Some(t) = types.first().copied() else {
+            return AuthzDecision::Deny(deny::not_confinable());
+        };
         if t == "Patient" {
             return match r.interaction {
                 I::SearchType => self.narrow_patient_search(r, raw_query, patient),
@@ -414,9 +585,12 @@ impl AuthzPolicy {
                         AuthzDecision::Deny(deny::patient_mismatch())
                     }
                 }
-                I::Create | I::ConditionalCreate | I::ConditionalUpdate | I::ConditionalPatch | I::ConditionalDelete | I::HistoryType => {
-                    AuthzDecision::Deny(deny::not_confinable())
-                }
+                I::Create
+                | I::ConditionalCreate
+                | I::ConditionalUpdate
+                | I::ConditionalPatch
+                | I::ConditionalDelete
+                | I::HistoryType => AuthzDecision::Deny(deny::not_confinable()),
                 _ => AuthzDecision::Deny(deny::insufficient_scope()),
             };
         }
@@ -427,44 +601,83 @@ impl AuthzPolicy {
         match r.interaction {
             I::SearchType => self.check_named_patients(r, patient, raw_query, types, true),
             I::Read | I::Vread | I::HistoryInstance => match self.instance_check {
-                InstanceCheck::Body => AuthzDecision::Pending { needs: Needs::ResponseBody },
+                InstanceCheck::Body => AuthzDecision::Pending {
+                    needs: Needs::ResponseBody,
+                },
                 InstanceCheck::Deny => AuthzDecision::Deny(deny::not_confinable()),
             },
-            I::Create | I::Update | I::Patch | I::Delete => match (self.instance_check, r.interaction) {
-                (InstanceCheck::Body, I::Create | I::Update) => AuthzDecision::Pending { needs: Needs::RequestBody },
-                // A patch or delete carries no resource to check: the current resource
-                // would have to be fetched first. Refused until that lands.
-                _ => AuthzDecision::Deny(deny::not_confinable()),
-            },
+            I::Create | I::Update | I::Patch | I::Delete => {
+                match (self.instance_check, r.interaction) {
+                    (InstanceCheck::Body, I::Create | I::Update) => AuthzDecision::Pending {
+                        needs: Needs::RequestBody,
+                    },
+                    // A patch or delete carries no resource to check: the current resource
+                    // would have to be fetched first. Refused until that lands.
+                    _ => AuthzDecision::Deny(deny::not_confinable()),
+                }
+            }
             _ => AuthzDecision::Deny(deny::not_confinable()),
         }
     }
 
     /// `Patient?…` under a patient scope: `_id` must be the patient, or is added.
-    fn narrow_patient_search(&self, r: &RoutedRequest, raw_query: &str, patient: &str) -> AuthzDecision {
-        let ids: Vec<&str> = r.params.iter().filter(|p| p.name == "_id").flat_map(|p| p.value.split(',')).collect();
+    fn narrow_patient_search(
+        &self,
+        r: &RoutedRequest,
+        raw_query: &str,
+        patient: &str,
+    ) -> AuthzDecision {
+        let ids: Vec<&str> = r
+            .params
+            .iter()
+            .filter(|p| p.name == "_id")
+            .flat_map(|p| p.value.split(','))
+            .collect();
         if !ids.is_empty() {
             return if ids.iter().all(|id| *id == patient) {
-                AuthzDecision::Allow { reason: "scope", query: None }
+                AuthzDecision::Allow {
+                    reason: "scope",
+                    query: None,
+                }
             } else {
                 AuthzDecision::Deny(deny::patient_mismatch())
             };
         }
         match self.patient_search {
-            PatientSearch::Narrow => AuthzDecision::Allow { reason: "narrowed", query: Some(append_param(raw_query, "_id", patient)) },
+            PatientSearch::Narrow => AuthzDecision::Allow {
+                reason: "narrowed",
+                query: Some(append_param(raw_query, "_id", patient)),
+            },
             PatientSearch::Refuse => AuthzDecision::Deny(deny::not_confinable()),
         }
     }
 
     /// A search of compartment type(s) under a patient scope: every patient reference among the
     /// type's compartment parameters must be the patient; with none, the search is narrowed.
-    fn check_named_patients(&self, r: &RoutedRequest, patient: &str, raw_query: &str, types: &[&str], must_name: bool) -> AuthzDecision {
+    fn check_named_patients(
+        &self,
+        r: &RoutedRequest,
+        patient: &str,
+        raw_query: &str,
+        types: &[&str],
+        must_name: bool,
+    ) -> AuthzDecision {
         let Some(t) = types.first().copied() else {
             // `Patient/{id}/*` is confined by its path; other compartments of `*` cannot be.
-            return if must_name { AuthzDecision::Deny(deny::not_confinable()) } else { AuthzDecision::Allow { reason: "scope", query: None } };
+            return if must_name {
+                AuthzDecision::Deny(deny::not_confinable())
+            } else {
+                AuthzDecision::Allow {
+                    reason: "scope",
+                    query: None,
+                }
+            };
         };
         let Some(params) = fhir::patient_compartment_params(t) else {
-            return AuthzDecision::Allow { reason: "scope", query: None };
+            return AuthzDecision::Allow {
+                reason: "scope",
+                query: None,
+            };
         };
         // Parameters that confine a search to a patient: the compartment's, and `patient`
         // where R4 defines it for the type (a server ignoring an unknown parameter would
@@ -490,13 +703,30 @@ impl AuthzPolicy {
             }
         }
         if named || !must_name {
-            return AuthzDecision::Allow { reason: "scope", query: None };
+            return AuthzDecision::Allow {
+                reason: "scope",
+                query: None,
+            };
         }
         match self.patient_search {
             PatientSearch::Refuse => AuthzDecision::Deny(deny::not_confinable()),
             PatientSearch::Narrow => {
-                let param = if has_patient { "patient" } else { ["subject", "beneficiary"].into_iter().find(|p| params.contains(p)).unwrap_or(params[0]) };
-                AuthzDecision::Allow { reason: "narrowed", query: Some(append_param(raw_query, param, &format!("Patient/{patient}"))) }
+                let param = if has_patient {
+                    "patient"
+                } else {
+                    ["subject", "beneficiary"]
+                        .into_iter()
+                        .find(|p| params.contains(p))
+                        .unwrap_or(params[0])
+                };
+                AuthzDecision::Allow {
+                    reason: "narrowed",
+                    query: Some(append_param(
+                        raw_query,
+                        param,
+                        &format!("Patient/{patient}"),
+                    )),
+                }
             }
         }
     }
@@ -504,25 +734,46 @@ impl AuthzPolicy {
     /// Only granular scopes match: a search is narrowed to the constraints of one of them
     /// (several scopes with the same single parameter combine as an OR-list); instance
     /// reads wait for the response.
-    fn narrow_granular(&self, r: &RoutedRequest, raw_query: &str, grant: &Grant, candidates: &[&ResourceScope], types: &[&str]) -> AuthzDecision {
+    fn narrow_granular(
+        &self,
+        r: &RoutedRequest,
+        raw_query: &str,
+        grant: &Grant,
+        candidates: &[&ResourceScope],
+        types: &[&str],
+    ) -> AuthzDecision {
         // Granular patient/ scopes are still confined to the patient.
         if candidates.iter().any(|s| s.context == Context::Patient) && grant.patient.is_none() {
             return AuthzDecision::Deny(deny::patient_context_missing());
         }
         if !r.interaction.is_search() {
-            return if matches!(r.interaction, Interaction::Read | Interaction::Vread | Interaction::HistoryInstance) {
-                AuthzDecision::Pending { needs: Needs::ResponseBody }
+            return if matches!(
+                r.interaction,
+                Interaction::Read | Interaction::Vread | Interaction::HistoryInstance
+            ) {
+                AuthzDecision::Pending {
+                    needs: Needs::ResponseBody,
+                }
             } else {
                 AuthzDecision::Deny(deny::granular())
             };
         }
         // Already constrained by the request itself?
-        let satisfied = |s: &&ResourceScope| s.params.iter().all(|(n, v)| r.params.iter().any(|p| &p.name == n && &p.value == v));
+        let satisfied = |s: &&ResourceScope| {
+            s.params
+                .iter()
+                .all(|(n, v)| r.params.iter().any(|p| &p.name == n && &p.value == v))
+        };
         let mut query = raw_query.to_string();
         let mut narrowed = false;
         if !candidates.iter().any(satisfied) {
-            let single: Vec<&(String, String)> = candidates.iter().filter(|s| s.params.len() == 1).map(|s| &s.params[0]).collect();
-            let same_name = single.len() == candidates.len() && single.windows(2).all(|w| w[0].0 == w[1].0);
+            let single: Vec<&(String, String)> = candidates
+                .iter()
+                .filter(|s| s.params.len() == 1)
+                .map(|s| &s.params[0])
+                .collect();
+            let same_name =
+                single.len() == candidates.len() && single.windows(2).all(|w| w[0].0 == w[1].0);
             if !same_name {
                 return AuthzDecision::Deny(deny::granular());
             }
@@ -537,48 +788,90 @@ impl AuthzPolicy {
         if candidates.iter().any(|s| s.context == Context::Patient) {
             if let Some(patient) = grant.patient.as_deref() {
                 let mut confined = r.clone();
-                confined.params.extend(crate::routing::parse_query(&query, usize::MAX).unwrap_or_default());
+                confined
+                    .params
+                    .extend(crate::routing::parse_query(&query, usize::MAX).unwrap_or_default());
                 return match self.confine_to_patient(&confined, &query, patient, types) {
-                    AuthzDecision::Allow { query: Some(q), .. } => AuthzDecision::Allow { reason: "narrowed", query: Some(q) },
-                    AuthzDecision::Allow { query: None, .. } if narrowed => AuthzDecision::Allow { reason: "narrowed", query: Some(query) },
+                    AuthzDecision::Allow { query: Some(q), .. } => AuthzDecision::Allow {
+                        reason: "narrowed",
+                        query: Some(q),
+                    },
+                    AuthzDecision::Allow { query: None, .. } if narrowed => AuthzDecision::Allow {
+                        reason: "narrowed",
+                        query: Some(query),
+                    },
                     other => other,
                 };
             }
         }
         if narrowed {
-            AuthzDecision::Allow { reason: "narrowed", query: Some(query) }
+            AuthzDecision::Allow {
+                reason: "narrowed",
+                query: Some(query),
+            }
         } else {
-            AuthzDecision::Allow { reason: "scope", query: None }
+            AuthzDecision::Allow {
+                reason: "scope",
+                query: None,
+            }
         }
     }
 
     fn decide_operation(&self, r: &RoutedRequest, raw_query: &str, grant: &Grant) -> AuthzDecision {
-        let Some(op) = r.operation.as_deref() else { return AuthzDecision::Deny(deny::operation()) };
+        let Some(op) = r.operation.as_deref() else {
+            return AuthzDecision::Deny(deny::operation());
+        };
         if op == "$export" {
             return decide_export(r, grant);
         }
         let Some(rule) = self.operations.iter().find(|o| o.name == op) else {
             return AuthzDecision::Deny(deny::operation());
         };
-        let types: Vec<&str> = if rule.all_types { vec![] } else { r.resource_type.into_iter().collect() };
+        let types: Vec<&str> = if rule.all_types {
+            vec![]
+        } else {
+            r.resource_type.into_iter().collect()
+        };
         if rule.all_types && r.resource_type == Some("Patient") {
             // Patient/{id}/$everything: a patient scope must be for that patient.
             if let (Some(id), Some(patient)) = (r.id.as_deref(), grant.patient.as_deref()) {
-                let only_patient_scopes = !grant.scopes.iter().any(|s| s.context != Context::Patient && s.permissions.contains(rule.permissions) && s.resource.is_none() && s.params.is_empty());
+                let only_patient_scopes = !grant.scopes.iter().any(|s| {
+                    s.context != Context::Patient
+                        && s.permissions.contains(rule.permissions)
+                        && s.resource.is_none()
+                        && s.params.is_empty()
+                });
                 if only_patient_scopes && id != patient {
                     return AuthzDecision::Deny(deny::patient_mismatch());
                 }
             }
         }
         let mut as_read = r.clone();
-        as_read.interaction = if r.id.is_some() { Interaction::Read } else { Interaction::SearchType };
+        as_read.interaction = if r.id.is_some() {
+            Interaction::Read
+        } else {
+            Interaction::SearchType
+        };
         match self.decide_typed(&as_read, raw_query, grant, &types, rule.permissions) {
             // `$everything` on the patient's own record is confined by its path.
-            AuthzDecision::Deny(d) if d.reason == "not-confinable" && rule.all_types && r.id.is_some() && r.id == grant.patient => {
-                AuthzDecision::Allow { reason: "scope", query: None }
+            AuthzDecision::Deny(d)
+                if d.reason == "not-confinable"
+                    && rule.all_types
+                    && r.id.is_some()
+                    && r.id == grant.patient =>
+            {
+                AuthzDecision::Allow {
+                    reason: "scope",
+                    query: None,
+                }
             }
-            AuthzDecision::Pending { .. } if rule.all_types && r.id.is_some() && r.id == grant.patient => {
-                AuthzDecision::Allow { reason: "scope", query: None }
+            AuthzDecision::Pending { .. }
+                if rule.all_types && r.id.is_some() && r.id == grant.patient =>
+            {
+                AuthzDecision::Allow {
+                    reason: "scope",
+                    query: None,
+                }
             }
             other => other,
         }
@@ -589,19 +882,37 @@ impl AuthzPolicy {
 /// search on every exported type (`_type`, or every type without it). Patient and granular
 /// scopes never authorize an export.
 fn decide_export(r: &RoutedRequest, grant: &Grant) -> AuthzDecision {
-    if !matches!(r.resource_type, None | Some("Patient") | Some("Group")) || (r.resource_type == Some("Patient") && r.id.is_some()) {
+    if !matches!(r.resource_type, None | Some("Patient") | Some("Group"))
+        || (r.resource_type == Some("Patient") && r.id.is_some())
+    {
         return AuthzDecision::Deny(deny::operation());
     }
     let rs = Permissions::R.union(Permissions::S);
-    let system: Vec<&ResourceScope> = grant.scopes.iter().filter(|s| s.context == Context::System && s.params.is_empty() && s.permissions.contains(rs)).collect();
-    let listed: Vec<&str> = r.params.iter().filter(|p| p.name == "_type").flat_map(|p| p.value.split(',')).collect();
+    let system: Vec<&ResourceScope> = grant
+        .scopes
+        .iter()
+        .filter(|s| {
+            s.context == Context::System && s.params.is_empty() && s.permissions.contains(rs)
+        })
+        .collect();
+    let listed: Vec<&str> = r
+        .params
+        .iter()
+        .filter(|p| p.name == "_type")
+        .flat_map(|p| p.value.split(','))
+        .collect();
     let ok = if listed.is_empty() {
         system.iter().any(|s| s.resource.is_none())
     } else {
-        listed.iter().all(|t| fhir::resource_type(t).is_some() && system.iter().any(|s| s.covers_type(t)))
+        listed
+            .iter()
+            .all(|t| fhir::resource_type(t).is_some() && system.iter().any(|s| s.covers_type(t)))
     };
     if ok {
-        AuthzDecision::Allow { reason: "scope", query: None }
+        AuthzDecision::Allow {
+            reason: "scope",
+            query: None,
+        }
     } else {
         AuthzDecision::Deny(deny::bulk())
     }
@@ -639,26 +950,39 @@ fn collect_references<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
 /// patient. An approximation of the CompartmentDefinition's search expressions that errs on
 /// refusing: a resource it cannot place is not the patient's.
 pub fn belongs_to_patient(resource: &Value, patient: &str) -> bool {
-    let Some(t) = resource.get("resourceType").and_then(Value::as_str) else { return false };
+    let Some(t) = resource.get("resourceType").and_then(Value::as_str) else {
+        return false;
+    };
     if t == "Patient" {
         return resource.get("id").and_then(Value::as_str) == Some(patient);
     }
-    let Some(params) = fhir::patient_compartment_params(t) else { return true };
-    params.iter().chain(["subject", "patient"].iter()).any(|element| {
-        let mut refs = Vec::new();
-        if let Some(v) = resource.get(*element) {
-            collect_references(v, &mut refs);
-        }
-        refs.iter().any(|r| references_patient(r, patient))
-    })
+    let Some(params) = fhir::patient_compartment_params(t) else {
+        return true;
+    };
+    params
+        .iter()
+        .chain(["subject", "patient"].iter())
+        .any(|element| {
+            let mut refs = Vec::new();
+            if let Some(v) = resource.get(*element) {
+                collect_references(v, &mut refs);
+            }
+            refs.iter().any(|r| references_patient(r, patient))
+        })
 }
 
 /// The patients whose compartment `resource` is in: a Patient's own id; for other types the
 /// patients referenced by its compartment parameters' like-named elements or `subject`/`patient`.
 pub fn patients_of(resource: &Value) -> Vec<String> {
-    let Some(t) = resource.get("resourceType").and_then(Value::as_str) else { return Vec::new() };
+    let Some(t) = resource.get("resourceType").and_then(Value::as_str) else {
+        return Vec::new();
+    };
     if t == "Patient" {
-        return resource.get("id").and_then(Value::as_str).map(|id| vec![id.to_string()]).unwrap_or_default();
+        return resource
+            .get("id")
+            .and_then(Value::as_str)
+            .map(|id| vec![id.to_string()])
+            .unwrap_or_default();
     }
     let params = fhir::patient_compartment_params(t).unwrap_or(&[]);
     let mut refs = Vec::new();
@@ -672,7 +996,8 @@ pub fn patients_of(resource: &Value) -> Vec<String> {
         .filter_map(|r| {
             let path = r.split("/_history/").next().unwrap_or(r);
             let (before, id) = path.rsplit_once("Patient/")?;
-            ((before.is_empty() || before.ends_with('/')) && fhir::is_valid_id(id)).then(|| id.to_string())
+            ((before.is_empty() || before.ends_with('/')) && fhir::is_valid_id(id))
+                .then(|| id.to_string())
         })
         .collect();
     patients.sort();
@@ -699,24 +1024,50 @@ fn meets_constraint(resource: &Value, name: &str, value: &str) -> bool {
         };
         codings.iter().any(|coding| {
             coding.get("code").and_then(Value::as_str) == Some(code)
-                && system.is_none_or(|s| s.is_empty() || coding.get("system").and_then(Value::as_str) == Some(s))
+                && system.is_none_or(|s| {
+                    s.is_empty() || coding.get("system").and_then(Value::as_str) == Some(s)
+                })
         })
     })
 }
 
 impl AuthzPolicy {
     /// Finishes a `Pending { needs: ResponseBody }` decision on the upstream's response.
-    pub fn decide_response(&self, r: &RoutedRequest, grant: &Grant, response: &Value) -> AuthzDecision {
+    pub fn decide_response(
+        &self,
+        r: &RoutedRequest,
+        grant: &Grant,
+        response: &Value,
+    ) -> AuthzDecision {
         let types: Vec<&str> = r.resource_type.into_iter().collect();
-        let Some(needed) = required_permissions(r.interaction) else { return AuthzDecision::Deny(deny::insufficient_scope()) };
-        let scopes: Vec<&ResourceScope> = grant.scopes.iter().filter(|s| s.permissions.contains(needed) && types.iter().all(|t| s.covers_type(t))).collect();
+        let Some(needed) = required_permissions(r.interaction) else {
+            return AuthzDecision::Deny(deny::insufficient_scope());
+        };
+        let scopes: Vec<&ResourceScope> = grant
+            .scopes
+            .iter()
+            .filter(|s| s.permissions.contains(needed) && types.iter().all(|t| s.covers_type(t)))
+            .collect();
         let allowed = scopes.iter().any(|s| {
-            let patient_ok = s.context != Context::Patient || grant.patient.as_deref().is_some_and(|p| belongs_to_patient(response, p));
-            patient_ok && s.params.iter().all(|(n, v)| v.split(',').any(|v| meets_constraint(response, n, v)))
+            let patient_ok = s.context != Context::Patient
+                || grant
+                    .patient
+                    .as_deref()
+                    .is_some_and(|p| belongs_to_patient(response, p));
+            patient_ok
+                && s.params
+                    .iter()
+                    .all(|(n, v)| v.split(',').any(|v| meets_constraint(response, n, v)))
         });
         if allowed {
-            AuthzDecision::Allow { reason: "scope", query: None }
-        } else if scopes.iter().any(|s| s.context == Context::Patient && s.params.is_empty()) {
+            AuthzDecision::Allow {
+                reason: "scope",
+                query: None,
+            }
+        } else if scopes
+            .iter()
+            .any(|s| s.context == Context::Patient && s.params.is_empty())
+        {
             AuthzDecision::Deny(deny::not_patients())
         } else {
             AuthzDecision::Deny(deny::insufficient_scope())
@@ -735,41 +1086,70 @@ impl AuthzPolicy {
     ) -> AuthzDecision {
         match r.interaction {
             Interaction::Batch | Interaction::Transaction => {
-                let entries = body.get("entry").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                let entries = body
+                    .get("entry")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
                 for entry in entries {
                     let request = entry.get("request");
-                    let method = request.and_then(|q| q.get("method")).and_then(Value::as_str).unwrap_or("");
-                    let url = request.and_then(|q| q.get("url")).and_then(Value::as_str).unwrap_or("");
+                    let method = request
+                        .and_then(|q| q.get("method"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    let url = request
+                        .and_then(|q| q.get("url"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
                     let resource = entry.get("resource");
                     let (routed, raw_query) = match route(method, url, resource) {
                         Ok(x) => x,
                         Err(rejection) => return AuthzDecision::Deny(rejection),
                     };
                     let decision = match self.decide(&routed, &raw_query, Some(grant)) {
-                        AuthzDecision::Pending { needs: Needs::RequestBody } => match resource {
+                        AuthzDecision::Pending {
+                            needs: Needs::RequestBody,
+                        } => match resource {
                             Some(res) => self.decide_body(&routed, grant, res, route),
                             None => AuthzDecision::Deny(deny::not_confinable()),
                         },
                         // An entry cannot be narrowed or checked on its response here.
-                        AuthzDecision::Allow { query: Some(_), .. } | AuthzDecision::Pending { .. } => AuthzDecision::Deny(deny::not_confinable()),
+                        AuthzDecision::Allow { query: Some(_), .. }
+                        | AuthzDecision::Pending { .. } => {
+                            AuthzDecision::Deny(deny::not_confinable())
+                        }
                         other => other,
                     };
                     if let AuthzDecision::Deny(_) = decision {
                         return decision;
                     }
                 }
-                AuthzDecision::Allow { reason: "scope", query: None }
+                AuthzDecision::Allow {
+                    reason: "scope",
+                    query: None,
+                }
             }
             _ => {
-                let Some(needed) = required_permissions(r.interaction) else { return AuthzDecision::Deny(deny::insufficient_scope()) };
+                let Some(needed) = required_permissions(r.interaction) else {
+                    return AuthzDecision::Deny(deny::insufficient_scope());
+                };
                 let ok = grant.scopes.iter().any(|s| {
                     s.permissions.contains(needed)
                         && r.resource_type.is_some_and(|t| s.covers_type(t))
-                        && (s.context != Context::Patient || grant.patient.as_deref().is_some_and(|p| belongs_to_patient(body, p)))
-                        && s.params.iter().all(|(n, v)| v.split(',').any(|v| meets_constraint(body, n, v)))
+                        && (s.context != Context::Patient
+                            || grant
+                                .patient
+                                .as_deref()
+                                .is_some_and(|p| belongs_to_patient(body, p)))
+                        && s.params
+                            .iter()
+                            .all(|(n, v)| v.split(',').any(|v| meets_constraint(body, n, v)))
                 });
                 if ok {
-                    AuthzDecision::Allow { reason: "scope", query: None }
+                    AuthzDecision::Allow {
+                        reason: "scope",
+                        query: None,
+                    }
                 } else {
                     AuthzDecision::Deny(deny::not_patients())
                 }

@@ -21,7 +21,11 @@ pub struct TokenCache {
 
 impl TokenCache {
     pub fn new(capacity: usize) -> Self {
-        TokenCache { entries: BoundedMap::new(capacity), hits: 0, misses: 0 }
+        TokenCache {
+            entries: BoundedMap::new(capacity),
+            hits: 0,
+            misses: 0,
+        }
     }
 
     pub fn key(token: &str) -> [u8; 32] {
@@ -93,7 +97,10 @@ mod tests {
     fn stays_within_its_capacity_evicting_the_oldest() {
         let mut c = TokenCache::new(3);
         for i in 0..10 {
-            c.put(TokenCache::key(&format!("t{i}")), Rc::new((token(1000), Grant::default())));
+            c.put(
+                TokenCache::key(&format!("t{i}")),
+                Rc::new((token(1000), Grant::default())),
+            );
         }
         assert_eq!(c.len(), 3);
         assert!(c.get(&TokenCache::key("t9"), 0).is_some());
@@ -104,12 +111,22 @@ mod tests {
     fn keeps_the_grant_with_the_token() {
         let mut c = TokenCache::new(1);
         let k = TokenCache::key("t");
-        let t = VerifiedToken { scopes: "openid patient/Observation.rs".into(), patient: Some("p".into()), ..token(10) };
+        let t = VerifiedToken {
+            scopes: "openid patient/Observation.rs".into(),
+            patient: Some("p".into()),
+            ..token(10)
+        };
         c.put(k, Rc::new((t.clone(), Grant::of(&t))));
         let hit = c.get(&k, 0).unwrap();
-        assert_eq!((hit.1.scopes.len(), hit.1.patient.as_deref()), (1, Some("p")));
+        assert_eq!(
+            (hit.1.scopes.len(), hit.1.patient.as_deref()),
+            (1, Some("p"))
+        );
         let again = c.get(&k, 0).unwrap();
-        assert!(Rc::ptr_eq(&hit, &again), "a hit shares the entry, it does not copy it");
+        assert!(
+            Rc::ptr_eq(&hit, &again),
+            "a hit shares the entry, it does not copy it"
+        );
     }
 
     #[test]

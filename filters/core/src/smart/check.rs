@@ -12,11 +12,27 @@ use crate::Rejection;
 use serde_json::{json, Value};
 
 /// Routes `method path?query` under the FHIR base, with `body` (JSON) when given.
-pub fn route_relative(routing: &RoutingPolicy, method: &str, relative: &str, body: Option<&Value>) -> Result<(RoutedRequest, String), Rejection> {
-    let slash = if relative.starts_with('/') || relative.is_empty() { "" } else { "/" };
+pub fn route_relative(
+    routing: &RoutingPolicy,
+    method: &str,
+    relative: &str,
+    body: Option<&Value>,
+) -> Result<(RoutedRequest, String), Rejection> {
+    let slash = if relative.starts_with('/') || relative.is_empty() {
+        ""
+    } else {
+        "/"
+    };
     let full = format!("{}{slash}{relative}", routing.base_path());
-    let raw_query = full.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
-    let is_form = method == "POST" && full.split('?').next().is_some_and(|p| p.ends_with("/_search"));
+    let raw_query = full
+        .split_once('?')
+        .map(|(_, q)| q.to_string())
+        .unwrap_or_default();
+    let is_form = method == "POST"
+        && full
+            .split('?')
+            .next()
+            .is_some_and(|p| p.ends_with("/_search"));
     let body_bytes = body.map(|b| match b {
         Value::String(form) if is_form => form.clone().into_bytes(),
         other => other.to_string().into_bytes(),
@@ -26,7 +42,11 @@ pub fn route_relative(routing: &RoutingPolicy, method: &str, relative: &str, bod
     let head = RequestHead {
         method,
         path: &full,
-        content_type: (body_bytes.is_some() || writes).then_some(if is_form { "application/x-www-form-urlencoded" } else { "application/fhir+json" }),
+        content_type: (body_bytes.is_some() || writes).then_some(if is_form {
+            "application/x-www-form-urlencoded"
+        } else {
+            "application/fhir+json"
+        }),
         content_length: None,
         has_body: body_bytes.as_ref().map_or(writes, |b| !b.is_empty()),
         if_none_exist: false,
@@ -47,7 +67,11 @@ pub fn check(routing: &RoutingPolicy, authz: &AuthzPolicy, input: &Value) -> Val
     let method = input.get("method").and_then(Value::as_str).unwrap_or("GET");
     let path = input.get("path").and_then(Value::as_str).unwrap_or("");
     let query = input.get("query").and_then(Value::as_str).unwrap_or("");
-    let relative = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
+    let relative = if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    };
     let body = input.get("body");
     let response = input.get("response");
     let (routed, raw_query) = match route_relative(routing, method, &relative, body) {
@@ -56,7 +80,10 @@ pub fn check(routing: &RoutingPolicy, authz: &AuthzPolicy, input: &Value) -> Val
     };
     let grant = Grant {
         scopes: resource_scopes(input.get("scopes").and_then(Value::as_str).unwrap_or("")),
-        patient: input.get("patient").and_then(Value::as_str).map(str::to_string),
+        patient: input
+            .get("patient")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     };
     let has_token = input.get("token").and_then(Value::as_bool).unwrap_or(true);
     let grant_ref = has_token.then_some(&grant);
@@ -64,15 +91,27 @@ pub fn check(routing: &RoutingPolicy, authz: &AuthzPolicy, input: &Value) -> Val
     if let (AuthzDecision::Pending { needs }, Some(grant)) = (&decision, grant_ref) {
         let route = |m: &str, u: &str, b: Option<&Value>| route_relative(routing, m, u, b);
         decision = match (needs, body, response) {
-            (super::authz::Needs::RequestBody, Some(b), _) => authz.decide_body(&routed, grant, b, &route),
-            (super::authz::Needs::ResponseBody, _, Some(resp)) => authz.decide_response(&routed, grant, resp),
+            (super::authz::Needs::RequestBody, Some(b), _) => {
+                authz.decide_body(&routed, grant, b, &route)
+            }
+            (super::authz::Needs::ResponseBody, _, Some(resp)) => {
+                authz.decide_response(&routed, grant, resp)
+            }
             _ => decision,
         };
     }
     match decision {
-        AuthzDecision::Allow { reason, query: None } => json!({"decision": "allow", "status": 200, "reason": reason}),
-        AuthzDecision::Allow { reason, query: Some(q) } => json!({"decision": "allow", "status": 200, "reason": reason, "query": q}),
-        AuthzDecision::Pending { needs } => json!({"decision": "pending", "status": 200, "reason": "pending", "needs": needs.name()}),
+        AuthzDecision::Allow {
+            reason,
+            query: None,
+        } => json!({"decision": "allow", "status": 200, "reason": reason}),
+        AuthzDecision::Allow {
+            reason,
+            query: Some(q),
+        } => json!({"decision": "allow", "status": 200, "reason": reason, "query": q}),
+        AuthzDecision::Pending { needs } => {
+            json!({"decision": "pending", "status": 200, "reason": "pending", "needs": needs.name()})
+        }
         AuthzDecision::Deny(r) => deny_json(&r),
     }
 }

@@ -6,10 +6,10 @@ use super::filter::{AuthzFilterPolicy, Zone};
 use super::introspection::Introspection;
 use super::jwks::JwksSource;
 use super::token::{parse_jwks, Issuer, TokenVerifier, SUPPORTED_ALGORITHMS};
-use crate::routing::RoutingConfig;
 use crate::config::{parse_json, ConfigError};
 use crate::fhir;
 use crate::routing::Interaction;
+use crate::routing::RoutingConfig;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,7 +114,10 @@ fn parse_mode(field: &str, mode: &str) -> Result<bool, ConfigError> {
     match mode {
         "enforce" => Ok(false),
         "report-only" => Ok(true),
-        other => Err(ConfigError::new(field, format!("`{other}` is not `enforce` or `report-only`"))),
+        other => Err(ConfigError::new(
+            field,
+            format!("`{other}` is not `enforce` or `report-only`"),
+        )),
     }
 }
 
@@ -203,17 +206,32 @@ fn default_public() -> Vec<String> {
     vec!["capabilities".into(), "smart-configuration".into()]
 }
 fn default_operations() -> Vec<OperationConfig> {
-    let op = |name: &str, permissions: &str, all_types| OperationConfig { name: name.into(), permissions: permissions.into(), all_types };
-    vec![op("$everything", "rs", true), op("$lastn", "s", false), op("$validate", "c", false)]
+    let op = |name: &str, permissions: &str, all_types| OperationConfig {
+        name: name.into(),
+        permissions: permissions.into(),
+        all_types,
+    };
+    vec![
+        op("$everything", "rs", true),
+        op("$lastn", "s", false),
+        op("$validate", "c", false),
+    ]
 }
 
 impl AuthzConfig {
     /// The whole filter: routing, token verification and policy.
     pub fn compile_filter(self) -> Result<AuthzFilterPolicy, ConfigError> {
-        let routing = self.routing.clone().map_or_else(|| crate::routing::RoutingConfig::from_json(b""), Ok)?.compile()
+        let routing = self
+            .routing
+            .clone()
+            .map_or_else(|| crate::routing::RoutingConfig::from_json(b""), Ok)?
+            .compile()
             .map_err(|e| ConfigError::new(format!("routing.{}", e.field), e.message))?;
         if self.max_token_bytes < 256 || self.max_token_bytes > 64 * 1024 {
-            return Err(ConfigError::new("maxTokenBytes", "must be between 256 and 65536"));
+            return Err(ConfigError::new(
+                "maxTokenBytes",
+                "must be between 256 and 65536",
+            ));
         }
         let mut issuers = Vec::with_capacity(self.issuers.len());
         for (i, c) in self.issuers.iter().enumerate() {
@@ -222,43 +240,86 @@ impl AuthzConfig {
                 return Err(ConfigError::new(format!("{field}.issuer"), "is empty"));
             }
             if c.audiences.is_empty() || c.audiences.iter().any(String::is_empty) {
-                return Err(ConfigError::new(format!("{field}.audiences"), "needs at least one non-empty audience"));
+                return Err(ConfigError::new(
+                    format!("{field}.audiences"),
+                    "needs at least one non-empty audience",
+                ));
             }
             for (j, a) in c.algorithms.iter().enumerate() {
                 if !SUPPORTED_ALGORITHMS.contains(&a.as_str()) {
-                    return Err(ConfigError::new(format!("{field}.algorithms[{j}]"), format!("`{a}` is not one of {}", SUPPORTED_ALGORITHMS.join(", "))));
+                    return Err(ConfigError::new(
+                        format!("{field}.algorithms[{j}]"),
+                        format!("`{a}` is not one of {}", SUPPORTED_ALGORITHMS.join(", ")),
+                    ));
                 }
             }
             if !(0..=600).contains(&c.clock_skew_seconds) {
-                return Err(ConfigError::new(format!("{field}.clockSkewSeconds"), "must be between 0 and 600"));
+                return Err(ConfigError::new(
+                    format!("{field}.clockSkewSeconds"),
+                    "must be between 0 and 600",
+                ));
             }
             let source = match (&c.jwks_uri, &c.jwks_cluster) {
                 (None, None) => None,
                 (Some(uri), Some(cluster)) if !cluster.is_empty() => {
                     if !(10..=86_400).contains(&c.jwks_refresh_seconds) {
-                        return Err(ConfigError::new(format!("{field}.jwksRefreshSeconds"), "must be between 10 and 86400"));
+                        return Err(ConfigError::new(
+                            format!("{field}.jwksRefreshSeconds"),
+                            "must be between 10 and 86400",
+                        ));
                     }
                     if c.jwks_max_stale_seconds < c.jwks_refresh_seconds {
-                        return Err(ConfigError::new(format!("{field}.jwksMaxStaleSeconds"), "must be at least jwksRefreshSeconds"));
+                        return Err(ConfigError::new(
+                            format!("{field}.jwksMaxStaleSeconds"),
+                            "must be at least jwksRefreshSeconds",
+                        ));
                     }
                     if !(1..=3600).contains(&c.jwks_unknown_kid_interval_seconds) {
-                        return Err(ConfigError::new(format!("{field}.jwksUnknownKidIntervalSeconds"), "must be between 1 and 3600"));
+                        return Err(ConfigError::new(
+                            format!("{field}.jwksUnknownKidIntervalSeconds"),
+                            "must be between 1 and 3600",
+                        ));
                     }
-                    let mut source = JwksSource::from_uri(cluster, uri, c.jwks_refresh_seconds, c.jwks_max_stale_seconds)
-                        .map_err(|e| ConfigError::new(format!("{field}.jwksUri"), e))?;
+                    let mut source = JwksSource::from_uri(
+                        cluster,
+                        uri,
+                        c.jwks_refresh_seconds,
+                        c.jwks_max_stale_seconds,
+                    )
+                    .map_err(|e| ConfigError::new(format!("{field}.jwksUri"), e))?;
                     source.unknown_kid_interval = c.jwks_unknown_kid_interval_seconds;
                     Some(source)
                 }
-                (Some(_), _) => return Err(ConfigError::new(format!("{field}.jwksCluster"), "names the Envoy cluster that reaches jwksUri")),
-                (None, Some(_)) => return Err(ConfigError::new(format!("{field}.jwksUri"), "is needed with jwksCluster")),
+                (Some(_), _) => {
+                    return Err(ConfigError::new(
+                        format!("{field}.jwksCluster"),
+                        "names the Envoy cluster that reaches jwksUri",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::new(
+                        format!("{field}.jwksUri"),
+                        "is needed with jwksCluster",
+                    ))
+                }
             };
             let keys = match &c.jwks {
-                Some(jwks) => parse_jwks(jwks).map_err(|e| ConfigError::new(format!("{field}.jwks"), e))?,
+                Some(jwks) => {
+                    parse_jwks(jwks).map_err(|e| ConfigError::new(format!("{field}.jwks"), e))?
+                }
                 None if source.is_some() || self.jwt_authn.is_some() => Vec::new(),
-                None => return Err(ConfigError::new(format!("{field}.jwks"), "is needed without jwksUri")),
+                None => {
+                    return Err(ConfigError::new(
+                        format!("{field}.jwks"),
+                        "is needed without jwksUri",
+                    ))
+                }
             };
             if keys.is_empty() && source.is_none() && self.jwt_authn.is_none() {
-                return Err(ConfigError::new(format!("{field}.jwks"), "holds no signing key"));
+                return Err(ConfigError::new(
+                    format!("{field}.jwks"),
+                    "holds no signing key",
+                ));
             }
             issuers.push(Issuer {
                 issuer: c.issuer.clone(),
@@ -271,27 +332,49 @@ impl AuthzConfig {
                 source,
             });
         }
-        let verifier = TokenVerifier { issuers, max_token_bytes: self.max_token_bytes, revoked_jtis: self.revoked_jtis.clone() };
+        let verifier = TokenVerifier {
+            issuers,
+            max_token_bytes: self.max_token_bytes,
+            revoked_jtis: self.revoked_jtis.clone(),
+        };
         let token_cache_size = self.token_cache_size;
         let jwt_authn_header = match &self.jwt_authn {
             None => None,
-            Some(j) if crate::headers::is_internal(&j.payload_header) && j.payload_header == j.payload_header.to_ascii_lowercase() => {
+            Some(j)
+                if crate::headers::is_internal(&j.payload_header)
+                    && j.payload_header == j.payload_header.to_ascii_lowercase() =>
+            {
                 Some(j.payload_header.clone())
             }
-            Some(_) => return Err(ConfigError::new("jwtAuthn.payloadHeader", "must be a lower-case x-fhirgate-* header, so clients cannot forge it")),
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "jwtAuthn.payloadHeader",
+                    "must be a lower-case x-fhirgate-* header, so clients cannot forge it",
+                ))
+            }
         };
         let introspection = match &self.introspection {
             None => None,
             Some(c) => {
                 if c.cluster.is_empty() {
-                    return Err(ConfigError::new("introspection.cluster", "names the Envoy cluster that reaches the endpoint"));
+                    return Err(ConfigError::new(
+                        "introspection.cluster",
+                        "names the Envoy cluster that reaches the endpoint",
+                    ));
                 }
-                let mut i = Introspection::new(&c.cluster, &c.endpoint).map_err(|e| ConfigError::new("introspection.endpoint", e))?;
+                let mut i = Introspection::new(&c.cluster, &c.endpoint)
+                    .map_err(|e| ConfigError::new("introspection.endpoint", e))?;
                 if c.client_id.is_some() != c.client_secret.is_some() {
-                    return Err(ConfigError::new("introspection.clientSecret", "clientId and clientSecret go together"));
+                    return Err(ConfigError::new(
+                        "introspection.clientSecret",
+                        "clientId and clientSecret go together",
+                    ));
                 }
                 if !(0..=3600).contains(&c.cache_seconds) {
-                    return Err(ConfigError::new("introspection.cacheSeconds", "must be between 0 and 3600"));
+                    return Err(ConfigError::new(
+                        "introspection.cacheSeconds",
+                        "must be between 0 and 3600",
+                    ));
                 }
                 i.client_id = c.client_id.clone();
                 i.client_secret = c.client_secret.clone();
@@ -305,29 +388,71 @@ impl AuthzConfig {
         let mut zones = Vec::with_capacity(self.zones.len());
         for (i, z) in self.zones.iter().enumerate() {
             let field = format!("zones[{i}]");
-            let name_ok = !z.name.is_empty() && z.name.len() <= 64 && z.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            let name_ok = !z.name.is_empty()
+                && z.name.len() <= 64
+                && z.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !name_ok {
-                return Err(ConfigError::new(format!("{field}.name"), "must be 1-64 characters of a-z, 0-9 and `-`"));
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    "must be 1-64 characters of a-z, 0-9 and `-`",
+                ));
             }
-            if z.peer_uri_san_prefixes.is_empty() || z.peer_uri_san_prefixes.iter().any(|p| p.len() < 8 || !p.contains("://")) {
-                return Err(ConfigError::new(format!("{field}.peerUriSanPrefixes"), "needs URI prefixes such as `spiffe://trust.domain/`"));
+            if z.peer_uri_san_prefixes.is_empty()
+                || z.peer_uri_san_prefixes
+                    .iter()
+                    .any(|p| p.len() < 8 || !p.contains("://"))
+            {
+                return Err(ConfigError::new(
+                    format!("{field}.peerUriSanPrefixes"),
+                    "needs URI prefixes such as `spiffe://trust.domain/`",
+                ));
             }
             let zone_config = AuthzConfig {
-                patient_search: z.patient_search.clone().unwrap_or_else(|| self.patient_search.clone()),
-                instance_check: z.instance_check.clone().unwrap_or_else(|| self.instance_check.clone()),
-                public_interactions: z.public_interactions.clone().unwrap_or_else(|| self.public_interactions.clone()),
-                operations: z.operations.clone().unwrap_or_else(|| self.operations.clone()),
+                patient_search: z
+                    .patient_search
+                    .clone()
+                    .unwrap_or_else(|| self.patient_search.clone()),
+                instance_check: z
+                    .instance_check
+                    .clone()
+                    .unwrap_or_else(|| self.instance_check.clone()),
+                public_interactions: z
+                    .public_interactions
+                    .clone()
+                    .unwrap_or_else(|| self.public_interactions.clone()),
+                operations: z
+                    .operations
+                    .clone()
+                    .unwrap_or_else(|| self.operations.clone()),
                 ..AuthzConfig::policy_only()
             };
-            let policy = zone_config.compile().map_err(|e| ConfigError::new(format!("{field}.{}", e.field), e.message))?;
+            let policy = zone_config
+                .compile()
+                .map_err(|e| ConfigError::new(format!("{field}.{}", e.field), e.message))?;
             let zone_report_only = match &z.mode {
                 Some(m) => parse_mode(&format!("{field}.mode"), m)?,
                 None => report_only,
             };
-            zones.push(Zone { name: z.name.clone(), prefixes: z.peer_uri_san_prefixes.clone(), report_only: zone_report_only, policy });
+            zones.push(Zone {
+                name: z.name.clone(),
+                prefixes: z.peer_uri_san_prefixes.clone(),
+                report_only: zone_report_only,
+                policy,
+            });
         }
         let policy = self.compile()?;
-        Ok(AuthzFilterPolicy { routing, verifier, policy, token_cache_size, jwt_authn_header, introspection, zones, report_only })
+        Ok(AuthzFilterPolicy {
+            routing,
+            verifier,
+            policy,
+            token_cache_size,
+            jwt_authn_header,
+            introspection,
+            zones,
+            report_only,
+        })
     }
 
     /// A config with only the policy fields' defaults (for compiling a zone's policy).
@@ -353,32 +478,64 @@ impl AuthzConfig {
         let patient_search = match self.patient_search.as_str() {
             "narrow" => PatientSearch::Narrow,
             "refuse" => PatientSearch::Refuse,
-            other => return Err(ConfigError::new("patientSearch", format!("`{other}` is not `narrow` or `refuse`"))),
+            other => {
+                return Err(ConfigError::new(
+                    "patientSearch",
+                    format!("`{other}` is not `narrow` or `refuse`"),
+                ))
+            }
         };
         let instance_check = match self.instance_check.as_str() {
             "body" => InstanceCheck::Body,
             "deny" => InstanceCheck::Deny,
-            other => return Err(ConfigError::new("instanceCheck", format!("`{other}` is not `body` or `deny`"))),
+            other => {
+                return Err(ConfigError::new(
+                    "instanceCheck",
+                    format!("`{other}` is not `body` or `deny`"),
+                ))
+            }
         };
         let mut public = Vec::new();
         for (i, name) in self.public_interactions.iter().enumerate() {
             match Interaction::from_name(name) {
                 Some(x) => public.push(x),
-                None => return Err(ConfigError::new(format!("publicInteractions[{i}]"), format!("`{name}` is not a fhirgate interaction"))),
+                None => {
+                    return Err(ConfigError::new(
+                        format!("publicInteractions[{i}]"),
+                        format!("`{name}` is not a fhirgate interaction"),
+                    ))
+                }
             }
         }
         let mut operations = Vec::new();
         for (i, op) in self.operations.iter().enumerate() {
             if !fhir::is_valid_operation(&op.name) || op.name == "$export" {
-                return Err(ConfigError::new(format!("operations[{i}].name"), format!("`{}` is not a configurable operation name", op.name)));
+                return Err(ConfigError::new(
+                    format!("operations[{i}].name"),
+                    format!("`{}` is not a configurable operation name", op.name),
+                ));
             }
             let permissions = match super::scope::parse(&format!("system/*.{}", op.permissions)) {
                 Ok(super::scope::Scope::Resource(s)) if !s.v1 => s.permissions,
-                _ => return Err(ConfigError::new(format!("operations[{i}].permissions"), format!("`{}` is not an in-order subset of cruds", op.permissions))),
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("operations[{i}].permissions"),
+                        format!("`{}` is not an in-order subset of cruds", op.permissions),
+                    ))
+                }
             };
-            operations.push(OperationRule { name: op.name.clone(), permissions, all_types: op.all_types });
+            operations.push(OperationRule {
+                name: op.name.clone(),
+                permissions,
+                all_types: op.all_types,
+            });
         }
-        Ok(AuthzPolicy { patient_search, instance_check, public, operations })
+        Ok(AuthzPolicy {
+            patient_search,
+            instance_check,
+            public,
+            operations,
+        })
     }
 }
 
@@ -388,7 +545,6 @@ impl AuthzPolicy {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,7 +553,10 @@ mod tests {
     fn defaults_compile() {
         let p = AuthzPolicy::from_json(b"").unwrap();
         assert_eq!(p.patient_search, PatientSearch::Narrow);
-        assert_eq!(p.public, vec![Interaction::Capabilities, Interaction::SmartConfiguration]);
+        assert_eq!(
+            p.public,
+            vec![Interaction::Capabilities, Interaction::SmartConfiguration]
+        );
     }
 
     #[test]
@@ -405,11 +564,26 @@ mod tests {
         for (json, field) in [
             (r#"{"patientSearch": "maybe"}"#, "patientSearch"),
             (r#"{"instanceCheck": "never"}"#, "instanceCheck"),
-            (r#"{"publicInteractions": ["read", "reed"]}"#, "publicInteractions[1]"),
-            (r#"{"operations": [{"name": "export", "permissions": "r"}]}"#, "operations[0].name"),
-            (r#"{"operations": [{"name": "$export", "permissions": "r"}]}"#, "operations[0].name"),
-            (r#"{"operations": [{"name": "$x", "permissions": "sr"}]}"#, "operations[0].permissions"),
-            (r#"{"operations": [{"name": "$x", "permissions": "read"}]}"#, "operations[0].permissions"),
+            (
+                r#"{"publicInteractions": ["read", "reed"]}"#,
+                "publicInteractions[1]",
+            ),
+            (
+                r#"{"operations": [{"name": "export", "permissions": "r"}]}"#,
+                "operations[0].name",
+            ),
+            (
+                r#"{"operations": [{"name": "$export", "permissions": "r"}]}"#,
+                "operations[0].name",
+            ),
+            (
+                r#"{"operations": [{"name": "$x", "permissions": "sr"}]}"#,
+                "operations[0].permissions",
+            ),
+            (
+                r#"{"operations": [{"name": "$x", "permissions": "read"}]}"#,
+                "operations[0].permissions",
+            ),
             (r#"{"patientsearch": "narrow"}"#, "patientsearch"),
         ] {
             let err = AuthzPolicy::from_json(json.as_bytes()).unwrap_err();
@@ -425,7 +599,11 @@ mod filter_config_tests {
     #[test]
     fn refuses_bad_issuer_and_jwt_authn_fields_naming_them() {
         let jwks = r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "a"}]}"#;
-        let issuer = |extra: &str| format!(r#"{{"issuers": [{{"issuer": "https://i", "audiences": ["a"], "jwks": {jwks}{extra}}}]}}"#);
+        let issuer = |extra: &str| {
+            format!(
+                r#"{{"issuers": [{{"issuer": "https://i", "audiences": ["a"], "jwks": {jwks}{extra}}}]}}"#
+            )
+        };
         assert!(AuthzFilterPolicy::from_json(issuer("").as_bytes()).is_ok());
         for (json, field) in [
             (issuer(r#", "algorithms": ["HS256"]"#), "issuers[0].algorithms[0]"),

@@ -4,12 +4,10 @@
 
 use super::authz::{AuthzDecision, AuthzPolicy, Grant, Needs};
 use super::cache::{TokenCache, Verified};
-use super::introspection::{is_opaque, Introspection, IntrospectionError};
-use super::jwks::{JwksSource, JwksState};
-use std::collections::HashMap;
-use std::rc::Rc;
 use super::check::route_relative;
 use super::config::AuthzConfig;
+use super::introspection::{is_opaque, Introspection, IntrospectionError};
+use super::jwks::{JwksSource, JwksState};
 use super::token::{bearer_token, TokenError, TokenVerifier, VerifiedToken};
 use crate::config::{parse_json, ConfigError};
 use crate::headers;
@@ -17,6 +15,8 @@ use crate::outcome::IssueType;
 use crate::routing::{RequestHead, RoutedRequest, RoutingPolicy};
 use crate::Rejection;
 use serde_json::Value;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Everything the authorization filter runs on, compiled once in `on_configure`.
 pub struct AuthzFilterPolicy {
@@ -69,7 +69,12 @@ impl AuthzRuntime {
     pub fn new(policy: AuthzFilterPolicy) -> Self {
         let jwks = vec![JwksState::default(); policy.verifier.issuers.len()];
         let cache = TokenCache::new(policy.token_cache_size);
-        AuthzRuntime { policy, jwks, cache, inactive: HashMap::new() }
+        AuthzRuntime {
+            policy,
+            jwks,
+            cache,
+            inactive: HashMap::new(),
+        }
     }
 
     /// The introspection call for the request's token: cluster, headers, body.
@@ -95,8 +100,17 @@ impl AuthzRuntime {
 
     /// The introspection answer (`status` None: none came). Active: the token is cached and
     /// the head is decided again; otherwise the refusal to send.
-    pub fn introspected(&mut self, authorization: Option<&str>, status: Option<u16>, body: &[u8], now: i64) -> Result<(), Rejection> {
-        let (Some(endpoint), Ok(token)) = (self.policy.introspection.as_ref(), bearer_token(authorization)) else {
+    pub fn introspected(
+        &mut self,
+        authorization: Option<&str>,
+        status: Option<u16>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), Rejection> {
+        let (Some(endpoint), Ok(token)) = (
+            self.policy.introspection.as_ref(),
+            bearer_token(authorization),
+        ) else {
             return Err(Rejection::not_configured("fhirgate.authz"));
         };
         let key = TokenCache::key(token);
@@ -111,7 +125,8 @@ impl AuthzRuntime {
                     self.inactive.retain(|_, until| *until > now);
                 }
                 if self.inactive.len() < self.policy.token_cache_size.max(1) {
-                    self.inactive.insert(key, now + endpoint.negative_cache_seconds);
+                    self.inactive
+                        .insert(key, now + endpoint.negative_cache_seconds);
                 }
                 Err(TokenError::Inactive.rejection())
             }
@@ -143,7 +158,11 @@ impl AuthzRuntime {
     }
 
     /// After a `token-unknown-key` refusal: the fetch that may find the key, if allowed now.
-    pub fn fetch_for_unknown_key(&mut self, authorization: Option<&str>, now: i64) -> Option<JwksFetch> {
+    pub fn fetch_for_unknown_key(
+        &mut self,
+        authorization: Option<&str>,
+        now: i64,
+    ) -> Option<JwksFetch> {
         let token = bearer_token(authorization).ok()?;
         let i = self.policy.verifier.claimed_issuer(token)?;
         let source = self.policy.verifier.issuers[i].source.clone()?;
@@ -156,7 +175,9 @@ impl AuthzRuntime {
 
     /// The answer to a fetch (`status` None: no answer). Returns whether the keys changed.
     pub fn fetched(&mut self, issuer: usize, now: i64, status: Option<u16>, body: &[u8]) -> bool {
-        let Some(state) = self.jwks.get_mut(issuer) else { return false };
+        let Some(state) = self.jwks.get_mut(issuer) else {
+            return false;
+        };
         match state.finished(now, status, body) {
             Some(keys) => {
                 self.policy.verifier.issuers[issuer].keys = keys;
@@ -169,7 +190,12 @@ impl AuthzRuntime {
     /// Drops the keys of issuers that have not answered for longer than allowed.
     pub fn expire_stale_keys(&mut self, now: i64) {
         for (i, issuer) in self.policy.verifier.issuers.iter_mut().enumerate() {
-            if issuer.source.as_ref().is_some_and(|s| self.jwks[i].stale(s, now)) && !issuer.keys.is_empty() {
+            if issuer
+                .source
+                .as_ref()
+                .is_some_and(|s| self.jwks[i].stale(s, now))
+                && !issuer.keys.is_empty()
+            {
                 issuer.keys.clear();
                 // Cached verifications of its tokens go too.
                 self.cache = TokenCache::new(self.policy.token_cache_size);
@@ -177,8 +203,16 @@ impl AuthzRuntime {
         }
     }
 
-    pub fn on_head(&mut self, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>, peer: Option<&str>, now: i64) -> (Step, Exchange) {
-        self.policy.on_head(head, authorization, forwarded, peer, now, &mut self.cache)
+    pub fn on_head(
+        &mut self,
+        head: &RequestHead,
+        authorization: Option<&str>,
+        forwarded: Option<&str>,
+        peer: Option<&str>,
+        now: i64,
+    ) -> (Step, Exchange) {
+        self.policy
+            .on_head(head, authorization, forwarded, peer, now, &mut self.cache)
     }
 
     /// What to do when the keys cannot be refreshed for an unknown `kid` (or still lack it).
@@ -192,8 +226,13 @@ impl AuthzRuntime {
             .and_then(|i| self.policy.verifier.issuers.get(i))
             .is_some_and(|issuer| issuer.source.is_some() && issuer.keys.is_empty());
         let rejection = if keyless {
-            Rejection::new(503, "keys-unavailable", IssueType::Transient, "the token issuer's signing keys could not be fetched; try again later")
-                .with_header("retry-after", KEYS_RETRY_AFTER_SECONDS.to_string())
+            Rejection::new(
+                503,
+                "keys-unavailable",
+                IssueType::Transient,
+                "the token issuer's signing keys could not be fetched; try again later",
+            )
+            .with_header("retry-after", KEYS_RETRY_AFTER_SECONDS.to_string())
         } else {
             TokenError::UnknownKey.rejection()
         };
@@ -208,13 +247,19 @@ const KEYS_RETRY_AFTER_SECONDS: u32 = 5;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Forward, setting these internal headers, and `:path` when the query was narrowed.
-    Allow { headers: Vec<(&'static str, String)>, path: Option<String> },
+    Allow {
+        headers: Vec<(&'static str, String)>,
+        path: Option<String>,
+    },
     Deny(Rejection),
     /// Buffer the request body and call [`AuthzFilterPolicy::on_request_body`].
     WaitRequestBody,
     /// Report-only mode: forward unchanged with these headers; enforcing would have refused
     /// (or narrowed) for `reason`.
-    ReportOnly { reason: &'static str, headers: Vec<(&'static str, String)> },
+    ReportOnly {
+        reason: &'static str,
+        headers: Vec<(&'static str, String)>,
+    },
     /// The token names a key its issuer's JWKS may have gained: fetch it (see
     /// [`AuthzRuntime::fetch_for_unknown_key`]) and decide the head again; if no fetch is
     /// possible, apply [`AuthzRuntime::unknown_key_step`].
@@ -224,7 +269,9 @@ pub enum Step {
     Introspect,
     /// Forward (with these headers), hold the response and call
     /// [`AuthzFilterPolicy::on_response_body`] with it whole.
-    WaitResponseBody { headers: Vec<(&'static str, String)> },
+    WaitResponseBody {
+        headers: Vec<(&'static str, String)>,
+    },
 }
 
 /// The per-request state between steps.
@@ -259,7 +306,10 @@ fn identity_headers(token: Option<&VerifiedToken>) -> Vec<(&'static str, String)
             (headers::LAUNCH_PATIENT, &t.patient),
             (headers::FHIR_USER, &t.fhir_user),
         ] {
-            if let Some(v) = value.as_ref().filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b))) {
+            if let Some(v) = value
+                .as_ref()
+                .filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b)))
+            {
                 h.push((name, v.clone()));
             }
         }
@@ -275,7 +325,15 @@ impl AuthzFilterPolicy {
     /// `now` is seconds since the Unix epoch.
     /// `forwarded` is the value of the jwt_authn payload header, in that mode.
     /// `peer` is the mTLS peer's URI SAN, which selects the trust zone.
-    pub fn on_head(&self, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>, peer: Option<&str>, now: i64, cache: &mut TokenCache) -> (Step, Exchange) {
+    pub fn on_head(
+        &self,
+        head: &RequestHead,
+        authorization: Option<&str>,
+        forwarded: Option<&str>,
+        peer: Option<&str>,
+        now: i64,
+        cache: &mut TokenCache,
+    ) -> (Step, Exchange) {
         let (step, ex) = self.head_step(head, authorization, forwarded, peer, now, cache);
         if let Step::Deny(r) = &step {
             let fetchable = r.reason == TokenError::UnknownKey.reason()
@@ -299,7 +357,9 @@ impl AuthzFilterPolicy {
 
     /// The zone's name, for logs and audit (`default` outside every zone).
     pub fn zone_name(&self, ex: &Exchange) -> &str {
-        ex.zone.and_then(|z| self.zones.get(z)).map_or("default", |z| z.name.as_str())
+        ex.zone
+            .and_then(|z| self.zones.get(z))
+            .map_or("default", |z| z.name.as_str())
     }
 
     /// In report-only mode a refusal or a narrowing becomes a marked pass-through.
@@ -318,9 +378,27 @@ impl AuthzFilterPolicy {
         Step::ReportOnly { reason, headers }
     }
 
-    fn head_step(&self, head: &RequestHead, authorization: Option<&str>, forwarded: Option<&str>, peer: Option<&str>, now: i64, cache: &mut TokenCache) -> (Step, Exchange) {
-        let zone = peer.and_then(|san| self.zones.iter().position(|z| z.prefixes.iter().any(|p| san.starts_with(p.as_str()))));
-        let mut ex = Exchange { zone, routed: None, path: String::new(), raw_query: String::new(), verified: None };
+    fn head_step(
+        &self,
+        head: &RequestHead,
+        authorization: Option<&str>,
+        forwarded: Option<&str>,
+        peer: Option<&str>,
+        now: i64,
+        cache: &mut TokenCache,
+    ) -> (Step, Exchange) {
+        let zone = peer.and_then(|san| {
+            self.zones
+                .iter()
+                .position(|z| z.prefixes.iter().any(|p| san.starts_with(p.as_str())))
+        });
+        let mut ex = Exchange {
+            zone,
+            routed: None,
+            path: String::new(),
+            raw_query: String::new(),
+            verified: None,
+        };
         let routed = match self.routing.route(head) {
             Ok(r) => r,
             Err(rejection) => return (Step::Deny(rejection), ex),
@@ -334,7 +412,9 @@ impl AuthzFilterPolicy {
                 None => self.verify(authorization, now, cache),
             };
             match verified {
-                Err(rejection) if rejection.reason == NEEDS_INTROSPECTION => return (Step::Introspect, ex),
+                Err(rejection) if rejection.reason == NEEDS_INTROSPECTION => {
+                    return (Step::Introspect, ex)
+                }
                 Ok(verified) => ex.verified = Some(verified),
                 Err(rejection) => return (Step::Deny(rejection), ex),
             }
@@ -353,24 +433,45 @@ impl AuthzFilterPolicy {
     /// jwt_authn mode: Envoy verified the token and forwarded its payload; a token it did not
     /// accept leaves no payload (it runs with `allow_missing_or_failed`, so every refusal is
     /// this filter's, with an OperationOutcome).
-    fn trust_envoy(&self, authorization: Option<&str>, forwarded: Option<&str>, now: i64) -> Result<Verified, Rejection> {
+    fn trust_envoy(
+        &self,
+        authorization: Option<&str>,
+        forwarded: Option<&str>,
+        now: i64,
+    ) -> Result<Verified, Rejection> {
         bearer_token(authorization).map_err(|e| e.rejection())?;
         let payload = forwarded.ok_or_else(|| TokenError::RejectedByEnvoy.rejection())?;
-        let token = self.verifier.from_forwarded_payload(payload, now).map_err(|e| e.rejection())?;
+        let token = self
+            .verifier
+            .from_forwarded_payload(payload, now)
+            .map_err(|e| e.rejection())?;
         let grant = Grant::of(&token);
         Ok(Rc::new((token, grant)))
     }
 
-    fn verify(&self, authorization: Option<&str>, now: i64, cache: &mut TokenCache) -> Result<Verified, Rejection> {
+    fn verify(
+        &self,
+        authorization: Option<&str>,
+        now: i64,
+        cache: &mut TokenCache,
+    ) -> Result<Verified, Rejection> {
         let token = bearer_token(authorization).map_err(|e| e.rejection())?;
         let key = TokenCache::key(token);
         if let Some(hit) = cache.get(&key, now) {
             return Ok(hit);
         }
         if self.introspection.is_some() && is_opaque(token) {
-            return Err(Rejection::new(401, NEEDS_INTROSPECTION, IssueType::Login, "introspection pending"));
+            return Err(Rejection::new(
+                401,
+                NEEDS_INTROSPECTION,
+                IssueType::Login,
+                "introspection pending",
+            ));
         }
-        let verified = self.verifier.verify(token, now).map_err(|e| e.rejection())?;
+        let verified = self
+            .verifier
+            .verify(token, now)
+            .map_err(|e| e.rejection())?;
         let grant = Grant::of(&verified);
         let verified = Rc::new((verified, grant));
         cache.put(key, verified.clone());
@@ -378,7 +479,9 @@ impl AuthzFilterPolicy {
     }
 
     pub fn on_request_body(&self, ex: &mut Exchange, body: &[u8]) -> Step {
-        let Some(routed) = ex.routed.as_mut() else { return Step::Deny(Rejection::not_configured("fhirgate.authz")) };
+        let Some(routed) = ex.routed.as_mut() else {
+            return Step::Deny(Rejection::not_configured("fhirgate.authz"));
+        };
         if let Err(rejection) = self.routing.route_body(routed, body) {
             return Step::Deny(rejection);
         }
@@ -388,11 +491,21 @@ impl AuthzFilterPolicy {
     }
 
     fn decide(&self, ex: &mut Exchange, body: Option<&Value>) -> Step {
-        let Some(routed) = ex.routed.as_ref() else { return Step::Deny(Rejection::not_configured("fhirgate.authz")) };
+        let Some(routed) = ex.routed.as_ref() else {
+            return Step::Deny(Rejection::not_configured("fhirgate.authz"));
+        };
         let (policy, _) = self.zone_policy(ex);
         let mut decision = policy.decide(routed, &ex.raw_query, ex.grant());
-        if let (AuthzDecision::Pending { needs: Needs::RequestBody }, Some(grant), Some(body)) = (&decision, ex.grant(), body) {
-            let route = |m: &str, u: &str, b: Option<&Value>| route_relative(&self.routing, m, u, b);
+        if let (
+            AuthzDecision::Pending {
+                needs: Needs::RequestBody,
+            },
+            Some(grant),
+            Some(body),
+        ) = (&decision, ex.grant(), body)
+        {
+            let route =
+                |m: &str, u: &str, b: Option<&Value>| route_relative(&self.routing, m, u, b);
             decision = policy.decide_body(routed, grant, body, &route);
         }
         let ids = identity_headers(ex.token());
@@ -402,10 +515,17 @@ impl AuthzFilterPolicy {
                 Step::Allow { headers: ids, path }
             }
             AuthzDecision::Deny(r) => Step::Deny(r),
-            AuthzDecision::Pending { needs: Needs::ResponseBody } => Step::WaitResponseBody { headers: ids },
-            AuthzDecision::Pending { needs: Needs::RequestBody } => {
-                Step::Deny(Rejection::new(403, "not-confinable", IssueType::Forbidden, "the request body could not be checked"))
-            }
+            AuthzDecision::Pending {
+                needs: Needs::ResponseBody,
+            } => Step::WaitResponseBody { headers: ids },
+            AuthzDecision::Pending {
+                needs: Needs::RequestBody,
+            } => Step::Deny(Rejection::new(
+                403,
+                "not-confinable",
+                IssueType::Forbidden,
+                "the request body could not be checked",
+            )),
         }
     }
 
@@ -417,18 +537,34 @@ impl AuthzFilterPolicy {
 
     fn response_step(&self, ex: &Exchange, status: u16, body: &[u8]) -> Step {
         if status != 200 {
-            return Step::Allow { headers: vec![], path: None };
+            return Step::Allow {
+                headers: vec![],
+                path: None,
+            };
         }
         let (Some(routed), Some(grant)) = (ex.routed.as_ref(), ex.grant()) else {
             return Step::Deny(Rejection::not_configured("fhirgate.authz"));
         };
         let Ok(json) = serde_json::from_slice::<Value>(body) else {
-            return Step::Deny(Rejection::new(502, "unverifiable-response", IssueType::Exception, "the upstream response could not be checked"));
+            return Step::Deny(Rejection::new(
+                502,
+                "unverifiable-response",
+                IssueType::Exception,
+                "the upstream response could not be checked",
+            ));
         };
         match self.zone_policy(ex).0.decide_response(routed, grant, &json) {
-            AuthzDecision::Allow { .. } => Step::Allow { headers: vec![], path: None },
+            AuthzDecision::Allow { .. } => Step::Allow {
+                headers: vec![],
+                path: None,
+            },
             AuthzDecision::Deny(r) => Step::Deny(r),
-            AuthzDecision::Pending { .. } => Step::Deny(Rejection::new(502, "unverifiable-response", IssueType::Exception, "the upstream response could not be checked")),
+            AuthzDecision::Pending { .. } => Step::Deny(Rejection::new(
+                502,
+                "unverifiable-response",
+                IssueType::Exception,
+                "the upstream response could not be checked",
+            )),
         }
     }
 }
@@ -457,24 +593,48 @@ mod tests {
     }
 
     fn payload(scope: &str) -> String {
-        URL_SAFE_NO_PAD.encode(json!({"iss": "https://idp", "sub": "u", "scope": scope, "exp": NOW + 60}).to_string())
+        URL_SAFE_NO_PAD.encode(
+            json!({"iss": "https://idp", "sub": "u", "scope": scope, "exp": NOW + 60}).to_string(),
+        )
     }
 
     fn head(path: &str) -> RequestHead<'_> {
-        RequestHead { method: "GET", path, ..RequestHead::default() }
+        RequestHead {
+            method: "GET",
+            path,
+            ..RequestHead::default()
+        }
     }
 
     fn step(p: &AuthzFilterPolicy, path: &str, scope: Option<&str>, peer: Option<&str>) -> Step {
         let forwarded = scope.map(payload);
         let auth = scope.map(|_| "Bearer a.b.c");
-        p.on_head(&head(path), auth, forwarded.as_deref(), peer, NOW, &mut TokenCache::new(4)).0
+        p.on_head(
+            &head(path),
+            auth,
+            forwarded.as_deref(),
+            peer,
+            NOW,
+            &mut TokenCache::new(4),
+        )
+        .0
     }
 
     #[test]
     fn enforces_outside_every_zone() {
         let p = policy(json!({}));
-        assert!(matches!(step(&p, "/fhir/r4/Patient/1", Some("user/Observation.rs"), None), Step::Deny(r) if r.reason == "insufficient-scope"));
-        assert!(matches!(step(&p, "/fhir/r4/Patient/1", Some("user/Patient.rs"), Some("spiffe://elsewhere/x")), Step::Allow { .. }));
+        assert!(
+            matches!(step(&p, "/fhir/r4/Patient/1", Some("user/Observation.rs"), None), Step::Deny(r) if r.reason == "insufficient-scope")
+        );
+        assert!(matches!(
+            step(
+                &p,
+                "/fhir/r4/Patient/1",
+                Some("user/Patient.rs"),
+                Some("spiffe://elsewhere/x")
+            ),
+            Step::Allow { .. }
+        ));
     }
 
     #[test]
@@ -485,39 +645,97 @@ mod tests {
             Step::ReportOnly { reason, headers } => {
                 assert_eq!(reason, "insufficient-scope");
                 assert!(headers.contains(&(headers::AUTHZ_DECISION, "report-only".to_string())));
-                assert!(headers.contains(&(headers::AUTHZ_REASON, "insufficient-scope".to_string())));
+                assert!(
+                    headers.contains(&(headers::AUTHZ_REASON, "insufficient-scope".to_string()))
+                );
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(step(&p, "/fhir/r4/Patient/1", None, peer), Step::ReportOnly { reason: "missing-token", .. }));
-        assert!(matches!(step(&p, "/fhir/r4/Patient/1", Some("user/Patient.rs"), peer), Step::Allow { .. }), "what it allows it allows");
+        assert!(matches!(
+            step(&p, "/fhir/r4/Patient/1", None, peer),
+            Step::ReportOnly {
+                reason: "missing-token",
+                ..
+            }
+        ));
+        assert!(
+            matches!(
+                step(&p, "/fhir/r4/Patient/1", Some("user/Patient.rs"), peer),
+                Step::Allow { .. }
+            ),
+            "what it allows it allows"
+        );
         let narrowed = policy(json!({}));
         let forwarded = URL_SAFE_NO_PAD.encode(json!({"iss": "https://idp", "sub": "u", "scope": "patient/*.rs", "patient": "p1", "exp": NOW + 60}).to_string());
-        let (s, _) = narrowed.on_head(&head("/fhir/r4/Observation"), Some("Bearer a.b.c"), Some(&forwarded), peer, NOW, &mut TokenCache::new(4));
-        assert!(matches!(s, Step::ReportOnly { reason: "narrowed", .. }), "report-only never rewrites the query: {s:?}");
+        let (s, _) = narrowed.on_head(
+            &head("/fhir/r4/Observation"),
+            Some("Bearer a.b.c"),
+            Some(&forwarded),
+            peer,
+            NOW,
+            &mut TokenCache::new(4),
+        );
+        assert!(
+            matches!(
+                s,
+                Step::ReportOnly {
+                    reason: "narrowed",
+                    ..
+                }
+            ),
+            "report-only never rewrites the query: {s:?}"
+        );
     }
 
     #[test]
     fn a_zone_has_its_own_policy() {
         let p = policy(json!({}));
         let partner = Some("spiffe://partners.example/acme");
-        assert!(matches!(step(&p, "/fhir/r4/metadata", None, None), Step::Allow { .. }), "public by default");
-        assert!(matches!(step(&p, "/fhir/r4/metadata", None, partner), Step::Deny(r) if r.reason == "missing-token"), "not in the partners zone");
-        let ex = p.on_head(&head("/fhir/r4/metadata"), None, None, partner, NOW, &mut TokenCache::new(1)).1;
+        assert!(
+            matches!(
+                step(&p, "/fhir/r4/metadata", None, None),
+                Step::Allow { .. }
+            ),
+            "public by default"
+        );
+        assert!(
+            matches!(step(&p, "/fhir/r4/metadata", None, partner), Step::Deny(r) if r.reason == "missing-token"),
+            "not in the partners zone"
+        );
+        let ex = p
+            .on_head(
+                &head("/fhir/r4/metadata"),
+                None,
+                None,
+                partner,
+                NOW,
+                &mut TokenCache::new(1),
+            )
+            .1;
         assert_eq!(p.zone_name(&ex), "partners");
     }
 
     #[test]
     fn report_only_at_the_top_level_applies_outside_zones() {
         let p = policy(json!({"mode": "report-only", "zones": []}));
-        assert!(matches!(step(&p, "/fhir/r4/Patient/1", Some("user/Observation.rs"), None), Step::ReportOnly { .. }));
+        assert!(matches!(
+            step(&p, "/fhir/r4/Patient/1", Some("user/Observation.rs"), None),
+            Step::ReportOnly { .. }
+        ));
     }
 
     #[test]
     fn forwarded_payloads_without_a_bearer_header_are_ignored() {
         let p = policy(json!({}));
         let forwarded = payload("system/*.rs");
-        let (s, _) = p.on_head(&head("/fhir/r4/Patient/1"), None, Some(&forwarded), None, NOW, &mut TokenCache::new(1));
+        let (s, _) = p.on_head(
+            &head("/fhir/r4/Patient/1"),
+            None,
+            Some(&forwarded),
+            None,
+            NOW,
+            &mut TokenCache::new(1),
+        );
         assert!(matches!(s, Step::Deny(r) if r.reason == "missing-token"));
     }
 
@@ -536,7 +754,10 @@ mod tests {
         fn bearer(kid: &str) -> String {
             let header = URL_SAFE_NO_PAD.encode(json!({"alg": "RS256", "kid": kid}).to_string());
             let claims = URL_SAFE_NO_PAD.encode(json!({"iss": "https://idp", "sub": "u", "aud": "gw", "scope": "user/*.rs", "exp": NOW + 60}).to_string());
-            format!("Bearer {header}.{claims}.{}", URL_SAFE_NO_PAD.encode([7u8; 64]))
+            format!(
+                "Bearer {header}.{claims}.{}",
+                URL_SAFE_NO_PAD.encode([7u8; 64])
+            )
         }
 
         fn refusal(r: &mut AuthzRuntime, kid: &str) -> (u16, &'static str) {
@@ -554,7 +775,10 @@ mod tests {
             let mut r = runtime();
             assert_eq!(r.fetches_due(NOW).len(), 1, "the first tick fetches");
             for _ in 0..3 {
-                assert!(r.fetch_for_unknown_key(Some(&bearer("a")), NOW).is_some(), "not refused for a fetch it cannot see");
+                assert!(
+                    r.fetch_for_unknown_key(Some(&bearer("a")), NOW).is_some(),
+                    "not refused for a fetch it cannot see"
+                );
             }
         }
 
@@ -563,11 +787,23 @@ mod tests {
             let mut r = runtime();
             r.fetches_due(NOW);
             assert!(r.fetched(0, NOW, Some(200), JWKS.as_bytes()));
-            assert!(r.fetch_for_unknown_key(Some(&bearer("b")), NOW + 1).is_some());
-            assert!(r.fetch_for_unknown_key(Some(&bearer("b")), NOW + 1).is_none(), "one is in flight");
+            assert!(r
+                .fetch_for_unknown_key(Some(&bearer("b")), NOW + 1)
+                .is_some());
+            assert!(
+                r.fetch_for_unknown_key(Some(&bearer("b")), NOW + 1)
+                    .is_none(),
+                "one is in flight"
+            );
             r.fetched(0, NOW + 1, Some(200), JWKS.as_bytes());
-            assert!(r.fetch_for_unknown_key(Some(&bearer("b")), NOW + 2).is_none(), "within the interval");
-            assert!(r.fetch_for_unknown_key(Some(&bearer("b")), NOW + 31).is_some());
+            assert!(
+                r.fetch_for_unknown_key(Some(&bearer("b")), NOW + 2)
+                    .is_none(),
+                "within the interval"
+            );
+            assert!(r
+                .fetch_for_unknown_key(Some(&bearer("b")), NOW + 31)
+                .is_some());
         }
 
         #[test]
@@ -575,9 +811,16 @@ mod tests {
             let mut r = runtime();
             r.fetches_due(NOW);
             assert!(!r.fetched(0, NOW, Some(500), b"oops"));
-            assert!(r.fetch_for_unknown_key(Some(&bearer("a")), NOW).is_some(), "one retry for the unknown kid");
+            assert!(
+                r.fetch_for_unknown_key(Some(&bearer("a")), NOW).is_some(),
+                "one retry for the unknown kid"
+            );
             r.fetched(0, NOW, None, b"");
-            assert!(r.fetch_for_unknown_key(Some(&bearer("a")), NOW + 1).is_none(), "then the interval holds");
+            assert!(
+                r.fetch_for_unknown_key(Some(&bearer("a")), NOW + 1)
+                    .is_none(),
+                "then the interval holds"
+            );
         }
 
         #[test]

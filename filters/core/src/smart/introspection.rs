@@ -56,24 +56,46 @@ impl Introspection {
             (":method", "POST".to_string()),
             (":path", self.path.clone()),
             (":authority", self.authority.clone()),
-            ("content-type", "application/x-www-form-urlencoded".to_string()),
+            (
+                "content-type",
+                "application/x-www-form-urlencoded".to_string(),
+            ),
             ("accept", "application/json".to_string()),
         ];
         if let (Some(id), Some(secret)) = (&self.client_id, &self.client_secret) {
             // RFC 6749 §2.3.1: form-encode each part, then base64 the pair.
-            let pair = format!("{}:{}", utf8_percent_encode(id, NON_ALPHANUMERIC), utf8_percent_encode(secret, NON_ALPHANUMERIC));
-            headers.push(("authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))));
+            let pair = format!(
+                "{}:{}",
+                utf8_percent_encode(id, NON_ALPHANUMERIC),
+                utf8_percent_encode(secret, NON_ALPHANUMERIC)
+            );
+            headers.push((
+                "authorization",
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ),
+            ));
         }
-        let body = format!("token={}&token_type_hint=access_token", utf8_percent_encode(token, NON_ALPHANUMERIC));
+        let body = format!(
+            "token={}&token_type_hint=access_token",
+            utf8_percent_encode(token, NON_ALPHANUMERIC)
+        );
         (headers, body.into_bytes())
     }
 
     /// Reads the answer (`status` None: no answer at all).
-    pub fn read(&self, status: Option<u16>, body: &[u8], now: i64) -> Result<VerifiedToken, IntrospectionError> {
+    pub fn read(
+        &self,
+        status: Option<u16>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<VerifiedToken, IntrospectionError> {
         if status != Some(200) {
             return Err(IntrospectionError::Unavailable);
         }
-        let claims: Map<String, Value> = serde_json::from_slice(body).map_err(|_| IntrospectionError::Unavailable)?;
+        let claims: Map<String, Value> =
+            serde_json::from_slice(body).map_err(|_| IntrospectionError::Unavailable)?;
         if claims.get("active").and_then(Value::as_bool) != Some(true) {
             return Err(IntrospectionError::Inactive);
         }
@@ -121,8 +143,14 @@ mod tests {
         let (headers, body) = endpoint().request("abc+/=");
         assert!(headers.contains(&(":path", "/oauth/introspect".into())));
         assert!(headers.contains(&(":authority", "idp.example".into())));
-        let basic = headers.iter().find(|(k, _)| *k == "authorization").map(|(_, v)| v.clone()).unwrap();
-        let decoded = base64::engine::general_purpose::STANDARD.decode(basic.trim_start_matches("Basic ")).unwrap();
+        let basic = headers
+            .iter()
+            .find(|(k, _)| *k == "authorization")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(basic.trim_start_matches("Basic "))
+            .unwrap();
         assert_eq!(decoded, b"gateway:s3cr%3At");
         assert_eq!(body, b"token=abc%2B%2F%3D&token_type_hint=access_token");
     }
@@ -132,16 +160,45 @@ mod tests {
         let i = endpoint();
         let ok = br#"{"active": true, "scope": "user/*.rs", "sub": "u", "client_id": "app", "patient": "p1", "exp": 1000, "aud": "https://gw/fhir"}"#;
         let t = i.read(Some(200), ok, 900).unwrap();
-        assert_eq!((t.scopes.as_str(), t.patient.as_deref(), t.expires_at), ("user/*.rs", Some("p1"), 960), "trusted for cacheSeconds at most");
-        assert_eq!(i.read(Some(200), ok, 990).unwrap().expires_at, 1000, "never past exp");
-        assert_eq!(i.read(Some(200), ok, 1000), Err(IntrospectionError::Inactive));
-        assert_eq!(i.read(Some(200), br#"{"active": false}"#, 0), Err(IntrospectionError::Inactive));
-        assert_eq!(i.read(Some(200), br#"{"scope": "x"}"#, 0), Err(IntrospectionError::Inactive));
-        assert_eq!(i.read(Some(200), br#"{"active": "true"}"#, 0), Err(IntrospectionError::Inactive));
-        assert_eq!(i.read(Some(200), br#"{"active": true, "aud": "other"}"#, 0), Err(IntrospectionError::WrongAudience));
-        assert_eq!(i.read(Some(503), ok, 0), Err(IntrospectionError::Unavailable));
+        assert_eq!(
+            (t.scopes.as_str(), t.patient.as_deref(), t.expires_at),
+            ("user/*.rs", Some("p1"), 960),
+            "trusted for cacheSeconds at most"
+        );
+        assert_eq!(
+            i.read(Some(200), ok, 990).unwrap().expires_at,
+            1000,
+            "never past exp"
+        );
+        assert_eq!(
+            i.read(Some(200), ok, 1000),
+            Err(IntrospectionError::Inactive)
+        );
+        assert_eq!(
+            i.read(Some(200), br#"{"active": false}"#, 0),
+            Err(IntrospectionError::Inactive)
+        );
+        assert_eq!(
+            i.read(Some(200), br#"{"scope": "x"}"#, 0),
+            Err(IntrospectionError::Inactive)
+        );
+        assert_eq!(
+            i.read(Some(200), br#"{"active": "true"}"#, 0),
+            Err(IntrospectionError::Inactive)
+        );
+        assert_eq!(
+            i.read(Some(200), br#"{"active": true, "aud": "other"}"#, 0),
+            Err(IntrospectionError::WrongAudience)
+        );
+        assert_eq!(
+            i.read(Some(503), ok, 0),
+            Err(IntrospectionError::Unavailable)
+        );
         assert_eq!(i.read(None, b"", 0), Err(IntrospectionError::Unavailable));
-        assert_eq!(i.read(Some(200), b"<html>", 0), Err(IntrospectionError::Unavailable));
+        assert_eq!(
+            i.read(Some(200), b"<html>", 0),
+            Err(IntrospectionError::Unavailable)
+        );
     }
 
     #[test]

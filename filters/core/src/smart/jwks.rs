@@ -23,8 +23,16 @@ pub struct JwksSource {
 
 impl JwksSource {
     /// Splits `http(s)://host[:port]/path` into authority and path.
-    pub fn from_uri(cluster: &str, uri: &str, refresh: i64, max_stale: i64) -> Result<Self, String> {
-        let rest = uri.strip_prefix("https://").or_else(|| uri.strip_prefix("http://")).ok_or("must start with https:// or http://")?;
+    pub fn from_uri(
+        cluster: &str,
+        uri: &str,
+        refresh: i64,
+        max_stale: i64,
+    ) -> Result<Self, String> {
+        let rest = uri
+            .strip_prefix("https://")
+            .or_else(|| uri.strip_prefix("http://"))
+            .ok_or("must start with https:// or http://")?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -32,7 +40,14 @@ impl JwksSource {
         if authority.is_empty() || authority.contains(['@', ' ']) {
             return Err("has no usable host".into());
         }
-        Ok(JwksSource { cluster: cluster.to_string(), authority: authority.to_string(), path: path.to_string(), refresh, max_stale, unknown_kid_interval: 30 })
+        Ok(JwksSource {
+            cluster: cluster.to_string(),
+            authority: authority.to_string(),
+            path: path.to_string(),
+            refresh,
+            max_stale,
+            unknown_kid_interval: 30,
+        })
     }
 }
 
@@ -57,7 +72,9 @@ impl JwksState {
     /// Before the issuer's first answer (a VM just started) every such request fetches for
     /// itself rather than being refused while the scheduled fetch is still under way.
     pub fn may_fetch_for_unknown_kid(&self, source: &JwksSource, now: i64) -> bool {
-        self.awaiting_first_answer() || (!self.in_flight && now - self.last_unknown_kid_attempt >= source.unknown_kid_interval)
+        self.awaiting_first_answer()
+            || (!self.in_flight
+                && now - self.last_unknown_kid_attempt >= source.unknown_kid_interval)
     }
 
     /// No fetch has answered yet, successfully or not.
@@ -77,7 +94,10 @@ impl JwksState {
     pub fn finished(&mut self, now: i64, status: Option<u16>, body: &[u8]) -> Option<Vec<Key>> {
         self.in_flight = false;
         let keys = match status {
-            Some(200) => serde_json::from_slice::<Value>(body).ok().and_then(|v| parse_jwks(&v).ok()).filter(|k| !k.is_empty()),
+            Some(200) => serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| parse_jwks(&v).ok())
+                .filter(|k| !k.is_empty()),
             _ => None,
         };
         match keys {
@@ -111,11 +131,28 @@ mod tests {
     #[test]
     fn splits_the_uri() {
         let s = source();
-        assert_eq!((s.authority.as_str(), s.path.as_str()), ("localhost:8080", "/jwks"));
-        let s = JwksSource::from_uri("c", "https://login.example.org/.well-known/jwks.json", 1, 1).unwrap();
-        assert_eq!((s.authority.as_str(), s.path.as_str()), ("login.example.org", "/.well-known/jwks.json"));
-        assert_eq!(JwksSource::from_uri("c", "https://idp.example", 1, 1).unwrap().path, "/");
-        for bad in ["ftp://x/jwks", "localhost/jwks", "https:///jwks", "https://user@host/jwks"] {
+        assert_eq!(
+            (s.authority.as_str(), s.path.as_str()),
+            ("localhost:8080", "/jwks")
+        );
+        let s = JwksSource::from_uri("c", "https://login.example.org/.well-known/jwks.json", 1, 1)
+            .unwrap();
+        assert_eq!(
+            (s.authority.as_str(), s.path.as_str()),
+            ("login.example.org", "/.well-known/jwks.json")
+        );
+        assert_eq!(
+            JwksSource::from_uri("c", "https://idp.example", 1, 1)
+                .unwrap()
+                .path,
+            "/"
+        );
+        for bad in [
+            "ftp://x/jwks",
+            "localhost/jwks",
+            "https:///jwks",
+            "https://user@host/jwks",
+        ] {
             assert!(JwksSource::from_uri("c", bad, 1, 1).is_err(), "{bad}");
         }
     }
@@ -145,9 +182,15 @@ mod tests {
     fn keeps_old_keys_on_failure_until_they_are_stale() {
         let (s, mut st) = (source(), JwksState::default());
         st.fetched_at = 1000;
-        assert!(st.finished(2000, None, b"").is_none(), "issuer down: keep what we have");
+        assert!(
+            st.finished(2000, None, b"").is_none(),
+            "issuer down: keep what we have"
+        );
         assert!(st.finished(2000, Some(200), b"not json").is_none());
-        assert!(st.finished(2000, Some(200), br#"{"keys": []}"#).is_none(), "an empty set never replaces keys");
+        assert!(
+            st.finished(2000, Some(200), br#"{"keys": []}"#).is_none(),
+            "an empty set never replaces keys"
+        );
         assert_eq!(st.failures, 3);
         assert!(!st.stale(&s, 4600));
         assert!(st.stale(&s, 4601));

@@ -33,8 +33,13 @@ impl Permissions {
     pub const U: Permissions = Permissions(4);
     pub const D: Permissions = Permissions(8);
     pub const S: Permissions = Permissions(16);
-    const LETTERS: [(char, Permissions); 5] =
-        [('c', Self::C), ('r', Self::R), ('u', Self::U), ('d', Self::D), ('s', Self::S)];
+    const LETTERS: [(char, Permissions); 5] = [
+        ('c', Self::C),
+        ('r', Self::R),
+        ('u', Self::U),
+        ('d', Self::D),
+        ('s', Self::S),
+    ];
 
     pub const fn union(self, other: Permissions) -> Permissions {
         Permissions(self.0 | other.0)
@@ -65,13 +70,23 @@ impl Permissions {
         match word {
             "read" => Some(Self::R.union(Self::S)),
             "write" => Some(Self::C.union(Self::U).union(Self::D)),
-            "*" => Some(Self::C.union(Self::R).union(Self::U).union(Self::D).union(Self::S)),
+            "*" => Some(
+                Self::C
+                    .union(Self::R)
+                    .union(Self::U)
+                    .union(Self::D)
+                    .union(Self::S),
+            ),
             _ => None,
         }
     }
 
     pub fn letters(self) -> String {
-        Self::LETTERS.iter().filter(|(_, p)| self.contains(*p)).map(|(l, _)| *l).collect()
+        Self::LETTERS
+            .iter()
+            .filter(|(_, p)| self.contains(*p))
+            .map(|(l, _)| *l)
+            .collect()
     }
 }
 
@@ -112,7 +127,9 @@ pub enum ScopeError {
 
 /// RFC 6749 scope-token characters: %x21 / %x23-5B / %x5D-7E.
 fn is_scope_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
 pub fn parse(scope: &str) -> Result<Scope, ScopeError> {
@@ -124,12 +141,18 @@ pub fn parse(scope: &str) -> Result<Scope, ScopeError> {
         Some(("user", rest)) => (Context::User, rest),
         Some(("system", rest)) => (Context::System, rest),
         // A misspelt context is a broken resource scope, not some other scope.
-        Some((ctx, _)) if ["patient", "user", "system"].iter().any(|c| c.eq_ignore_ascii_case(ctx)) => {
+        Some((ctx, _))
+            if ["patient", "user", "system"]
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(ctx)) =>
+        {
             return Err(ScopeError::Resource)
         }
         _ => return Ok(Scope::Other(scope.to_string())),
     };
-    parse_resource(context, rest).map(Scope::Resource).ok_or(ScopeError::Resource)
+    parse_resource(context, rest)
+        .map(Scope::Resource)
+        .ok_or(ScopeError::Resource)
 }
 
 fn parse_resource(context: Context, rest: &str) -> Option<ResourceScope> {
@@ -138,7 +161,11 @@ fn parse_resource(context: Context, rest: &str) -> Option<ResourceScope> {
         None => (rest, None),
     };
     let (resource, access) = body.split_once('.')?;
-    let resource = if resource == "*" { None } else { Some(fhir::resource_type(resource)?) };
+    let resource = if resource == "*" {
+        None
+    } else {
+        Some(fhir::resource_type(resource)?)
+    };
     let (permissions, v1) = match Permissions::from_v1(access) {
         Some(p) => (p, true),
         None => (Permissions::from_v2(access)?, false),
@@ -151,19 +178,32 @@ fn parse_resource(context: Context, rest: &str) -> Option<ResourceScope> {
         }
         for pair in q.split('&') {
             let (name, value) = pair.split_once('=')?;
-            let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+            let name_ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
             if !name_ok || value.is_empty() || params.iter().any(|(n, _)| n == name) {
                 return None;
             }
             params.push((name.to_string(), value.to_string()));
         }
     }
-    Some(ResourceScope { context, resource, permissions, params, v1 })
+    Some(ResourceScope {
+        context,
+        resource,
+        permissions,
+        params,
+        v1,
+    })
 }
 
 /// Every scope of a token's space-separated `scope` claim, malformed ones included as errors.
 pub fn parse_all(scopes: &str) -> Vec<(String, Result<Scope, ScopeError>)> {
-    scopes.split(' ').filter(|s| !s.is_empty()).map(|s| (s.to_string(), parse(s))).collect()
+    scopes
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(|s| (s.to_string(), parse(s)))
+        .collect()
 }
 
 /// The resource scopes among `scopes`; malformed and non-resource scopes grant nothing.

@@ -46,34 +46,78 @@ const VALID: &[(&str, &str, &str, &str, &str)] = &[
 
 const INVALID: &[&str] = &[
     // out of order, repeated, unknown or missing letters
-    "patient/Observation.sr", "patient/Observation.rr", "patient/Observation.dc", "patient/Observation.srudc",
-    "patient/Observation.x", "patient/Observation.", "patient/Observation", "patient/Observation.R",
-    "patient/Observation.crudsx", "patient/Observation.readwrite", "patient/Observation.Read", "patient/Observation.**",
+    "patient/Observation.sr",
+    "patient/Observation.rr",
+    "patient/Observation.dc",
+    "patient/Observation.srudc",
+    "patient/Observation.x",
+    "patient/Observation.",
+    "patient/Observation",
+    "patient/Observation.R",
+    "patient/Observation.crudsx",
+    "patient/Observation.readwrite",
+    "patient/Observation.Read",
+    "patient/Observation.**",
     // unknown resource types, contexts and shapes
-    "patient/Foo.rs", "patient/observation.rs", "patient/Resource.rs", "patient/.rs", "patient/*", "patient/",
-    "patient/Observation.rs.rs", "patient/Obs/ervation.rs", "Patient/Observation.rs", "patient//Observation.rs",
-    "USER/*.read", "System/*.rs",
+    "patient/Foo.rs",
+    "patient/observation.rs",
+    "patient/Resource.rs",
+    "patient/.rs",
+    "patient/*",
+    "patient/",
+    "patient/Observation.rs.rs",
+    "patient/Obs/ervation.rs",
+    "Patient/Observation.rs",
+    "patient//Observation.rs",
+    "USER/*.read",
+    "System/*.rs",
     // granular constraints that do not parse, or on v1 scopes
-    "patient/Observation.rs?", "patient/Observation.rs?category", "patient/Observation.rs?=x", "patient/Observation.rs?category=",
-    "patient/Observation.rs?a=1&", "patient/Observation.rs?a=1&a=2", "patient/Observation.read?category=x",
-    "patient/Observation.rs?a b=1", "patient/Observation.rs?na<me=1",
+    "patient/Observation.rs?",
+    "patient/Observation.rs?category",
+    "patient/Observation.rs?=x",
+    "patient/Observation.rs?category=",
+    "patient/Observation.rs?a=1&",
+    "patient/Observation.rs?a=1&a=2",
+    "patient/Observation.read?category=x",
+    "patient/Observation.rs?a b=1",
+    "patient/Observation.rs?na<me=1",
     // not OAuth scope tokens at all
-    "", "patient/Observation.rs\"", "patient/Observation.rs\\", "a\u{7f}", "é",
+    "",
+    "patient/Observation.rs\"",
+    "patient/Observation.rs\\",
+    "a\u{7f}",
+    "é",
 ];
 
 const OTHER: &[&str] = &[
-    "openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter", "offline_access", "online_access",
-    "email", "https://example.org/custom.scope", "patientx/Observation.rs", "launch/patient/x",
+    "openid",
+    "fhirUser",
+    "profile",
+    "launch",
+    "launch/patient",
+    "launch/encounter",
+    "offline_access",
+    "online_access",
+    "email",
+    "https://example.org/custom.scope",
+    "patientx/Observation.rs",
+    "launch/patient/x",
 ];
 
 fn params_of(r: &ResourceScope) -> String {
-    r.params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+    r.params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 #[test]
 fn parses_every_valid_scope_of_the_table() {
     for (scope, context, resource, perms, params) in VALID {
-        let Ok(Scope::Resource(r)) = parse(scope) else { panic!("{scope}: {:?}", parse(scope)) };
+        let Ok(Scope::Resource(r)) = parse(scope) else {
+            panic!("{scope}: {:?}", parse(scope))
+        };
         assert_eq!(r.context.name(), *context, "{scope}");
         assert_eq!(r.resource.unwrap_or("*"), *resource, "{scope}");
         assert_eq!(r.permissions.letters(), *perms, "{scope}");
@@ -84,7 +128,11 @@ fn parses_every_valid_scope_of_the_table() {
 #[test]
 fn refuses_every_invalid_scope_of_the_table() {
     for scope in INVALID {
-        assert!(parse(scope).is_err(), "{scope:?} parsed as {:?}", parse(scope));
+        assert!(
+            parse(scope).is_err(),
+            "{scope:?} parsed as {:?}",
+            parse(scope)
+        );
         let v = describe(scope);
         assert_eq!(v["valid"], false, "{scope}");
         assert_eq!(v["resource_scope"], false, "{scope}");
@@ -96,7 +144,14 @@ fn keeps_other_scopes_without_granting_data_access() {
     for scope in OTHER {
         assert_eq!(parse(scope), Ok(Scope::Other(scope.to_string())), "{scope}");
         let v = describe(scope);
-        assert_eq!((v["valid"].clone(), v["resource_scope"].clone(), v["context"].clone()), (json!(true), json!(false), Value::Null));
+        assert_eq!(
+            (
+                v["valid"].clone(),
+                v["resource_scope"].clone(),
+                v["context"].clone()
+            ),
+            (json!(true), json!(false), Value::Null)
+        );
     }
 }
 
@@ -106,11 +161,18 @@ fn accepts_exactly_the_in_order_subsets_of_cruds() {
     let letters = ['c', 'r', 'u', 'd', 's'];
     let mut valid = 0;
     for mask in 1u8..32 {
-        let subset: String = letters.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, l)| *l).collect();
+        let subset: String = letters
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, l)| *l)
+            .collect();
         for context in ["patient", "user", "system"] {
             for resource in ["Observation", "Patient", "*", "MedicationRequest"] {
                 let scope = format!("{context}/{resource}.{subset}");
-                let Ok(Scope::Resource(r)) = parse(&scope) else { panic!("{scope}") };
+                let Ok(Scope::Resource(r)) = parse(&scope) else {
+                    panic!("{scope}")
+                };
                 assert_eq!(r.permissions.letters(), subset);
                 assert!(!r.v1);
                 valid += 1;
@@ -125,7 +187,14 @@ fn accepts_exactly_the_in_order_subsets_of_cruds() {
             }
         }
         // A doubled letter is refused.
-        assert!(parse(&format!("user/Observation.{subset}{}", chars[chars.len() - 1])).is_err(), "{subset}");
+        assert!(
+            parse(&format!(
+                "user/Observation.{subset}{}",
+                chars[chars.len() - 1]
+            ))
+            .is_err(),
+            "{subset}"
+        );
     }
     assert_eq!(valid, 31 * 3 * 4);
 }
@@ -156,8 +225,14 @@ fn v1_and_v2_spellings_of_the_same_access_are_equal() {
         ("system/*.*", "system/*.cruds"),
     ];
     for (v1, v2) in pairs {
-        let (Ok(Scope::Resource(a)), Ok(Scope::Resource(b))) = (parse(v1), parse(v2)) else { panic!("{v1} {v2}") };
-        assert_eq!((a.context, a.resource, a.permissions), (b.context, b.resource, b.permissions), "{v1} {v2}");
+        let (Ok(Scope::Resource(a)), Ok(Scope::Resource(b))) = (parse(v1), parse(v2)) else {
+            panic!("{v1} {v2}")
+        };
+        assert_eq!(
+            (a.context, a.resource, a.permissions),
+            (b.context, b.resource, b.permissions),
+            "{v1} {v2}"
+        );
     }
 }
 
@@ -166,7 +241,11 @@ fn every_r4_type_parses_in_every_context() {
     for t in fhir::R4_RESOURCE_TYPES {
         for context in ["patient", "user", "system"] {
             let v = describe(&format!("{context}/{t}.rs"));
-            assert_eq!((v["valid"].clone(), v["resource"].clone()), (json!(true), json!(t)), "{context}/{t}");
+            assert_eq!(
+                (v["valid"].clone(), v["resource"].clone()),
+                (json!(true), json!(t)),
+                "{context}/{t}"
+            );
         }
     }
 }
@@ -185,6 +264,16 @@ fn describes_in_the_cli_shape() {
 #[test]
 fn a_token_scope_claim_keeps_only_its_resource_scopes() {
     let scopes = resource_scopes("openid fhirUser launch/patient patient/Observation.rs patient/Foo.rs  user/*.read patient/Condition.sr");
-    let names: Vec<String> = scopes.iter().map(|s| format!("{}/{}.{}", s.context.name(), s.resource.unwrap_or("*"), s.permissions.letters())).collect();
+    let names: Vec<String> = scopes
+        .iter()
+        .map(|s| {
+            format!(
+                "{}/{}.{}",
+                s.context.name(),
+                s.resource.unwrap_or("*"),
+                s.permissions.letters()
+            )
+        })
+        .collect();
     assert_eq!(names, ["patient/Observation.rs", "user/*.rs"]);
 }

@@ -14,7 +14,9 @@ use jwt_compact::{AlgorithmExt, Claims, UntrustedToken};
 use serde_json::{Map, Value};
 
 /// Algorithms fhirgate can verify. HMAC (`HS*`) and `none` are never among them.
-pub const SUPPORTED_ALGORITHMS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "EdDSA"];
+pub const SUPPORTED_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "EdDSA",
+];
 
 /// Smallest RSA modulus accepted in a JWKS.
 const MIN_RSA_BITS: usize = 2048;
@@ -51,31 +53,47 @@ impl Key {
 /// cannot use (an `oct` secret, a private key, a short RSA modulus) is an error, not skipped:
 /// a JWKS that says something unexpected should be looked at, not half-trusted.
 pub fn parse_jwks(jwks: &Value) -> Result<Vec<Key>, String> {
-    let keys = jwks.get("keys").and_then(Value::as_array).ok_or("a JWKS needs a `keys` array")?;
+    let keys = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("a JWKS needs a `keys` array")?;
     let mut out = Vec::with_capacity(keys.len());
     for (i, k) in keys.iter().enumerate() {
         let kid = k.get("kid").and_then(Value::as_str).map(str::to_string);
         if k.get("d").is_some() {
-            return Err(format!("keys[{i}] is a private key; publish only public keys"));
+            return Err(format!(
+                "keys[{i}] is a private key; publish only public keys"
+            ));
         }
         if let Some(usage) = k.get("use").and_then(Value::as_str) {
             if usage != "sig" {
                 continue; // encryption keys have no part in verification
             }
         }
-        let jwk: JsonWebKey<'_> = serde_json::from_value(k.clone()).map_err(|e| format!("keys[{i}]: {e}"))?;
+        let jwk: JsonWebKey<'_> =
+            serde_json::from_value(k.clone()).map_err(|e| format!("keys[{i}]: {e}"))?;
         let key = match k.get("kty").and_then(Value::as_str) {
             Some("RSA") => {
                 let rsa = RsaPublicKey::try_from(&jwk).map_err(|e| format!("keys[{i}]: {e}"))?;
                 let bits = rsa::traits::PublicKeyParts::size(&rsa) * 8;
                 if bits < MIN_RSA_BITS {
-                    return Err(format!("keys[{i}]: RSA key of {bits} bits; at least {MIN_RSA_BITS} required"));
+                    return Err(format!(
+                        "keys[{i}]: RSA key of {bits} bits; at least {MIN_RSA_BITS} required"
+                    ));
                 }
                 VerifyingKey::Rsa(Box::new(rsa))
             }
-            Some("EC") => VerifyingKey::Es256(Box::new(p256_key::VerifyingKey::try_from(&jwk).map_err(|e| format!("keys[{i}]: {e}"))?)),
-            Some("OKP") => VerifyingKey::Ed25519(Box::new(ed25519_key::PublicKey::try_from(&jwk).map_err(|e| format!("keys[{i}]: {e}"))?)),
-            Some(other) => return Err(format!("keys[{i}]: key type `{other}` cannot verify tokens")),
+            Some("EC") => VerifyingKey::Es256(Box::new(
+                p256_key::VerifyingKey::try_from(&jwk).map_err(|e| format!("keys[{i}]: {e}"))?,
+            )),
+            Some("OKP") => VerifyingKey::Ed25519(Box::new(
+                ed25519_key::PublicKey::try_from(&jwk).map_err(|e| format!("keys[{i}]: {e}"))?,
+            )),
+            Some(other) => {
+                return Err(format!(
+                    "keys[{i}]: key type `{other}` cannot verify tokens"
+                ))
+            }
             None => return Err(format!("keys[{i}]: no `kty`")),
         };
         out.push(Key { kid, key });
@@ -189,9 +207,13 @@ impl TokenError {
         let challenge = if self == TokenError::Missing {
             r#"Bearer realm="fhir""#.to_string()
         } else {
-            format!(r#"Bearer realm="fhir", error="invalid_token", error_description="{}""#, self.description())
+            format!(
+                r#"Bearer realm="fhir", error="invalid_token", error_description="{}""#,
+                self.description()
+            )
         };
-        Rejection::new(401, self.reason(), IssueType::Login, self.description()).with_header("www-authenticate", challenge)
+        Rejection::new(401, self.reason(), IssueType::Login, self.description())
+            .with_header("www-authenticate", challenge)
     }
 }
 
@@ -238,9 +260,19 @@ impl TokenVerifier {
         }
         // Unverified claims pick the issuer and let expired tokens fail before signature
         // work; nothing from them is trusted until the signature verifies below.
-        let unchecked: Claims<Map<String, Value>> = untrusted.deserialize_claims_unchecked().map_err(|_| TokenError::Malformed)?;
-        let iss = unchecked.custom.get("iss").and_then(Value::as_str).ok_or(TokenError::UnknownIssuer)?;
-        let issuer = self.issuers.iter().find(|i| i.issuer == iss).ok_or(TokenError::UnknownIssuer)?;
+        let unchecked: Claims<Map<String, Value>> = untrusted
+            .deserialize_claims_unchecked()
+            .map_err(|_| TokenError::Malformed)?;
+        let iss = unchecked
+            .custom
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or(TokenError::UnknownIssuer)?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.issuer == iss)
+            .ok_or(TokenError::UnknownIssuer)?;
         if !issuer.algorithms.iter().any(|a| a == alg) {
             return Err(TokenError::AlgorithmNotAllowed);
         }
@@ -260,10 +292,18 @@ impl TokenVerifier {
         let verified: Claims<Map<String, Value>> = match &key.key {
             VerifyingKey::Rsa(k) => {
                 let rsa: Rsa = alg.parse().map_err(|_| TokenError::AlgorithmNotAllowed)?;
-                rsa.validator(k).validate(&untrusted).map(|t| t.claims().clone())
+                rsa.validator(k)
+                    .validate(&untrusted)
+                    .map(|t| t.claims().clone())
             }
-            VerifyingKey::Es256(k) => Es256.validator(k).validate(&untrusted).map(|t| t.claims().clone()),
-            VerifyingKey::Ed25519(k) => Ed25519.validator(k).validate(&untrusted).map(|t| t.claims().clone()),
+            VerifyingKey::Es256(k) => Es256
+                .validator(k)
+                .validate(&untrusted)
+                .map(|t| t.claims().clone()),
+            VerifyingKey::Ed25519(k) => Ed25519
+                .validator(k)
+                .validate(&untrusted)
+                .map(|t| t.claims().clone()),
         }
         .map_err(|_| TokenError::BadSignature)?;
         check_times(&verified, now, issuer.clock_skew_seconds)?;
@@ -271,12 +311,25 @@ impl TokenVerifier {
         if !audience_matches(claims.get("aud"), &issuer.audiences) {
             return Err(TokenError::WrongAudience);
         }
-        self.finish(issuer, claims, verified.expiration.map_or(0, |e| e.timestamp()))
+        self.finish(
+            issuer,
+            claims,
+            verified.expiration.map_or(0, |e| e.timestamp()),
+        )
     }
 
     /// Required claims, revocation, and what the token says.
-    fn finish(&self, issuer: &Issuer, claims: &Map<String, Value>, expires_at: i64) -> Result<VerifiedToken, TokenError> {
-        if issuer.required_claims.iter().any(|c| claims.get(c).is_none_or(Value::is_null)) {
+    fn finish(
+        &self,
+        issuer: &Issuer,
+        claims: &Map<String, Value>,
+        expires_at: i64,
+    ) -> Result<VerifiedToken, TokenError> {
+        if issuer
+            .required_claims
+            .iter()
+            .any(|c| claims.get(c).is_none_or(Value::is_null))
+        {
             return Err(TokenError::MissingClaim);
         }
         if let Some(jti) = claims.get("jti").and_then(Value::as_str) {
@@ -300,20 +353,38 @@ impl TokenVerifier {
     /// `forward_payload_header`). Signature, issuer keys and audience were Envoy's to check;
     /// the issuer must still be one of ours (for its claim settings), and expiry, required
     /// claims and revocation are checked again, cheaply.
-    pub fn from_forwarded_payload(&self, payload: &str, now: i64) -> Result<VerifiedToken, TokenError> {
+    pub fn from_forwarded_payload(
+        &self,
+        payload: &str,
+        now: i64,
+    ) -> Result<VerifiedToken, TokenError> {
         use base64::Engine;
         if payload.len() > self.max_token_bytes {
             return Err(TokenError::TooLarge);
         }
         let engine = base64::engine::general_purpose::GeneralPurpose::new(
             &base64::alphabet::URL_SAFE,
-            base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
         );
-        let bytes = engine.decode(payload.trim()).map_err(|_| TokenError::Malformed)?;
-        let claims: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
-        let iss = claims.get("iss").and_then(Value::as_str).ok_or(TokenError::UnknownIssuer)?;
-        let issuer = self.issuers.iter().find(|i| i.issuer == iss).ok_or(TokenError::UnknownIssuer)?;
-        let exp = claims.get("exp").and_then(Value::as_i64).ok_or(TokenError::MissingExpiry)?;
+        let bytes = engine
+            .decode(payload.trim())
+            .map_err(|_| TokenError::Malformed)?;
+        let claims: Map<String, Value> =
+            serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or(TokenError::UnknownIssuer)?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.issuer == iss)
+            .ok_or(TokenError::UnknownIssuer)?;
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .ok_or(TokenError::MissingExpiry)?;
         if exp + issuer.clock_skew_seconds <= now {
             return Err(TokenError::Expired);
         }
@@ -329,17 +400,27 @@ pub fn audience_matches(aud: Option<&Value>, audiences: &[String]) -> bool {
     }
     match aud {
         Some(Value::String(a)) => audiences.contains(a),
-        Some(Value::Array(list)) => list.iter().any(|a| a.as_str().is_some_and(|a| audiences.iter().any(|x| x == a))),
+        Some(Value::Array(list)) => list
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| audiences.iter().any(|x| x == a))),
         _ => false,
     }
 }
 
 fn check_times<T>(claims: &Claims<T>, now: i64, skew: i64) -> Result<(), TokenError> {
-    let exp = claims.expiration.as_ref().map(DateTime::<Utc>::timestamp).ok_or(TokenError::MissingExpiry)?;
+    let exp = claims
+        .expiration
+        .as_ref()
+        .map(DateTime::<Utc>::timestamp)
+        .ok_or(TokenError::MissingExpiry)?;
     if exp + skew <= now {
         return Err(TokenError::Expired);
     }
-    if claims.not_before.as_ref().is_some_and(|nbf| nbf.timestamp() - skew > now) {
+    if claims
+        .not_before
+        .as_ref()
+        .is_some_and(|nbf| nbf.timestamp() - skew > now)
+    {
         return Err(TokenError::NotYetValid);
     }
     Ok(())

@@ -82,7 +82,9 @@ fn claims(extra: Value) -> Claims<Map<String, Value>> {
 }
 
 fn rs256(kid: &str, c: &Claims<Map<String, Value>>) -> String {
-    Rsa::rs256().token(&Header::empty().with_key_id(kid), c, &keys().rsa).unwrap()
+    Rsa::rs256()
+        .token(&Header::empty().with_key_id(kid), c, &keys().rsa)
+        .unwrap()
 }
 
 fn encode(header: Value, payload: Value, signature: &[u8]) -> String {
@@ -100,14 +102,26 @@ fn accepts_valid_tokens_of_every_supported_algorithm() {
     let c = claims(json!({}));
     let tokens = [
         rs256("rsa-1", &c),
-        Rsa::rs384().token(&Header::empty().with_key_id("rsa-1"), &c, &k.rsa).unwrap(),
-        Rsa::rs512().token(&Header::empty().with_key_id("rsa-1"), &c, &k.rsa).unwrap(),
-        Rsa::ps256().token(&Header::empty().with_key_id("rsa-1"), &c, &k.rsa).unwrap(),
-        Es256.token(&Header::empty().with_key_id("ec-1"), &c, &k.ec).unwrap(),
-        Ed25519.token(&Header::empty().with_key_id("ed-1"), &c, &k.ed.0).unwrap(),
+        Rsa::rs384()
+            .token(&Header::empty().with_key_id("rsa-1"), &c, &k.rsa)
+            .unwrap(),
+        Rsa::rs512()
+            .token(&Header::empty().with_key_id("rsa-1"), &c, &k.rsa)
+            .unwrap(),
+        Rsa::ps256()
+            .token(&Header::empty().with_key_id("rsa-1"), &c, &k.rsa)
+            .unwrap(),
+        Es256
+            .token(&Header::empty().with_key_id("ec-1"), &c, &k.ec)
+            .unwrap(),
+        Ed25519
+            .token(&Header::empty().with_key_id("ed-1"), &c, &k.ed.0)
+            .unwrap(),
     ];
     for t in tokens {
-        let v = verifier().verify(&t, NOW).unwrap_or_else(|e| panic!("{e:?}"));
+        let v = verifier()
+            .verify(&t, NOW)
+            .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(v.subject.as_deref(), Some("user-1"));
         assert_eq!(v.client_id.as_deref(), Some("app-1"));
         assert_eq!(v.patient.as_deref(), Some("123"));
@@ -124,39 +138,163 @@ fn the_token_attack_suite_is_refused_with_401() {
     let good = rs256("rsa-1", &c);
     let (head, rest) = good.split_once('.').unwrap();
     let (body, sig) = rest.split_once('.').unwrap();
-    let rsa_pub_der = rsa::pkcs1::EncodeRsaPublicKey::to_pkcs1_der(&k.rsa.to_public_key()).map(|d| d.as_bytes().to_vec()).unwrap_or_default();
+    let rsa_pub_der = rsa::pkcs1::EncodeRsaPublicKey::to_pkcs1_der(&k.rsa.to_public_key())
+        .map(|d| d.as_bytes().to_vec())
+        .unwrap_or_default();
     let mut tampered_claims = payload.clone();
     tampered_claims["patient"] = json!("456");
 
     let cases: Vec<(&str, String, TokenError)> = vec![
-        ("alg none", encode(json!({"alg": "none"}), payload.clone(), b""), TokenError::AlgorithmNotAllowed),
-        ("alg None", encode(json!({"alg": "None", "kid": "rsa-1"}), payload.clone(), b""), TokenError::AlgorithmNotAllowed),
-        ("HS256 with the public key as secret",
-         Hs256.token(&Header::empty().with_key_id("rsa-1"), &c, &Hs256Key::new(&rsa_pub_der)).unwrap(), TokenError::AlgorithmNotAllowed),
+        (
+            "alg none",
+            encode(json!({"alg": "none"}), payload.clone(), b""),
+            TokenError::AlgorithmNotAllowed,
+        ),
+        (
+            "alg None",
+            encode(json!({"alg": "None", "kid": "rsa-1"}), payload.clone(), b""),
+            TokenError::AlgorithmNotAllowed,
+        ),
+        (
+            "HS256 with the public key as secret",
+            Hs256
+                .token(
+                    &Header::empty().with_key_id("rsa-1"),
+                    &c,
+                    &Hs256Key::new(&rsa_pub_der),
+                )
+                .unwrap(),
+            TokenError::AlgorithmNotAllowed,
+        ),
         ("unknown kid", rs256("rsa-2", &c), TokenError::UnknownKey),
-        ("kid path traversal", rs256("../../../../etc/passwd", &c), TokenError::UnknownKey),
-        ("kid sql", rs256("' OR '1'='1' --", &c), TokenError::UnknownKey),
-        ("kid huge", rs256(&"k".repeat(300), &c), TokenError::UnknownKey),
-        ("kid of another key type", rs256("ec-1", &c), TokenError::UnknownKey),
-        ("signed by another key", Rsa::rs256().token(&Header::empty().with_key_id("rsa-1"), &c, &k.other_rsa).unwrap(), TokenError::BadSignature),
-        ("payload swapped", format!("{head}.{}.{sig}", URL_SAFE_NO_PAD.encode(tampered_claims.to_string())), TokenError::BadSignature),
-        ("signature stripped", format!("{head}.{body}."), TokenError::BadSignature),
-        ("expired", rs256("rsa-1", &{ let mut x = c.clone(); x.expiration = DateTime::from_timestamp(NOW - 61, 0); x }), TokenError::Expired),
-        ("no expiry", rs256("rsa-1", &{ let mut x = c.clone(); x.expiration = None; x }), TokenError::MissingExpiry),
-        ("nbf in the future", rs256("rsa-1", &{ let mut x = c.clone(); x.not_before = DateTime::from_timestamp(NOW + 120, 0); x }), TokenError::NotYetValid),
-        ("wrong iss", rs256("rsa-1", &claims(json!({"iss": "https://evil.example"}))), TokenError::UnknownIssuer),
-        ("no iss", rs256("rsa-1", &claims(json!({"iss": null}))), TokenError::UnknownIssuer),
-        ("wrong aud", rs256("rsa-1", &claims(json!({"aud": "https://other.example"}))), TokenError::WrongAudience),
-        ("no aud", rs256("rsa-1", &claims(json!({"aud": null}))), TokenError::WrongAudience),
-        ("missing sub", rs256("rsa-1", &claims(json!({"sub": null}))), TokenError::MissingClaim),
-        ("revoked jti", rs256("rsa-1", &claims(json!({"jti": "revoked-1"}))), TokenError::Revoked),
-        ("oversize", rs256("rsa-1", &claims(json!({"pad": "x".repeat(9000)}))), TokenError::TooLarge),
-        ("bad base64", "eyJhbGciOiJSUzI1NiJ9.***.abc".to_string(), TokenError::Malformed),
-        ("two segments", format!("{head}.{body}"), TokenError::Malformed),
-        ("not a jwt", "opaque-token-value".to_string(), TokenError::Malformed),
+        (
+            "kid path traversal",
+            rs256("../../../../etc/passwd", &c),
+            TokenError::UnknownKey,
+        ),
+        (
+            "kid sql",
+            rs256("' OR '1'='1' --", &c),
+            TokenError::UnknownKey,
+        ),
+        (
+            "kid huge",
+            rs256(&"k".repeat(300), &c),
+            TokenError::UnknownKey,
+        ),
+        (
+            "kid of another key type",
+            rs256("ec-1", &c),
+            TokenError::UnknownKey,
+        ),
+        (
+            "signed by another key",
+            Rsa::rs256()
+                .token(&Header::empty().with_key_id("rsa-1"), &c, &k.other_rsa)
+                .unwrap(),
+            TokenError::BadSignature,
+        ),
+        (
+            "payload swapped",
+            format!(
+                "{head}.{}.{sig}",
+                URL_SAFE_NO_PAD.encode(tampered_claims.to_string())
+            ),
+            TokenError::BadSignature,
+        ),
+        (
+            "signature stripped",
+            format!("{head}.{body}."),
+            TokenError::BadSignature,
+        ),
+        (
+            "expired",
+            rs256("rsa-1", &{
+                let mut x = c.clone();
+                x.expiration = DateTime::from_timestamp(NOW - 61, 0);
+                x
+            }),
+            TokenError::Expired,
+        ),
+        (
+            "no expiry",
+            rs256("rsa-1", &{
+                let mut x = c.clone();
+                x.expiration = None;
+                x
+            }),
+            TokenError::MissingExpiry,
+        ),
+        (
+            "nbf in the future",
+            rs256("rsa-1", &{
+                let mut x = c.clone();
+                x.not_before = DateTime::from_timestamp(NOW + 120, 0);
+                x
+            }),
+            TokenError::NotYetValid,
+        ),
+        (
+            "wrong iss",
+            rs256("rsa-1", &claims(json!({"iss": "https://evil.example"}))),
+            TokenError::UnknownIssuer,
+        ),
+        (
+            "no iss",
+            rs256("rsa-1", &claims(json!({"iss": null}))),
+            TokenError::UnknownIssuer,
+        ),
+        (
+            "wrong aud",
+            rs256("rsa-1", &claims(json!({"aud": "https://other.example"}))),
+            TokenError::WrongAudience,
+        ),
+        (
+            "no aud",
+            rs256("rsa-1", &claims(json!({"aud": null}))),
+            TokenError::WrongAudience,
+        ),
+        (
+            "missing sub",
+            rs256("rsa-1", &claims(json!({"sub": null}))),
+            TokenError::MissingClaim,
+        ),
+        (
+            "revoked jti",
+            rs256("rsa-1", &claims(json!({"jti": "revoked-1"}))),
+            TokenError::Revoked,
+        ),
+        (
+            "oversize",
+            rs256("rsa-1", &claims(json!({"pad": "x".repeat(9000)}))),
+            TokenError::TooLarge,
+        ),
+        (
+            "bad base64",
+            "eyJhbGciOiJSUzI1NiJ9.***.abc".to_string(),
+            TokenError::Malformed,
+        ),
+        (
+            "two segments",
+            format!("{head}.{body}"),
+            TokenError::Malformed,
+        ),
+        (
+            "not a jwt",
+            "opaque-token-value".to_string(),
+            TokenError::Malformed,
+        ),
         ("empty", String::new(), TokenError::Malformed),
-        ("header not json", format!("{}.{body}.{sig}", URL_SAFE_NO_PAD.encode("not json")), TokenError::Malformed),
-        ("payload not json", format!("{head}.{}.{sig}", URL_SAFE_NO_PAD.encode("[1,2")), TokenError::Malformed),
+        (
+            "header not json",
+            format!("{}.{body}.{sig}", URL_SAFE_NO_PAD.encode("not json")),
+            TokenError::Malformed,
+        ),
+        (
+            "payload not json",
+            format!("{head}.{}.{sig}", URL_SAFE_NO_PAD.encode("[1,2")),
+            TokenError::Malformed,
+        ),
     ];
     for (name, token, expected) in cases {
         let err = verifier().verify(&token, NOW).err();
@@ -164,8 +302,14 @@ fn the_token_attack_suite_is_refused_with_401() {
         let rejection = expected.rejection();
         assert_eq!(rejection.status, 401, "{name}");
         let challenge = &rejection.headers[0].1;
-        assert!(challenge.starts_with(r#"Bearer realm="fhir", error="invalid_token""#), "{name}: {challenge}");
-        assert!(!challenge.contains(&token[..token.len().min(20)]) || token.len() < 20, "{name}: the token is never echoed");
+        assert!(
+            challenge.starts_with(r#"Bearer realm="fhir", error="invalid_token""#),
+            "{name}: {challenge}"
+        );
+        assert!(
+            !challenge.contains(&token[..token.len().min(20)]) || token.len() < 20,
+            "{name}: the token is never echoed"
+        );
     }
 }
 
@@ -173,15 +317,24 @@ fn the_token_attack_suite_is_refused_with_401() {
 fn clock_skew_is_honoured_both_ways() {
     let mut c = claims(json!({}));
     c.expiration = DateTime::from_timestamp(NOW - 30, 0);
-    assert!(verifier().verify(&rs256("rsa-1", &c), NOW).is_ok(), "expired 30 s ago, within 60 s of skew");
+    assert!(
+        verifier().verify(&rs256("rsa-1", &c), NOW).is_ok(),
+        "expired 30 s ago, within 60 s of skew"
+    );
     c.expiration = DateTime::from_timestamp(NOW + 300, 0);
     c.not_before = DateTime::from_timestamp(NOW + 30, 0);
-    assert!(verifier().verify(&rs256("rsa-1", &c), NOW).is_ok(), "valid in 30 s, within skew");
+    assert!(
+        verifier().verify(&rs256("rsa-1", &c), NOW).is_ok(),
+        "valid in 30 s, within skew"
+    );
 }
 
 #[test]
 fn accepts_an_audience_list_naming_this_server() {
-    let t = rs256("rsa-1", &claims(json!({"aud": ["https://other.example", AUD]})));
+    let t = rs256(
+        "rsa-1",
+        &claims(json!({"aud": ["https://other.example", AUD]})),
+    );
     assert!(verifier().verify(&t, NOW).is_ok());
 }
 
@@ -189,19 +342,34 @@ fn accepts_an_audience_list_naming_this_server() {
 fn refuses_algorithms_the_issuer_does_not_allow() {
     let mut v = verifier();
     v.issuers[0].algorithms = vec!["RS256".into()];
-    let t = Es256.token(&Header::empty().with_key_id("ec-1"), &claims(json!({})), &keys().ec).unwrap();
+    let t = Es256
+        .token(
+            &Header::empty().with_key_id("ec-1"),
+            &claims(json!({})),
+            &keys().ec,
+        )
+        .unwrap();
     assert_eq!(v.verify(&t, NOW), Err(TokenError::AlgorithmNotAllowed));
 }
 
 #[test]
 fn uses_the_only_fitting_key_without_a_kid_but_never_guesses() {
     let c = claims(json!({}));
-    let t = Rsa::rs256().token(&Header::empty(), &c, &keys().rsa).unwrap();
+    let t = Rsa::rs256()
+        .token(&Header::empty(), &c, &keys().rsa)
+        .unwrap();
     assert!(verifier().verify(&t, NOW).is_ok(), "one RSA key in the set");
     let mut v = verifier();
     let extra = v.issuers[0].keys[0].clone();
-    v.issuers[0].keys.push(Key { kid: Some("rsa-9".into()), ..extra });
-    assert_eq!(v.verify(&t, NOW), Err(TokenError::UnknownKey), "two RSA keys: no kid, no guess");
+    v.issuers[0].keys.push(Key {
+        kid: Some("rsa-9".into()),
+        ..extra
+    });
+    assert_eq!(
+        v.verify(&t, NOW),
+        Err(TokenError::UnknownKey),
+        "two RSA keys: no kid, no guess"
+    );
 }
 
 #[test]
@@ -210,10 +378,16 @@ fn reads_the_bearer_token_from_the_authorization_header() {
     assert_eq!(bearer_token(Some("bearer abc")), Ok("abc"));
     assert_eq!(bearer_token(Some("BEARER   abc  ")), Ok("abc"));
     assert_eq!(bearer_token(None), Err(TokenError::Missing));
-    assert_eq!(bearer_token(Some("Basic dXNlcjpwYXNz")), Err(TokenError::NotBearer));
+    assert_eq!(
+        bearer_token(Some("Basic dXNlcjpwYXNz")),
+        Err(TokenError::NotBearer)
+    );
     assert_eq!(bearer_token(Some("Bearer")), Err(TokenError::NotBearer));
     assert_eq!(bearer_token(Some("Bearer a b")), Err(TokenError::Malformed));
-    assert_eq!(TokenError::Missing.rejection().headers[0].1, r#"Bearer realm="fhir""#);
+    assert_eq!(
+        TokenError::Missing.rejection().headers[0].1,
+        r#"Bearer realm="fhir""#
+    );
 }
 
 #[test]
@@ -221,13 +395,24 @@ fn refuses_jwks_that_hold_what_they_should_not() {
     let k = keys();
     let mut private = serde_json::to_value(JsonWebKey::from(&k.ed.0)).unwrap();
     private["kid"] = json!("x");
-    let small = RsaPrivateKey::new(&mut OsRng, 1024).unwrap().to_public_key();
+    let small = RsaPrivateKey::new(&mut OsRng, 1024)
+        .unwrap()
+        .to_public_key();
     let cases = [
         (json!({"keys": [private]}), "private key"),
-        (json!({"keys": [serde_json::to_value(JsonWebKey::from(&small)).unwrap()]}), "1024 bits"),
-        (json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}), "key type `oct`"),
+        (
+            json!({"keys": [serde_json::to_value(JsonWebKey::from(&small)).unwrap()]}),
+            "1024 bits",
+        ),
+        (
+            json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}),
+            "key type `oct`",
+        ),
         (json!({"keys": [{"n": "AQAB"}]}), "`kty`"),
-        (json!({"keys": [{"kty": "RSA", "n": "!!", "e": "AQAB"}]}), "keys[0]"),
+        (
+            json!({"keys": [{"kty": "RSA", "n": "!!", "e": "AQAB"}]}),
+            "keys[0]",
+        ),
         (json!({"nokeys": []}), "`keys` array"),
     ];
     for (jwks, message) in cases {
@@ -235,24 +420,51 @@ fn refuses_jwks_that_hold_what_they_should_not() {
         assert!(err.contains(message), "{err}");
     }
     let enc_only = json!({"keys": [{"kty": "RSA", "use": "enc", "n": "AQAB", "e": "AQAB"}]});
-    assert!(parse_jwks(&enc_only).unwrap().is_empty(), "encryption keys are skipped");
+    assert!(
+        parse_jwks(&enc_only).unwrap().is_empty(),
+        "encryption keys are skipped"
+    );
 }
 
 #[test]
 fn trusts_a_payload_forwarded_by_envoy_jwt_authn_but_checks_it() {
     let v = verifier();
     let payload = |claims: Value| URL_SAFE_NO_PAD.encode(claims.to_string());
-    let good = json!({"iss": ISS, "sub": "u", "scope": "user/*.rs", "patient": "123", "exp": NOW + 300});
-    let t = v.from_forwarded_payload(&payload(good.clone()), NOW).unwrap();
-    assert_eq!((t.scopes.as_str(), t.patient.as_deref(), t.expires_at), ("user/*.rs", Some("123"), NOW + 300));
+    let good =
+        json!({"iss": ISS, "sub": "u", "scope": "user/*.rs", "patient": "123", "exp": NOW + 300});
+    let t = v
+        .from_forwarded_payload(&payload(good.clone()), NOW)
+        .unwrap();
+    assert_eq!(
+        (t.scopes.as_str(), t.patient.as_deref(), t.expires_at),
+        ("user/*.rs", Some("123"), NOW + 300)
+    );
     let padded = base64::engine::general_purpose::URL_SAFE.encode(good.to_string());
-    assert!(v.from_forwarded_payload(&padded, NOW).is_ok(), "padding is tolerated");
+    assert!(
+        v.from_forwarded_payload(&padded, NOW).is_ok(),
+        "padding is tolerated"
+    );
     let cases = [
-        (payload(json!({"iss": "https://evil.example", "sub": "u", "exp": NOW + 300})), TokenError::UnknownIssuer),
-        (payload(json!({"iss": ISS, "sub": "u"})), TokenError::MissingExpiry),
-        (payload(json!({"iss": ISS, "sub": "u", "exp": NOW - 61})), TokenError::Expired),
-        (payload(json!({"iss": ISS, "exp": NOW + 300})), TokenError::MissingClaim),
-        (payload(json!({"iss": ISS, "sub": "u", "exp": NOW + 300, "jti": "revoked-1"})), TokenError::Revoked),
+        (
+            payload(json!({"iss": "https://evil.example", "sub": "u", "exp": NOW + 300})),
+            TokenError::UnknownIssuer,
+        ),
+        (
+            payload(json!({"iss": ISS, "sub": "u"})),
+            TokenError::MissingExpiry,
+        ),
+        (
+            payload(json!({"iss": ISS, "sub": "u", "exp": NOW - 61})),
+            TokenError::Expired,
+        ),
+        (
+            payload(json!({"iss": ISS, "exp": NOW + 300})),
+            TokenError::MissingClaim,
+        ),
+        (
+            payload(json!({"iss": ISS, "sub": "u", "exp": NOW + 300, "jti": "revoked-1"})),
+            TokenError::Revoked,
+        ),
         ("%%%".to_string(), TokenError::Malformed),
         (URL_SAFE_NO_PAD.encode("[1,2]"), TokenError::Malformed),
     ];
