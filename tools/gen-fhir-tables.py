@@ -3,16 +3,22 @@
 hl7.fhir.r4.examples (installed by `make tools`):
 - filters/core/src/fhir/patient_compartment.rs: the CompartmentDefinition `patient`, and the
   types with a `patient` search parameter;
-- filters/core/src/fhir/reference_params.rs: every reference search parameter's target types. `--check` compares instead
+- filters/core/src/fhir/reference_params.rs: every reference search parameter's target types and the
+  element paths its expression reads;
+- filters/core/src/fhir/patient_data.rs: which types hold a patient's data (the compartment, and the
+  types outside it that can reference a Patient), through which parameters and elements.
+`--check` compares instead
 of writing (a test runs it), so the table cannot drift from the specification."""
 import json
 import pathlib
+import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = ROOT / ".tools" / "node_modules" / "hl7.fhir.r4.examples" / "CompartmentDefinition-patient.json"
 TARGET = ROOT / "filters" / "core" / "src" / "fhir" / "patient_compartment.rs"
 REFERENCES = ROOT / "filters" / "core" / "src" / "fhir" / "reference_params.rs"
+PATIENT_DATA = ROOT / "filters" / "core" / "src" / "fhir" / "patient_data.rs"
 
 
 def render() -> str:
@@ -25,6 +31,7 @@ def render() -> str:
         "//! in npm hl7.fhir.r4.examples; do not edit. A test checks it against the package.",
         "",
         "/// (resource type, the search parameters that reference the patient), sorted by type.",
+        "#[rustfmt::skip]",
         "pub const PATIENT_COMPARTMENT: &[(&str, &[&str])] = &[",
     ]
     for code, params in rows:
@@ -38,6 +45,7 @@ def render() -> str:
     lines += [
         "/// The resource types on which R4 defines a `patient` search parameter (from the",
         "/// SearchParameter resources with code `patient`), sorted.",
+        "#[rustfmt::skip]",
         "pub const PATIENT_SEARCH_PARAM_TYPES: &[&str] = &[",
     ]
     lines += [f"    {json.dumps(t)}," for t in sorted(types)]
@@ -45,7 +53,48 @@ def render() -> str:
     return "\n".join(lines)
 
 
-def render_references() -> str:
+WHERE = re.compile(r"\.where\((?:[^()]|\([^()]*\))*\)")
+
+
+def element_paths(expression: str, base: str) -> list:
+    """The element paths (below the resource, dotted) a FHIRPath search expression reads on
+    `base`: `Observation.subject` -> subject, `Task.for.where(resolve() is Patient)` -> for,
+    `(MedicationRequest.medication as Reference)` -> medicationReference. Parts it cannot read
+    as a plain path (extensions, functions) are left out: no element is guessed."""
+    out = []
+    for part in expression.split("|"):
+        p = part.strip()
+        cast = re.fullmatch(r"\((\w+(?:\.\w+)+) as (\w+)\)", p)
+        if cast:
+            if cast.group(2) != "Reference":
+                continue
+            p = cast.group(1)
+            segments = p.split(".")
+            segments[-1] += "Reference"
+        else:
+            p = WHERE.sub("", p).replace("[0]", "")
+            if not re.fullmatch(r"\w+(?:\.\w+)+", p):
+                continue
+            segments = p.split(".")
+        if segments[0] == base:
+            out.append(".".join(segments[1:]))
+    return out
+
+
+def resolved_targets(expression: str, base: str, targets: list) -> list:
+    """The targets a parameter really has on `base`: where every part of its expression for
+    `base` ends in `.where(resolve() is X)` (R4's `patient` parameters, `Observation.subject.where(
+    resolve() is Patient)`), only those X, though the definition lists more (Group)."""
+    parts = [p.strip() for p in expression.split("|") if p.strip().startswith(base + ".")]
+    resolved = [re.search(r"\.where\(resolve\(\) is (\w+)\)$", p) for p in parts]
+    if parts and all(resolved):
+        only = {m.group(1) for m in resolved}
+        return [t for t in targets if t in only]
+    return targets
+
+
+def reference_parameters() -> dict:
+    """(base, code) -> (target types, element paths) of every R4 reference search parameter."""
     merged: dict = {}
     for path in sorted(SOURCE.parent.glob("SearchParameter-*.json")):
         sp = json.loads(path.read_text())
@@ -53,8 +102,15 @@ def render_references() -> str:
             continue
         for base in sp.get("base", []):
             # Several definitions may share a base and code: a parameter reaches all their targets.
-            merged.setdefault((base, sp["code"]), set()).update(sp["target"])
-    rows = [(base, code, tuple(sorted(targets))) for (base, code), targets in merged.items()]
+            targets, paths = merged.setdefault((base, sp["code"]), (set(), set()))
+            targets.update(resolved_targets(sp.get("expression", ""), base, sp["target"]))
+            paths.update(element_paths(sp.get("expression", ""), base))
+    return merged
+
+
+def render_references() -> str:
+    merged = reference_parameters()
+    rows = [(base, code, tuple(sorted(targets)), tuple(sorted(paths))) for (base, code), (targets, paths) in merged.items()]
     lines = [
         "//! Every R4 reference search parameter and the resource types it can point to: what an",
         "//! `_include`, `_revinclude` or chain can reach.",
@@ -62,17 +118,88 @@ def render_references() -> str:
         "//! Generated by tools/gen-fhir-tables.py from the R4 SearchParameter resources in npm",
         "//! hl7.fhir.r4.examples; do not edit. A test checks it against the package.",
         "",
-        "/// (base type, parameter code, target types), sorted by base type then code.",
-        "pub const REFERENCE_PARAMS: &[(&str, &str, &[&str])] = &[",
+        "/// (base type, parameter code, target types, element paths its expression reads), sorted",
+        "/// by base type then code. Paths are dotted, below the resource (`participant.actor`).",
+        "#[rustfmt::skip]",
+        "pub const REFERENCE_PARAMS: &[(&str, &str, &[&str], &[&str])] = &[",
     ]
-    for base, code, targets in sorted(rows):
-        lines.append(f"    ({json.dumps(base)}, {json.dumps(code)}, &[{', '.join(json.dumps(t) for t in targets)}]),")
+    for base, code, targets, paths in sorted(rows):
+        lines.append(f"    ({json.dumps(base)}, {json.dumps(code)}, {rust_list(targets)}, {rust_list(paths)}),")
+    lines += ["];", ""]
+    return "\n".join(lines)
+
+
+def rust_list(items) -> str:
+    return f"&[{', '.join(json.dumps(i) for i in items)}]"
+
+
+def patient_capable_elements(resource_type: str) -> list:
+    """Element paths (below the resource) of the type's StructureDefinition that can hold a
+    patient's data: a Reference that may target Patient (named, or any resource), or a whole
+    Resource. Choice elements (`value[x]`) and `contained` are left to the response check."""
+    sd = json.loads((SOURCE.parent / f"StructureDefinition-{resource_type}.json").read_text())
+    out = []
+    for element in sd["snapshot"]["element"]:
+        path = element["path"]
+        if path.endswith("[x]") or path.endswith(".contained"):
+            continue
+        for t in element.get("type", []):
+            targets = [p.rsplit("/", 1)[-1] for p in t.get("targetProfile", [])]
+            if (t["code"] == "Reference" and (not targets or "Resource" in targets or "Patient" in targets)) or t["code"] == "Resource":
+                out.append(path.split(".", 1)[1])
+                break
+    return out
+
+
+def render_patient_data() -> str:
+    definition = json.loads(SOURCE.read_text())
+    compartment = {r["code"]: r["param"] for r in definition["resource"] if r.get("param")}
+    references = reference_parameters()
+    types = sorted(p.name[len("StructureDefinition-"):-len(".json")] for p in SOURCE.parent.glob("StructureDefinition-*.json")
+                   if json.loads(p.read_text()).get("kind") == "resource" and json.loads(p.read_text()).get("derivation") == "specialization")
+    rows = []
+    for t in types:
+        if t == "Patient":
+            continue
+        if t in compartment:
+            params = sorted(compartment[t])
+            paths = sorted({p for code in params for p in references.get((t, code), (set(), set()))[1]})
+            rows.append((t, True, params, paths))
+            continue
+        elements = patient_capable_elements(t)
+        if not elements:
+            continue
+        params = sorted(code for (base, code), (targets, _) in references.items() if base == t and "Patient" in targets)
+        paths = sorted({p for code in params for p in references[(t, code)][1]} | set(elements))
+        rows.append((t, False, params, paths))
+    lines = [
+        "//! Which R4 resource types hold a patient's data, and how a search or a resource is tied",
+        "//! to one patient.",
+        "//!",
+        "//! Generated by tools/gen-fhir-tables.py from the R4 CompartmentDefinition `patient`, the",
+        "//! SearchParameters and the resources' StructureDefinitions in npm hl7.fhir.r4.examples;",
+        "//! do not edit. A test checks it against the package.",
+        "//!",
+        "//! A type holds patient data when it is in the Patient compartment, or when one of its",
+        "//! elements (not a choice) can reference a Patient (by name, or any resource) or carries a",
+        "//! whole resource. Types not listed (Medication, Practitioner, ValueSet, …) hold none.",
+        "",
+        "/// (type, in the Patient compartment, the search parameters that tie it to a patient, the",
+        "/// element paths whose references tie a resource of it to a patient), sorted by type.",
+        "/// Inside the compartment the parameters are the compartment's; outside it, the reference",
+        "/// parameters that can target Patient, and the paths add the StructureDefinition's",
+        "/// patient-capable elements.",
+        "#[rustfmt::skip]",
+        "pub const PATIENT_DATA: &[(&str, bool, &[&str], &[&str])] = &[",
+    ]
+    for t, inside, params, paths in rows:
+        lines.append(f"    ({json.dumps(t)}, {'true' if inside else 'false'}, {rust_list(params)}, {rust_list(paths)}),")
     lines += ["];", ""]
     return "\n".join(lines)
 
 
 def main() -> int:
-    outputs = {TARGET: render(), REFERENCES: render_references()}
+    outputs = {TARGET: render(), REFERENCES: render_references(), PATIENT_DATA: render_patient_data()}
     if "--check" in sys.argv:
         stale = [str(p) for p, text in outputs.items() if not p.exists() or p.read_text() != text]
         if stale:

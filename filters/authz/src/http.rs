@@ -104,12 +104,23 @@ impl AuthzFilter {
                 self.awaiting_request_body = true;
                 Action::Pause
             }
-            Step::WaitResponseBody { headers } => {
+            Step::WaitResponseBody { headers, path } => {
                 mark_passed(FILTER);
+                if let Some(path) = path {
+                    self.set_http_request_header(":path", Some(&path));
+                    fhirgate_proxy::count(FILTER, "allowed", "narrowed");
+                }
                 set_routing_headers(&headers);
+                // The response must come whole and readable: no 304 for a resource never
+                // checked, no compressed body.
+                for name in ["if-none-match", "if-modified-since", "accept-encoding"] {
+                    self.set_http_request_header(name, None);
+                }
                 self.holding_response = true;
                 Action::Continue
             }
+            // Only returned for a held response.
+            Step::Reduce(rejection) => reject(FILTER, &rejection),
             Step::ReportOnly { reason, headers } => {
                 log::info!("{FILTER}: report-only, not enforced: {reason}");
                 fhirgate_proxy::count(FILTER, "report_only", reason);
@@ -181,8 +192,17 @@ impl AuthzFilter {
         );
         fhirgate_proxy::set_reason(rejection.reason);
         self.set_http_response_header(":status", Some(&rejection.status.to_string()));
-        self.set_http_response_header("content-length", None);
-        self.set_http_response_header("content-encoding", None);
+        // Nothing that describes the withheld resource stays: its version, date or location.
+        for name in [
+            "content-length",
+            "content-encoding",
+            "etag",
+            "last-modified",
+            "location",
+            "content-location",
+        ] {
+            self.set_http_response_header(name, None);
+        }
         for (name, value) in rejection.response_headers() {
             self.set_http_response_header(name, Some(&value));
         }
@@ -385,13 +405,19 @@ impl HttpContext for AuthzFilter {
         let body = self
             .get_http_response_body(0, body_size)
             .unwrap_or_default();
-        let step = runtime
-            .borrow()
-            .policy
-            .on_response_body(exchange, status, &body);
+        let encoding = self.get_http_response_header("content-encoding");
+        let step =
+            runtime
+                .borrow()
+                .policy
+                .on_response_body(exchange, status, encoding.as_deref(), &body);
         match step {
             Step::Deny(rejection) => {
                 fhirgate_proxy::count(FILTER, "denied", rejection.reason);
+                self.replace_response(&rejection, body_size);
+            }
+            Step::Reduce(rejection) => {
+                fhirgate_proxy::count(FILTER, "reduced", rejection.reason);
                 self.replace_response(&rejection, body_size);
             }
             Step::ReportOnly { reason, .. } => fhirgate_proxy::count(FILTER, "report_only", reason),

@@ -2,9 +2,11 @@
 //! for ids and names.
 
 mod patient_compartment;
+mod patient_data;
 mod reference_params;
 
 pub use patient_compartment::{PATIENT_COMPARTMENT, PATIENT_SEARCH_PARAM_TYPES};
+pub use patient_data::PATIENT_DATA;
 pub use reference_params::REFERENCE_PARAMS;
 
 /// Every concrete resource type of FHIR R4 (4.0.1): the 148 codes of CodeSystem `resource-types` less the abstract `Resource` and `DomainResource`. Sorted for binary search.
@@ -200,9 +202,53 @@ pub fn has_patient_search_param(resource_type: &str) -> bool {
 /// no such reference parameter.
 pub fn reference_targets(base: &str, code: &str) -> Option<&'static [&'static str]> {
     REFERENCE_PARAMS
-        .binary_search_by(|(b, c, _)| (*b, *c).cmp(&(base, code)))
+        .binary_search_by(|(b, c, _, _)| (*b, *c).cmp(&(base, code)))
         .ok()
         .map(|i| REFERENCE_PARAMS[i].2)
+}
+
+/// The element paths (dotted, below the resource) a reference search parameter of `base`
+/// reads, or None when `base` has no such reference parameter.
+pub fn reference_paths(base: &str, code: &str) -> Option<&'static [&'static str]> {
+    REFERENCE_PARAMS
+        .binary_search_by(|(b, c, _, _)| (*b, *c).cmp(&(base, code)))
+        .ok()
+        .map(|i| REFERENCE_PARAMS[i].3)
+}
+
+/// Whether, and how, a resource type holds a patient's data (R4 definitions, generated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatientData {
+    /// `Patient` itself: a patient's record, tied to the patient by its id.
+    Own,
+    /// In the Patient compartment, or outside it with elements that can reference a Patient
+    /// or carry a whole resource: `params` are the search parameters that tie a search of it
+    /// to one patient (none: it cannot be confined by a search), `paths` the elements whose
+    /// references tie one resource to a patient.
+    Linked {
+        in_compartment: bool,
+        params: &'static [&'static str],
+        paths: &'static [&'static str],
+    },
+    /// No element can reference a patient (Medication, Practitioner, ValueSet, …).
+    None,
+}
+
+pub fn patient_data(resource_type: &str) -> PatientData {
+    if resource_type == "Patient" {
+        return PatientData::Own;
+    }
+    match PATIENT_DATA.binary_search_by(|(t, ..)| (*t).cmp(resource_type)) {
+        Ok(i) => {
+            let (_, in_compartment, params, paths) = PATIENT_DATA[i];
+            PatientData::Linked {
+                in_compartment,
+                params,
+                paths,
+            }
+        }
+        Err(_) => PatientData::None,
+    }
 }
 
 /// FHIR `id` datatype: `[A-Za-z0-9\-\.]{1,64}`. Also the rule for version ids.
@@ -329,13 +375,74 @@ mod tests {
             "a token parameter"
         );
         assert_eq!(reference_targets("Foo", "subject"), None);
-        for (base, _, targets) in REFERENCE_PARAMS {
+        assert_eq!(
+            reference_paths("Provenance", "patient"),
+            Some(&["target"][..])
+        );
+        assert_eq!(
+            reference_paths("Appointment", "actor"),
+            Some(&["participant.actor"][..])
+        );
+        assert_eq!(
+            reference_paths("MedicationRequest", "medication"),
+            Some(&["medicationReference"][..])
+        );
+        for (base, _, targets, _) in REFERENCE_PARAMS {
             assert!(resource_type(base).is_some(), "{base}");
             assert!(
                 targets.iter().all(|t| resource_type(t).is_some()),
                 "{base}: {targets:?}"
             );
         }
+    }
+
+    #[test]
+    fn knows_which_types_hold_patient_data_inside_and_outside_the_compartment() {
+        assert!(PATIENT_DATA.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(patient_data("Patient"), PatientData::Own);
+        for t in [
+            "Medication",
+            "Practitioner",
+            "Organization",
+            "Location",
+            "ValueSet",
+            "Subscription",
+            "Questionnaire",
+        ] {
+            assert_eq!(patient_data(t), PatientData::None, "{t}");
+        }
+        // Every compartment type is listed, with its compartment parameters.
+        for (t, params) in PATIENT_COMPARTMENT.iter().filter(|(t, _)| *t != "Patient") {
+            match patient_data(t) {
+                PatientData::Linked {
+                    in_compartment: true,
+                    params: p,
+                    paths,
+                } => {
+                    let mut sorted = params.to_vec();
+                    sorted.sort();
+                    assert_eq!(p, &sorted[..], "{t}");
+                    assert!(!paths.is_empty(), "{t}: no element ties it to a patient");
+                }
+                other => panic!("{t}: {other:?}"),
+            }
+        }
+        // Outside the compartment: types that can still reference a patient.
+        let outside = |t| match patient_data(t) {
+            PatientData::Linked {
+                in_compartment: false,
+                params,
+                paths,
+            } => (params, paths),
+            other => panic!("{t}: {other:?}"),
+        };
+        assert_eq!(outside("Device"), (&["patient"][..], &["patient"][..]));
+        assert!(outside("Task").0.contains(&"patient") && outside("Task").1.contains(&"for"));
+        assert!(outside("GuidanceResponse").1.contains(&"subject"));
+        assert_eq!(outside("Binary"), (&[][..], &["securityContext"][..]));
+        assert!(outside("Bundle").1.contains(&"entry.resource"));
+        assert!(outside("Parameters").1.contains(&"parameter.resource"));
+        assert!(outside("Contract").0.contains(&"patient"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! in npm hl7.fhir.r4.examples; do not edit. A test checks it against the package.
 
 /// (resource type, the search parameters that reference the patient), sorted by type.
+#[rustfmt::skip]
 pub const PATIENT_COMPARTMENT: &[(&str, &[&str])] = &[
     ("Account", &["subject"]),
     ("AdverseEvent", &["subject"]),
@@ -75,6 +76,7 @@ pub const PATIENT_COMPARTMENT: &[(&str, &[&str])] = &[
 
 /// The resource types on which R4 defines a `patient` search parameter (from the
 /// SearchParameter resources with code `patient`), sorted.
+#[rustfmt::skip]
 pub const PATIENT_SEARCH_PARAM_TYPES: &[&str] = &[
     "Account",
     "AllergyIntolerance",

@@ -47,12 +47,19 @@ pub struct Grant {
 
 impl Grant {
     /// The resource scopes and launch patient of a verified token.
+    /// A patient claim that is not a FHIR id (`""`, `"123,456"`, `"Patient/1"`) is never
+    /// used: `patient/` scopes then have no patient and are refused.
     pub fn of(token: &super::token::VerifiedToken) -> Grant {
         Grant {
             scopes: super::scope::resource_scopes(&token.scopes),
-            patient: token.patient.clone(),
+            patient: valid_patient(token.patient.as_deref()),
         }
     }
+}
+
+/// The launch patient when it is a FHIR id, else None.
+pub fn valid_patient(claim: Option<&str>) -> Option<String> {
+    claim.filter(|p| fhir::is_valid_id(p)).map(str::to_string)
 }
 
 /// What the filter still needs before it can decide.
@@ -76,6 +83,11 @@ pub enum AuthzDecision {
     /// Allowed; `query` is the rewritten raw query when the request was narrowed.
     Allow {
         reason: &'static str,
+        query: Option<String>,
+    },
+    /// Allowed under `patient/` scopes: forward (with `query` when narrowed) and release the
+    /// response only when [`AuthzPolicy::verify_confined`] proves it the patient's.
+    Confined {
         query: Option<String>,
     },
     Pending {
@@ -208,6 +220,14 @@ pub(crate) mod deny {
             "the resource does not belong to the token's patient",
         )
     }
+    pub fn unverifiable() -> Rejection {
+        Rejection::new(
+            502,
+            "unverifiable-response",
+            IssueType::Exception,
+            "the upstream response could not be checked against the token's patient",
+        )
+    }
 }
 
 /// The permissions an interaction needs, per SMART App Launch 2.x: create c; read, vread,
@@ -263,21 +283,30 @@ fn append_param(raw_query: &str, name: &str, value: &str) -> String {
     }
 }
 
-/// The patient ids a parameter value names: `123`, `Patient/123`, or a URL ending in it;
-/// None for a value that is not a patient reference.
-fn patient_refs(value: &str) -> Vec<Option<&str>> {
-    value
-        .split(',')
-        .map(|v| match v.rsplit_once("Patient/") {
-            Some((before, id))
-                if (before.is_empty() || before.ends_with('/')) && fhir::is_valid_id(id) =>
-            {
-                Some(id)
-            }
-            None if fhir::is_valid_id(v) => Some(v),
-            _ => None,
-        })
-        .collect()
+/// What one value of a reference search parameter names, as far as patients go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SearchRef<'a> {
+    /// `Patient/123`, or `123` where the parameter can only mean a Patient.
+    Patient(&'a str),
+    /// `Practitioner/9`: a resource of another type on this server, never a patient.
+    OtherType,
+    /// Anything else: a bare id that could be a patient, an absolute URL, a Group, garbage.
+    Unknown,
+}
+
+fn search_value_patient(value: &str, only_patients: bool) -> SearchRef<'_> {
+    match value.split_once('/') {
+        None if fhir::is_valid_id(value) && only_patients => SearchRef::Patient(value),
+        None => SearchRef::Unknown,
+        Some(("Patient", id)) if fhir::is_valid_id(id) => SearchRef::Patient(id),
+        // A Group or List stands for patients; a Patient-shaped value that is not a valid id
+        // is not proof of anything.
+        Some(("Group" | "List" | "Patient", _)) => SearchRef::Unknown,
+        Some((t, id)) if fhir::resource_type(t).is_some() && fhir::is_valid_id(id) => {
+            SearchRef::OtherType
+        }
+        Some(_) => SearchRef::Unknown,
+    }
 }
 
 impl AuthzPolicy {
@@ -409,29 +438,17 @@ impl AuthzPolicy {
                     if wanted.is_some_and(|w| !targets.contains(&w)) {
                         return false;
                     }
-                    let mut out = Vec::new();
-                    for t in targets
+                    // Under patient/ scopes what an include reaches is verified on the
+                    // response like every other entry (`verify_confined`).
+                    targets
                         .iter()
                         .copied()
                         .filter(|t| wanted.is_none_or(|w| w == *t))
-                    {
-                        if under_patient {
-                            let names_the_patient = t == "Patient"
-                                && ["patient", "subject", "beneficiary"].contains(&param);
-                            let harmless = t != "Group"
-                                && t != "Patient"
-                                && fhir::patient_compartment_params(t).is_none();
-                            if !(names_the_patient || harmless) {
-                                return false;
-                            }
-                        }
-                        out.push((t, Permissions::R));
-                    }
-                    out
+                        .map(|t| (t, Permissions::R))
+                        .collect()
                 }
                 _ if under_patient
-                    && (base == "_revinclude"
-                        || base == "_has"
+                    && (base == "_has"
                         || p.name.contains('.')
                         || base.starts_with("_contained")) =>
                 {
@@ -530,6 +547,11 @@ impl AuthzPolicy {
             };
         }
         // 2. Unconstrained patient/ scopes, confined to the launch patient.
+        let granular: Vec<&ResourceScope> = candidates
+            .iter()
+            .copied()
+            .filter(|s| !s.params.is_empty())
+            .collect();
         if candidates
             .iter()
             .any(|s| s.context == Context::Patient && s.params.is_empty())
@@ -537,10 +559,23 @@ impl AuthzPolicy {
             let Some(patient) = grant.patient.as_deref() else {
                 return AuthzDecision::Deny(deny::patient_context_missing());
             };
-            if shape_risky && !self.shape_allowed(r, grant, true) {
-                return AuthzDecision::Deny(deny::query_shape());
-            }
-            return self.confine_to_patient(r, raw_query, patient, types);
+            let decision = if shape_risky && !self.shape_allowed(r, grant, true) {
+                AuthzDecision::Deny(deny::query_shape())
+            } else {
+                confined(self.confine_to_patient(r, raw_query, patient, types))
+            };
+            // Union: a granular scope may still allow what the patient scope does not.
+            return match decision {
+                AuthzDecision::Deny(_) if !granular.is_empty() && !shape_risky => {
+                    match self.narrow_granular(r, raw_query, grant, &granular, types) {
+                        allowed @ (AuthzDecision::Allow { .. }
+                        | AuthzDecision::Confined { .. }
+                        | AuthzDecision::Pending { .. }) => allowed,
+                        AuthzDecision::Deny(_) => decision,
+                    }
+                }
+                other => other,
+            };
         }
         // 3. Granular scopes: narrow a search to one scope's constraints.
         if shape_risky {
@@ -594,8 +629,9 @@ impl AuthzPolicy {
                 _ => AuthzDecision::Deny(deny::insufficient_scope()),
             };
         }
-        if fhir::patient_compartment_params(t).is_none() {
-            // Not patient data (Medication, Practitioner, …).
+        if fhir::patient_data(t) == fhir::PatientData::None {
+            // No element of the type can reference a patient (Medication, Practitioner, …);
+            // the response is still verified (a contained Patient, an extension).
             return allow(None);
         }
         match r.interaction {
@@ -673,16 +709,25 @@ impl AuthzPolicy {
                 }
             };
         };
-        let Some(params) = fhir::patient_compartment_params(t) else {
-            return AuthzDecision::Allow {
-                reason: "scope",
-                query: None,
-            };
+        let params: &[&str] = match fhir::patient_data(t) {
+            fhir::PatientData::Linked { params, .. } => params,
+            fhir::PatientData::None => {
+                return AuthzDecision::Allow {
+                    reason: "scope",
+                    query: None,
+                }
+            }
+            fhir::PatientData::Own => return AuthzDecision::Deny(deny::not_confinable()),
         };
-        // Parameters that confine a search to a patient: the compartment's, and `patient`
-        // where R4 defines it for the type (a server ignoring an unknown parameter would
-        // otherwise return every patient's data).
-        let has_patient = fhir::has_patient_search_param(t);
+        if params.is_empty() {
+            // Binary, Bundle, Parameters, …: patient data with no parameter to confine a search.
+            return AuthzDecision::Deny(deny::not_confinable());
+        }
+        // Parameters that confine a search to a patient: the compartment's (or, outside the
+        // compartment, those that can target Patient), and `patient` where R4 defines it for
+        // the type (a server ignoring an unknown parameter would otherwise return every
+        // patient's data).
+        let has_patient = fhir::has_patient_search_param(t) || params.contains(&"patient");
         let confines = |base: &str| params.contains(&base) || (has_patient && base == "patient");
         let mut named = false;
         for p in &r.params {
@@ -693,11 +738,17 @@ impl AuthzPolicy {
             if !confines(base) || modifier.is_some_and(|m| m != "Patient") {
                 continue;
             }
-            for id in patient_refs(&p.value) {
-                match id {
-                    Some(id) if id == patient => named = true,
-                    // Another patient, or a value that is no patient reference (an OR-list
-                    // naming a Group, a chained identifier): refuse rather than guess.
+            // A bare id names a patient only where the parameter can target nothing else, or
+            // with the `:Patient` modifier; on `performer=123` it is ambiguous.
+            let only_patients = modifier == Some("Patient")
+                || fhir::reference_targets(t, base).is_some_and(|ts| ts == ["Patient"]);
+            for value in p.value.split(',') {
+                match search_value_patient(value, only_patients) {
+                    SearchRef::Patient(id) if id == patient => named = true,
+                    // Another type (`performer=Practitioner/9`) filters, it does not widen.
+                    SearchRef::OtherType => {}
+                    // Another patient, a value that may be one (a bare id on a parameter with
+                    // several targets, an absolute URL, a Group): refuse rather than guess.
                     _ => return AuthzDecision::Deny(deny::patient_mismatch()),
                 }
             }
@@ -792,14 +843,15 @@ impl AuthzPolicy {
                     .params
                     .extend(crate::routing::parse_query(&query, usize::MAX).unwrap_or_default());
                 return match self.confine_to_patient(&confined, &query, patient, types) {
-                    AuthzDecision::Allow { query: Some(q), .. } => AuthzDecision::Allow {
-                        reason: "narrowed",
-                        query: Some(q),
-                    },
-                    AuthzDecision::Allow { query: None, .. } if narrowed => AuthzDecision::Allow {
-                        reason: "narrowed",
-                        query: Some(query),
-                    },
+                    AuthzDecision::Allow { query: Some(q), .. } => {
+                        AuthzDecision::Confined { query: Some(q) }
+                    }
+                    AuthzDecision::Allow { query: None, .. } if narrowed => {
+                        AuthzDecision::Confined { query: Some(query) }
+                    }
+                    AuthzDecision::Allow { query: None, .. } => {
+                        AuthzDecision::Confined { query: None }
+                    }
                     other => other,
                 };
             }
@@ -860,21 +912,27 @@ impl AuthzPolicy {
                     && r.id.is_some()
                     && r.id == grant.patient =>
             {
-                AuthzDecision::Allow {
-                    reason: "scope",
-                    query: None,
-                }
+                AuthzDecision::Confined { query: None }
             }
             AuthzDecision::Pending { .. }
                 if rule.all_types && r.id.is_some() && r.id == grant.patient =>
             {
-                AuthzDecision::Allow {
-                    reason: "scope",
-                    query: None,
-                }
+                AuthzDecision::Confined { query: None }
             }
             other => other,
         }
+    }
+}
+
+/// A decision reached under a `patient/` scope: what it lets through is verified on the
+/// response (reads wait for theirs anyway).
+fn confined(decision: AuthzDecision) -> AuthzDecision {
+    match decision {
+        AuthzDecision::Allow { query, .. } => AuthzDecision::Confined { query },
+        AuthzDecision::Pending {
+            needs: Needs::ResponseBody,
+        } => AuthzDecision::Confined { query: None },
+        other => other,
     }
 }
 
@@ -918,92 +976,14 @@ fn decide_export(r: &RoutedRequest, grant: &Grant) -> AuthzDecision {
     }
 }
 
-/// Does `reference` (a Reference's `reference` string) point at `Patient/{patient}`?
-fn references_patient(reference: &str, patient: &str) -> bool {
-    let path = reference.split("/_history/").next().unwrap_or(reference);
-    match path.rsplit_once("Patient/") {
-        Some((before, id)) => (before.is_empty() || before.ends_with('/')) && id == patient,
-        None => false,
-    }
-}
-
-/// Every `reference` string in `value`, at any depth (Reference, arrays, `participant.actor`).
-fn collect_references<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
-    match value {
-        Value::Object(map) => {
-            if let Some(Value::String(r)) = map.get("reference") {
-                out.push(r);
-            }
-            for (k, v) in map {
-                if k != "reference" {
-                    collect_references(v, out);
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|v| collect_references(v, out)),
-        _ => {}
-    }
-}
-
-/// Is `resource` in the patient's compartment? Patient by id; other types when an element
-/// named like one of its compartment parameters (or `subject`/`patient`) references the
-/// patient. An approximation of the CompartmentDefinition's search expressions that errs on
-/// refusing: a resource it cannot place is not the patient's.
+/// Is `resource` the patient's: tied to the patient through the elements R4 defines for its
+/// type (Patient by id), and mentioning no other patient? Types that hold no patient data
+/// qualify. See [`super::confine`].
 pub fn belongs_to_patient(resource: &Value, patient: &str) -> bool {
-    let Some(t) = resource.get("resourceType").and_then(Value::as_str) else {
-        return false;
-    };
-    if t == "Patient" {
-        return resource.get("id").and_then(Value::as_str) == Some(patient);
-    }
-    let Some(params) = fhir::patient_compartment_params(t) else {
-        return true;
-    };
-    params
-        .iter()
-        .chain(["subject", "patient"].iter())
-        .any(|element| {
-            let mut refs = Vec::new();
-            if let Some(v) = resource.get(*element) {
-                collect_references(v, &mut refs);
-            }
-            refs.iter().any(|r| references_patient(r, patient))
-        })
+    super::confine::releasable(resource, patient)
 }
 
-/// The patients whose compartment `resource` is in: a Patient's own id; for other types the
-/// patients referenced by its compartment parameters' like-named elements or `subject`/`patient`.
-pub fn patients_of(resource: &Value) -> Vec<String> {
-    let Some(t) = resource.get("resourceType").and_then(Value::as_str) else {
-        return Vec::new();
-    };
-    if t == "Patient" {
-        return resource
-            .get("id")
-            .and_then(Value::as_str)
-            .map(|id| vec![id.to_string()])
-            .unwrap_or_default();
-    }
-    let params = fhir::patient_compartment_params(t).unwrap_or(&[]);
-    let mut refs = Vec::new();
-    for element in params.iter().chain(["subject", "patient"].iter()) {
-        if let Some(v) = resource.get(*element) {
-            collect_references(v, &mut refs);
-        }
-    }
-    let mut patients: Vec<String> = refs
-        .iter()
-        .filter_map(|r| {
-            let path = r.split("/_history/").next().unwrap_or(r);
-            let (before, id) = path.rsplit_once("Patient/")?;
-            ((before.is_empty() || before.ends_with('/')) && fhir::is_valid_id(id))
-                .then(|| id.to_string())
-        })
-        .collect();
-    patients.sort();
-    patients.dedup();
-    patients
-}
+pub use super::confine::patients_of;
 
 /// Does `resource` meet a granular constraint `name=value` (`system|code`, `|code` or `code`)
 /// on a coded element of that name?
@@ -1074,6 +1054,58 @@ impl AuthzPolicy {
         }
     }
 
+    /// Finishes a `Confined` decision on the upstream's (2xx) response: every resource in it
+    /// must be the launch patient's or hold no patient data (see [`super::confine`]), and a
+    /// single resource read under granular scopes must meet their constraints.
+    pub fn verify_confined(
+        &self,
+        r: &RoutedRequest,
+        grant: &Grant,
+        response: &Value,
+    ) -> AuthzDecision {
+        let Some(patient) = grant.patient.as_deref() else {
+            return AuthzDecision::Deny(deny::patient_context_missing());
+        };
+        let revincludes: Vec<(&str, &str)> = r
+            .params
+            .iter()
+            .filter(|p| p.name == "_revinclude")
+            .filter_map(|p| {
+                let mut v = p.value.split(':');
+                Some((v.next()?, v.next()?))
+            })
+            .collect();
+        match super::confine::verify_response(response, patient, &revincludes) {
+            Ok(()) => {}
+            Err(super::confine::Unconfined::NotPatients) => {
+                return AuthzDecision::Deny(deny::not_patients())
+            }
+            Err(super::confine::Unconfined::Unverifiable) => {
+                return AuthzDecision::Deny(deny::unverifiable())
+            }
+        }
+        // Granular constraints on an instance read are checked on the resource itself.
+        let single = matches!(r.interaction, Interaction::Read | Interaction::Vread)
+            && response.get("resourceType").and_then(Value::as_str) == r.resource_type;
+        if single {
+            let needed = required_permissions(r.interaction).unwrap_or(Permissions::R);
+            let meets = grant.scopes.iter().any(|s| {
+                s.permissions.contains(needed)
+                    && r.resource_type.is_some_and(|t| s.covers_type(t))
+                    && s.params
+                        .iter()
+                        .all(|(n, v)| v.split(',').any(|v| meets_constraint(response, n, v)))
+            });
+            if !meets {
+                return AuthzDecision::Deny(deny::insufficient_scope());
+            }
+        }
+        AuthzDecision::Allow {
+            reason: "scope",
+            query: None,
+        }
+    }
+
     /// Finishes a `Pending { needs: RequestBody }` decision: a created or updated resource must
     /// be the patient's; a batch or transaction is decided entry by entry with `route`, which
     /// turns an entry's method and url into a routed request.
@@ -1091,6 +1123,7 @@ impl AuthzPolicy {
                     .and_then(Value::as_array)
                     .map(Vec::as_slice)
                     .unwrap_or_default();
+                let mut confined_entries = false;
                 for entry in entries {
                     let request = entry.get("request");
                     let method = request
@@ -1113,20 +1146,28 @@ impl AuthzPolicy {
                             Some(res) => self.decide_body(&routed, grant, res, route),
                             None => AuthzDecision::Deny(deny::not_confinable()),
                         },
-                        // An entry cannot be narrowed or checked on its response here.
+                        // An entry cannot be narrowed, nor checked on a response of its own.
                         AuthzDecision::Allow { query: Some(_), .. }
+                        | AuthzDecision::Confined { query: Some(_) }
                         | AuthzDecision::Pending { .. } => {
                             AuthzDecision::Deny(deny::not_confinable())
                         }
                         other => other,
                     };
-                    if let AuthzDecision::Deny(_) = decision {
-                        return decision;
+                    match decision {
+                        AuthzDecision::Deny(_) => return decision,
+                        // Verified in the batch's response Bundle, entry by entry.
+                        AuthzDecision::Confined { .. } => confined_entries = true,
+                        _ => {}
                     }
                 }
-                AuthzDecision::Allow {
-                    reason: "scope",
-                    query: None,
+                if confined_entries {
+                    AuthzDecision::Confined { query: None }
+                } else {
+                    AuthzDecision::Allow {
+                        reason: "scope",
+                        query: None,
+                    }
                 }
             }
             _ => {

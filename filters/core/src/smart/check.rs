@@ -3,7 +3,9 @@
 //!
 //! In:  `{"method", "path" (relative to the FHIR base), "query" (raw), "scopes", "patient"?,
 //!        "token"? (false: no Authorization header), "body"?, "response"?}`
-//! Out: `{"decision": "allow"|"deny"|"pending", "status", "reason", "needs"? , "query"?}`
+//! Out: `{"decision": "allow"|"deny"|"pending", "status", "reason", "needs"? , "query"?}`;
+//! "pending" with reason "confined": forwarded (narrowed to `query`) under `patient/` scopes and
+//! released only if the response, given as "response", proves to be the patient's.
 
 use super::authz::{AuthzDecision, AuthzPolicy, Grant};
 use super::scope::resource_scopes;
@@ -80,10 +82,7 @@ pub fn check(routing: &RoutingPolicy, authz: &AuthzPolicy, input: &Value) -> Val
     };
     let grant = Grant {
         scopes: resource_scopes(input.get("scopes").and_then(Value::as_str).unwrap_or("")),
-        patient: input
-            .get("patient")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        patient: super::authz::valid_patient(input.get("patient").and_then(Value::as_str)),
     };
     let has_token = input.get("token").and_then(Value::as_bool).unwrap_or(true);
     let grant_ref = has_token.then_some(&grant);
@@ -100,6 +99,12 @@ pub fn check(routing: &RoutingPolicy, authz: &AuthzPolicy, input: &Value) -> Val
             _ => decision,
         };
     }
+    // A confined request is forwarded (narrowed when it says so) and decided on its response.
+    if let (AuthzDecision::Confined { .. }, Some(grant), Some(resp)) =
+        (&decision, grant_ref, response)
+    {
+        decision = authz.verify_confined(&routed, grant, resp);
+    }
     match decision {
         AuthzDecision::Allow {
             reason,
@@ -111,6 +116,12 @@ pub fn check(routing: &RoutingPolicy, authz: &AuthzPolicy, input: &Value) -> Val
         } => json!({"decision": "allow", "status": 200, "reason": reason, "query": q}),
         AuthzDecision::Pending { needs } => {
             json!({"decision": "pending", "status": 200, "reason": "pending", "needs": needs.name()})
+        }
+        AuthzDecision::Confined { query: None } => {
+            json!({"decision": "pending", "status": 200, "reason": "confined", "needs": "response-body"})
+        }
+        AuthzDecision::Confined { query: Some(q) } => {
+            json!({"decision": "pending", "status": 200, "reason": "confined", "needs": "response-body", "query": q})
         }
         AuthzDecision::Deny(r) => deny_json(&r),
     }

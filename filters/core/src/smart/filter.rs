@@ -267,11 +267,16 @@ pub enum Step {
     /// Ask the introspection endpoint about the (opaque) token and call
     /// [`AuthzRuntime::introspected`] with the answer, then decide the head again.
     Introspect,
-    /// Forward (with these headers), hold the response and call
-    /// [`AuthzFilterPolicy::on_response_body`] with it whole.
+    /// Forward (with these headers, and `:path` when the query was narrowed), hold the
+    /// response and call [`AuthzFilterPolicy::on_response_body`] with it whole. The request's
+    /// conditional and encoding headers are removed: the response must be a whole, readable body.
     WaitResponseBody {
         headers: Vec<(&'static str, String)>,
+        path: Option<String>,
     },
+    /// Replace the held response's body (and drop the headers that describe the resource)
+    /// with this outcome, keeping its status: an upstream error under `patient/` scopes.
+    Reduce(Rejection),
 }
 
 /// The per-request state between steps.
@@ -284,6 +289,8 @@ pub struct Exchange {
     raw_query: String,
     /// The request's token and grant, shared with the token cache.
     verified: Option<Verified>,
+    /// Allowed under `patient/` scopes: the response is verified before it is released.
+    confined: bool,
 }
 
 impl Exchange {
@@ -310,6 +317,10 @@ fn identity_headers(token: Option<&VerifiedToken>) -> Vec<(&'static str, String)
                 .as_ref()
                 .filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b)))
             {
+                // Later filters (consent, audit) act on the launch patient: only a FHIR id.
+                if name == headers::LAUNCH_PATIENT && !crate::fhir::is_valid_id(v) {
+                    continue;
+                }
                 h.push((name, v.clone()));
             }
         }
@@ -370,7 +381,9 @@ impl AuthzFilterPolicy {
         let mut headers = identity_headers(ex.token());
         let reason = match &step {
             Step::Deny(r) => r.reason,
-            Step::Allow { path: Some(_), .. } => "narrowed",
+            Step::Allow { path: Some(_), .. } | Step::WaitResponseBody { path: Some(_), .. } => {
+                "narrowed"
+            }
             _ => return step,
         };
         headers[0].1 = "report-only".to_string();
@@ -398,6 +411,7 @@ impl AuthzFilterPolicy {
             path: String::new(),
             raw_query: String::new(),
             verified: None,
+            confined: false,
         };
         let routed = match self.routing.route(head) {
             Ok(r) => r,
@@ -517,7 +531,17 @@ impl AuthzFilterPolicy {
             AuthzDecision::Deny(r) => Step::Deny(r),
             AuthzDecision::Pending {
                 needs: Needs::ResponseBody,
-            } => Step::WaitResponseBody { headers: ids },
+            } => Step::WaitResponseBody {
+                headers: ids,
+                path: None,
+            },
+            AuthzDecision::Confined { query } => {
+                ex.confined = true;
+                Step::WaitResponseBody {
+                    headers: ids,
+                    path: query.map(|q| format!("{}?{q}", ex.path)),
+                }
+            }
             AuthzDecision::Pending {
                 needs: Needs::RequestBody,
             } => Step::Deny(Rejection::new(
@@ -529,10 +553,61 @@ impl AuthzFilterPolicy {
         }
     }
 
-    /// Decides on a held response. Responses other than 200 pass: they carry no resource.
-    pub fn on_response_body(&self, ex: &Exchange, status: u16, body: &[u8]) -> Step {
-        let step = self.response_step(ex, status, body);
+    /// Decides on a held response. Outside `patient/` confinement responses other than 200
+    /// pass: they carry no resource. Under it, every 2xx body is verified resource by resource,
+    /// and an error's body is reduced to its status (an upstream OperationOutcome can echo a
+    /// resource the patient may not see).
+    /// `encoding` is the response's `Content-Encoding`: a compressed body cannot be checked.
+    pub fn on_response_body(
+        &self,
+        ex: &Exchange,
+        status: u16,
+        encoding: Option<&str>,
+        body: &[u8],
+    ) -> Step {
+        if encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) && !body.is_empty()
+        {
+            return self.enforce(ex, Step::Deny(super::authz::deny::unverifiable()));
+        }
+        let step = if ex.confined {
+            self.confined_step(ex, status, body)
+        } else {
+            self.response_step(ex, status, body)
+        };
         self.enforce(ex, step)
+    }
+
+    fn confined_step(&self, ex: &Exchange, status: u16, body: &[u8]) -> Step {
+        let (Some(routed), Some(grant)) = (ex.routed.as_ref(), ex.grant()) else {
+            return Step::Deny(Rejection::not_configured("fhirgate.authz"));
+        };
+        if !(200..300).contains(&status) {
+            return if body.is_empty() {
+                Step::Allow {
+                    headers: vec![],
+                    path: None,
+                }
+            } else {
+                Step::Reduce(reduced_error(status))
+            };
+        }
+        if body.is_empty() {
+            return Step::Allow {
+                headers: vec![],
+                path: None,
+            };
+        }
+        let Ok(json) = serde_json::from_slice::<Value>(body) else {
+            return Step::Deny(super::authz::deny::unverifiable());
+        };
+        match self.zone_policy(ex).0.verify_confined(routed, grant, &json) {
+            AuthzDecision::Allow { .. } => Step::Allow {
+                headers: vec![],
+                path: None,
+            },
+            AuthzDecision::Deny(r) => Step::Deny(r),
+            _ => Step::Deny(super::authz::deny::unverifiable()),
+        }
     }
 
     fn response_step(&self, ex: &Exchange, status: u16, body: &[u8]) -> Step {
@@ -559,14 +634,29 @@ impl AuthzFilterPolicy {
                 path: None,
             },
             AuthzDecision::Deny(r) => Step::Deny(r),
-            AuthzDecision::Pending { .. } => Step::Deny(Rejection::new(
-                502,
-                "unverifiable-response",
-                IssueType::Exception,
-                "the upstream response could not be checked",
-            )),
+            AuthzDecision::Pending { .. } | AuthzDecision::Confined { .. } => {
+                Step::Deny(super::authz::deny::unverifiable())
+            }
         }
     }
+}
+
+/// An upstream error under `patient/` scopes, reduced to its status: the FHIR server's
+/// diagnostics may quote a resource or an id the patient may not see.
+fn reduced_error(status: u16) -> Rejection {
+    let issue = match status {
+        401 | 403 => IssueType::Forbidden,
+        404 | 410 => IssueType::NotFound,
+        400 | 405 | 406 | 415 | 422 => IssueType::Invalid,
+        429 => IssueType::Throttled,
+        _ => IssueType::Exception,
+    };
+    Rejection::new(
+        status,
+        "upstream-error",
+        issue,
+        "the FHIR server refused the request; its details are withheld under patient/ scopes",
+    )
 }
 
 #[cfg(test)]
@@ -618,6 +708,134 @@ mod tests {
             &mut TokenCache::new(4),
         )
         .0
+    }
+
+    /// The held-response state machine under patient/ scopes: forward narrowed, verify the
+    /// whole body, reduce errors, refuse what cannot be read.
+    mod confined_responses {
+        use super::*;
+
+        fn exchange(p: &AuthzFilterPolicy, path: &str, patient: &str) -> (Step, Exchange) {
+            let forwarded = URL_SAFE_NO_PAD.encode(
+                json!({"iss": "https://idp", "sub": "u", "scope": "patient/*.rs", "patient": patient, "exp": NOW + 60}).to_string(),
+            );
+            p.on_head(
+                &head(path),
+                Some("Bearer a.b.c"),
+                Some(&forwarded),
+                None,
+                NOW,
+                &mut TokenCache::new(4),
+            )
+        }
+
+        fn searchset(subjects: &[&str]) -> Vec<u8> {
+            let entries: Vec<Value> = subjects
+                .iter()
+                .enumerate()
+                .map(|(i, s)| json!({"resource": {"resourceType": "Observation", "id": format!("o{i}"), "subject": {"reference": s}}}))
+                .collect();
+            json!({"resourceType": "Bundle", "type": "searchset", "entry": entries})
+                .to_string()
+                .into_bytes()
+        }
+
+        #[test]
+        fn a_search_is_narrowed_forwarded_and_held_for_its_response() {
+            let p = policy(json!({}));
+            let (step, _) = exchange(&p, "/fhir/r4/Observation?code=x", "123");
+            match step {
+                Step::WaitResponseBody { path, headers } => {
+                    assert_eq!(
+                        path.as_deref(),
+                        Some("/fhir/r4/Observation?code=x&patient=Patient/123")
+                    );
+                    assert!(headers.contains(&(headers::LAUNCH_PATIENT, "123".to_string())));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+
+        #[test]
+        fn releases_only_a_response_that_is_all_the_patients() {
+            let p = policy(json!({}));
+            let (_, ex) = exchange(&p, "/fhir/r4/Observation", "123");
+            assert!(matches!(
+                p.on_response_body(&ex, 200, None, &searchset(&["Patient/123", "Patient/123"])),
+                Step::Allow { .. }
+            ));
+            let leak =
+                p.on_response_body(&ex, 200, None, &searchset(&["Patient/123", "Patient/456"]));
+            assert!(
+                matches!(&leak, Step::Deny(r) if r.status == 403 && r.reason == "not-in-patient-compartment"),
+                "{leak:?}"
+            );
+            let history = p.on_response_body(&ex, 200, None, br#"{"resourceType":"Bundle","type":"history","entry":[{"request":{"method":"DELETE","url":"Observation/9"}}]}"#);
+            assert!(
+                matches!(&history, Step::Deny(r) if r.reason == "not-in-patient-compartment"),
+                "{history:?}"
+            );
+        }
+
+        #[test]
+        fn refuses_what_it_cannot_read() {
+            let p = policy(json!({}));
+            let (_, ex) = exchange(&p, "/fhir/r4/Observation/o1", "123");
+            for body in [
+                &b"<Observation xmlns=\"http://hl7.org/fhir\"/>"[..],
+                b"{",
+                b"[]",
+                b"{\"resourceType\":\"NotAType\"}",
+            ] {
+                let step = p.on_response_body(&ex, 200, None, body);
+                assert!(
+                    matches!(&step, Step::Deny(r) if r.status == 502 && r.reason == "unverifiable-response"),
+                    "{step:?}"
+                );
+            }
+            let gz = p.on_response_body(&ex, 200, Some("gzip"), b"\x1f\x8b...");
+            assert!(
+                matches!(&gz, Step::Deny(r) if r.reason == "unverifiable-response"),
+                "{gz:?}"
+            );
+        }
+
+        #[test]
+        fn reduces_upstream_errors_to_their_status() {
+            let p = policy(json!({}));
+            let (_, ex) = exchange(&p, "/fhir/r4/Observation/o1", "123");
+            let echo = br#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"Observation/o1 belongs to Patient/456 (HIV)"}]}"#;
+            for status in [400u16, 404, 410, 422, 500] {
+                match p.on_response_body(&ex, status, None, echo) {
+                    Step::Reduce(r) => {
+                        assert_eq!(r.status, status);
+                        let body = String::from_utf8(r.body()).unwrap();
+                        assert!(!body.contains("456") && !body.contains("HIV"), "{body}");
+                    }
+                    other => panic!("{status}: {other:?}"),
+                }
+            }
+            assert!(matches!(
+                p.on_response_body(&ex, 404, None, b""),
+                Step::Allow { .. }
+            ));
+        }
+
+        #[test]
+        fn an_unconfined_request_is_not_held() {
+            let p = policy(json!({}));
+            let forwarded = payload("user/Observation.rs");
+            let (step, ex) = p.on_head(
+                &head("/fhir/r4/Observation"),
+                Some("Bearer a.b.c"),
+                Some(&forwarded),
+                None,
+                NOW,
+                &mut TokenCache::new(4),
+            );
+            assert!(matches!(step, Step::Allow { path: None, .. }), "{step:?}");
+            assert!(!ex.confined);
+        }
     }
 
     #[test]

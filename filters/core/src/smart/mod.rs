@@ -4,6 +4,7 @@ pub mod authz;
 pub mod cache;
 pub mod check;
 pub mod config;
+pub mod confine;
 pub mod filter;
 pub mod introspection;
 pub mod jwks;

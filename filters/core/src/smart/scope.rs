@@ -148,11 +148,50 @@ pub fn parse(scope: &str) -> Result<Scope, ScopeError> {
         {
             return Err(ScopeError::Resource)
         }
+        // `fake/Patient.write`, `patient*.read`, `/Patient.read`: shaped like a resource scope
+        // with a context SMART does not define. Invalid, never some other valid scope.
+        _ if resource_shaped(scope) => return Err(ScopeError::Resource),
         _ => return Ok(Scope::Other(scope.to_string())),
     };
     parse_resource(context, rest)
         .map(Scope::Resource)
         .ok_or(ScopeError::Resource)
+}
+
+/// Does `scope` end like a resource scope — a resource type or `*`, a dot, and SMART v1 or v2
+/// permissions (with or without constraints)?
+fn resource_shaped(scope: &str) -> bool {
+    let body = scope.split('?').next().unwrap_or(scope);
+    let Some((before, access)) = body.rsplit_once('.') else {
+        return false;
+    };
+    let permissions =
+        Permissions::from_v1(access).is_some() || Permissions::from_v2(access).is_some();
+    let resource = before.rsplit('/').next().unwrap_or(before);
+    permissions
+        && (resource.ends_with('*')
+            || fhir::R4_RESOURCE_TYPES
+                .iter()
+                .any(|t| resource.ends_with(t)))
+}
+
+/// Search parameters a granular scope may carry: filters only. Result parameters (`_include`,
+/// `_revinclude`, `_count`, `_elements`, `_summary`, `_sort`, `_total`, `_contained` …),
+/// `_has`, chains and every other control parameter would change what the narrowed search
+/// returns rather than which resources match: a scope with one grants nothing.
+fn is_filter_parameter(name: &str) -> bool {
+    const FILTERS: &[&str] = &[
+        "_id",
+        "_lastUpdated",
+        "_tag",
+        "_profile",
+        "_security",
+        "_source",
+    ];
+    let base = name.split(':').next().unwrap_or(name);
+    !name.contains('.')
+        && (!base.starts_with('_') || FILTERS.contains(&base))
+        && !name.ends_with(":iterate")
 }
 
 fn parse_resource(context: Context, rest: &str) -> Option<ResourceScope> {
@@ -182,7 +221,11 @@ fn parse_resource(context: Context, rest: &str) -> Option<ResourceScope> {
                 && name
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
-            if !name_ok || value.is_empty() || params.iter().any(|(n, _)| n == name) {
+            if !name_ok
+                || !is_filter_parameter(name)
+                || value.is_empty()
+                || params.iter().any(|(n, _)| n == name)
+            {
                 return None;
             }
             params.push((name.to_string(), value.to_string()));

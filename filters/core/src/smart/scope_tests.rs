@@ -42,6 +42,11 @@ const VALID: &[(&str, &str, &str, &str, &str)] = &[
     ("patient/Observation.s?category=laboratory&status=final", "patient", "Observation", "s", "category=laboratory&status=final"),
     ("patient/Observation.r?code=a=b", "patient", "Observation", "r", "code=a=b"),
     ("patient/Observation.rs?code:text=x", "patient", "Observation", "rs", "code:text=x"),
+    // filter parameters that start with an underscore
+    ("patient/Observation.rs?_tag=http://x|y", "patient", "Observation", "rs", "_tag=http://x|y"),
+    ("user/Observation.rs?_security=http://terminology.hl7.org/CodeSystem/v3-Confidentiality|N",
+     "user", "Observation", "rs", "_security=http://terminology.hl7.org/CodeSystem/v3-Confidentiality|N"),
+    ("user/Observation.rs?_lastUpdated=gt2020-01-01", "user", "Observation", "rs", "_lastUpdated=gt2020-01-01"),
 ];
 
 const INVALID: &[&str] = &[
@@ -81,6 +86,33 @@ const INVALID: &[&str] = &[
     "patient/Observation.read?category=x",
     "patient/Observation.rs?a b=1",
     "patient/Observation.rs?na<me=1",
+    // shaped like resource scopes, with a context SMART does not define
+    "fake/Patient.write",
+    "patient*.read",
+    "/Patient.read",
+    "patientx/Observation.rs",
+    "Observation.read",
+    "*.rs",
+    "smart/Observation.cruds",
+    "x/y/Patient.read",
+    "fake/*.*",
+    "fake/Observation.rs?category=laboratory",
+    // granular constraints may only filter: result parameters, _has and chains grant nothing
+    "user/Observation.rs?_include=Observation:subject",
+    "user/Observation.rs?_revinclude=Provenance:target",
+    "patient/Observation.rs?_has:Observation:patient:code=1",
+    "patient/Observation.rs?_count=1000",
+    "patient/Observation.rs?_elements=id",
+    "patient/Observation.rs?_summary=count",
+    "patient/Observation.rs?_sort=date",
+    "patient/Observation.rs?_total=accurate",
+    "patient/Observation.rs?_contained=true",
+    "patient/Observation.rs?_containedType=contained",
+    "patient/Observation.rs?_format=xml",
+    "patient/Observation.rs?_type=Patient",
+    "patient/Observation.rs?subject.name=x",
+    "patient/Observation.rs?category=laboratory&_include=Observation:patient",
+    "patient/Observation.rs?_include:iterate=Observation:patient",
     // not OAuth scope tokens at all
     "",
     "patient/Observation.rs\"",
@@ -100,8 +132,9 @@ const OTHER: &[&str] = &[
     "online_access",
     "email",
     "https://example.org/custom.scope",
-    "patientx/Observation.rs",
     "launch/patient/x",
+    "https://example.org/Observation",
+    "system.read",
 ];
 
 fn params_of(r: &ResourceScope) -> String {
