@@ -189,9 +189,9 @@ def test_cli_authz_check_answers_each_json_line():
     out = subprocess.run([str(CLI), "authz", "check"], input=stdin, capture_output=True, text=True, check=True).stdout
     got = [json.loads(l) for l in out.splitlines()]
     assert got == [
-        {"decision": "allow", "status": 200, "reason": "scope"},
-        {"decision": "allow", "status": 200, "reason": "narrowed", "query": "patient=Patient/123"},
-        {"decision": "pending", "status": 200, "reason": "pending", "needs": "response-body"},
+        {"decision": "pending", "status": 200, "reason": "confined", "needs": "response-body"},
+        {"decision": "pending", "status": 200, "reason": "confined", "needs": "response-body", "query": "patient=Patient/123"},
+        {"decision": "pending", "status": 200, "reason": "confined", "needs": "response-body"},
         {"decision": "deny", "status": 403, "reason": "not-in-patient-compartment"},
         {"decision": "deny", "status": 401, "reason": "missing-token"},
         {"decision": "allow", "status": 200, "reason": "public"},

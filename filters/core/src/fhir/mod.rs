@@ -235,8 +235,19 @@ pub enum PatientData {
 }
 
 pub fn patient_data(resource_type: &str) -> PatientData {
-    if resource_type == "Patient" {
-        return PatientData::Own;
+    match resource_type {
+        "Patient" => return PatientData::Own,
+        // `Subscription.criteria` is a search (a string, so no StructureDefinition type says
+        // it): it can name any patient, and no element ties a Subscription to one. Never
+        // searched nor released under patient/ scopes; written only with a confined criteria.
+        "Subscription" => {
+            return PatientData::Linked {
+                in_compartment: false,
+                params: &[],
+                paths: &[],
+            }
+        }
+        _ => {}
     }
     match PATIENT_DATA.binary_search_by(|(t, ..)| (*t).cmp(resource_type)) {
         Ok(i) => {
@@ -406,7 +417,6 @@ mod tests {
             "Organization",
             "Location",
             "ValueSet",
-            "Subscription",
             "Questionnaire",
         ] {
             assert_eq!(patient_data(t), PatientData::None, "{t}");
@@ -443,6 +453,8 @@ mod tests {
         assert!(outside("Bundle").1.contains(&"entry.resource"));
         assert!(outside("Parameters").1.contains(&"parameter.resource"));
         assert!(outside("Contract").0.contains(&"patient"));
+        // Subscription's criteria is a search that can name anyone: no parameter, no path.
+        assert_eq!(outside("Subscription"), (&[][..], &[][..]));
     }
 
     #[test]

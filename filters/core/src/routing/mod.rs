@@ -223,6 +223,8 @@ pub struct RoutedRequest {
     pub body: BodyRule,
     /// The request has a body the filter must buffer and pass to [`RoutingPolicy::route_body`].
     pub awaiting_body: bool,
+    /// The request carries a body (whether or not it has been read yet).
+    pub has_body: bool,
 }
 
 impl RoutedRequest {
@@ -240,6 +242,7 @@ impl RoutedRequest {
             bundle_type: None,
             body: BodyRule::None,
             awaiting_body: false,
+            has_body: false,
         }
     }
 
@@ -505,6 +508,7 @@ impl RoutingPolicy {
             r.pool = p.pool.clone();
             r.body = BodyRule::Opaque;
             r.awaiting_body = has_body;
+            r.has_body = has_body;
             return Ok(r);
         }
         let mut routed = if let Some(rest) = under(path, &self.base_path) {
@@ -522,6 +526,7 @@ impl RoutingPolicy {
         routed.body = body::rule_for(&routed, head.content_type)?;
         body::check_presence(&routed, has_body)?;
         routed.awaiting_body = has_body;
+        routed.has_body = has_body;
         if !has_body {
             self.finish(&mut routed);
         }

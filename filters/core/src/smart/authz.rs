@@ -196,10 +196,22 @@ pub(crate) mod deny {
     pub fn query_shape() -> Rejection {
         forbidden("query-shape-not-permitted", "an include, reverse include, chain or _has reaches types the token's scopes do not allow")
     }
+    pub fn operation_not_confinable() -> Rejection {
+        forbidden(
+            "operation-not-confinable",
+            "this operation cannot be confined to the token's patient",
+        )
+    }
     pub fn operation() -> Rejection {
         forbidden(
             "operation-not-permitted",
             "this operation is not permitted through the gateway",
+        )
+    }
+    pub fn bulk_body() -> Rejection {
+        forbidden(
+            "bulk-parameters-invalid",
+            "the $export Parameters body could not be read",
         )
     }
     pub fn bulk() -> Rejection {
@@ -874,7 +886,13 @@ impl AuthzPolicy {
             return AuthzDecision::Deny(deny::operation());
         };
         if op == "$export" {
-            return decide_export(r, grant);
+            // A POST kick-off names its types in a Parameters body.
+            if r.has_body {
+                return AuthzDecision::Pending {
+                    needs: Needs::RequestBody,
+                };
+            }
+            return decide_export(r, grant, &[]);
         }
         let Some(rule) = self.operations.iter().find(|o| o.name == op) else {
             return AuthzDecision::Deny(deny::operation());
@@ -904,7 +922,8 @@ impl AuthzPolicy {
         } else {
             Interaction::SearchType
         };
-        match self.decide_typed(&as_read, raw_query, grant, &types, rule.permissions) {
+        let decision = match self.decide_typed(&as_read, raw_query, grant, &types, rule.permissions)
+        {
             // `$everything` on the patient's own record is confined by its path.
             AuthzDecision::Deny(d)
                 if d.reason == "not-confinable"
@@ -920,8 +939,48 @@ impl AuthzPolicy {
                 AuthzDecision::Confined { query: None }
             }
             other => other,
+        };
+        match decision {
+            AuthzDecision::Confined { .. } | AuthzDecision::Pending { .. } => {
+                confine_operation(r, op, decision)
+            }
+            other => other,
         }
     }
+}
+
+/// Operations allowed under `patient/` scopes: those whose whole input is the URL fhirgate
+/// confined and whose answer it verifies — `Patient/{id}/$everything` on the patient's own
+/// record, and a `$lastn` search sent without a body. Any other operation (`$submit`,
+/// `$inquire`, `$validate`, custom ones) takes a body fhirgate does not read as FHIR
+/// parameters naming patients: refused, never narrowed.
+fn confine_operation(r: &RoutedRequest, op: &str, decision: AuthzDecision) -> AuthzDecision {
+    let allowed = match op {
+        "$everything" => r.resource_type == Some("Patient") && r.id.is_some() && !r.has_body,
+        "$lastn" => r.interaction == Interaction::OperationType && !r.has_body,
+        _ => false,
+    };
+    if allowed {
+        decision
+    } else {
+        AuthzDecision::Deny(deny::operation_not_confinable())
+    }
+}
+
+/// The `_type` values of a POST `$export` kick-off's Parameters body (Bulk Data IG 2.0:
+/// `valueString`, comma-separated, repeatable); None for a body that is not such Parameters.
+fn export_body_types(body: &Value) -> Option<Vec<&str>> {
+    if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return None;
+    }
+    let mut types = Vec::new();
+    for p in body.get("parameter").and_then(Value::as_array)?.iter() {
+        if p.get("name").and_then(Value::as_str) == Some("_type") {
+            let v = p.get("valueString").and_then(Value::as_str)?;
+            types.extend(v.split(',').map(str::trim));
+        }
+    }
+    Some(types)
 }
 
 /// A decision reached under a `patient/` scope: what it lets through is verified on the
@@ -939,7 +998,7 @@ fn confined(decision: AuthzDecision) -> AuthzDecision {
 /// Bulk Data `$export` (system, Patient, Group): unconstrained `system/` scopes with read and
 /// search on every exported type (`_type`, or every type without it). Patient and granular
 /// scopes never authorize an export.
-fn decide_export(r: &RoutedRequest, grant: &Grant) -> AuthzDecision {
+fn decide_export(r: &RoutedRequest, grant: &Grant, body_types: &[&str]) -> AuthzDecision {
     if !matches!(r.resource_type, None | Some("Patient") | Some("Group"))
         || (r.resource_type == Some("Patient") && r.id.is_some())
     {
@@ -958,6 +1017,7 @@ fn decide_export(r: &RoutedRequest, grant: &Grant) -> AuthzDecision {
         .iter()
         .filter(|p| p.name == "_type")
         .flat_map(|p| p.value.split(','))
+        .chain(body_types.iter().copied())
         .collect();
     let ok = if listed.is_empty() {
         system.iter().any(|s| s.resource.is_none())
@@ -1051,6 +1111,50 @@ impl AuthzPolicy {
             AuthzDecision::Deny(deny::not_patients())
         } else {
             AuthzDecision::Deny(deny::insufficient_scope())
+        }
+    }
+
+    /// A Subscription written under `patient/` scopes: its criteria, decided as the search it
+    /// is, must be confined to the patient without narrowing; its channel may not carry a
+    /// payload anywhere but a rest-hook over https or a websocket.
+    fn decide_subscription(
+        &self,
+        grant: &Grant,
+        body: &Value,
+        route: &EntryRouter,
+    ) -> AuthzDecision {
+        let Some(criteria) = body.get("criteria").and_then(Value::as_str) else {
+            return AuthzDecision::Deny(deny::not_confinable());
+        };
+        let (routed, raw_query) = match route("GET", criteria, None) {
+            Ok(x) => x,
+            Err(_) => return AuthzDecision::Deny(deny::not_confinable()),
+        };
+        if !routed.interaction.is_search() {
+            return AuthzDecision::Deny(deny::not_confinable());
+        }
+        match self.decide(&routed, &raw_query, Some(grant)) {
+            AuthzDecision::Confined { query: None } => {}
+            AuthzDecision::Deny(d) => return AuthzDecision::Deny(d),
+            _ => return AuthzDecision::Deny(deny::not_confinable()),
+        }
+        let channel = body.get("channel");
+        let kind = channel.and_then(|c| c.get("type")).and_then(Value::as_str);
+        let endpoint = channel
+            .and_then(|c| c.get("endpoint"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let channel_ok = match kind {
+            Some("rest-hook") => endpoint.starts_with("https://"),
+            Some("websocket") => true,
+            _ => false,
+        };
+        if !channel_ok {
+            return AuthzDecision::Deny(deny::not_confinable());
+        }
+        AuthzDecision::Allow {
+            reason: "scope",
+            query: None,
         }
     }
 
@@ -1170,10 +1274,25 @@ impl AuthzPolicy {
                     }
                 }
             }
+            _ if r.operation.as_deref() == Some("$export") => match export_body_types(body) {
+                Some(types) => decide_export(r, grant, &types),
+                None => AuthzDecision::Deny(deny::bulk_body()),
+            },
             _ => {
                 let Some(needed) = required_permissions(r.interaction) else {
                     return AuthzDecision::Deny(deny::insufficient_scope());
                 };
+                // A Subscription's criteria is a search: under patient/ scopes it must name
+                // the patient itself (a narrowed search would not be the one notified on).
+                if body.get("resourceType").and_then(Value::as_str) == Some("Subscription")
+                    && !grant.scopes.iter().any(|s| {
+                        s.context != Context::Patient
+                            && s.permissions.contains(needed)
+                            && s.covers_type("Subscription")
+                    })
+                {
+                    return self.decide_subscription(grant, body, route);
+                }
                 let ok = grant.scopes.iter().any(|s| {
                     s.permissions.contains(needed)
                         && r.resource_type.is_some_and(|t| s.covers_type(t))

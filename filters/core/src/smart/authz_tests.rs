@@ -479,6 +479,249 @@ mod bodies_and_responses {
         }
     }
 
+    /// Leak class 3: operation bodies, POST $export parameters and Subscription criteria.
+    #[test]
+    fn operations_under_patient_scopes_are_an_allow_list() {
+        let params = json!({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference": {"reference": "Patient/456"}}]});
+        let cases = [
+            (
+                "POST",
+                "/Claim/$submit",
+                Some(params.clone()),
+                "patient/*.*",
+                "deny",
+                "operation-not-confinable",
+            ),
+            (
+                "POST",
+                "/Claim/$inquire",
+                Some(params.clone()),
+                "patient/*.*",
+                "deny",
+                "operation-not-confinable",
+            ),
+            (
+                "POST",
+                "/Observation/$lastn",
+                Some(params.clone()),
+                "patient/*.rs",
+                "deny",
+                "operation-not-confinable",
+            ),
+            (
+                "POST",
+                "/Patient/123/$everything",
+                Some(params.clone()),
+                "patient/*.rs",
+                "deny",
+                "operation-not-confinable",
+            ),
+            (
+                "POST",
+                "/Observation/$validate",
+                Some(json!({"resourceType": "Observation"})),
+                "patient/*.*",
+                "deny",
+                "operation-not-confinable",
+            ),
+            (
+                "GET",
+                "/Observation/$lastn",
+                None,
+                "patient/*.rs",
+                "pending",
+                "confined",
+            ),
+            (
+                "GET",
+                "/Patient/123/$everything",
+                None,
+                "patient/*.rs",
+                "pending",
+                "confined",
+            ),
+            (
+                "POST",
+                "/Claim/$submit",
+                Some(params.clone()),
+                "user/Claim.c",
+                "allow",
+                "scope",
+            ),
+        ];
+        for (method, path, body, scopes, decision, reason) in cases {
+            let mut input =
+                json!({"method": method, "path": path, "scopes": scopes, "patient": "123"});
+            if let Some(b) = body {
+                input["body"] = b;
+            }
+            let routing = RoutingPolicy::from_json(b"").unwrap();
+            let mut policy = AuthzPolicy::default();
+            for (name, permissions) in [("$submit", Permissions::C), ("$inquire", Permissions::R)] {
+                policy.operations.push(OperationRule {
+                    name: name.into(),
+                    permissions,
+                    all_types: false,
+                });
+            }
+            let out = check(&routing, &policy, &input);
+            assert_eq!(
+                (out["decision"].as_str(), out["reason"].as_str()),
+                (Some(decision), Some(reason)),
+                "{method} {path} [{scopes}]: {out}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_post_export_is_decided_on_the_types_in_its_parameters_body() {
+        let body = |types: &str| json!({"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": types}, {"name": "_outputFormat", "valueString": "application/fhir+ndjson"}]});
+        let cases = [
+            (
+                body("Patient,Observation"),
+                "system/Patient.rs system/Observation.rs",
+                "allow",
+                "scope",
+            ),
+            (
+                body("Patient, Observation"),
+                "system/Patient.rs system/Observation.rs",
+                "allow",
+                "scope",
+            ),
+            (
+                body("Patient,Condition"),
+                "system/Patient.rs system/Observation.rs",
+                "deny",
+                "bulk-requires-system-scope",
+            ),
+            (
+                json!({"resourceType": "Parameters", "parameter": []}),
+                "system/Patient.rs",
+                "deny",
+                "bulk-requires-system-scope",
+            ),
+            (
+                json!({"resourceType": "Parameters", "parameter": []}),
+                "system/*.rs",
+                "allow",
+                "scope",
+            ),
+            (
+                json!({"resourceType": "Parameters", "parameter": [{"name": "_type", "valueInteger": 1}]}),
+                "system/*.rs",
+                "deny",
+                "bulk-parameters-invalid",
+            ),
+            (
+                json!({"resourceType": "Patient"}),
+                "system/*.rs",
+                "deny",
+                "bulk-parameters-invalid",
+            ),
+            (
+                body("Patient"),
+                "patient/*.rs",
+                "deny",
+                "bulk-requires-system-scope",
+            ),
+        ];
+        for (body, scopes, decision, reason) in cases {
+            let out = run(
+                json!({"method": "POST", "path": "/$export", "scopes": scopes, "patient": "123", "body": body}),
+            );
+            assert_eq!(
+                (out["decision"].as_str(), out["reason"].as_str()),
+                (Some(decision), Some(reason)),
+                "{body} [{scopes}]: {out}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_subscription_is_written_under_patient_scopes_only_with_a_confined_criteria() {
+        let sub = |criteria: &str, endpoint: &str| {
+            json!({"resourceType": "Subscription", "status": "requested", "reason": "x", "criteria": criteria,
+                                                       "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"}})
+        };
+        let cases = [
+            (
+                sub("Observation?patient=123", "https://app.example/hook"),
+                "allow",
+                "scope",
+            ),
+            (
+                sub(
+                    "Observation?patient=Patient/123&code=x",
+                    "https://app.example/hook",
+                ),
+                "allow",
+                "scope",
+            ),
+            (
+                sub("Observation?patient=456", "https://app.example/hook"),
+                "deny",
+                "patient-mismatch",
+            ),
+            (
+                sub("Observation", "https://app.example/hook"),
+                "deny",
+                "not-confinable",
+            ),
+            (
+                sub("Observation?code=x", "https://app.example/hook"),
+                "deny",
+                "not-confinable",
+            ),
+            (
+                sub("Observation?patient=123", "http://app.example/hook"),
+                "deny",
+                "not-confinable",
+            ),
+            (
+                sub("Observation/1", "https://app.example/hook"),
+                "deny",
+                "not-confinable",
+            ),
+            (
+                sub("Foo?patient=123", "https://app.example/hook"),
+                "deny",
+                "not-confinable",
+            ),
+            (
+                json!({"resourceType": "Subscription", "status": "requested", "channel": {"type": "rest-hook"}}),
+                "deny",
+                "not-confinable",
+            ),
+        ];
+        for (body, decision, reason) in cases {
+            let out = run(
+                json!({"method": "POST", "path": "/Subscription", "scopes": "patient/*.cruds", "patient": "123", "body": body}),
+            );
+            assert_eq!(
+                (out["decision"].as_str(), out["reason"].as_str()),
+                (Some(decision), Some(reason)),
+                "{body}: {out}"
+            );
+        }
+        let search = run(
+            json!({"method": "GET", "path": "/Subscription", "scopes": "patient/*.rs", "patient": "123"}),
+        );
+        assert_eq!(search["reason"], "not-confinable", "{search}");
+        let read = run(
+            json!({"method": "GET", "path": "/Subscription/s1", "scopes": "patient/*.rs", "patient": "123",
+                              "response": sub("Observation?patient=123", "https://app.example/hook")}),
+        );
+        assert_eq!(
+            read["reason"], "not-in-patient-compartment",
+            "a stored Subscription is never proven the patient's: {read}"
+        );
+        let admin = run(
+            json!({"method": "POST", "path": "/Subscription", "scopes": "user/Subscription.c", "body": sub("Observation", "http://x")}),
+        );
+        assert_eq!(admin["decision"], "allow", "{admin}");
+    }
+
     #[test]
     fn pending_without_the_body_says_what_it_needs() {
         let out = run(
