@@ -206,3 +206,15 @@ def test_an_upstream_operation_outcome_names_the_records_outcome(stack):
     [r] = settle(stack, before, 1)
     assert (r["http_status"], r["fhir_outcome"], r["reason"]) == (400, "value", None), "the server's issue code, not the status class"
     assert "notadate" not in json.dumps(r), "never the diagnostics or the query"
+
+
+def test_an_emergency_purpose_from_the_token_is_elevated_and_a_client_header_is_not_a_purpose(stack):
+    # Issue 14, class 9: the purpose of use comes from a verified source only.
+    before = quiet(stack)
+    _, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", stack.token("user/Patient.rs", purpose_of_use="ETREAT"))
+    assert status == 200
+    _, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", stack.token("user/Patient.rs"), headers={"x-purpose-of-use": "ETREAT"})
+    assert status == 200
+    claimed, asserted = settle(stack, before, 2)
+    assert (claimed["purpose_of_use"], claimed["severity"], claimed["break_glass"]) == ("ETREAT", "elevated", False)
+    assert (asserted["purpose_of_use"], asserted["severity"]) == (None, "normal")

@@ -50,15 +50,27 @@ def seeded(stack):
     return ids
 
 
+class Minted(str):
+    """A token that remembers how it was made, so a request can assert a purpose of use the
+    only way that counts: in the token (a client's header is ignored)."""
+
+    def __new__(cls, stack, scope, **claims):
+        token = super().__new__(cls, stack.token(scope, **claims))
+        token.stack, token.scope, token.claims = stack, scope, claims
+        return token
+
+    def with_purpose(self, purpose):
+        return self.stack.token(self.scope, **self.claims, purpose_of_use=purpose)
+
+
 def reader(stack):
-    return stack.token("user/Patient.rs user/Observation.rs", sub="dr-consent")
+    return Minted(stack, "user/Patient.rs user/Observation.rs", sub="dr-consent")
 
 
 def get(stack, path, token, purpose=None, headers=None):
-    h = dict(headers or {})
     if purpose:
-        h["x-purpose-of-use"] = purpose
-    tid, status, rheaders, body = call(stack, "GET", f"{BASE}/{path}", token, headers=h)
+        token = token.with_purpose(purpose)
+    tid, status, rheaders, body = call(stack, "GET", f"{BASE}/{path}", token, headers=dict(headers or {}))
     return status, rheaders, json.loads(body) if body else None
 
 
@@ -73,6 +85,14 @@ class TestSecurityLabels:
         assert (status, body["issue"][0]["details"]["coding"][0]["code"]) == (403, "consent-withheld")
         status, _, body = get(stack, f"Observation/{seeded['cp1']}-r", token, purpose="TREAT")
         assert status == 200 and body["id"] == f"{seeded['cp1']}-r"
+
+    def test_a_purpose_of_use_header_from_the_client_is_ignored(self, stack, seeded):
+        # Issue 14, class 9: any client could send it; only the token's claim counts.
+        for value in ("TREAT", "ETREAT"):
+            status, _, body = get(stack, f"Observation/{seeded['cp1']}-r", reader(stack), headers={"x-purpose-of-use": value})
+            assert (status, body["issue"][0]["details"]["coding"][0]["code"]) == (403, "consent-withheld"), value
+        status, _, body = get(stack, f"Observation/{seeded['cp1']}-r", reader(stack), purpose="TREAT")
+        assert status == 200
 
     def test_a_search_loses_the_restricted_entry_and_total_follows(self, stack, seeded):
         token = reader(stack)
@@ -93,7 +113,7 @@ class TestSecurityLabels:
         assert f"{seeded['cp1']}-r" not in ids
 
     def test_everything_returns_exactly_what_policy_allows(self, stack, seeded):
-        token = stack.token("user/*.rs", sub="dr-consent")
+        token = Minted(stack, "user/*.rs", sub="dr-consent")
         status, _, bundle = get(stack, f"Patient/{seeded['cp1']}/$everything", token, purpose="HPAYMT")
         assert status == 200, bundle
         ids = entry_ids(bundle)

@@ -54,7 +54,6 @@ impl AuditFilter {
             .and_then(|c| c.split_once(','))
             .map(|(w, r)| (w.parse().unwrap_or(0), r.parse().unwrap_or(0)))
             .unwrap_or((0, 0));
-        let purpose_header = worker.policy.config.purpose_header.as_deref();
         let facts = Facts {
             request_id: h.get("x-request-id"),
             started_ms,
@@ -76,8 +75,8 @@ impl AuditFilter {
             status,
             reason: reason.as_deref(),
             upstream_outcome: self.upstream_outcome.as_deref(),
-            purpose: purpose_header
-                .and_then(|p| h.get(p))
+            purpose: h
+                .get(headers::PURPOSE_OF_USE)
                 .or(h.get(headers::BREAK_GLASS)),
             break_glass: h.get(headers::BREAK_GLASS),
             consent_withheld: withheld,

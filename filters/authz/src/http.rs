@@ -90,6 +90,7 @@ impl AuthzFilter {
         match step {
             Step::Allow { headers, path } => {
                 mark_passed(FILTER);
+                self.set_zone_purpose();
                 if let Some(path) = path {
                     self.set_http_request_header(":path", Some(&path));
                     fhirgate_proxy::count(FILTER, "allowed", "narrowed");
@@ -106,6 +107,7 @@ impl AuthzFilter {
             }
             Step::WaitResponseBody { headers, path } => {
                 mark_passed(FILTER);
+                self.set_zone_purpose();
                 if let Some(path) = path {
                     self.set_http_request_header(":path", Some(&path));
                     fhirgate_proxy::count(FILTER, "allowed", "narrowed");
@@ -132,6 +134,22 @@ impl AuthzFilter {
             Step::RefreshKeys => reject(FILTER, &Rejection::not_configured(FILTER)),
             // Only returned before introspection; after it the token is cached.
             Step::Introspect => reject(FILTER, &Rejection::not_configured(FILTER)),
+        }
+    }
+
+    /// A purpose of use asserted in the header of a trust zone that allows it (when the token
+    /// asserts none), as the internal header the consent and audit filters read.
+    fn set_zone_purpose(&self) {
+        let (Some(runtime), Some(exchange)) = (&self.runtime, &self.exchange) else {
+            return;
+        };
+        let runtime = runtime.borrow();
+        let Some(name) = runtime.policy.zone_purpose_header(exchange) else {
+            return;
+        };
+        let value = self.get_http_request_header(name);
+        if let Some((header, code)) = runtime.policy.zone_purpose(exchange, value.as_deref()) {
+            self.set_http_request_header(header, Some(&code));
         }
     }
 

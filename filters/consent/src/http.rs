@@ -275,13 +275,9 @@ impl HttpContext for ConsentFilter {
             return Action::Continue;
         }
         let break_glass = h.get(headers::BREAK_GLASS);
-        let purpose_header = shared
-            .policy
-            .config
-            .purpose
-            .header
-            .as_deref()
-            .and_then(|name| h.get(name));
+        // Only from a verified source: the authorization filter's header (a token claim, or
+        // a trusted zone's header). A client's own purpose header means nothing here.
+        let purpose_header = h.get(headers::PURPOSE_OF_USE);
         self.asked = Some(Asked {
             subject: h.get(headers::SUBJECT).map(str::to_string),
             client_id: h.get(headers::CLIENT_ID).map(str::to_string),

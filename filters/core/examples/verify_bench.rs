@@ -169,6 +169,7 @@ fn verify(dir: &Path, alg: &str, n: u64) -> Result<u64, String> {
             clock_skew_seconds: 60,
             required_claims: vec![],
             patient_claim: "patient".into(),
+            purpose_claim: "purpose_of_use".into(),
             source: None,
         }],
         max_token_bytes: 8192,

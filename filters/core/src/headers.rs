@@ -28,6 +28,21 @@ pub const LAUNCH_PATIENT: &str = "x-fhirgate-launch-patient";
 /// The granted scopes of the verified token (space-separated), and its `fhirUser`.
 pub const SCOPES: &str = "x-fhirgate-scopes";
 pub const FHIR_USER: &str = "x-fhirgate-fhir-user";
+/// The purpose of use (an HL7 PurposeOfUse code) from a verified source: the token's claim, or
+/// the client's header only where a trust zone says its peers may assert it.
+pub const PURPOSE_OF_USE: &str = "x-fhirgate-purpose-of-use";
+
+/// An HL7 PurposeOfUse-shaped code: 1-32 letters, digits, `-` or `_`.
+pub fn is_purpose_code(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 32
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Emergency purposes (v3 ActReason): access under them is audited as elevated, like
+/// break-glass.
+pub const EMERGENCY_PURPOSES: &[&str] = &["ETREAT", "BTG", "ERTREAT"];
 
 // Set by the rate-limit filter.
 /// A verified break-glass token's reason code: the request is emergency access.

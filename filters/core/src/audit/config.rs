@@ -25,9 +25,9 @@ pub struct AuditConfig {
     /// not within the timeout. Needs `collector`.
     #[serde(default)]
     pub fail_closed: Option<FailClosedConfig>,
-    /// The request header carrying the purpose of use.
+    /// Refused: the purpose of use comes from the authorization filter (a verified source).
     #[serde(default)]
-    pub purpose_header: Option<String>,
+    pub purpose_header: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +130,12 @@ pub fn decode_key(field: &str, k: &KeyConfig) -> Result<Vec<u8>, ConfigError> {
 impl AuditConfig {
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let c: AuditConfig = parse_json(bytes)?;
+        if c.purpose_header.is_some() {
+            return Err(ConfigError::new(
+                "purposeHeader",
+                "is no longer read: the purpose of use comes from the authorization filter (the token's purposeOfUseClaim, or a trust zone's purposeOfUseHeader)",
+            ));
+        }
         decode_key("chain", &c.chain)?;
         if let Some(h) = &c.hash_ids {
             decode_key("hashIds", h)?;

@@ -288,7 +288,11 @@ pub fn record(f: &Facts, base: &str, ids: Option<&IdHasher>) -> Record {
         response_ms: f.duration_ms,
         purpose_of_use: f.purpose.map(purpose_code),
         break_glass: f.break_glass.is_some(),
-        severity: if f.break_glass.is_some() {
+        // Emergency purposes are emergency access, audited like break-glass.
+        severity: if f.break_glass.is_some()
+            || f.purpose
+                .is_some_and(|p| crate::headers::EMERGENCY_PURPOSES.contains(&p))
+        {
             "elevated"
         } else {
             "normal"

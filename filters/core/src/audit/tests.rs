@@ -153,6 +153,31 @@ mod records {
             (emergency.break_glass, emergency.severity.as_str()),
             (true, "elevated")
         );
+        // An emergency purpose of use (from the token) is emergency access too.
+        for purpose in ["ETREAT", "BTG", "ERTREAT"] {
+            let r = record(
+                &Facts {
+                    purpose: Some(purpose),
+                    ..facts()
+                },
+                "/fhir/r4",
+                None,
+            );
+            assert_eq!(
+                (r.break_glass, r.severity.as_str()),
+                (false, "elevated"),
+                "{purpose}"
+            );
+        }
+        let treat = record(
+            &Facts {
+                purpose: Some("TREAT"),
+                ..facts()
+            },
+            "/fhir/r4",
+            None,
+        );
+        assert_eq!(treat.severity, "normal");
         let backend = record(
             &Facts {
                 subject: Some("etl"),
@@ -577,6 +602,11 @@ mod config {
             (
                 format!(r#"{{"chain": {{"key": "{k}"}}, "basePath": "fhir/"}}"#),
                 "basePath",
+            ),
+            // The purpose of use comes from the authorization filter, not a client header.
+            (
+                format!(r#"{{"chain": {{"key": "{k}"}}, "purposeHeader": "x-purpose-of-use"}}"#),
+                "purposeHeader",
             ),
         ];
         for (json, field) in cases {

@@ -2,7 +2,6 @@
 //! [`super::ConsentPolicy`].
 
 use crate::config::{parse_json, ConfigError};
-use crate::headers;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,9 +131,10 @@ fn default_patients_per_search() -> usize {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PurposeConfig {
-    /// The request header carrying the HL7 PurposeOfUse code.
+    /// Refused: the purpose of use comes from the authorization filter (a token claim, or a
+    /// trusted zone's header), never from a header any client can send.
     #[serde(default)]
-    pub header: Option<String>,
+    pub header: Option<serde_json::Value>,
     /// The purpose when the request names none.
     #[serde(default)]
     pub default: Option<String>,
@@ -242,14 +242,11 @@ impl ConsentConfig {
                 ));
             }
         }
-        if let Some(h) = &self.purpose.header {
-            if h.is_empty() || h.bytes().any(|b| b.is_ascii_uppercase()) || headers::is_internal(h)
-            {
-                return Err(ConfigError::new(
-                    "purpose.header",
-                    "must be a lower-case header name outside the x-fhirgate- prefix",
-                ));
-            }
+        if self.purpose.header.is_some() {
+            return Err(ConfigError::new(
+                "purpose.header",
+                "is no longer read: the purpose of use comes from the authorization filter (the token's purposeOfUseClaim, or a trust zone's purposeOfUseHeader)",
+            ));
         }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::new("maxBodyBytes", "must be at least 1"));

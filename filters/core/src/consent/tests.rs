@@ -613,6 +613,11 @@ mod config {
             ),
             (r#"{"consents": {"path": "/Consent"}}"#, "consents"),
             (r#"{"purpose": {"header": "X-Purpose"}}"#, "purpose.header"),
+            // The purpose of use comes from a verified source, never a client header.
+            (
+                r#"{"purpose": {"header": "x-purpose-of-use"}}"#,
+                "purpose.header",
+            ),
             (r#"{"total": "keep"}"#, "total"),
             (r#"{"maxBodyBytes": 0}"#, "maxBodyBytes"),
             (r#"{"lables": []}"#, "lables"),
@@ -630,8 +635,8 @@ mod helpers {
     use super::*;
 
     #[test]
-    fn the_purpose_comes_from_the_header_then_break_glass_then_the_default() {
-        let p = policy(r#"{"purpose": {"header": "x-purpose-of-use", "default": "TREAT"}}"#);
+    fn the_purpose_comes_from_the_verified_header_then_break_glass_then_the_default() {
+        let p = policy(r#"{"purpose": {"default": "TREAT"}}"#);
         assert_eq!(p.purpose_of(Some("HPAYMT"), Some("ETREAT")), Some("HPAYMT"));
         assert_eq!(p.purpose_of(None, Some("ETREAT")), Some("ETREAT"));
         assert_eq!(p.purpose_of(None, None), Some("TREAT"));

@@ -77,6 +77,7 @@ mod tests {
             patient: None,
             fhir_user: None,
             tenant: None,
+            purpose_of_use: None,
             expires_at: exp,
         }
     }

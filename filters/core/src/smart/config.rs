@@ -85,6 +85,8 @@ pub struct IntrospectionConfig {
     pub audiences: Vec<String>,
     #[serde(default = "default_patient_claim")]
     pub patient_claim: String,
+    #[serde(default = "default_purpose_claim")]
+    pub purpose_of_use_claim: String,
 }
 
 fn default_mode() -> String {
@@ -108,6 +110,10 @@ pub struct ZoneConfig {
     pub public_interactions: Option<Vec<String>>,
     #[serde(default)]
     pub operations: Option<Vec<OperationConfig>>,
+    /// A request header whose purpose of use this zone's peers may assert (used when the
+    /// token carries none). Outside such zones a client's purpose header is ignored.
+    #[serde(default)]
+    pub purpose_of_use_header: Option<String>,
 }
 
 fn parse_mode(field: &str, mode: &str) -> Result<bool, ConfigError> {
@@ -158,6 +164,9 @@ pub struct IssuerConfig {
     /// The claim holding the launch patient.
     #[serde(default = "default_patient_claim")]
     pub patient_claim: String,
+    /// The claim holding the purpose of use (an HL7 PurposeOfUse code).
+    #[serde(default = "default_purpose_claim")]
+    pub purpose_of_use_claim: String,
 }
 
 fn default_jwks_refresh() -> i64 {
@@ -183,6 +192,9 @@ fn default_clock_skew() -> i64 {
 }
 fn default_patient_claim() -> String {
     "patient".into()
+}
+fn default_purpose_claim() -> String {
+    "purpose_of_use".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -329,6 +341,7 @@ impl AuthzConfig {
                 clock_skew_seconds: c.clock_skew_seconds,
                 required_claims: c.required_claims.clone(),
                 patient_claim: c.patient_claim.clone(),
+                purpose_claim: c.purpose_of_use_claim.clone(),
                 source,
             });
         }
@@ -381,6 +394,7 @@ impl AuthzConfig {
                 i.cache_seconds = c.cache_seconds;
                 i.audiences = c.audiences.clone();
                 i.patient_claim = c.patient_claim.clone();
+                i.purpose_claim = c.purpose_of_use_claim.clone();
                 Some(i)
             }
         };
@@ -435,11 +449,20 @@ impl AuthzConfig {
                 Some(m) => parse_mode(&format!("{field}.mode"), m)?,
                 None => report_only,
             };
+            if let Some(h) = &z.purpose_of_use_header {
+                if h.is_empty() || *h != h.to_ascii_lowercase() || crate::headers::is_internal(h) {
+                    return Err(ConfigError::new(
+                        format!("{field}.purposeOfUseHeader"),
+                        "must be a lower-case header name outside the x-fhirgate- prefix",
+                    ));
+                }
+            }
             zones.push(Zone {
                 name: z.name.clone(),
                 prefixes: z.peer_uri_san_prefixes.clone(),
                 report_only: zone_report_only,
                 policy,
+                purpose_header: z.purpose_of_use_header.clone(),
             });
         }
         let policy = self.compile()?;

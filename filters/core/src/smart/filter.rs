@@ -38,6 +38,8 @@ pub struct Zone {
     pub prefixes: Vec<String>,
     pub report_only: bool,
     pub policy: AuthzPolicy,
+    /// The client header whose purpose of use this zone's peers may assert.
+    pub purpose_header: Option<String>,
 }
 
 impl AuthzFilterPolicy {
@@ -324,6 +326,13 @@ fn identity_headers(token: Option<&VerifiedToken>) -> Vec<(&'static str, String)
                 h.push((name, v.clone()));
             }
         }
+        if let Some(p) = t
+            .purpose_of_use
+            .as_ref()
+            .filter(|p| headers::is_purpose_code(p))
+        {
+            h.push((headers::PURPOSE_OF_USE, p.clone()));
+        }
         if !t.scopes.is_empty() && t.scopes.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             h.push((headers::SCOPES, t.scopes.clone()));
         }
@@ -364,6 +373,29 @@ impl AuthzFilterPolicy {
             Some(zone) => (&zone.policy, zone.report_only),
             None => (&self.policy, self.report_only),
         }
+    }
+
+    /// The client header this request's trust zone lets its peer assert a purpose of use in,
+    /// when the token asserts none: the host reads it and calls [`Self::zone_purpose`].
+    pub fn zone_purpose_header(&self, ex: &Exchange) -> Option<&str> {
+        if ex.token().is_some_and(|t| t.purpose_of_use.is_some()) {
+            return None;
+        }
+        ex.zone
+            .and_then(|z| self.zones.get(z))
+            .and_then(|z| z.purpose_header.as_deref())
+    }
+
+    /// The internal purpose-of-use header for a value of the zone's header: only a code.
+    pub fn zone_purpose(
+        &self,
+        ex: &Exchange,
+        value: Option<&str>,
+    ) -> Option<(&'static str, String)> {
+        self.zone_purpose_header(ex)?;
+        value
+            .filter(|v| headers::is_purpose_code(v))
+            .map(|v| (headers::PURPOSE_OF_USE, v.to_string()))
     }
 
     /// The zone's name, for logs and audit (`default` outside every zone).
@@ -708,6 +740,101 @@ mod tests {
             &mut TokenCache::new(4),
         )
         .0
+    }
+
+    /// Leak class 9: the purpose of use comes from the token, or from a trusted zone's header.
+    mod purpose_of_use {
+        use super::*;
+
+        fn zoned() -> AuthzFilterPolicy {
+            policy(
+                json!({"zones": [{"name": "ehr", "peerUriSanPrefixes": ["spiffe://hospital.example/ns/ehr/"],
+                                     "purposeOfUseHeader": "x-purpose-of-use"}]}),
+            )
+        }
+
+        fn head_with(p: &AuthzFilterPolicy, claims: Value, peer: Option<&str>) -> (Step, Exchange) {
+            let mut all =
+                json!({"iss": "https://idp", "sub": "u", "scope": "user/*.rs", "exp": NOW + 60});
+            for (k, v) in claims.as_object().unwrap() {
+                all[k] = v.clone();
+            }
+            let forwarded = URL_SAFE_NO_PAD.encode(all.to_string());
+            p.on_head(
+                &head("/fhir/r4/Observation"),
+                Some("Bearer a.b.c"),
+                Some(&forwarded),
+                peer,
+                NOW,
+                &mut TokenCache::new(4),
+            )
+        }
+
+        fn purpose_header(step: &Step) -> Option<String> {
+            let Step::Allow { headers, .. } = step else {
+                panic!("{step:?}")
+            };
+            headers
+                .iter()
+                .find(|(n, _)| *n == headers::PURPOSE_OF_USE)
+                .map(|(_, v)| v.clone())
+        }
+
+        #[test]
+        fn a_token_claim_sets_the_verified_purpose() {
+            let p = zoned();
+            let (step, _) = head_with(&p, json!({"purpose_of_use": "TREAT"}), None);
+            assert_eq!(purpose_header(&step).as_deref(), Some("TREAT"));
+            let (step, _) = head_with(&p, json!({"purpose_of_use": "TREAT; DROP"}), None);
+            assert_eq!(purpose_header(&step), None, "only a code");
+            let (step, _) = head_with(&p, json!({}), None);
+            assert_eq!(purpose_header(&step), None);
+        }
+
+        #[test]
+        fn a_client_header_counts_only_inside_a_zone_that_trusts_it() {
+            let p = zoned();
+            let (_, outside) = head_with(&p, json!({}), None);
+            assert_eq!(
+                p.zone_purpose(&outside, Some("TREAT")),
+                None,
+                "any client can send a header"
+            );
+            let (_, elsewhere) = head_with(&p, json!({}), Some("spiffe://partners.example/app"));
+            assert_eq!(p.zone_purpose(&elsewhere, Some("TREAT")), None);
+            let (_, ehr) = head_with(
+                &p,
+                json!({}),
+                Some("spiffe://hospital.example/ns/ehr/sa/emr"),
+            );
+            assert_eq!(
+                p.zone_purpose(&ehr, Some("TREAT")),
+                Some((headers::PURPOSE_OF_USE, "TREAT".to_string()))
+            );
+            assert_eq!(p.zone_purpose(&ehr, Some("<script>")), None);
+            let (_, claimed) = head_with(
+                &p,
+                json!({"purpose_of_use": "HPAYMT"}),
+                Some("spiffe://hospital.example/ns/ehr/sa/emr"),
+            );
+            assert_eq!(
+                p.zone_purpose(&claimed, Some("TREAT")),
+                None,
+                "the token's claim wins"
+            );
+        }
+
+        #[test]
+        fn a_zone_purpose_header_must_be_an_ordinary_header() {
+            for bad in ["X-Purpose", "x-fhirgate-purpose-of-use", ""] {
+                let config = json!({"jwtAuthn": {"payloadHeader": "x-fhirgate-jwt-payload"}, "issuers": [{"issuer": "https://idp", "audiences": ["gw"]}],
+                                    "zones": [{"name": "z", "peerUriSanPrefixes": ["spiffe://z/"], "purposeOfUseHeader": bad}]});
+                let e = AuthzFilterPolicy::from_json(config.to_string().as_bytes())
+                    .err()
+                    .unwrap();
+                assert_eq!(e.field, "zones[0].purposeOfUseHeader", "{bad}");
+            }
+        }
     }
 
     /// The held-response state machine under patient/ scopes: forward narrowed, verify the

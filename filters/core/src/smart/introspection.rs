@@ -21,6 +21,7 @@ pub struct Introspection {
     pub negative_cache_seconds: i64,
     pub audiences: Vec<String>,
     pub patient_claim: String,
+    pub purpose_claim: String,
 }
 
 /// Why introspection did not yield a usable token.
@@ -47,6 +48,7 @@ impl Introspection {
             negative_cache_seconds: 30,
             audiences: Vec::new(),
             patient_claim: "patient".into(),
+            purpose_claim: "purpose_of_use".into(),
         })
     }
 
@@ -116,6 +118,7 @@ impl Introspection {
             patient: text(&self.patient_claim),
             fhir_user: text("fhirUser"),
             tenant: text("tenant"),
+            purpose_of_use: text(&self.purpose_claim),
             expires_at: exp.map_or(trusted_until, |e| e.min(trusted_until)),
         })
     }

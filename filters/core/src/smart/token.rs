@@ -111,6 +111,8 @@ pub struct Issuer {
     pub clock_skew_seconds: i64,
     pub required_claims: Vec<String>,
     pub patient_claim: String,
+    /// The claim holding the purpose of use.
+    pub purpose_claim: String,
     /// Where to fetch the keys, when they are not (only) inline.
     pub source: Option<super::jwks::JwksSource>,
 }
@@ -132,6 +134,8 @@ pub struct VerifiedToken {
     pub patient: Option<String>,
     pub fhir_user: Option<String>,
     pub tenant: Option<String>,
+    /// The purpose of use the token asserts (its issuer's `purposeOfUseClaim`).
+    pub purpose_of_use: Option<String>,
     /// Expiry, seconds since the Unix epoch.
     pub expires_at: i64,
 }
@@ -345,6 +349,7 @@ impl TokenVerifier {
             patient: claim_str(claims, &issuer.patient_claim),
             fhir_user: claim_str(claims, "fhirUser"),
             tenant: claim_str(claims, "tenant"),
+            purpose_of_use: claim_str(claims, &issuer.purpose_claim),
             expires_at,
         })
     }

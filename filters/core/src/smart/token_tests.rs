@@ -59,6 +59,7 @@ fn verifier() -> TokenVerifier {
             clock_skew_seconds: 60,
             required_claims: vec!["sub".into()],
             patient_claim: "patient".into(),
+            purpose_claim: "purpose_of_use".into(),
             source: None,
         }],
         max_token_bytes: 8192,
