@@ -33,6 +33,7 @@ def plugin_config(name: str) -> dict:
         config["routing"] = json.loads((ENVOY / "routing.json").read_text())
         config["issuers"] = [{"issuer": "https://issuer.example.org", "audiences": ["https://fhir.example.org/fhir/r4"],
                               "jwksUri": "https://issuer.example.org/jwks", "jwksCluster": "outbound|443||issuer.example.org"}]
+        config["currentResource"]["cluster"] = "outbound|8080||fhir-server.fhir.svc.cluster.local"
     if name == "ratelimit":
         config["breakGlass"] = {"header": "x-break-glass", "keys": {"2026-q4": SECRET}}
         if GLOBAL_RATELIMIT:

@@ -211,10 +211,15 @@ def test_an_upstream_operation_outcome_names_the_records_outcome(stack):
 def test_an_emergency_purpose_from_the_token_is_elevated_and_a_client_header_is_not_a_purpose(stack):
     # Issue 14, class 9: the purpose of use comes from a verified source only.
     before = quiet(stack)
-    _, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", stack.token("user/Patient.rs", purpose_of_use="ETREAT"))
+    run = uuid.uuid4().hex[:6]
+    token = stack.token("user/Patient.rs", sub=f"purpose-claimed-{run}", purpose_of_use="ETREAT")
+    _, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", token)
     assert status == 200
-    _, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", stack.token("user/Patient.rs"), headers={"x-purpose-of-use": "ETREAT"})
+    token = stack.token("user/Patient.rs", sub=f"purpose-header-{run}")
+    _, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", token, headers={"x-purpose-of-use": "ETREAT"})
     assert status == 200
-    claimed, asserted = settle(stack, before, 2)
+    # Each worker sends its own batches: find the records by their principal.
+    records = {r["principal_id"]: r for r in settle(stack, before, 2)}
+    claimed, asserted = records[f"purpose-claimed-{run}"], records[f"purpose-header-{run}"]
     assert (claimed["purpose_of_use"], claimed["severity"], claimed["break_glass"]) == ("ETREAT", "elevated", False)
     assert (asserted["purpose_of_use"], asserted["severity"]) == (None, "normal")

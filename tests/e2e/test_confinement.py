@@ -215,6 +215,62 @@ class TestOverDenialsNowAllowed:
         assert_same_decision(stack, world, path, status, body)
 
 
+class TestWritesAreDecidedOnWhatTheyChange:
+    """Class 6: read before write. The body alone proves nothing about what it overwrites."""
+
+    @pytest.fixture(scope="class")
+    def writer(self, stack, world):
+        return stack.token("launch/patient patient/*.cruds", patient=world["a"])
+
+    def upstream(self, stack, path):
+        status, body = http_get(stack.fhir_port, f"{UPSTREAM_BASE}{path}", timeout=30)
+        return status, json.loads(body) if body else None
+
+    def test_an_update_of_another_patients_resource_is_refused_though_its_body_names_the_patient(self, stack, world, writer):
+        run = world["run"]
+        body = json.dumps({"resourceType": "Observation", "id": f"ob-{run}", "status": "final", "code": {"text": "overwritten"},
+                           "subject": {"reference": f"Patient/{world['a']}"}})
+        tid, status, headers, rbody = call(stack, "PUT", f"{BASE}/Observation/ob-{run}", writer, body, {"content-type": "application/fhir+json"})
+        assert (status, outcome_reason(rbody)) == (403, "not-in-patient-compartment"), rbody[:300]
+        assert [c for c, _ in received(stack, tid)] == [], "nothing was written"
+        assert self.upstream(stack, f"/Observation/ob-{run}")[1]["subject"]["reference"] == f"Patient/{world['b']}"
+
+    def test_an_update_of_the_patients_own_resource_goes_through(self, stack, world, writer):
+        run = world["run"]
+        body = json.dumps({"resourceType": "Observation", "id": f"oa-{run}", "status": "amended", "code": {"text": "e2e"},
+                           "subject": {"reference": f"Patient/{world['a']}"}})
+        _, status, _, rbody = call(stack, "PUT", f"{BASE}/Observation/oa-{run}", writer, body, {"content-type": "application/fhir+json"})
+        assert status == 200, rbody[:300]
+        assert self.upstream(stack, f"/Observation/oa-{run}")[1]["status"] == "amended"
+
+    def test_a_json_patch_of_the_patients_resource_works_and_cannot_move_it_to_another_patient(self, stack, world, writer):
+        run = world["run"]
+        patch = lambda ops: call(stack, "PATCH", f"{BASE}/Observation/oa2-{run}", writer, json.dumps(ops),
+                                 {"content-type": "application/json-patch+json"})
+        _, status, _, rbody = patch([{"op": "replace", "path": "/status", "value": "corrected"}])
+        assert status == 200, rbody[:300]
+        assert self.upstream(stack, f"/Observation/oa2-{run}")[1]["status"] == "corrected"
+        _, status, _, rbody = patch([{"op": "replace", "path": "/subject/reference", "value": f"Patient/{world['b']}"}])
+        assert (status, outcome_reason(rbody)) == (403, "not-in-patient-compartment")
+        _, status, _, rbody = patch([{"op": "test", "path": "/status", "value": "final"}])
+        assert (status, outcome_reason(rbody)) == (403, "patch-not-applicable")
+        _, status, _, rbody = call(stack, "PATCH", f"{BASE}/Observation/ob-{run}", writer,
+                                   json.dumps([{"op": "replace", "path": "/status", "value": "corrected"}]), {"content-type": "application/json-patch+json"})
+        assert (status, outcome_reason(rbody)) == (403, "not-in-patient-compartment")
+
+    def test_a_delete_needs_the_resource_to_be_the_patients_and_a_missing_one_is_refused_alike(self, stack, world, writer):
+        run = world["run"]
+        tid, status, _, rbody = call(stack, "DELETE", f"{BASE}/Device/db-{run}", writer)
+        assert (status, outcome_reason(rbody)) == (403, "not-in-patient-compartment")
+        assert received(stack, tid) == []
+        assert self.upstream(stack, f"/Device/db-{run}")[0] == 200
+        _, missing, _, missing_body = call(stack, "DELETE", f"{BASE}/Device/never-{run}", writer)
+        assert (missing, outcome_reason(missing_body)) == (403, "not-in-patient-compartment"), "no write tells which ids exist"
+        _, status, _, rbody = call(stack, "DELETE", f"{BASE}/Device/da-{run}", writer)
+        assert status in (200, 204), rbody[:300]
+        assert self.upstream(stack, f"/Device/da-{run}")[0] in (404, 410)
+
+
 def test_verification_outcomes_are_counted_without_ids(stack, world):
     through_gateway(stack, world, f"/Device/db-{world['run']}")
     from stack import Counters

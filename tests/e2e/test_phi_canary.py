@@ -19,7 +19,7 @@ LABELS = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 def test_no_planted_marker_reaches_a_log_a_metric_an_audit_record_or_an_error_body(stack):
     marker = f"PHICANARY{uuid.uuid4().hex[:10].upper()}"
     rid = f"canary-{uuid.uuid4().hex[:8]}"  # ids are not PHI (records carry them); the marker never is one
-    writer = stack.token("user/Patient.cruds user/Observation.cruds", sub=f"canary-writer-{rid}",
+    writer = stack.token("user/Patient.cruds user/Observation.cruds", sub=f"canary-writer-{rid}", purpose_of_use="TREAT",
                          name=f"Dr {marker}", email=f"{marker}@hospital.example", fhirUser=f"Practitioner/{rid}")
     reader = stack.token("user/Patient.rs user/Observation.rs", sub=f"canary-reader-{rid}", name=marker)
     patient = {"resourceType": "Patient", "id": rid, "name": [{"family": marker, "given": ["John"]}], "birthDate": "1970-01-01",

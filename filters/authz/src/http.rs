@@ -60,6 +60,8 @@ pub struct AuthzFilter {
     waiting: Option<(u32, Waiting, HeldHead)>,
     /// Body seen while refreshing: its size and whether it was complete.
     held_body: (usize, bool),
+    /// The call reading the resource a write under patient/ scopes changes.
+    current_call: Option<u32>,
 }
 
 impl AuthzFilter {
@@ -71,6 +73,7 @@ impl AuthzFilter {
             holding_response: false,
             waiting: None,
             held_body: (0, false),
+            current_call: None,
         }
     }
 
@@ -123,6 +126,7 @@ impl AuthzFilter {
             }
             // Only returned for a held response.
             Step::Reduce(rejection) => reject(FILTER, &rejection),
+            Step::FetchCurrent { path } => self.fetch_current(&path),
             Step::ReportOnly { reason, headers } => {
                 log::info!("{FILTER}: report-only, not enforced: {reason}");
                 fhirgate_proxy::count(FILTER, "report_only", reason);
@@ -150,6 +154,40 @@ impl AuthzFilter {
         let value = self.get_http_request_header(name);
         if let Some((header, code)) = runtime.policy.zone_purpose(exchange, value.as_deref()) {
             self.set_http_request_header(header, Some(&code));
+        }
+    }
+
+    /// Reads the resource a write changes through the `currentResource` cluster; the request
+    /// waits for [`Context::on_http_call_response`].
+    fn fetch_current(&mut self, path: &str) -> Action {
+        let source = self
+            .runtime
+            .as_ref()
+            .and_then(|r| r.borrow().policy.current_resource.clone());
+        let Some(source) = source else {
+            return reject(FILTER, &Rejection::not_configured(FILTER));
+        };
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", source.authority.as_str()),
+            ("accept", "application/fhir+json"),
+        ];
+        match self.dispatch_http_call(
+            &source.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(source.timeout_ms),
+        ) {
+            Ok(token) => {
+                self.current_call = Some(token);
+                Action::Pause
+            }
+            Err(_) => {
+                fhirgate_proxy::count(FILTER, "current_resource", "unavailable");
+                reject(FILTER, &fhirgate_core::smart::authz::current_unavailable())
+            }
         }
     }
 
@@ -239,6 +277,32 @@ impl Context for AuthzFilter {
         let Some(runtime) = self.runtime.clone() else {
             return;
         };
+        if self.current_call == Some(token_id) {
+            self.current_call = None;
+            let status = self
+                .get_http_call_response_header(":status")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let body = self
+                .get_http_call_response_body(0, body_size)
+                .unwrap_or_default();
+            let step = match &self.exchange {
+                Some(exchange) => runtime
+                    .borrow()
+                    .policy
+                    .on_current_resource(exchange, status, &body),
+                None => Step::Deny(Rejection::not_configured(FILTER)),
+            };
+            fhirgate_proxy::count(
+                FILTER,
+                "current_resource",
+                if status == 200 { "read" } else { "missing" },
+            );
+            if self.apply(step) == Action::Continue {
+                self.resume_http_request();
+            }
+            return;
+        }
         let Some((token, what, held)) = self.waiting.take() else {
             return;
         };

@@ -177,6 +177,10 @@ struct BundleHead {
     resource_type: Option<String>,
     #[serde(rename = "type")]
     bundle_type: Option<String>,
+    /// Only its shape: R4 `Bundle.entry` is an array of objects (absent for an empty Bundle);
+    /// an object or a scalar here would let an entry escape every per-entry decision.
+    #[serde(default, rename = "entry")]
+    _entry: Option<Vec<std::collections::BTreeMap<String, serde::de::IgnoredAny>>>,
 }
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejection> {

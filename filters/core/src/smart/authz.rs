@@ -62,11 +62,19 @@ pub fn valid_patient(claim: Option<&str>) -> Option<String> {
     claim.filter(|p| fhir::is_valid_id(p)).map(str::to_string)
 }
 
+/// The refusal when the resource a write changes cannot be read (for hosts).
+pub fn current_unavailable() -> Rejection {
+    deny::current_unavailable()
+}
+
 /// What the filter still needs before it can decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needs {
     RequestBody,
     ResponseBody,
+    /// The resource as it is now on the FHIR server (GET `[type]/[id]`), for a write under
+    /// `patient/` scopes: see [`AuthzPolicy::decide_current`].
+    CurrentResource,
 }
 
 impl Needs {
@@ -74,6 +82,7 @@ impl Needs {
         match self {
             Needs::RequestBody => "request-body",
             Needs::ResponseBody => "response-body",
+            Needs::CurrentResource => "current-resource",
         }
     }
 }
@@ -121,6 +130,9 @@ pub struct AuthzPolicy {
     /// Operations a token may call, with the permissions they need on the request's type
     /// (on every type when `all_types`). Any other operation is refused.
     pub operations: Vec<OperationRule>,
+    /// The current resource can be fetched (`currentResource`): updates, patches and deletes
+    /// under `patient/` scopes are decided on it. Without it they are refused.
+    pub read_before_write: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +159,7 @@ impl Default for AuthzPolicy {
                 op("$lastn", Permissions::S, false),
                 op("$validate", Permissions::C, false),
             ],
+            read_before_write: true,
         }
     }
 }
@@ -230,6 +243,21 @@ pub(crate) mod deny {
         forbidden(
             "not-in-patient-compartment",
             "the resource does not belong to the token's patient",
+        )
+    }
+    pub fn current_unavailable() -> Rejection {
+        Rejection::new(
+            503,
+            "current-resource-unavailable",
+            IssueType::Transient,
+            "the resource could not be read to check the write against the token's patient",
+        )
+        .with_header("retry-after", "2")
+    }
+    pub fn patch_refused() -> Rejection {
+        forbidden(
+            "patch-not-applicable",
+            "the patch cannot be applied to a resource the token may change",
         )
     }
     pub fn unverifiable() -> Rejection {
@@ -656,11 +684,14 @@ impl AuthzPolicy {
             },
             I::Create | I::Update | I::Patch | I::Delete => {
                 match (self.instance_check, r.interaction) {
-                    (InstanceCheck::Body, I::Create | I::Update) => AuthzDecision::Pending {
+                    (InstanceCheck::Body, I::Create) => AuthzDecision::Pending {
                         needs: Needs::RequestBody,
                     },
-                    // A patch or delete carries no resource to check: the current resource
-                    // would have to be fetched first. Refused until that lands.
+                    // What is overwritten, patched or deleted must be the patient's as it is
+                    // now, not only as the body says: read before write.
+                    (InstanceCheck::Body, _) if self.read_before_write => AuthzDecision::Pending {
+                        needs: Needs::CurrentResource,
+                    },
                     _ => AuthzDecision::Deny(deny::not_confinable()),
                 }
             }
@@ -1207,6 +1238,75 @@ impl AuthzPolicy {
         AuthzDecision::Allow {
             reason: "scope",
             query: None,
+        }
+    }
+
+    /// Finishes a `Pending { needs: CurrentResource }` decision (an update, patch or delete
+    /// of a patient-data resource under `patient/` scopes) on the resource as the FHIR server
+    /// holds it now (`status` and body of GET `[type]/[id]`) and the request's body:
+    /// - the current resource must be the patient's (a missing one is refused alike: no write
+    ///   may tell which ids exist);
+    /// - an update's body must be the patient's;
+    /// - a JSON Patch is applied to the current resource and the result must be the patient's
+    ///   and keep its type and id; a FHIRPath Patch cannot be judged and is refused.
+    pub fn decide_current(
+        &self,
+        r: &RoutedRequest,
+        grant: &Grant,
+        status: u16,
+        current: Option<&Value>,
+        body: Option<&Value>,
+    ) -> AuthzDecision {
+        let Some(patient) = grant.patient.as_deref() else {
+            return AuthzDecision::Deny(deny::patient_context_missing());
+        };
+        let current = match (status, current) {
+            (200, Some(c)) => c,
+            (404 | 410, _) => return AuthzDecision::Deny(deny::not_patients()),
+            _ => return AuthzDecision::Deny(deny::current_unavailable()),
+        };
+        let same_resource = current.get("resourceType").and_then(Value::as_str) == r.resource_type
+            && current.get("id").and_then(Value::as_str) == r.id.as_deref();
+        if !same_resource {
+            return AuthzDecision::Deny(deny::current_unavailable());
+        }
+        if !belongs_to_patient(current, patient) {
+            return AuthzDecision::Deny(deny::not_patients());
+        }
+        let allow = AuthzDecision::Allow {
+            reason: "scope",
+            query: None,
+        };
+        match r.interaction {
+            Interaction::Delete => allow,
+            Interaction::Update => match body {
+                Some(b) if belongs_to_patient(b, patient) => allow,
+                _ => AuthzDecision::Deny(deny::not_patients()),
+            },
+            Interaction::Patch => {
+                let Some(Value::Array(_)) = body else {
+                    return AuthzDecision::Deny(deny::not_confinable());
+                };
+                let Some(patch) =
+                    body.and_then(|b| serde_json::from_value::<json_patch::Patch>(b.clone()).ok())
+                else {
+                    return AuthzDecision::Deny(deny::not_confinable());
+                };
+                let mut patched = current.clone();
+                if json_patch::patch(&mut patched, &patch).is_err() {
+                    // A failed `test` or a bad path: the server would refuse it too, but its
+                    // answer could tell a value; fhirgate answers alike for every failure.
+                    return AuthzDecision::Deny(deny::patch_refused());
+                }
+                let keeps_identity = patched.get("resourceType") == current.get("resourceType")
+                    && patched.get("id") == current.get("id");
+                if keeps_identity && belongs_to_patient(&patched, patient) {
+                    allow
+                } else {
+                    AuthzDecision::Deny(deny::not_patients())
+                }
+            }
+            _ => AuthzDecision::Deny(deny::not_confinable()),
         }
     }
 

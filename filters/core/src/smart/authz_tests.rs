@@ -106,7 +106,7 @@ const ROWS: &[Row] = &[
     // instance access to other compartment types waits for a body
     ("GET", "/Observation/1", "", "patient/Observation.rs", P, "confined", 200, "confined", ""),
     ("POST", "/Observation", "", "patient/Observation.c", P, "pending", 200, "pending", ""),
-    ("DELETE", "/Observation/1", "", "patient/Observation.d", P, "deny", 403, "not-confinable", ""),
+    ("DELETE", "/Observation/1", "", "patient/Observation.d", P, "pending", 200, "pending", ""),
     // system-wide search
     ("GET", "", "_type=Observation,Condition", "user/Observation.rs user/Condition.rs", None, "allow", 200, "scope", ""),
     ("GET", "", "_type=Observation,Condition", "user/Observation.rs", None, "deny", 403, "insufficient-scope", ""),
@@ -384,7 +384,321 @@ mod bodies_and_responses {
         let out = run(
             json!({"method": "PUT", "path": "/Encounter/e1", "scopes": "patient/Encounter.u", "patient": "123", "body": enc}),
         );
+        assert_eq!(
+            out["needs"], "current-resource",
+            "an update is decided on what it overwrites too: {out}"
+        );
+        let out = run(
+            json!({"method": "PUT", "path": "/Encounter/e1", "scopes": "patient/Encounter.u", "patient": "123", "body": enc, "current": enc}),
+        );
         assert_eq!(out["decision"], "allow", "{out}");
+    }
+
+    /// Leak class 6: writes are decided on the resource as it is now and on what they make it.
+    mod writes {
+        use super::*;
+
+        fn write(
+            method: &str,
+            path: &str,
+            scopes: &str,
+            body: Option<Value>,
+            current: Option<Value>,
+            status: Option<u16>,
+        ) -> Value {
+            let mut input =
+                json!({"method": method, "path": path, "scopes": scopes, "patient": "123"});
+            if let Some(b) = body {
+                input["body"] = b;
+            }
+            if let Some(c) = current {
+                input["current"] = c;
+            }
+            if let Some(s) = status {
+                input["currentStatus"] = json!(s);
+            }
+            run(input)
+        }
+
+        fn decided(out: &Value) -> (String, String) {
+            (
+                out["decision"].as_str().unwrap_or("").to_string(),
+                out["reason"].as_str().unwrap_or("").to_string(),
+            )
+        }
+
+        fn o(id: &str, subject: &str) -> Value {
+            json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"}, "subject": {"reference": subject}})
+        }
+
+        #[test]
+        fn an_update_needs_the_current_resource_and_the_new_body_to_be_the_patients() {
+            let scopes = "patient/Observation.u";
+            let cases = [
+                (
+                    o("a", "Patient/123"),
+                    o("a", "Patient/123"),
+                    None,
+                    ("allow", "scope"),
+                ),
+                // The leak: the body names the token's patient, what it overwrites does not.
+                (
+                    o("a", "Patient/123"),
+                    o("a", "Patient/456"),
+                    None,
+                    ("deny", "not-in-patient-compartment"),
+                ),
+                (
+                    o("a", "Patient/456"),
+                    o("a", "Patient/123"),
+                    None,
+                    ("deny", "not-in-patient-compartment"),
+                ),
+                // Only the compartment element counts, not an extension inside it.
+                (
+                    json!({"resourceType": "Observation", "id": "a", "subject": {"reference": "Group/1", "extension": [{"url": "x", "valueReference": {"reference": "Patient/123"}}]}}),
+                    o("a", "Patient/123"),
+                    None,
+                    ("deny", "not-in-patient-compartment"),
+                ),
+                // An array where R4 has a single subject, naming someone else too.
+                (
+                    json!({"resourceType": "Observation", "id": "a", "subject": [{"reference": "Patient/123"}, {"reference": "Patient/456"}]}),
+                    o("a", "Patient/123"),
+                    None,
+                    ("deny", "not-in-patient-compartment"),
+                ),
+                // A conditional reference is no proof.
+                (
+                    o("a", "Patient?_id=123&_id:not=456"),
+                    o("a", "Patient/123"),
+                    None,
+                    ("deny", "not-in-patient-compartment"),
+                ),
+                // Missing: refused alike (no write tells which ids exist); unreadable: 503.
+                (
+                    o("a", "Patient/123"),
+                    Value::Null,
+                    Some(404),
+                    ("deny", "not-in-patient-compartment"),
+                ),
+                (
+                    o("a", "Patient/123"),
+                    Value::Null,
+                    Some(410),
+                    ("deny", "not-in-patient-compartment"),
+                ),
+                (
+                    o("a", "Patient/123"),
+                    Value::Null,
+                    Some(500),
+                    ("deny", "current-resource-unavailable"),
+                ),
+                (
+                    o("a", "Patient/123"),
+                    o("b", "Patient/123"),
+                    None,
+                    ("deny", "current-resource-unavailable"),
+                ),
+            ];
+            for (body, current, status, expected) in cases {
+                let current = (!current.is_null()).then_some(current);
+                let out = write(
+                    "PUT",
+                    "/Observation/a",
+                    scopes,
+                    Some(body.clone()),
+                    current.clone(),
+                    status,
+                );
+                assert_eq!(
+                    decided(&out),
+                    (expected.0.to_string(), expected.1.to_string()),
+                    "{body} over {current:?} {status:?}: {out}"
+                );
+            }
+        }
+
+        #[test]
+        fn a_json_patch_is_applied_to_the_current_resource_and_judged_on_the_result() {
+            let scopes = "patient/Observation.u";
+            let mine = o("a", "Patient/123");
+            let cases = [
+                (
+                    json!([{"op": "replace", "path": "/status", "value": "amended"}]),
+                    mine.clone(),
+                    ("allow", "scope"),
+                ),
+                (
+                    json!([{"op": "replace", "path": "/subject/reference", "value": "Patient/456"}]),
+                    mine.clone(),
+                    ("deny", "not-in-patient-compartment"),
+                ),
+                (
+                    json!([{"op": "remove", "path": "/subject"}]),
+                    mine.clone(),
+                    ("deny", "not-in-patient-compartment"),
+                ),
+                (
+                    json!([{"op": "add", "path": "/performer", "value": [{"reference": "Patient/456"}]}]),
+                    mine.clone(),
+                    ("deny", "not-in-patient-compartment"),
+                ),
+                (
+                    json!([{"op": "replace", "path": "/id", "value": "b"}]),
+                    mine.clone(),
+                    ("deny", "not-in-patient-compartment"),
+                ),
+                (
+                    json!([{"op": "replace", "path": "/status", "value": "amended"}]),
+                    o("a", "Patient/456"),
+                    ("deny", "not-in-patient-compartment"),
+                ),
+                // A failed test, whatever value it probed, is answered alike.
+                (
+                    json!([{"op": "test", "path": "/status", "value": "preliminary"}]),
+                    mine.clone(),
+                    ("deny", "patch-not-applicable"),
+                ),
+                (
+                    json!([{"op": "replace", "path": "/nowhere/deep", "value": 1}]),
+                    mine.clone(),
+                    ("deny", "patch-not-applicable"),
+                ),
+                (
+                    json!([{"op": "test", "path": "/status", "value": "final"}]),
+                    mine.clone(),
+                    ("allow", "scope"),
+                ),
+            ];
+            for (patch, current, expected) in cases {
+                let out = write(
+                    "PATCH",
+                    "/Observation/a",
+                    scopes,
+                    Some(patch.clone()),
+                    Some(current.clone()),
+                    None,
+                );
+                assert_eq!(
+                    decided(&out),
+                    (expected.0.to_string(), expected.1.to_string()),
+                    "{patch} on {current}: {out}"
+                );
+            }
+            let fhirpath = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [{"name": "type", "valueCode": "delete"}]}]});
+            let out = write(
+                "PATCH",
+                "/Observation/a",
+                scopes,
+                Some(fhirpath),
+                Some(mine),
+                None,
+            );
+            assert_eq!(
+                decided(&out),
+                ("deny".to_string(), "not-confinable".to_string()),
+                "{out}"
+            );
+        }
+
+        #[test]
+        fn a_delete_needs_the_current_resource_to_be_the_patients() {
+            let out = write(
+                "DELETE",
+                "/Observation/a",
+                "patient/Observation.d",
+                None,
+                Some(o("a", "Patient/123")),
+                None,
+            );
+            assert_eq!(
+                decided(&out),
+                ("allow".to_string(), "scope".to_string()),
+                "{out}"
+            );
+            let out = write(
+                "DELETE",
+                "/Observation/a",
+                "patient/Observation.d",
+                None,
+                Some(o("a", "Patient/456")),
+                None,
+            );
+            assert_eq!(
+                decided(&out),
+                ("deny".to_string(), "not-in-patient-compartment".to_string()),
+                "{out}"
+            );
+            let out = write(
+                "DELETE",
+                "/Observation/a",
+                "patient/Observation.d",
+                None,
+                None,
+                Some(404),
+            );
+            assert_eq!(out["reason"], "not-in-patient-compartment", "{out}");
+            let out = write(
+                "DELETE",
+                "/Observation/a",
+                "patient/Observation.d",
+                None,
+                None,
+                None,
+            );
+            assert_eq!(out["needs"], "current-resource", "{out}");
+            // Device sits outside the compartment but is the patient's by Device.patient.
+            let device = json!({"resourceType": "Device", "id": "d", "patient": {"reference": "Patient/456"}});
+            let out = write(
+                "DELETE",
+                "/Device/d",
+                "patient/Device.d",
+                None,
+                Some(device),
+                None,
+            );
+            assert_eq!(out["reason"], "not-in-patient-compartment", "{out}");
+        }
+
+        #[test]
+        fn without_a_current_resource_source_writes_under_patient_scopes_are_refused() {
+            let routing = RoutingPolicy::from_json(b"").unwrap();
+            let policy = AuthzPolicy {
+                read_before_write: false,
+                ..AuthzPolicy::default()
+            };
+            for (method, body) in [
+                ("PUT", Some(o("a", "Patient/123"))),
+                ("DELETE", None),
+                ("PATCH", Some(json!([]))),
+            ] {
+                let mut input = json!({"method": method, "path": "/Observation/a", "scopes": "patient/Observation.cud", "patient": "123"});
+                if let Some(b) = body {
+                    input["body"] = b;
+                }
+                let out = check(&routing, &policy, &input);
+                assert_eq!(out["reason"], "not-confinable", "{method}: {out}");
+            }
+        }
+
+        #[test]
+        fn a_transaction_entry_that_would_need_its_current_resource_is_refused() {
+            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": o("a", "Patient/123"), "request": {"method": "PUT", "url": "Observation/a"}}]});
+            let out = run(
+                json!({"method": "POST", "path": "", "scopes": "patient/Observation.cu", "patient": "123", "body": bundle}),
+            );
+            assert_eq!(out["reason"], "not-confinable", "{out}");
+            let object_entry = json!({"resourceType": "Bundle", "type": "transaction", "entry": {"resource": o("a", "Patient/456"), "request": {"method": "POST", "url": "Observation"}}});
+            let out = run(
+                json!({"method": "POST", "path": "", "scopes": "patient/Observation.c", "patient": "123", "body": object_entry}),
+            );
+            assert_eq!(
+                out["decision"], "deny",
+                "a non-array entry is no Bundle to decide: {out}"
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! In:  `{"method", "path" (relative to the FHIR base), "query" (raw), "scopes", "patient"?,
 //!        "token"? (false: no Authorization header), "body"?, "response"?}`
 //! Out: `{"decision": "allow"|"deny"|"pending", "status", "reason", "needs"? , "query"?}`;
+//! A write under `patient/` scopes is "pending" with needs "current-resource" until the line
+//! gives "current" (the resource as the FHIR server holds it) or "currentStatus" (404).
 //! "pending" with reason "confined": forwarded (narrowed to `query`) under `patient/` scopes and
 //! released only if the response, given as "response", proves to be the patient's.
 
@@ -46,6 +48,8 @@ pub fn route_relative(
         path: &full,
         content_type: (body_bytes.is_some() || writes).then_some(if is_form {
             "application/x-www-form-urlencoded"
+        } else if method == "PATCH" && body.is_some_and(Value::is_array) {
+            "application/json-patch+json"
         } else {
             "application/fhir+json"
         }),
@@ -98,6 +102,25 @@ pub fn check(routing: &RoutingPolicy, authz: &AuthzPolicy, input: &Value) -> Val
             }
             _ => decision,
         };
+    }
+    // A write under patient/ scopes is decided on the resource as it is now: "current" (the
+    // FHIR server's answer to GET [type]/[id]; "currentStatus" 404 when it has none).
+    if let (
+        AuthzDecision::Pending {
+            needs: super::authz::Needs::CurrentResource,
+        },
+        Some(grant),
+    ) = (&decision, grant_ref)
+    {
+        let current = input.get("current");
+        let status = input
+            .get("currentStatus")
+            .and_then(Value::as_u64)
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(if current.is_some() { 200 } else { 0 });
+        if current.is_some() || status != 0 {
+            decision = authz.decide_current(&routed, grant, status, current, body);
+        }
     }
     // A confined request is forwarded (narrowed when it says so) and decided on its response.
     if let (AuthzDecision::Confined { .. }, Some(grant), Some(resp)) =

@@ -59,6 +59,30 @@ pub struct AuthzConfig {
     /// Bulk Data rules).
     #[serde(default = "default_operations")]
     pub operations: Vec<OperationConfig>,
+    /// Where the current version of a resource is read before an update, patch or delete
+    /// under `patient/` scopes (without it those writes are refused).
+    #[serde(default)]
+    pub current_resource: Option<CurrentResourceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CurrentResourceConfig {
+    /// The Envoy cluster of the FHIR server.
+    pub cluster: String,
+    /// The FHIR base on that server, e.g. `/fhir`: GET `{path}/{type}/{id}`.
+    pub path: String,
+    #[serde(default = "default_fhir_authority")]
+    pub authority: String,
+    #[serde(default = "default_current_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_fhir_authority() -> String {
+    "fhir".into()
+}
+fn default_current_timeout() -> u64 {
+    2000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -442,9 +466,10 @@ impl AuthzConfig {
                     .unwrap_or_else(|| self.operations.clone()),
                 ..AuthzConfig::policy_only()
             };
-            let policy = zone_config
+            let mut policy = zone_config
                 .compile()
                 .map_err(|e| ConfigError::new(format!("{field}.{}", e.field), e.message))?;
+            policy.read_before_write = self.current_resource.is_some();
             let zone_report_only = match &z.mode {
                 Some(m) => parse_mode(&format!("{field}.mode"), m)?,
                 None => report_only,
@@ -465,8 +490,30 @@ impl AuthzConfig {
                 purpose_header: z.purpose_of_use_header.clone(),
             });
         }
+        let current_resource = match &self.current_resource {
+            None => None,
+            Some(c) => {
+                if c.cluster.is_empty() {
+                    return Err(ConfigError::new("currentResource.cluster", "is required"));
+                }
+                if !c.path.starts_with('/') || c.path.ends_with('/') {
+                    return Err(ConfigError::new(
+                        "currentResource.path",
+                        "must start with / and not end with one, e.g. /fhir",
+                    ));
+                }
+                if !(1..=30_000).contains(&c.timeout_ms) {
+                    return Err(ConfigError::new(
+                        "currentResource.timeoutMs",
+                        "must be between 1 and 30000",
+                    ));
+                }
+                Some(c.clone())
+            }
+        };
         let policy = self.compile()?;
         Ok(AuthzFilterPolicy {
+            current_resource,
             routing,
             verifier,
             policy,
@@ -494,6 +541,7 @@ impl AuthzConfig {
             instance_check: default_instance_check(),
             public_interactions: default_public(),
             operations: default_operations(),
+            current_resource: None,
         }
     }
 
@@ -558,6 +606,7 @@ impl AuthzConfig {
             instance_check,
             public,
             operations,
+            read_before_write: self.current_resource.is_some(),
         })
     }
 }

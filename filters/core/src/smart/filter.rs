@@ -30,6 +30,8 @@ pub struct AuthzFilterPolicy {
     pub zones: Vec<Zone>,
     /// The mode outside every zone.
     pub report_only: bool,
+    /// Where writes under `patient/` scopes read the resource they change.
+    pub current_resource: Option<super::config::CurrentResourceConfig>,
 }
 
 /// A trust zone, chosen by the mTLS peer's URI SAN: its own policy and mode.
@@ -276,6 +278,12 @@ pub enum Step {
         headers: Vec<(&'static str, String)>,
         path: Option<String>,
     },
+    /// Read the resource a write under `patient/` scopes changes: GET `path` through the
+    /// `currentResource` cluster, then call [`AuthzFilterPolicy::on_current_resource`] (the
+    /// request waits, its body already read).
+    FetchCurrent {
+        path: String,
+    },
     /// Replace the held response's body (and drop the headers that describe the resource)
     /// with this outcome, keeping its status: an upstream error under `patient/` scopes.
     Reduce(Rejection),
@@ -293,6 +301,8 @@ pub struct Exchange {
     verified: Option<Verified>,
     /// Allowed under `patient/` scopes: the response is verified before it is released.
     confined: bool,
+    /// A write's body, kept while its current resource is read.
+    write_body: Option<Value>,
 }
 
 impl Exchange {
@@ -444,6 +454,7 @@ impl AuthzFilterPolicy {
             raw_query: String::new(),
             verified: None,
             confined: false,
+            write_body: None,
         };
         let routed = match self.routing.route(head) {
             Ok(r) => r,
@@ -582,7 +593,51 @@ impl AuthzFilterPolicy {
                 IssueType::Forbidden,
                 "the request body could not be checked",
             )),
+            AuthzDecision::Pending {
+                needs: Needs::CurrentResource,
+            } => match (
+                &self.current_resource,
+                routed.resource_type,
+                routed.id.as_deref(),
+            ) {
+                (Some(source), Some(t), Some(id)) => {
+                    if routed.has_body && body.is_none() {
+                        // A body that is not JSON cannot be judged.
+                        return Step::Deny(super::authz::deny::not_confinable());
+                    }
+                    ex.write_body = body.cloned();
+                    Step::FetchCurrent {
+                        path: format!("{}/{t}/{id}", source.path),
+                    }
+                }
+                _ => Step::Deny(super::authz::deny::not_confinable()),
+            },
         }
+    }
+
+    /// Decides a write held for its current resource, on the FHIR server's answer to
+    /// [`Step::FetchCurrent`] (`status` 0 when the call failed).
+    pub fn on_current_resource(&self, ex: &Exchange, status: u16, body: &[u8]) -> Step {
+        let (Some(routed), Some(grant)) = (ex.routed.as_ref(), ex.grant()) else {
+            return Step::Deny(Rejection::not_configured("fhirgate.authz"));
+        };
+        let current: Option<Value> = serde_json::from_slice(body).ok();
+        let decision = self.zone_policy(ex).0.decide_current(
+            routed,
+            grant,
+            status,
+            current.as_ref(),
+            ex.write_body.as_ref(),
+        );
+        let step = match decision {
+            AuthzDecision::Allow { .. } => Step::Allow {
+                headers: identity_headers(ex.token()),
+                path: None,
+            },
+            AuthzDecision::Deny(r) => Step::Deny(r),
+            _ => Step::Deny(super::authz::deny::current_unavailable()),
+        };
+        self.enforce(ex, step)
     }
 
     /// Decides on a held response. Outside `patient/` confinement responses other than 200
