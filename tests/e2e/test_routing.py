@@ -94,7 +94,7 @@ INTERACTIONS = [
      {"interaction": "operation-type", "operation": "$export", "pool": "bulk"}),
     ("GET", f"{BASE}/Group/101/$export", {}, None, "fhir_bulk", "/fhir/Group/101/$export",
      {"interaction": "operation-instance", "resource-type": "Group", "id": "101", "pool": "bulk"}),
-    ("GET", f"{BASE}/bulk-status/job-1", {}, None, "fhir_bulk", "/fhir/bulk-status/job-1", {"interaction": "passthrough", "pool": "bulk"}),
+    # Bulk job URLs (passthrough, pool bulk) are bound to their client: test_bulk_jobs.py.
     ("POST", f"{BASE}/Patient/$validate", FHIR_JSON, PATIENT, "fhir_validate", "/fhir/Patient/$validate",
      {"interaction": "operation-type", "operation": "$validate", "pool": "validate"}),
     ("GET", f"{BASE}/Patient/example/$everything", {}, None, "fhir_api", "/fhir/Patient/example/$everything",

@@ -5,7 +5,7 @@ use crate::root::{dispatch_jwks_fetch, finish_jwks_fetch, now_of, FILTER};
 use fhirgate_core::routing::RequestHead;
 use fhirgate_core::smart::filter::{AuthzRuntime, Exchange, Step};
 use fhirgate_core::Rejection;
-use fhirgate_proxy::{mark_passed, reject, set_routing_headers, RequestHeaders};
+use fhirgate_proxy::{mark_passed, reject, set_routing_headers, RequestHeaders, SharedData};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
@@ -62,6 +62,8 @@ pub struct AuthzFilter {
     held_body: (usize, bool),
     /// The call reading the resource a write under patient/ scopes changes.
     current_call: Option<u32>,
+    /// A completed bulk export's manifest is being read, to bind its files to the client.
+    reading_manifest: bool,
 }
 
 impl AuthzFilter {
@@ -74,6 +76,7 @@ impl AuthzFilter {
             waiting: None,
             held_body: (0, false),
             current_call: None,
+            reading_manifest: false,
         }
     }
 
@@ -127,6 +130,28 @@ impl AuthzFilter {
             // Only returned for a held response.
             Step::Reduce(rejection) => reject(FILTER, &rejection),
             Step::FetchCurrent { path } => self.fetch_current(&path),
+            Step::CheckJob => {
+                let now = now_of(self);
+                let (Some(runtime), Some(exchange)) =
+                    (self.runtime.clone(), self.exchange.as_mut())
+                else {
+                    return reject(FILTER, &Rejection::not_configured(FILTER));
+                };
+                let step = runtime
+                    .borrow()
+                    .policy
+                    .check_job(exchange, &SharedData, now);
+                fhirgate_proxy::count(
+                    FILTER,
+                    "bulk_job",
+                    if matches!(step, Step::Deny(_)) {
+                        "refused"
+                    } else {
+                        "bound"
+                    },
+                );
+                self.apply(step)
+            }
             Step::ReportOnly { reason, headers } => {
                 log::info!("{FILTER}: report-only, not enforced: {reason}");
                 fhirgate_proxy::count(FILTER, "report_only", reason);
@@ -462,6 +487,31 @@ impl HttpContext for AuthzFilter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let watched = self
+            .exchange
+            .as_ref()
+            .is_some_and(|ex| ex.bulk_response_matters());
+        if let (true, Some(runtime), Some(exchange)) =
+            (watched, self.runtime.clone(), self.exchange.as_ref())
+        {
+            let status = self
+                .get_http_response_header(":status")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let location = self.get_http_response_header("content-location");
+            let now = now_of(self);
+            let policy = &runtime.borrow().policy;
+            if policy.bind_export(exchange, status, location.as_deref(), &mut SharedData, now) {
+                fhirgate_proxy::count(FILTER, "bulk_job", "started");
+            }
+            let content_type = self
+                .get_http_response_header("content-type")
+                .unwrap_or_default();
+            if policy.reads_manifest(exchange, status, &content_type) && !end_of_stream {
+                self.reading_manifest = true;
+                return Action::Pause;
+            }
+        }
         if self.holding_response && !end_of_stream {
             // Held until the body shows whose resource this is.
             return Action::Pause;
@@ -470,6 +520,26 @@ impl HttpContext for AuthzFilter {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.reading_manifest {
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            self.reading_manifest = false;
+            let body = self
+                .get_http_response_body(0, body_size)
+                .unwrap_or_default();
+            if let (Some(runtime), Some(exchange)) = (self.runtime.clone(), self.exchange.as_ref())
+            {
+                let bound = runtime.borrow().policy.bind_manifest(
+                    exchange,
+                    &body,
+                    &mut SharedData,
+                    now_of(self),
+                );
+                log::debug!("{FILTER}: bound {bound} bulk file URLs");
+            }
+            return Action::Continue;
+        }
         if !self.holding_response {
             return Action::Continue;
         }

@@ -542,6 +542,14 @@ impl RoutingPolicy {
         Ok(())
     }
 
+    /// The pool a `$`operation is routed to, when a pool names it (`$export` → `bulk`).
+    pub fn pool_of_operation(&self, op: &str) -> Option<&str> {
+        self.pools
+            .iter()
+            .find(|p| p.operations.iter().any(|o| o == op))
+            .map(|p| p.name.as_str())
+    }
+
     fn finish(&self, r: &mut RoutedRequest) {
         if r.interaction.is_fhir() {
             r.patient = patient::named_patient(r);
@@ -803,8 +811,13 @@ fn split_segments(rest: &str) -> Result<Vec<String>, Rejection> {
             return Err(refuse::invalid_path("empty path segment"));
         }
         let seg = decode(raw, false).map_err(|_| refuse::bad_escape("path"))?;
-        if seg == "." || seg == ".." {
+        // `.`, `..`, and what servers read as them: `..;x` (Tomcat and other Java servers
+        // drop path parameters), `...`. FHIR paths never carry matrix parameters.
+        if seg.bytes().all(|b| b == b'.') {
             return Err(refuse::invalid_path("dot segment"));
+        }
+        if seg.contains(';') {
+            return Err(refuse::invalid_path("matrix parameter in a path segment"));
         }
         if seg.contains(['/', '\\']) {
             return Err(refuse::invalid_path("encoded slash in a segment"));

@@ -897,7 +897,7 @@ mod refuses_malformed_requests {
         ("GET", "/fhir/r4/Patient/a_b", 400, "invalid-id"),
         ("GET", "/fhir/r4/Patient/a%20b", 400, "invalid-id"),
         ("GET", "/fhir/r4/Patient/%C3%A9", 400, "invalid-id"),
-        ("GET", "/fhir/r4/Patient/a;b", 400, "invalid-id"),
+        ("GET", "/fhir/r4/Patient/a;b", 400, "invalid-path"), // a matrix parameter, refused on every route
         ("GET", "/fhir/r4/Patient/a:b", 400, "invalid-id"),
         (
             "GET",
@@ -956,6 +956,20 @@ mod refuses_malformed_requests {
         ("GET", "/fhir/r4/Patient#frag", 400, "invalid-path"),
         ("GET", "/cds-services/a/b/c", 400, "invalid-path"),
         ("GET", "/fhir/r4-bulk/../x", 400, "invalid-path"),
+        // what Java servers read as dot segments, on FHIR and passthrough routes alike
+        ("GET", "/fhir/r4/Patient/..;/admin", 400, "invalid-path"),
+        ("GET", "/fhir/r4/Patient/..;x=1/admin", 400, "invalid-path"),
+        (
+            "GET",
+            "/fhir/r4/Patient/1;jsessionid=abc",
+            400,
+            "invalid-path",
+        ),
+        ("GET", "/fhir/r4/Patient/1%3Bx", 400, "invalid-path"),
+        ("GET", "/fhir/r4/Patient/...", 400, "invalid-path"),
+        ("GET", "/fhir/r4/Patient/%2E%2E%3B", 400, "invalid-path"),
+        ("GET", "/fhir/r4-bulk/..;/x", 400, "invalid-path"),
+        ("GET", "/fhir/r4-bulk/job;v=1/x", 400, "invalid-path"),
         // malformed percent-encoding, path and query
         ("GET", "/fhir/r4/Patient/%zz", 400, "bad-percent-encoding"),
         ("GET", "/fhir/r4/Patient/1%", 400, "bad-percent-encoding"),

@@ -62,6 +62,11 @@ pub fn valid_patient(claim: Option<&str>) -> Option<String> {
     claim.filter(|p| fhir::is_valid_id(p)).map(str::to_string)
 }
 
+/// The refusal of a bulk job URL this client may not use.
+pub fn deny_bulk_job() -> Rejection {
+    deny::bulk_job()
+}
+
 /// The refusal when the resource a write changes cannot be read (for hosts).
 pub fn current_unavailable() -> Rejection {
     deny::current_unavailable()
@@ -225,6 +230,12 @@ pub(crate) mod deny {
         forbidden(
             "bulk-parameters-invalid",
             "the $export Parameters body could not be read",
+        )
+    }
+    pub fn bulk_job() -> Rejection {
+        forbidden(
+            "bulk-job-forbidden",
+            "this bulk export job was not started by this client, or its scopes no longer cover it",
         )
     }
     pub fn bulk() -> Rejection {
@@ -1000,7 +1011,7 @@ fn confine_operation(r: &RoutedRequest, op: &str, decision: AuthzDecision) -> Au
 
 /// The `_type` values of a POST `$export` kick-off's Parameters body (Bulk Data IG 2.0:
 /// `valueString`, comma-separated, repeatable); None for a body that is not such Parameters.
-fn export_body_types(body: &Value) -> Option<Vec<&str>> {
+pub fn export_body_types(body: &Value) -> Option<Vec<&str>> {
     if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
         return None;
     }
@@ -1029,12 +1040,9 @@ fn confined(decision: AuthzDecision) -> AuthzDecision {
 /// Bulk Data `$export` (system, Patient, Group): unconstrained `system/` scopes with read and
 /// search on every exported type (`_type`, or every type without it). Patient and granular
 /// scopes never authorize an export.
-fn decide_export(r: &RoutedRequest, grant: &Grant, body_types: &[&str]) -> AuthzDecision {
-    if !matches!(r.resource_type, None | Some("Patient") | Some("Group"))
-        || (r.resource_type == Some("Patient") && r.id.is_some())
-    {
-        return AuthzDecision::Deny(deny::operation());
-    }
+/// Do the grant's unconstrained `system/` scopes with read and search cover every one of
+/// `types` (empty: every type, a `system/*` scope)?
+pub fn export_covered(grant: &Grant, types: &[&str]) -> bool {
     let rs = Permissions::R.union(Permissions::S);
     let system: Vec<&ResourceScope> = grant
         .scopes
@@ -1043,21 +1051,32 @@ fn decide_export(r: &RoutedRequest, grant: &Grant, body_types: &[&str]) -> Authz
             s.context == Context::System && s.params.is_empty() && s.permissions.contains(rs)
         })
         .collect();
-    let listed: Vec<&str> = r
-        .params
+    if types.is_empty() {
+        system.iter().any(|s| s.resource.is_none())
+    } else {
+        types
+            .iter()
+            .all(|t| fhir::resource_type(t).is_some() && system.iter().any(|s| s.covers_type(t)))
+    }
+}
+
+/// The types a `$export` kick-off asks for (`_type` in the query and the Parameters body).
+pub fn export_types<'a>(r: &'a RoutedRequest, body_types: &[&'a str]) -> Vec<&'a str> {
+    r.params
         .iter()
         .filter(|p| p.name == "_type")
         .flat_map(|p| p.value.split(','))
         .chain(body_types.iter().copied())
-        .collect();
-    let ok = if listed.is_empty() {
-        system.iter().any(|s| s.resource.is_none())
-    } else {
-        listed
-            .iter()
-            .all(|t| fhir::resource_type(t).is_some() && system.iter().any(|s| s.covers_type(t)))
-    };
-    if ok {
+        .collect()
+}
+
+fn decide_export(r: &RoutedRequest, grant: &Grant, body_types: &[&str]) -> AuthzDecision {
+    if !matches!(r.resource_type, None | Some("Patient") | Some("Group"))
+        || (r.resource_type == Some("Patient") && r.id.is_some())
+    {
+        return AuthzDecision::Deny(deny::operation());
+    }
+    if export_covered(grant, &export_types(r, body_types)) {
         AuthzDecision::Allow {
             reason: "scope",
             query: None,

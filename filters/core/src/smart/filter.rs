@@ -284,6 +284,9 @@ pub enum Step {
     FetchCurrent {
         path: String,
     },
+    /// A Bulk Data job URL (status, file, cancel): call [`AuthzFilterPolicy::check_job`] with
+    /// the shared data, which holds whom each job belongs to.
+    CheckJob,
     /// Replace the held response's body (and drop the headers that describe the resource)
     /// with this outcome, keeping its status: an upstream error under `patient/` scopes.
     Reduce(Rejection),
@@ -303,9 +306,18 @@ pub struct Exchange {
     confined: bool,
     /// A write's body, kept while its current resource is read.
     write_body: Option<Value>,
+    /// An allowed `$export` kick-off: who started it and which types, for the job's URLs.
+    export: Option<(String, Vec<String>)>,
+    /// A bulk job URL this client may use: its manifest binds the files to the same client.
+    job: Option<super::bulk::JobBinding>,
 }
 
 impl Exchange {
+    /// An `$export` kick-off or a bulk job URL: its response headers bind job URLs.
+    pub fn bulk_response_matters(&self) -> bool {
+        self.export.is_some() || self.job.is_some()
+    }
+
     fn token(&self) -> Option<&VerifiedToken> {
         self.verified.as_deref().map(|(token, _)| token)
     }
@@ -455,6 +467,8 @@ impl AuthzFilterPolicy {
             verified: None,
             confined: false,
             write_body: None,
+            export: None,
+            job: None,
         };
         let routed = match self.routing.route(head) {
             Ok(r) => r,
@@ -566,6 +580,28 @@ impl AuthzFilterPolicy {
             decision = policy.decide_body(routed, grant, body, &route);
         }
         let ids = identity_headers(ex.token());
+        if let AuthzDecision::Allow { .. } = decision {
+            if routed.operation.as_deref() == Some("$export") {
+                let from_body = body
+                    .and_then(super::authz::export_body_types)
+                    .unwrap_or_default();
+                let types = super::authz::export_types(routed, &from_body)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                let client = ex
+                    .token()
+                    .and_then(|t| t.client_id.clone().or_else(|| t.subject.clone()))
+                    .unwrap_or_default();
+                ex.export = Some((client, types));
+            }
+            let bulk_pool = self.routing.pool_of_operation("$export");
+            if routed.interaction == crate::routing::Interaction::Passthrough
+                && bulk_pool == Some(routed.pool.as_str())
+            {
+                return Step::CheckJob;
+            }
+        }
         match decision {
             AuthzDecision::Allow { query, .. } => {
                 let path = query.map(|q| format!("{}?{q}", ex.path));
@@ -613,6 +649,86 @@ impl AuthzFilterPolicy {
                 _ => Step::Deny(super::authz::deny::not_confinable()),
             },
         }
+    }
+
+    /// Decides a Bulk Data job URL on its binding in `store`: the same client that started the
+    /// job, with scopes that still cover every exported type. Refused when there is no
+    /// binding (a URL fhirgate never saw issued, or expired).
+    pub fn check_job(
+        &self,
+        ex: &mut Exchange,
+        store: &dyn crate::ratelimit::bucket::SharedStore,
+        now: i64,
+    ) -> Step {
+        let client = ex
+            .token()
+            .and_then(|t| t.client_id.clone().or_else(|| t.subject.clone()));
+        let binding = super::bulk::JobBinding::load(store, &ex.path, now);
+        let step = match (binding, client, ex.grant()) {
+            (Some(b), Some(client), Some(grant))
+                if b.client == client
+                    && super::authz::export_covered(
+                        grant,
+                        &b.types.iter().map(String::as_str).collect::<Vec<_>>(),
+                    ) =>
+            {
+                ex.job = Some(b);
+                Step::Allow {
+                    headers: identity_headers(ex.token()),
+                    path: None,
+                }
+            }
+            _ => Step::Deny(super::authz::deny_bulk_job()),
+        };
+        self.enforce(ex, step)
+    }
+
+    /// After an allowed `$export` kick-off: a 202 with `Content-Location` binds that status URL
+    /// to the client and its types. Returns whether a binding was stored.
+    pub fn bind_export(
+        &self,
+        ex: &Exchange,
+        status: u16,
+        content_location: Option<&str>,
+        store: &mut dyn crate::ratelimit::bucket::SharedStore,
+        now: i64,
+    ) -> bool {
+        match (&ex.export, status, content_location) {
+            (Some((client, types)), 202, Some(url)) if !client.is_empty() => {
+                super::bulk::JobBinding {
+                    client: client.clone(),
+                    types: types.clone(),
+                    expires_at: now + super::bulk::JOB_TTL_SECONDS,
+                }
+                .store(store, url)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a bulk job URL's answer is a manifest to read (a completed status: JSON).
+    pub fn reads_manifest(&self, ex: &Exchange, status: u16, content_type: &str) -> bool {
+        let ct = content_type.to_ascii_lowercase();
+        ex.job.is_some() && status == 200 && ct.contains("json") && !ct.contains("ndjson")
+    }
+
+    /// A completed export's manifest: every file URL in it is bound like the job. Returns how
+    /// many were bound.
+    pub fn bind_manifest(
+        &self,
+        ex: &Exchange,
+        body: &[u8],
+        store: &mut dyn crate::ratelimit::bucket::SharedStore,
+        now: i64,
+    ) -> usize {
+        let (Some(job), Some(urls)) = (&ex.job, super::bulk::manifest_urls(body)) else {
+            return 0;
+        };
+        let binding = super::bulk::JobBinding {
+            expires_at: now + super::bulk::JOB_TTL_SECONDS,
+            ..job.clone()
+        };
+        urls.iter().filter(|u| binding.store(store, u)).count()
     }
 
     /// Decides a write held for its current resource, on the FHIR server's answer to
@@ -749,6 +865,7 @@ fn reduced_error(status: u16) -> Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smart::bulk;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     use serde_json::json;
@@ -795,6 +912,230 @@ mod tests {
             &mut TokenCache::new(4),
         )
         .0
+    }
+
+    /// Leak class 5: bulk job URLs are the kicking client's only, across workers.
+    mod bulk_jobs {
+        use super::*;
+        use crate::ratelimit::bucket::MemoryStore;
+
+        fn bulk_policy() -> AuthzFilterPolicy {
+            policy(json!({"routing": {"passthrough": [
+                {"prefix": "/fhir/r4/bulk-status/", "pool": "bulk", "methods": ["GET", "DELETE"]},
+                {"prefix": "/fhir/r4/bulk-files/", "pool": "bulk", "methods": ["GET"]}],
+                "pools": [{"name": "bulk", "operations": ["$export"]}]}}))
+        }
+
+        fn exchange(
+            p: &AuthzFilterPolicy,
+            method: &str,
+            path: &str,
+            scope: &str,
+            client: &str,
+        ) -> (Step, Exchange) {
+            let forwarded = URL_SAFE_NO_PAD
+                .encode(json!({"iss": "https://idp", "sub": "svc", "client_id": client, "scope": scope, "exp": NOW + 60}).to_string());
+            let head = RequestHead {
+                method,
+                path,
+                ..RequestHead::default()
+            };
+            p.on_head(
+                &head,
+                Some("Bearer a.b.c"),
+                Some(&forwarded),
+                None,
+                NOW,
+                &mut TokenCache::new(4),
+            )
+        }
+
+        const STATUS: &str = "http://gw.example/fhir/r4/bulk-status/job-1";
+
+        fn started(p: &AuthzFilterPolicy, store: &mut MemoryStore, types: &str) {
+            let path = if types.is_empty() {
+                "/fhir/r4/$export".to_string()
+            } else {
+                format!("/fhir/r4/$export?_type={types}")
+            };
+            let (step, ex) = exchange(p, "GET", &path, "system/*.rs", "etl");
+            assert!(matches!(step, Step::Allow { .. }), "{step:?}");
+            assert!(
+                !p.bind_export(&ex, 500, Some(STATUS), store, NOW),
+                "only an accepted kick-off binds"
+            );
+            assert!(p.bind_export(&ex, 202, Some(STATUS), store, NOW));
+        }
+
+        fn poll(
+            p: &AuthzFilterPolicy,
+            store: &MemoryStore,
+            method: &str,
+            path: &str,
+            scope: &str,
+            client: &str,
+            now: i64,
+        ) -> (Step, Exchange) {
+            let (step, mut ex) = exchange(p, method, path, scope, client);
+            assert_eq!(step, Step::CheckJob, "{method} {path}");
+            let step = p.check_job(&mut ex, store, now);
+            (step, ex)
+        }
+
+        fn refused(step: &Step) -> bool {
+            matches!(step, Step::Deny(r) if r.status == 403 && r.reason == "bulk-job-forbidden")
+        }
+
+        #[test]
+        fn the_kicking_client_polls_cancels_and_downloads_and_no_one_else() {
+            let p = bulk_policy();
+            let mut store = MemoryStore::default();
+            started(&p, &mut store, "");
+            let status = "/fhir/r4/bulk-status/job-1";
+            for method in ["GET", "DELETE"] {
+                let (step, _) = poll(&p, &store, method, status, "system/*.rs", "etl", NOW + 5);
+                assert!(matches!(step, Step::Allow { .. }), "{method}: {step:?}");
+                let (step, _) = poll(
+                    &p,
+                    &store,
+                    method,
+                    status,
+                    "system/*.rs",
+                    "other-app",
+                    NOW + 5,
+                );
+                assert!(refused(&step), "another client, {method}: {step:?}");
+                let (step, _) = poll(&p, &store, method, status, "openid", "etl", NOW + 5);
+                assert!(
+                    refused(&step),
+                    "scopes that no longer cover the export: {step:?}"
+                );
+            }
+            let (step, _) = poll(
+                &p,
+                &store,
+                "GET",
+                status,
+                "system/*.rs",
+                "etl",
+                NOW + bulk::JOB_TTL_SECONDS + 1,
+            );
+            assert!(refused(&step), "expired");
+            let (step, _) = poll(
+                &p,
+                &store,
+                "GET",
+                "/fhir/r4/bulk-status/job-2",
+                "system/*.rs",
+                "etl",
+                NOW,
+            );
+            assert!(refused(&step), "a URL fhirgate never saw issued");
+        }
+
+        #[test]
+        fn narrower_scopes_do_not_cover_a_wider_export() {
+            let p = bulk_policy();
+            let mut store = MemoryStore::default();
+            started(&p, &mut store, "Patient,Observation");
+            let status = "/fhir/r4/bulk-status/job-1";
+            let (step, _) = poll(
+                &p,
+                &store,
+                "GET",
+                status,
+                "system/Patient.rs system/Observation.rs",
+                "etl",
+                NOW,
+            );
+            assert!(matches!(step, Step::Allow { .. }), "{step:?}");
+            let (step, _) = poll(&p, &store, "GET", status, "system/Patient.rs", "etl", NOW);
+            assert!(refused(&step), "{step:?}");
+        }
+
+        #[test]
+        fn a_completed_manifest_binds_its_files_to_the_same_client() {
+            let p = bulk_policy();
+            let mut store = MemoryStore::default();
+            started(&p, &mut store, "");
+            let (step, ex) = poll(
+                &p,
+                &store,
+                "GET",
+                "/fhir/r4/bulk-status/job-1",
+                "system/*.rs",
+                "etl",
+                NOW,
+            );
+            assert!(matches!(step, Step::Allow { .. }));
+            assert!(p.reads_manifest(&ex, 200, "application/json"));
+            assert!(
+                !p.reads_manifest(&ex, 202, "application/json"),
+                "still in progress"
+            );
+            let manifest = br#"{"transactionTime":"2026-01-01T00:00:00Z","request":"x","requiresAccessToken":true,
+                "output":[{"type":"Patient","url":"http://gw.example/fhir/r4/bulk-files/job-1/Patient.ndjson"}],"error":[]}"#;
+            assert_eq!(p.bind_manifest(&ex, manifest, &mut store, NOW), 1);
+            let file = "/fhir/r4/bulk-files/job-1/Patient.ndjson";
+            let (step, ex) = poll(&p, &store, "GET", file, "system/*.rs", "etl", NOW);
+            assert!(matches!(step, Step::Allow { .. }), "{step:?}");
+            assert!(
+                !p.reads_manifest(&ex, 200, "application/fhir+ndjson"),
+                "files are streamed, not held"
+            );
+            let (step, _) = poll(&p, &store, "GET", file, "system/*.rs", "thief", NOW);
+            assert!(refused(&step), "{step:?}");
+            let (step, _) = poll(
+                &p,
+                &store,
+                "GET",
+                "/fhir/r4/bulk-files/job-1/Observation.ndjson",
+                "system/*.rs",
+                "etl",
+                NOW,
+            );
+            assert!(refused(&step), "a file the manifest did not list");
+        }
+
+        #[test]
+        fn a_post_kick_off_binds_the_types_of_its_body() {
+            let p = bulk_policy();
+            let mut store = MemoryStore::default();
+            let forwarded = URL_SAFE_NO_PAD
+                .encode(json!({"iss": "https://idp", "sub": "svc", "client_id": "etl", "scope": "system/Patient.rs", "exp": NOW + 60}).to_string());
+            let head = RequestHead {
+                method: "POST",
+                path: "/fhir/r4/$export",
+                content_type: Some("application/fhir+json"),
+                has_body: true,
+                ..RequestHead::default()
+            };
+            let (step, mut ex) = p.on_head(
+                &head,
+                Some("Bearer a.b.c"),
+                Some(&forwarded),
+                None,
+                NOW,
+                &mut TokenCache::new(4),
+            );
+            assert_eq!(step, Step::WaitRequestBody);
+            let body = br#"{"resourceType":"Parameters","parameter":[{"name":"_type","valueString":"Patient"}]}"#;
+            assert!(matches!(
+                p.on_request_body(&mut ex, body),
+                Step::Allow { .. }
+            ));
+            assert!(p.bind_export(&ex, 202, Some(STATUS), &mut store, NOW));
+            let (step, _) = poll(
+                &p,
+                &store,
+                "GET",
+                "/fhir/r4/bulk-status/job-1",
+                "system/Patient.rs",
+                "etl",
+                NOW,
+            );
+            assert!(matches!(step, Step::Allow { .. }), "{step:?}");
+        }
     }
 
     /// Leak class 9: the purpose of use comes from the token, or from a trusted zone's header.

@@ -1,6 +1,7 @@
 //! SMART on FHIR: scopes and the authorization decision.
 
 pub mod authz;
+pub mod bulk;
 pub mod cache;
 pub mod check;
 pub mod config;
