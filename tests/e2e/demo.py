@@ -30,8 +30,10 @@ EXAMPLES = [
     ("...reads an observation by id: checked on the response", "PATIENT_TOKEN", "GET", f"{BASE}/Observation/example", None, None, 200),
     ("a system client creates a patient", "SYSTEM_TOKEN", "POST", f"{BASE}/Patient", "application/fhir+json",
      '{"resourceType":"Patient","name":[{"family":"Demo"}]}', 201),
-    ("a CDS Hooks service, routed to its own cluster", None, "POST", "/cds-services/patient-greeter", "application/json",
-     '{"hook":"patient-view","context":{}}', 200),
+    ("a CDS Hooks service with the EHR's signed JWT, routed to its own cluster (each JWT once)", "CDS_TOKEN", "POST",
+     "/cds-services/patient-greeter", "application/json", '{"hook":"patient-view","context":{}}', 200),
+    ("a CDS Hooks service without it: 401", None, "POST", "/cds-services/patient-greeter", "application/json",
+     '{"hook":"patient-view","context":{}}', 401),
     ("unknown resource type: 404 OperationOutcome", "SYSTEM_TOKEN", "GET", f"{BASE}/Foo/1", None, None, 404),
     ("invalid id: 400 OperationOutcome", "SYSTEM_TOKEN", "GET", f"{BASE}/Patient/not_valid", None, None, 400),
     ("method the path does not allow: 405 with Allow", "SYSTEM_TOKEN", "POST", f"{BASE}/Patient/example", None, None, 405),
@@ -94,6 +96,7 @@ def main():
             "PATIENT_TOKEN": stack.token("launch/patient patient/*.rs", patient="example", sub="demo-patient-app"),
             "SYSTEM_TOKEN": stack.token("system/*.cruds", sub="demo-system-client"),
             "BREAK_GLASS": stack.break_glass_token("demo-system-client"),
+            "CDS_TOKEN": stack.cds_token("patient-greeter"),
         }
         print("# tokens from the demo's OAuth issuer (valid 5 minutes; the patient app's launch patient is `example`),")
         print(f"# and a break-glass token signed with `fhirgate breakglass sign --key-file {stack.break_glass_key} --kid {stack.BREAK_GLASS_KID} ...`:")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import uuid
 import os
 import pathlib
 import random
@@ -521,8 +522,19 @@ class Stack:
             {"issuer": self.failing_issuer, "audiences": [self.audience], "algorithms": ["RS256"],
              "jwksUri": f"{self.issuer}/no-jwks-here", "jwksCluster": "token_issuer"},
         ], "introspection": {"endpoint": f"{self.issuer}/oauth/introspect", "cluster": "token_issuer",
-                             "audiences": [self.audience], "cacheSeconds": 60}}, indent=2))
+                             "audiences": [self.audience], "cacheSeconds": 60},
+            # The same issuer stands in for the EHR whose CDS client signs CDS Hooks calls.
+            "cdsHooks": {"serviceBaseUrl": self.cds_base_url, "issuers": [self.issuer]}}, indent=2))
         return path
+
+    @property
+    def cds_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}/cds-services"
+
+    def cds_token(self, service: str, **claims) -> str:
+        """A CDS client's JWT for one call to `service` (CDS Hooks 2.0: aud the service URL,
+        a fresh jti, five minutes at most)."""
+        return self.token(None, aud=f"{self.cds_base_url}/{service}", jti=uuid.uuid4().hex, sub="ehr-cds-client", **claims)
 
     def opaque_token(self, scope: str, patient: str | None = None, expires_in: int = 300, **claims) -> str:
         """An opaque token the issuer's introspection endpoint vouches for."""

@@ -111,7 +111,9 @@ INTERACTIONS = [
 @pytest.mark.parametrize("method,path,headers,body,cluster,upstream_path,expected", INTERACTIONS,
                          ids=[f"{r[0]} {r[1]}" for r in INTERACTIONS])
 def test_upstream_receives_the_parsed_interaction(stack, method, path, headers, body, cluster, upstream_path, expected):
-    tid, status, _, rbody = send(stack, method, path, body, headers)
+    # A CDS Hooks service takes its CDS client's JWT, not a FHIR access token.
+    token = stack.cds_token(path.rsplit("/", 1)[1]) if method == "POST" and path.startswith("/cds-services/") else "default"
+    tid, status, _, rbody = send(stack, method, path, body, headers, token=token)
     hits = received(stack, tid)
     assert len(hits) == 1, f"status {status}: {rbody[:300]!r}"
     got_cluster, record = hits[0]
@@ -267,12 +269,34 @@ class TestBodyLimits:
 class TestCdsHooks:
     def test_a_prompt_service_returns_its_cards(self, stack):
         _, status, _, body = send(stack, "POST", "/cds-services/patient-greeter", json.dumps({"hook": "patient-view"}),
-                                  {"content-type": "application/json"})
+                                  {"content-type": "application/json"}, token=stack.cds_token("patient-greeter"))
         assert status == 200 and json.loads(body)["cards"][0]["summary"] == "hello from the CDS service"
+
+    def test_a_service_call_needs_the_cds_clients_jwt_for_that_service_once(self, stack):
+        # Issue 14, class 10: CDS Hooks 2.0 "Trusting CDS Clients".
+        hook = json.dumps({"hook": "patient-view"})
+        token = stack.cds_token("patient-greeter")
+        cases = [
+            (None, "missing-token"),
+            (stack.default_token, "token-wrong-audience"),  # a FHIR access token
+            (stack.cds_token("other-service"), "token-wrong-audience"),
+            (stack.cds_token("patient-greeter", iss="https://not-trusted.example"), "token-unknown-issuer"),
+        ]
+        for bad, reason in cases:
+            tid, status, headers, body = send(stack, "POST", "/cds-services/patient-greeter", hook, {"content-type": "application/json"}, token=bad)
+            assert (status, outcome_reason(body)) == (401, reason), reason
+            assert received(stack, tid) == []
+        _, status, _, _ = send(stack, "POST", "/cds-services/patient-greeter", hook, {"content-type": "application/json"}, token=token)
+        assert status == 200
+        tid, status, _, body = send(stack, "POST", "/cds-services/patient-greeter", hook, {"content-type": "application/json"}, token=token)
+        assert (status, outcome_reason(body)) == (401, "token-replayed")
+        assert received(stack, tid) == []
+        _, status, _, _ = send(stack, "GET", "/cds-services", token=None)
+        assert status == 200, "discovery stays public"
 
     def test_a_service_timeout_returns_empty_cards(self, stack):
         tid, status, headers, body = send(stack, "POST", "/cds-services/slow-hook", json.dumps({"hook": "patient-view"}),
-                                          {"content-type": "application/json"})
+                                          {"content-type": "application/json"}, token=stack.cds_token("slow-hook"))
         assert status == 200
         assert headers["content-type"].startswith("application/json")
         assert json.loads(body) == {"cards": []}
@@ -283,7 +307,8 @@ class TestCdsHooks:
                          ids=[f"{r[0]} {r[1]}" for r in INTERACTIONS])
 def test_cli_route_agrees_with_the_filter_in_envoy(stack, tmp_path, method, path, headers, body, cluster, upstream_path, expected):
     """`fhirgate route` runs the same core code as the filter: same headers, same request."""
-    tid, _, _, _ = send(stack, method, path, body, headers)
+    token = stack.cds_token(path.rsplit("/", 1)[1]) if method == "POST" and path.startswith("/cds-services/") else "default"
+    tid, _, _, _ = send(stack, method, path, body, headers, token=token)
     [(_, record)] = received(stack, tid)
     argv = [str(ROOT / "target" / "debug" / "fhirgate"), "route", method, path, "--config", str(ROOT / "envoy" / "routing.json")]
     for k, v in headers.items():

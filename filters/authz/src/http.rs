@@ -130,6 +130,28 @@ impl AuthzFilter {
             // Only returned for a held response.
             Step::Reduce(rejection) => reject(FILTER, &rejection),
             Step::FetchCurrent { path } => self.fetch_current(&path),
+            Step::CheckCdsReplay => {
+                let now = now_of(self);
+                let (Some(runtime), Some(exchange)) =
+                    (self.runtime.clone(), self.exchange.as_mut())
+                else {
+                    return reject(FILTER, &Rejection::not_configured(FILTER));
+                };
+                let step = runtime
+                    .borrow()
+                    .policy
+                    .check_cds_replay(exchange, &mut SharedData, now);
+                fhirgate_proxy::count(
+                    FILTER,
+                    "cds_client",
+                    if matches!(step, Step::Deny(_)) {
+                        "replayed"
+                    } else {
+                        "verified"
+                    },
+                );
+                self.apply(step)
+            }
             Step::CheckJob => {
                 let now = now_of(self);
                 let (Some(runtime), Some(exchange)) =

@@ -63,6 +63,27 @@ pub struct AuthzConfig {
     /// under `patient/` scopes (without it those writes are refused).
     #[serde(default)]
     pub current_resource: Option<CurrentResourceConfig>,
+    /// CDS Hooks services are called with the CDS client's signed JWT: verify it here.
+    #[serde(default)]
+    pub cds_hooks: Option<CdsHooksConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CdsHooksConfig {
+    /// The public URL of the CDS services base, as CDS clients address it (each JWT's `aud`
+    /// is this plus `/{service id}`), e.g. `https://gw.example.org/cds-services`.
+    pub service_base_url: String,
+    /// The `iss` of every trusted CDS client (an EHR); each must be one of `issuers`, whose
+    /// keys verify its JWTs.
+    pub issuers: Vec<String>,
+    /// Longest `exp - iat` accepted (CDS Hooks: at most five minutes).
+    #[serde(default = "default_cds_lifetime")]
+    pub max_lifetime_seconds: i64,
+}
+
+fn default_cds_lifetime() -> i64 {
+    300
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -511,8 +532,46 @@ impl AuthzConfig {
                 Some(c.clone())
             }
         };
+        let cds_hooks = match &self.cds_hooks {
+            None => None,
+            Some(c) => {
+                let url_ok = (c.service_base_url.starts_with("https://")
+                    || c.service_base_url.starts_with("http://"))
+                    && !c.service_base_url.ends_with('/');
+                if !url_ok {
+                    return Err(ConfigError::new(
+                        "cdsHooks.serviceBaseUrl",
+                        "must be an absolute http(s) URL without a trailing slash",
+                    ));
+                }
+                if c.issuers.is_empty() {
+                    return Err(ConfigError::new(
+                        "cdsHooks.issuers",
+                        "names at least one trusted CDS client issuer",
+                    ));
+                }
+                if let Some(unknown) = c
+                    .issuers
+                    .iter()
+                    .find(|i| !self.issuers.iter().any(|x| &x.issuer == *i))
+                {
+                    return Err(ConfigError::new(
+                        "cdsHooks.issuers",
+                        format!("`{unknown}` is not one of `issuers` (whose keys would verify it)"),
+                    ));
+                }
+                if !(1..=3600).contains(&c.max_lifetime_seconds) {
+                    return Err(ConfigError::new(
+                        "cdsHooks.maxLifetimeSeconds",
+                        "must be between 1 and 3600",
+                    ));
+                }
+                Some(c.clone())
+            }
+        };
         let policy = self.compile()?;
         Ok(AuthzFilterPolicy {
+            cds_hooks,
             current_resource,
             routing,
             verifier,
@@ -542,6 +601,7 @@ impl AuthzConfig {
             public_interactions: default_public(),
             operations: default_operations(),
             current_resource: None,
+            cds_hooks: None,
         }
     }
 

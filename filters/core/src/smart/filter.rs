@@ -32,6 +32,9 @@ pub struct AuthzFilterPolicy {
     pub report_only: bool,
     /// Where writes under `patient/` scopes read the resource they change.
     pub current_resource: Option<super::config::CurrentResourceConfig>,
+    /// How CDS Hooks clients' JWTs are verified; without it CDS services follow
+    /// `publicInteractions`.
+    pub cds_hooks: Option<super::config::CdsHooksConfig>,
 }
 
 /// A trust zone, chosen by the mTLS peer's URI SAN: its own policy and mode.
@@ -284,6 +287,10 @@ pub enum Step {
     FetchCurrent {
         path: String,
     },
+    /// A CDS Hooks call with a verified client JWT: call
+    /// [`AuthzFilterPolicy::check_cds_replay`] with the shared data, which remembers every
+    /// `jti` until its token expires.
+    CheckCdsReplay,
     /// A Bulk Data job URL (status, file, cancel): call [`AuthzFilterPolicy::check_job`] with
     /// the shared data, which holds whom each job belongs to.
     CheckJob,
@@ -310,6 +317,8 @@ pub struct Exchange {
     export: Option<(String, Vec<String>)>,
     /// A bulk job URL this client may use: its manifest binds the files to the same client.
     job: Option<super::bulk::JobBinding>,
+    /// A CDS Hooks call whose client JWT verified (its `jti` still to be checked for replay).
+    cds: Option<super::token::CdsClaims>,
 }
 
 impl Exchange {
@@ -325,6 +334,19 @@ impl Exchange {
     fn grant(&self) -> Option<&Grant> {
         self.verified.as_deref().map(|(_, grant)| grant)
     }
+}
+
+/// The internal headers of a CDS Hooks call: its client (the JWT's `sub`, the CDS client id).
+fn cds_headers(claims: &super::token::CdsClaims) -> Vec<(&'static str, String)> {
+    let mut headers = vec![(headers::AUTHZ_DECISION, "allow".to_string())];
+    if let Some(sub) = claims
+        .subject
+        .as_ref()
+        .filter(|s| s.bytes().all(|b| (0x20..0x7f).contains(&b)))
+    {
+        headers.push((headers::CLIENT_ID, sub.clone()));
+    }
+    headers
 }
 
 fn identity_headers(token: Option<&VerifiedToken>) -> Vec<(&'static str, String)> {
@@ -469,6 +491,7 @@ impl AuthzFilterPolicy {
             write_body: None,
             export: None,
             job: None,
+            cds: None,
         };
         let routed = match self.routing.route(head) {
             Ok(r) => r,
@@ -477,6 +500,20 @@ impl AuthzFilterPolicy {
         let (path, query) = head.path.split_once('?').unwrap_or((head.path, ""));
         ex.path = path.to_string();
         ex.raw_query = query.to_string();
+        let cds_call = matches!(
+            routed.interaction,
+            crate::routing::Interaction::CdsService | crate::routing::Interaction::CdsFeedback
+        );
+        if let (true, Some(cds)) = (cds_call, &self.cds_hooks) {
+            return match self.verify_cds(cds, authorization, &ex.path, now) {
+                Ok(claims) => {
+                    ex.cds = Some(claims);
+                    ex.routed = Some(routed);
+                    (Step::CheckCdsReplay, ex)
+                }
+                Err(rejection) => (Step::Deny(rejection), ex),
+            };
+        }
         if !self.zone_policy(&ex).0.public.contains(&routed.interaction) {
             let verified = match &self.jwt_authn_header {
                 Some(_) => self.trust_envoy(authorization, forwarded, now),
@@ -565,6 +602,13 @@ impl AuthzFilterPolicy {
         let Some(routed) = ex.routed.as_ref() else {
             return Step::Deny(Rejection::not_configured("fhirgate.authz"));
         };
+        // A CDS Hooks call was decided on its client's JWT (and jti) already.
+        if let Some(claims) = ex.cds.as_ref() {
+            return Step::Allow {
+                headers: cds_headers(claims),
+                path: None,
+            };
+        }
         let (policy, _) = self.zone_policy(ex);
         let mut decision = policy.decide(routed, &ex.raw_query, ex.grant());
         if let (
@@ -648,6 +692,80 @@ impl AuthzFilterPolicy {
                 }
                 _ => Step::Deny(super::authz::deny::not_confinable()),
             },
+        }
+    }
+
+    /// The CDS client's JWT on a call to `path` (`/cds-services/{id}` or `…/{id}/feedback`):
+    /// `aud` must be the service's public URL, its lifetime within `maxLifetimeSeconds`.
+    fn verify_cds(
+        &self,
+        cds: &super::config::CdsHooksConfig,
+        authorization: Option<&str>,
+        path: &str,
+        now: i64,
+    ) -> Result<super::token::CdsClaims, Rejection> {
+        let token = bearer_token(authorization).map_err(|e| e.rejection())?;
+        let base = self
+            .routing
+            .cds_hooks_path
+            .as_deref()
+            .unwrap_or("/cds-services");
+        let rest = path.strip_prefix(base).unwrap_or("");
+        let service = rest.strip_suffix("/feedback").unwrap_or(rest);
+        let audience = format!("{}{service}", cds.service_base_url);
+        let claims = self
+            .verifier
+            .verify_cds(token, now, &audience, &cds.issuers)
+            .map_err(|e| e.rejection())?;
+        let skew = 60;
+        if claims.expires_at - claims.issued_at > cds.max_lifetime_seconds
+            || claims.issued_at > now + skew
+        {
+            return Err(TokenError::Expired.rejection());
+        }
+        Ok(claims)
+    }
+
+    /// Refuses a CDS client JWT whose `jti` was seen before (on any worker), else goes on with
+    /// the request.
+    pub fn check_cds_replay(
+        &self,
+        ex: &mut Exchange,
+        store: &mut dyn crate::ratelimit::bucket::SharedStore,
+        now: i64,
+    ) -> Step {
+        let Some(claims) = ex.cds.as_ref() else {
+            return Step::Deny(Rejection::not_configured("fhirgate.authz"));
+        };
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(
+            format!("{}\u{0}{}", claims.issuer, claims.jti).as_bytes(),
+        );
+        let key = format!(
+            "fhirgate.cds.jti.{}",
+            digest[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let (seen, cas) = store.get(&key);
+        let still_valid = seen
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|exp| exp > now);
+        // Envoy's shared data has no atomic insert-if-absent: two workers seeing the same new
+        // jti within the same few microseconds could both pass (documented).
+        let _ = cas;
+        let fresh = !still_valid && store.set(&key, claims.expires_at.to_string().as_bytes(), None);
+        if !fresh {
+            return self.enforce(ex, Step::Deny(TokenError::Replayed.rejection()));
+        }
+        let headers = cds_headers(claims);
+        if ex.routed.as_ref().is_some_and(|r| r.awaiting_body) {
+            return Step::WaitRequestBody;
+        }
+        Step::Allow {
+            headers,
+            path: None,
         }
     }
 
@@ -912,6 +1030,171 @@ mod tests {
             &mut TokenCache::new(4),
         )
         .0
+    }
+
+    /// Leak class 10: CDS Hooks services take only a CDS client's signed JWT, once.
+    mod cds_hooks {
+        use super::*;
+        use crate::ratelimit::bucket::MemoryStore;
+        use jwt_compact::alg::Ed25519;
+        use jwt_compact::jwk::JsonWebKey;
+        use jwt_compact::{AlgorithmExt, Claims, Header};
+
+        const EHR: &str = "https://ehr.example";
+        const BASE_URL: &str = "https://gw.example/cds-services";
+
+        fn key() -> ed25519_compact::KeyPair {
+            ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([9; 32]))
+        }
+
+        fn cds_policy() -> AuthzFilterPolicy {
+            let mut jwk = serde_json::to_value(JsonWebKey::from(&key().pk)).unwrap();
+            jwk["kid"] = json!("ehr-1");
+            let config = json!({
+                "issuers": [{"issuer": EHR, "audiences": ["https://gw.example/fhir/r4"], "algorithms": ["EdDSA"], "jwks": {"keys": [jwk]}}],
+                "cdsHooks": {"serviceBaseUrl": BASE_URL, "issuers": [EHR]},
+                "publicInteractions": ["capabilities", "cds-discovery"],
+                "routing": {"cdsHooksPath": "/cds-services"}
+            });
+            AuthzFilterPolicy::from_json(config.to_string().as_bytes()).unwrap()
+        }
+
+        fn jwt(aud: &str, jti: &str, lifetime: i64) -> String {
+            let mut c = Claims::new(
+                json!({"iss": EHR, "sub": "ehr-client", "aud": aud, "jti": jti})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            );
+            c.issued_at = chrono::DateTime::from_timestamp(NOW, 0);
+            c.expiration = chrono::DateTime::from_timestamp(NOW + lifetime, 0);
+            Ed25519
+                .token(&Header::empty().with_key_id("ehr-1"), &c, &key().sk)
+                .unwrap()
+        }
+
+        fn call(
+            p: &AuthzFilterPolicy,
+            path: &str,
+            token: Option<&str>,
+            store: &mut MemoryStore,
+        ) -> Step {
+            let head = RequestHead {
+                method: "POST",
+                path,
+                content_type: Some("application/json"),
+                has_body: true,
+                ..RequestHead::default()
+            };
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let (step, mut ex) = p.on_head(
+                &head,
+                auth.as_deref(),
+                None,
+                None,
+                NOW,
+                &mut TokenCache::new(4),
+            );
+            match step {
+                Step::CheckCdsReplay => p.check_cds_replay(&mut ex, store, NOW),
+                other => other,
+            }
+        }
+
+        fn refused(step: &Step, reason: &str) -> bool {
+            matches!(step, Step::Deny(r) if r.status == 401 && r.reason == reason)
+        }
+
+        #[test]
+        fn a_service_call_needs_the_cds_clients_jwt_for_that_service_once() {
+            let p = cds_policy();
+            let mut store = MemoryStore::default();
+            let path = "/cds-services/patient-greeter";
+            assert!(refused(&call(&p, path, None, &mut store), "missing-token"));
+            let fresh = jwt(&format!("{BASE_URL}/patient-greeter"), "j-1", 300);
+            assert_eq!(
+                call(&p, path, Some(&fresh), &mut store),
+                Step::WaitRequestBody
+            );
+            assert!(
+                refused(&call(&p, path, Some(&fresh), &mut store), "token-replayed"),
+                "the same jti again"
+            );
+            let other = jwt(&format!("{BASE_URL}/other-service"), "j-2", 300);
+            assert!(refused(
+                &call(&p, path, Some(&other), &mut store),
+                "token-wrong-audience"
+            ));
+            let long = jwt(&format!("{BASE_URL}/patient-greeter"), "j-3", 3600);
+            assert!(
+                refused(&call(&p, path, Some(&long), &mut store), "token-expired"),
+                "longer than five minutes"
+            );
+            let feedback = jwt(&format!("{BASE_URL}/patient-greeter"), "j-4", 300);
+            assert_eq!(
+                call(
+                    &p,
+                    "/cds-services/patient-greeter/feedback",
+                    Some(&feedback),
+                    &mut store
+                ),
+                Step::WaitRequestBody
+            );
+        }
+
+        #[test]
+        fn a_cds_jwt_is_decided_allowed_once_its_body_is_read() {
+            let p = cds_policy();
+            let mut store = MemoryStore::default();
+            let head = RequestHead {
+                method: "POST",
+                path: "/cds-services/patient-greeter",
+                content_type: Some("application/json"),
+                has_body: true,
+                ..RequestHead::default()
+            };
+            let auth = format!(
+                "Bearer {}",
+                jwt(&format!("{BASE_URL}/patient-greeter"), "j-9", 300)
+            );
+            let (step, mut ex) =
+                p.on_head(&head, Some(&auth), None, None, NOW, &mut TokenCache::new(4));
+            assert_eq!(step, Step::CheckCdsReplay);
+            assert_eq!(
+                p.check_cds_replay(&mut ex, &mut store, NOW),
+                Step::WaitRequestBody
+            );
+            match p.on_request_body(
+                &mut ex,
+                br#"{"hook":"patient-view","hookInstance":"x","context":{}}"#,
+            ) {
+                Step::Allow { headers, .. } => {
+                    assert!(headers.contains(&(headers::CLIENT_ID, "ehr-client".to_string())))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+
+        #[test]
+        fn discovery_stays_public_and_the_config_names_the_field() {
+            let p = cds_policy();
+            let head = RequestHead {
+                method: "GET",
+                path: "/cds-services",
+                ..RequestHead::default()
+            };
+            let (step, _) = p.on_head(&head, None, None, None, NOW, &mut TokenCache::new(4));
+            assert!(matches!(step, Step::Allow { .. }), "{step:?}");
+            let bad =
+                json!({"issuers": [], "cdsHooks": {"serviceBaseUrl": BASE_URL, "issuers": [EHR]}});
+            assert_eq!(
+                AuthzFilterPolicy::from_json(bad.to_string().as_bytes())
+                    .err()
+                    .unwrap()
+                    .field,
+                "cdsHooks.issuers"
+            );
+        }
     }
 
     /// Leak class 5: bulk job URLs are the kicking client's only, across workers.

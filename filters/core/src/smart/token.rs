@@ -140,6 +140,19 @@ pub struct VerifiedToken {
     pub expires_at: i64,
 }
 
+/// A token whose signature and times verified: its issuer, claims and `jku` header.
+type Signed<'a> = (&'a Issuer, Claims<Map<String, Value>>, Option<String>);
+
+/// What a verified CDS Hooks client JWT says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdsClaims {
+    pub issuer: String,
+    pub subject: Option<String>,
+    pub jti: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
 /// Why a token was refused. Each has a stable reason code; none carries token content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenError {
@@ -161,6 +174,8 @@ pub enum TokenError {
     RejectedByEnvoy,
     /// Introspection says the token is not active.
     Inactive,
+    /// A one-time token (a CDS client's JWT) whose `jti` was already used.
+    Replayed,
 }
 
 impl TokenError {
@@ -182,6 +197,7 @@ impl TokenError {
             TokenError::Revoked => "token-revoked",
             TokenError::RejectedByEnvoy => "token-invalid",
             TokenError::Inactive => "token-inactive",
+            TokenError::Replayed => "token-replayed",
         }
     }
 
@@ -203,6 +219,7 @@ impl TokenError {
             TokenError::Revoked => "the token has been revoked",
             TokenError::RejectedByEnvoy => "the token did not verify",
             TokenError::Inactive => "the token is not active",
+            TokenError::Replayed => "the token was already used",
         }
     }
 
@@ -254,6 +271,77 @@ impl TokenVerifier {
 
     /// Verifies `token` at `now` (seconds since the Unix epoch).
     pub fn verify(&self, token: &str, now: i64) -> Result<VerifiedToken, TokenError> {
+        let (issuer, verified, _) = self.verify_signed(token, now)?;
+        let claims = &verified.custom;
+        if !audience_matches(claims.get("aud"), &issuer.audiences) {
+            return Err(TokenError::WrongAudience);
+        }
+        self.finish(
+            issuer,
+            claims,
+            verified.expiration.map_or(0, |e| e.timestamp()),
+        )
+    }
+
+    /// Verifies a CDS Hooks client's JWT (CDS Hooks 2.0, "Trusting CDS Clients") at `now`:
+    /// signed by one of `issuers` with its keys, `aud` exactly `audience` (the service URL
+    /// invoked), `exp`, `iat` and `jti` present, and a `jku` header, when given, naming that
+    /// issuer's own JWKS URL (keys are never fetched from a URL a token names).
+    pub fn verify_cds(
+        &self,
+        token: &str,
+        now: i64,
+        audience: &str,
+        issuers: &[String],
+    ) -> Result<CdsClaims, TokenError> {
+        let (issuer, verified, jku) = self.verify_signed(token, now)?;
+        if !issuers.contains(&issuer.issuer) {
+            return Err(TokenError::UnknownIssuer);
+        }
+        // The issuer's own JWKS URL, as configured (`jwksUri`): same authority and path.
+        let names_own_jwks = |jku: &str| {
+            let rest = jku
+                .strip_prefix("https://")
+                .or_else(|| jku.strip_prefix("http://"));
+            match (
+                rest.and_then(|r| r.find('/').map(|i| r.split_at(i))),
+                &issuer.source,
+            ) {
+                (Some((authority, path)), Some(source)) => {
+                    authority == source.authority && path == source.path
+                }
+                _ => false,
+            }
+        };
+        if jku.is_some_and(|j| !names_own_jwks(&j)) {
+            return Err(TokenError::UnknownKey);
+        }
+        let claims = &verified.custom;
+        if !audience_matches(claims.get("aud"), &[audience.to_string()]) {
+            return Err(TokenError::WrongAudience);
+        }
+        let (Some(exp), Some(iat), Some(jti)) = (
+            verified.expiration,
+            verified.issued_at,
+            claims.get("jti").and_then(Value::as_str),
+        ) else {
+            return Err(TokenError::MissingClaim);
+        };
+        if jti.is_empty() || jti.len() > 256 {
+            return Err(TokenError::MissingClaim);
+        }
+        Ok(CdsClaims {
+            issuer: issuer.issuer.clone(),
+            subject: claim_str(claims, "sub"),
+            jti: jti.to_string(),
+            issued_at: iat.timestamp(),
+            expires_at: exp.timestamp(),
+        })
+    }
+
+    /// Size, shape, algorithm, issuer, times and signature: what every token must pass.
+    /// Returns the issuer, the verified claims and the `jku` header.
+    fn verify_signed(&self, token: &str, now: i64) -> Result<Signed<'_>, TokenError> {
         if token.len() > self.max_token_bytes {
             return Err(TokenError::TooLarge);
         }
@@ -311,15 +399,7 @@ impl TokenVerifier {
         }
         .map_err(|_| TokenError::BadSignature)?;
         check_times(&verified, now, issuer.clock_skew_seconds)?;
-        let claims = &verified.custom;
-        if !audience_matches(claims.get("aud"), &issuer.audiences) {
-            return Err(TokenError::WrongAudience);
-        }
-        self.finish(
-            issuer,
-            claims,
-            verified.expiration.map_or(0, |e| e.timestamp()),
-        )
+        Ok((issuer, verified, untrusted.header().key_set_url.clone()))
     }
 
     /// Required claims, revocation, and what the token says.

@@ -473,3 +473,129 @@ fn trusts_a_payload_forwarded_by_envoy_jwt_authn_but_checks_it() {
         assert_eq!(v.from_forwarded_payload(&p, NOW), Err(expected));
     }
 }
+
+/// CDS Hooks 2.0 client JWTs (issue 14, class 10).
+mod cds_hooks {
+    use super::*;
+
+    const SERVICE: &str = "https://gateway.example/cds-services/patient-greeter";
+
+    fn cds_claims(extra: Value) -> Claims<Map<String, Value>> {
+        let mut c = claims(
+            json!({"aud": SERVICE, "jti": "cds-1", "scope": null, "patient": null, "client_id": null}),
+        );
+        c.issued_at = DateTime::from_timestamp(NOW - 10, 0);
+        c.expiration = DateTime::from_timestamp(NOW + 290, 0);
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                c.custom.remove(k);
+            } else {
+                c.custom.insert(k.clone(), v.clone());
+            }
+        }
+        c
+    }
+
+    fn sign(header: Header, c: &Claims<Map<String, Value>>) -> String {
+        Ed25519.token(&header, c, &keys().ed.0).unwrap()
+    }
+
+    fn ed(c: &Claims<Map<String, Value>>) -> String {
+        sign(Header::empty().with_key_id("ed-1"), c)
+    }
+
+    fn issuers() -> Vec<String> {
+        vec![ISS.to_string()]
+    }
+
+    #[test]
+    fn accepts_a_jwt_for_the_service_it_calls() {
+        let v = verifier()
+            .verify_cds(&ed(&cds_claims(json!({}))), NOW, SERVICE, &issuers())
+            .unwrap();
+        assert_eq!(
+            (v.issuer.as_str(), v.jti.as_str(), v.subject.as_deref()),
+            (ISS, "cds-1", Some("user-1"))
+        );
+        assert_eq!((v.issued_at, v.expires_at), (NOW - 10, NOW + 290));
+    }
+
+    #[test]
+    fn refuses_what_cds_hooks_does_not_allow() {
+        let v = verifier();
+        let cases: Vec<(&str, String, TokenError)> = vec![
+            (
+                "another service's audience",
+                ed(&cds_claims(
+                    json!({"aud": "https://gateway.example/cds-services/other"}),
+                )),
+                TokenError::WrongAudience,
+            ),
+            (
+                "a FHIR access token's audience",
+                ed(&cds_claims(json!({"aud": AUD}))),
+                TokenError::WrongAudience,
+            ),
+            (
+                "no jti",
+                ed(&cds_claims(json!({"jti": null}))),
+                TokenError::MissingClaim,
+            ),
+            (
+                "an empty jti",
+                ed(&cds_claims(json!({"jti": ""}))),
+                TokenError::MissingClaim,
+            ),
+            (
+                "expired",
+                {
+                    let mut c = cds_claims(json!({}));
+                    c.expiration = DateTime::from_timestamp(NOW - 120, 0);
+                    ed(&c)
+                },
+                TokenError::Expired,
+            ),
+            (
+                "no iat",
+                {
+                    let mut c = cds_claims(json!({}));
+                    c.issued_at = None;
+                    ed(&c)
+                },
+                TokenError::MissingClaim,
+            ),
+            (
+                "a jku naming keys elsewhere",
+                sign(
+                    Header::empty()
+                        .with_key_id("ed-1")
+                        .with_key_set_url("https://evil.example/jwks"),
+                    &cds_claims(json!({})),
+                ),
+                TokenError::UnknownKey,
+            ),
+            (
+                "an unknown issuer",
+                ed(&cds_claims(json!({"iss": "https://other.example"}))),
+                TokenError::UnknownIssuer,
+            ),
+        ];
+        for (name, token, expected) in cases {
+            assert_eq!(
+                v.verify_cds(&token, NOW, SERVICE, &issuers()),
+                Err(expected),
+                "{name}"
+            );
+        }
+        // A trusted issuer that is not a trusted CDS client.
+        assert_eq!(
+            v.verify_cds(
+                &ed(&cds_claims(json!({}))),
+                NOW,
+                SERVICE,
+                &["https://ehr.example".to_string()]
+            ),
+            Err(TokenError::UnknownIssuer)
+        );
+    }
+}
