@@ -194,6 +194,62 @@ def consent_instructions(work: pathlib.Path) -> dict:
     return result
 
 
+def confine_instructions(work: pathlib.Path, entries: int = 50, n: int = 50) -> dict:
+    """Native instructions per response of the authorization filter's check under patient/
+    scopes (issue 14: parse the held body, verify it resource by resource), setup subtracted:
+    a searchset of `entries` HL7 example Observations, all the launch patient's. Returns
+    {"verify": instructions, "parse": instructions of the parse alone, "bytes", "entries"}."""
+    subprocess.run(["cargo", "build", "-q", "--release", "-p", "fhirgate-core", "--example", "confine_bench"], cwd=ROOT, check=True)
+    exe = ROOT / "target" / "release" / "examples" / "confine_bench"
+    examples = ROOT / ".tools" / "node_modules" / "hl7.fhir.r4.examples"
+    observations = [json.loads(p.read_text()) for p in sorted(examples.glob("Observation-*.json"))]
+    observations = [o for o in observations if o.get("resourceType") == "Observation"]
+    chosen = []
+    while len(chosen) < entries:  # repeat the examples until there are enough
+        for o in observations[: entries - len(chosen)]:
+            o = json.loads(json.dumps(o))
+            o.pop("contained", None)
+            o["id"] = f"{o['id']}-{len(chosen)}"
+            o["subject"] = {"reference": "Patient/example"}
+            # The examples' performers and authors include patients of their own: keep the
+            # practitioners and organisations only, so the whole page is releasable.
+            o["performer"] = [r for r in o.get("performer", []) if "Patient/" not in r.get("reference", "")]
+            o.pop("focus", None)
+            o.pop("hasMember", None)
+            o.pop("derivedFrom", None)
+            chosen.append(o)
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(chosen),
+              "link": [{"relation": "self", "url": "http://bench/fhir/r4/Observation?patient=example"}],
+              "entry": [{"fullUrl": f"http://bench/fhir/r4/Observation/{o['id']}", "resource": o, "search": {"mode": "match"}} for o in chosen]}
+    path = work / "confine-bundle.json"
+    path.write_text(json.dumps(bundle))
+    result = {"bytes": path.stat().st_size, "entries": len(chosen)}
+    for mode in ("verify", "parse"):
+        totals = []
+        for count in (0, n):
+            out = work / f"cg.confine.{mode}.{count}"
+            args = [str(exe), str(path), "example", str(count)] + (["parse"] if mode == "parse" else [])
+            subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *args], capture_output=True, check=True)
+            totals.append(int(re.search(r"^summary:\s+(\d+)", out.read_text(), re.M).group(1)))
+        result[mode] = (totals[1] - totals[0]) / n
+    return result
+
+
+def write_summary(figures: dict):
+    """bench/summary.jsonl: one JSON line per figure, replaced by name, for other tools."""
+    out = ROOT / "bench" / "summary.jsonl"
+    lines = {}
+    if out.exists():
+        for line in out.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                lines[record["name"]] = record
+    stamp = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%MZ}"
+    for name, (value, unit, what) in figures.items():
+        lines[name] = {"name": name, "value": round(value, 3), "unit": unit, "what": what, "measured": stamp}
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines.values()))
+
+
 def audit_instructions(n: int = 1000) -> float:
     """Native instructions per record of the audit core (build, seal into the HMAC chain,
     serialise), setup subtracted."""
@@ -330,6 +386,7 @@ def main() -> int:
     audit_async_us = statistics.median(audit_latency["audited"])
     audit_fc_us = statistics.median(audit_latency["failclosed"])
     consent = consent_instructions(work)
+    confine = confine_instructions(work)
     bundle_ir, bundle_bytes = consent["bundle"]
     single_ir, single_bytes = consent["single"]
     plain_ir, plain_bytes = consent["plain"]
@@ -453,12 +510,29 @@ cheaper, in V8 it is about a third faster than they were). Responses the filter 
 (metadata, CDS Hooks, passthrough paths, errors) cost only the Wasm floor. In Envoy the filter
 also copies the body into the VM (not counted here).
 
+### Response verification under `patient/` scopes
+
+Natively under callgrind (`filters/core/examples/confine_bench.rs`): the authorization filter
+holds a confined request's response, parses it and verifies it resource by resource for the
+launch patient (setup subtracted). Requests under `user/` or `system/` scopes, and everything
+the filter refuses, are not held and pay none of this.
+
+| response | size | parse | verify | together | ≈ time |
+|---|---|---|---|---|---|
+| search Bundle of {confine['entries']} of the patient's Observations | {confine['bytes'] / 1024:.0f} KB | {confine['parse']:.0f} | {confine['verify'] - confine['parse']:.0f} | {confine['verify']:.0f} | {confine['verify'] * us_per_ir:.0f} µs |
+
 Every round (CPU per request / throughput):
 {chr(10).join('- ' + t + ': ' + ', '.join(f"{r['cpu_us_per_request']:.2f} µs / {r['rps']:.0f} rps" for r in runs) for t, runs in results.items())}
 """
     out = ROOT / "bench" / "results.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(report)
+    write_summary({
+        "authz.confined_response.instructions": (confine["verify"], "instructions", f"parse + verify a {confine['entries']}-entry search Bundle under patient/ scopes, native"),
+        "authz.confined_response.verify_only.instructions": (confine["verify"] - confine["parse"], "instructions", "the verification alone, after the parse, native"),
+        "authz.cached_token.instructions": (authz_cached_ir, "instructions", "authz filter with a cached token, in Envoy (callgrind)"),
+        "routing.instructions": (added_ir, "instructions", "routing filter per request, in Envoy (callgrind)"),
+    })
     print(report)
     return 0
 

@@ -6,6 +6,8 @@
 //   POST /mint-opaque {"claims": {...}, "expiresIn": seconds} -> {"token"}: an opaque token that
 //        the issuer's RFC 7662 /oauth/introspect answers for (active until expired or revoked)
 //   POST /revoke-opaque {"token"}: makes that token inactive
+//   POST /revoke-jti {"jti"}: lists that jti at GET /revocations (the issuer's revocation list,
+//        {"jtis": [...]}, which the gateway fetches)
 // usage: node issuer.mjs ISSUER_PORT CONTROL_PORT MODULES_DIR
 import http from 'node:http';
 import crypto from 'node:crypto';
@@ -27,6 +29,11 @@ server.service.addRoute('POST', '/oauth/introspect', (req, res) => {
     : { active: false };
   res.writeHead(200, { 'content-type': 'application/json' });
   res.end(JSON.stringify(body));
+});
+const revokedJtis = new Set();
+server.service.addRoute('GET', '/revocations', (req, res) => {
+  res.writeHead(200, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ jtis: [...revokedJtis] }));
 });
 const current = {};
 current.RS256 = (await server.issuer.keys.generate('RS256')).kid;
@@ -58,6 +65,10 @@ const control = http.createServer(async (req, res) => {
       opaque.set(token, { claims: body.claims || {}, exp: Math.floor(Date.now() / 1000) + (body.expiresIn ?? 300), revoked: false });
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ token }));
+    } else if (req.url === '/revoke-jti') {
+      revokedJtis.add(body.jti);
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ revoked: true }));
     } else if (req.url === '/revoke-opaque') {
       const entry = opaque.get(body.token);
       if (entry) entry.revoked = true;

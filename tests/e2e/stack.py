@@ -524,7 +524,11 @@ class Stack:
         ], "introspection": {"endpoint": f"{self.issuer}/oauth/introspect", "cluster": "token_issuer",
                              "audiences": [self.audience], "cacheSeconds": 60},
             # The same issuer stands in for the EHR whose CDS client signs CDS Hooks calls.
-            "cdsHooks": {"serviceBaseUrl": self.cds_base_url, "issuers": [self.issuer]}}, indent=2))
+            "cdsHooks": {"serviceBaseUrl": self.cds_base_url, "issuers": [self.issuer]},
+            # Its revocation list, fetched every second (stale only after ten minutes, so the
+            # tests that take the issuer away see JWKS behaviour, not this).
+            "revocation": {"cluster": "token_issuer", "path": "/revocations", "authority": "localhost",
+                           "refreshSeconds": 1, "maxStaleSeconds": 600}}, indent=2))
         return path
 
     @property
@@ -548,6 +552,10 @@ class Stack:
 
     def revoke_opaque(self, token: str):
         self._control("/revoke-opaque", {"token": token})
+
+    def revoke_jti(self, jti: str):
+        """Puts a jti on the issuer's revocation list, which the gateway fetches every second."""
+        self._control("/revoke-jti", {"jti": jti})
 
     def rotate_key(self, alg: str = "RS256") -> str:
         """Adds a new signing key at the issuer; tokens minted afterwards use it. Waits out the

@@ -3,6 +3,7 @@
 from the recorders."""
 import base64
 import json
+import time
 import uuid
 
 import pytest
@@ -335,3 +336,25 @@ def test_decisions_token_cache_and_jwks_are_counted_without_ids(stack):
     assert value("fhirgate.authz.jwks.refreshed") >= 1
     for name in stats:
         assert "metrics-user" not in name and "example" not in name and "eyJ" not in name
+
+
+class TestRevocationList:
+    """Issue 14, class 11: a revocation fetched from the issuer takes effect within seconds in
+    every worker, for tokens already verified and cached."""
+
+    def test_a_revoked_jti_is_refused_even_when_its_token_is_cached(self, stack):
+        jti = uuid.uuid4().hex
+        token = stack.token("user/Patient.rs", jti=jti)
+        for _ in range(4):  # verified once, then served from each worker's cache
+            _, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", token)
+            assert status == 200
+        other = stack.token("user/Patient.rs", jti=uuid.uuid4().hex)
+        stack.revoke_jti(jti)
+        time.sleep(2.5)  # refreshSeconds is 1
+        for _ in range(4):
+            tid, status, headers, body = call(stack, "GET", f"{BASE}/Patient/example", token)
+            assert (status, outcome_reason(body)) == (401, "token-revoked")
+            assert received(stack, tid) == []
+        _, status, _, _ = call(stack, "GET", f"{BASE}/Patient/example", other)
+        assert status == 200
+        assert Counters(stack.admin_port).total("fhirgate.authz.revocation_list.refreshed") >= 2

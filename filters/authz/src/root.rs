@@ -18,6 +18,8 @@ pub struct AuthzRoot {
     runtime: Option<Rc<RefCell<AuthzRuntime>>>,
     /// Outstanding JWKS fetches: dispatch token → issuer index.
     fetches: HashMap<u32, usize>,
+    /// The revocation list fetch under way.
+    revocation_call: Option<u32>,
 }
 
 /// Dispatches a JWKS fetch from any context; returns its call token.
@@ -78,8 +80,28 @@ impl Context for AuthzRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let (Some(runtime), Some(issuer)) = (self.runtime.clone(), self.fetches.remove(&token_id))
-        else {
+        let Some(runtime) = self.runtime.clone() else {
+            return;
+        };
+        if self.revocation_call == Some(token_id) {
+            self.revocation_call = None;
+            let status = self
+                .get_http_call_response_header(":status")
+                .and_then(|s| s.parse().ok());
+            let body = self
+                .get_http_call_response_body(0, body_size)
+                .unwrap_or_default();
+            let ok = runtime
+                .borrow_mut()
+                .revocation_fetched(now_of(self), status, &body);
+            fhirgate_proxy::count(
+                FILTER,
+                "revocation_list",
+                if ok { "refreshed" } else { "failed" },
+            );
+            return;
+        }
+        let Some(issuer) = self.fetches.remove(&token_id) else {
             return;
         };
         finish_jwks_fetch(self, &runtime, issuer, body_size, now_of(self));
@@ -101,13 +123,16 @@ impl RootContext for AuthzRoot {
                 ("jwks", "failed"),
                 ("introspection", "active"),
                 ("introspection", "refused"),
+                ("revocation_list", "refreshed"),
+                ("revocation_list", "failed"),
             ],
         );
         let Some(policy) = fhirgate_proxy::load_config(self, FILTER, AuthzFilterPolicy::from_json)
         else {
             return false;
         };
-        let fetches_keys = policy.verifier.issuers.iter().any(|i| i.source.is_some());
+        let fetches_keys = policy.verifier.issuers.iter().any(|i| i.source.is_some())
+            || policy.revocation.is_some();
         self.runtime = Some(Rc::new(RefCell::new(AuthzRuntime::new(policy))));
         if fetches_keys {
             self.set_tick_period(Duration::from_secs(1));
@@ -120,6 +145,27 @@ impl RootContext for AuthzRoot {
             return;
         };
         let now = now_of(self);
+        let revocation = runtime.borrow_mut().revocation_due(now);
+        if let Some((cluster, path, authority, timeout_ms)) = revocation {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", path.as_str()),
+                (":authority", authority.as_str()),
+                ("accept", "application/json"),
+            ];
+            match self.dispatch_http_call(
+                &cluster,
+                headers,
+                None,
+                vec![],
+                Duration::from_millis(timeout_ms),
+            ) {
+                Ok(token) => self.revocation_call = Some(token),
+                Err(_) => {
+                    runtime.borrow_mut().revocation_fetched(now, None, b"");
+                }
+            }
+        }
         runtime.borrow_mut().expire_stale_keys(now);
         let due = runtime.borrow_mut().fetches_due(now);
         for fetch in due {

@@ -78,6 +78,7 @@ mod tests {
             fhir_user: None,
             tenant: None,
             purpose_of_use: None,
+            jti: None,
             expires_at: exp,
         }
     }

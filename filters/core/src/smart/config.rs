@@ -66,6 +66,36 @@ pub struct AuthzConfig {
     /// CDS Hooks services are called with the CDS client's signed JWT: verify it here.
     #[serde(default)]
     pub cds_hooks: Option<CdsHooksConfig>,
+    /// A revocation list fetched every few seconds: tokens whose `jti` it names are refused,
+    /// cached ones included.
+    #[serde(default)]
+    pub revocation: Option<RevocationConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RevocationConfig {
+    /// The Envoy cluster that reaches the list.
+    pub cluster: String,
+    /// GET path of the list: `{"jtis": ["…", …]}`.
+    pub path: String,
+    #[serde(default = "default_fhir_authority")]
+    pub authority: String,
+    /// How often the list is fetched (how soon a revocation takes effect).
+    #[serde(default = "default_revocation_refresh")]
+    pub refresh_seconds: i64,
+    #[serde(default = "default_current_timeout")]
+    pub timeout_ms: u64,
+    /// With no answer for this long the list is stale and every token is refused (503).
+    #[serde(default = "default_revocation_stale")]
+    pub max_stale_seconds: i64,
+}
+
+fn default_revocation_refresh() -> i64 {
+    5
+}
+fn default_revocation_stale() -> i64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -569,8 +599,36 @@ impl AuthzConfig {
                 Some(c.clone())
             }
         };
+        if let Some(r) = &self.revocation {
+            if r.cluster.is_empty() {
+                return Err(ConfigError::new("revocation.cluster", "is required"));
+            }
+            if !r.path.starts_with('/') {
+                return Err(ConfigError::new("revocation.path", "must start with /"));
+            }
+            if !(1..=300).contains(&r.refresh_seconds) {
+                return Err(ConfigError::new(
+                    "revocation.refreshSeconds",
+                    "must be between 1 and 300",
+                ));
+            }
+            if r.max_stale_seconds < r.refresh_seconds * 2 || r.max_stale_seconds > 86_400 {
+                return Err(ConfigError::new(
+                    "revocation.maxStaleSeconds",
+                    "must be at least twice refreshSeconds and at most 86400",
+                ));
+            }
+            if !(1..=30_000).contains(&r.timeout_ms) {
+                return Err(ConfigError::new(
+                    "revocation.timeoutMs",
+                    "must be between 1 and 30000",
+                ));
+            }
+        }
+        let revocation = self.revocation.clone();
         let policy = self.compile()?;
         Ok(AuthzFilterPolicy {
+            revocation,
             cds_hooks,
             current_resource,
             routing,
@@ -602,6 +660,7 @@ impl AuthzConfig {
             operations: default_operations(),
             current_resource: None,
             cds_hooks: None,
+            revocation: None,
         }
     }
 

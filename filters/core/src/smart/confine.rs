@@ -128,6 +128,12 @@ fn walk<'a>(
 /// foreign) Patient anywhere in it, or a Patient resource nested in it that is not the patient
 /// (a contained Patient has a local id and so is never provably the patient)?
 pub fn mentions_other_patient(resource: &Value, patient: &str) -> bool {
+    mentions_other_patient_except(resource, patient, &[])
+}
+
+/// [`mentions_other_patient`] over every element of `resource` but those named in `skip`
+/// (checked on their own: a Bundle's entries, a parameter's resource and parts).
+fn mentions_other_patient_except(resource: &Value, patient: &str, skip: &[&str]) -> bool {
     let mut other = false;
     let mut on_reference = |r: &str| match patient_ref(r) {
         PatientRef::Local(id) if id == patient => {}
@@ -143,6 +149,7 @@ pub fn mentions_other_patient(resource: &Value, patient: &str) -> bool {
         Value::Object(map) => {
             for (key, v) in map {
                 match (key.as_str(), v) {
+                    (k, _) if skip.contains(&k) => {}
                     ("reference", Value::String(r)) => on_reference(r),
                     _ => walk(v, &mut on_reference, &mut on_resource),
                 }
@@ -270,11 +277,7 @@ fn verify_bundle(
 ) -> Result<(), Unconfined> {
     // Anything outside `entry` that names a patient (a Bundle's own extensions, `link`s are
     // URLs) is checked like a resource's elements.
-    let mut outer = bundle.clone();
-    if let Some(map) = outer.as_object_mut() {
-        map.remove("entry");
-    }
-    if mentions_other_patient(&outer, patient) {
+    if mentions_other_patient_except(bundle, patient, &["entry"]) {
         return Err(Unconfined::NotPatients);
     }
     let entries: &[Value] = match bundle.get("entry") {
@@ -384,12 +387,7 @@ fn verify_parameters(
         if let Some(resource) = p.get("resource") {
             verify_resource(resource, patient, revincludes, proven)?;
         }
-        let mut values = p.clone();
-        if let Some(map) = values.as_object_mut() {
-            map.remove("resource");
-            map.remove("part");
-        }
-        if mentions_other_patient(&values, patient) {
+        if mentions_other_patient_except(p, patient, &["resource", "part"]) {
             return Err(Unconfined::NotPatients);
         }
     }

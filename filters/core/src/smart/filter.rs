@@ -35,6 +35,8 @@ pub struct AuthzFilterPolicy {
     /// How CDS Hooks clients' JWTs are verified; without it CDS services follow
     /// `publicInteractions`.
     pub cds_hooks: Option<super::config::CdsHooksConfig>,
+    /// Where the revocation list is fetched from.
+    pub revocation: Option<super::config::RevocationConfig>,
 }
 
 /// A trust zone, chosen by the mTLS peer's URI SAN: its own policy and mode.
@@ -64,6 +66,19 @@ pub struct AuthzRuntime {
     pub cache: TokenCache,
     /// Opaque tokens introspection called inactive, until when the answer stands.
     inactive: HashMap<[u8; 32], i64>,
+    pub revoked: RevocationState,
+}
+
+/// The fetched revocation list of one worker.
+#[derive(Debug, Default)]
+pub struct RevocationState {
+    jtis: std::collections::HashSet<String>,
+    /// When the list last answered; None before the first answer.
+    fetched_at: Option<i64>,
+    /// When the VM started asking (a list that never answers goes stale from there).
+    started_at: Option<i64>,
+    next_due: i64,
+    in_flight: bool,
 }
 
 /// An introspection call to dispatch: cluster, headers, form body.
@@ -81,7 +96,75 @@ impl AuthzRuntime {
             jwks,
             cache,
             inactive: HashMap::new(),
+            revoked: RevocationState::default(),
         }
+    }
+
+    /// The revocation list fetch to dispatch now, if one is due (and none is under way):
+    /// cluster, path, authority, timeout in milliseconds.
+    pub fn revocation_due(&mut self, now: i64) -> Option<(String, String, String, u64)> {
+        let r = self.policy.revocation.as_ref()?;
+        self.revoked.started_at.get_or_insert(now);
+        if self.revoked.in_flight || now < self.revoked.next_due {
+            return None;
+        }
+        self.revoked.in_flight = true;
+        Some((
+            r.cluster.clone(),
+            r.path.clone(),
+            r.authority.clone(),
+            r.timeout_ms,
+        ))
+    }
+
+    /// The revocation list's answer (`status` None: the call failed). An unreadable answer
+    /// keeps the list it had, which goes stale after `maxStaleSeconds`.
+    pub fn revocation_fetched(&mut self, now: i64, status: Option<u16>, body: &[u8]) -> bool {
+        let Some(r) = self.policy.revocation.as_ref() else {
+            return false;
+        };
+        self.revoked.in_flight = false;
+        self.revoked.next_due = now + r.refresh_seconds;
+        #[derive(serde::Deserialize)]
+        struct List {
+            jtis: Vec<String>,
+        }
+        match (status, serde_json::from_slice::<List>(body)) {
+            (Some(200), Ok(list)) => {
+                self.revoked.jtis = list.jtis.into_iter().collect();
+                self.revoked.fetched_at = Some(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Why a token that verified must still be refused now: its `jti` is on the fetched list,
+    /// or the list is stale (fail closed).
+    fn revocation_refusal(&self, ex: &Exchange, now: i64) -> Option<Rejection> {
+        let r = self.policy.revocation.as_ref()?;
+        let token = ex.token()?;
+        let since = self
+            .revoked
+            .fetched_at
+            .or(self.revoked.started_at)
+            .unwrap_or(now);
+        if now - since > r.max_stale_seconds {
+            return Some(
+                Rejection::new(
+                    503,
+                    "revocation-list-unavailable",
+                    IssueType::Transient,
+                    "the token revocation list could not be fetched; try again later",
+                )
+                .with_header("retry-after", "5"),
+            );
+        }
+        let revoked = token
+            .jti
+            .as_ref()
+            .is_some_and(|j| self.revoked.jtis.contains(j));
+        revoked.then(|| TokenError::Revoked.rejection())
     }
 
     /// The introspection call for the request's token: cluster, headers, body.
@@ -218,8 +301,19 @@ impl AuthzRuntime {
         peer: Option<&str>,
         now: i64,
     ) -> (Step, Exchange) {
-        self.policy
-            .on_head(head, authorization, forwarded, peer, now, &mut self.cache)
+        let (step, ex) =
+            self.policy
+                .on_head(head, authorization, forwarded, peer, now, &mut self.cache);
+        if matches!(step, Step::Deny(_) | Step::RefreshKeys | Step::Introspect) {
+            return (step, ex);
+        }
+        match self.revocation_refusal(&ex, now) {
+            Some(rejection) => {
+                let step = self.policy.enforce(&ex, Step::Deny(rejection));
+                (step, ex)
+            }
+            None => (step, ex),
+        }
     }
 
     /// What to do when the keys cannot be refreshed for an unknown `kid` (or still lack it).
@@ -1030,6 +1124,123 @@ mod tests {
             &mut TokenCache::new(4),
         )
         .0
+    }
+
+    /// Leak class 11: revocation by a fetched list takes effect within seconds, cached
+    /// tokens included, and a list that stops answering fails closed.
+    mod revocation {
+        use super::*;
+
+        fn runtime() -> AuthzRuntime {
+            AuthzRuntime::new(policy(
+                json!({"revocation": {"cluster": "idp", "path": "/revocations", "refreshSeconds": 5, "maxStaleSeconds": 60}}),
+            ))
+        }
+
+        fn request(r: &mut AuthzRuntime, jti: &str, now: i64) -> Step {
+            let forwarded = URL_SAFE_NO_PAD
+                .encode(json!({"iss": "https://idp", "sub": "u", "jti": jti, "scope": "user/*.rs", "exp": now + 600}).to_string());
+            r.on_head(
+                &head("/fhir/r4/Patient/1"),
+                Some("Bearer a.b.c"),
+                Some(&forwarded),
+                None,
+                now,
+            )
+            .0
+        }
+
+        fn reason(step: &Step) -> Option<&'static str> {
+            match step {
+                Step::Deny(r) => Some(r.reason),
+                _ => None,
+            }
+        }
+
+        #[test]
+        fn a_listed_jti_is_refused_from_the_next_answer_on() {
+            let mut r = runtime();
+            assert!(r.revocation_due(NOW).is_some());
+            assert!(r.revocation_due(NOW).is_none(), "one fetch at a time");
+            assert!(r.revocation_fetched(NOW, Some(200), br#"{"jtis": []}"#));
+            assert_eq!(reason(&request(&mut r, "j1", NOW + 1)), None);
+            assert!(
+                r.revocation_due(NOW + 4).is_none(),
+                "not due before refreshSeconds"
+            );
+            assert!(r.revocation_due(NOW + 5).is_some());
+            assert!(r.revocation_fetched(NOW + 5, Some(200), br#"{"jtis": ["j1"]}"#));
+            assert_eq!(
+                reason(&request(&mut r, "j1", NOW + 6)),
+                Some("token-revoked")
+            );
+            assert_eq!(reason(&request(&mut r, "j2", NOW + 6)), None);
+        }
+
+        #[test]
+        fn a_failed_or_unreadable_answer_keeps_the_list_until_it_goes_stale() {
+            let mut r = runtime();
+            r.revocation_due(NOW);
+            r.revocation_fetched(NOW, Some(200), br#"{"jtis": ["j1"]}"#);
+            r.revocation_due(NOW + 5);
+            assert!(!r.revocation_fetched(NOW + 5, Some(500), b"oops"));
+            r.revocation_due(NOW + 10);
+            assert!(!r.revocation_fetched(NOW + 10, Some(200), b"{\"jtis\": 1}"));
+            assert_eq!(
+                reason(&request(&mut r, "j1", NOW + 30)),
+                Some("token-revoked"),
+                "the old list still counts"
+            );
+            assert_eq!(
+                reason(&request(&mut r, "j2", NOW + 61)),
+                Some("revocation-list-unavailable"),
+                "stale: fail closed"
+            );
+        }
+
+        #[test]
+        fn a_list_that_never_answers_fails_closed_after_max_stale() {
+            let mut r = runtime();
+            r.revocation_due(NOW);
+            r.revocation_fetched(NOW, None, b"");
+            assert_eq!(reason(&request(&mut r, "j1", NOW + 30)), None);
+            assert_eq!(
+                reason(&request(&mut r, "j1", NOW + 61)),
+                Some("revocation-list-unavailable")
+            );
+        }
+
+        #[test]
+        fn the_config_names_the_field() {
+            for (extra, field) in [
+                (
+                    json!({"revocation": {"cluster": "", "path": "/r"}}),
+                    "revocation.cluster",
+                ),
+                (
+                    json!({"revocation": {"cluster": "c", "path": "r"}}),
+                    "revocation.path",
+                ),
+                (
+                    json!({"revocation": {"cluster": "c", "path": "/r", "refreshSeconds": 0}}),
+                    "revocation.refreshSeconds",
+                ),
+                (
+                    json!({"revocation": {"cluster": "c", "path": "/r", "refreshSeconds": 30, "maxStaleSeconds": 40}}),
+                    "revocation.maxStaleSeconds",
+                ),
+            ] {
+                let mut config = json!({"jwtAuthn": {"payloadHeader": "x-fhirgate-jwt-payload"}, "issuers": [{"issuer": "https://idp", "audiences": ["gw"]}]});
+                config["revocation"] = extra["revocation"].clone();
+                assert_eq!(
+                    AuthzFilterPolicy::from_json(config.to_string().as_bytes())
+                        .err()
+                        .unwrap()
+                        .field,
+                    field
+                );
+            }
+        }
     }
 
     /// Leak class 10: CDS Hooks services take only a CDS client's signed JWT, once.

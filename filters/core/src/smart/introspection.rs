@@ -119,6 +119,7 @@ impl Introspection {
             fhir_user: text("fhirUser"),
             tenant: text("tenant"),
             purpose_of_use: text(&self.purpose_claim),
+            jti: text("jti"),
             expires_at: exp.map_or(trusted_until, |e| e.min(trusted_until)),
         })
     }

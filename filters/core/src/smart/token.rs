@@ -136,6 +136,8 @@ pub struct VerifiedToken {
     pub tenant: Option<String>,
     /// The purpose of use the token asserts (its issuer's `purposeOfUseClaim`).
     pub purpose_of_use: Option<String>,
+    /// The token's `jti`, checked against the revocation list on every request (cache hits too).
+    pub jti: Option<String>,
     /// Expiry, seconds since the Unix epoch.
     pub expires_at: i64,
 }
@@ -430,6 +432,7 @@ impl TokenVerifier {
             fhir_user: claim_str(claims, "fhirUser"),
             tenant: claim_str(claims, "tenant"),
             purpose_of_use: claim_str(claims, &issuer.purpose_claim),
+            jti: claim_str(claims, "jti"),
             expires_at,
         })
     }
