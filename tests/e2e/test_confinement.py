@@ -164,6 +164,39 @@ class TestResponsesAreVerifiedEntryByEntry:
         assert status == 200 and json.loads(body)["id"] == f"oa-{world['run']}"
 
 
+class TestRequestBodiesAreRead:
+    """Class 3: operation bodies, Subscription criteria and POST $export parameters."""
+
+    def test_an_operation_whose_body_names_patients_is_refused_under_patient_scopes(self, stack, world):
+        token = stack.token("launch/patient patient/*.cruds", patient=world["a"])
+        params = json.dumps({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference": {"reference": f"Patient/{world['b']}"}}]})
+        for path in ("/Claim/$submit", "/Observation/$lastn", f"/Patient/{world['a']}/$everything"):
+            tid, status, _, body = call(stack, "POST", f"{BASE}{path}", token, params, {"content-type": "application/fhir+json"})
+            assert (status, outcome_reason(body)) == (403, "operation-not-confinable"), path
+            assert received(stack, tid) == []
+
+    def test_a_subscription_must_name_the_patient_itself(self, stack, world):
+        token = stack.token("launch/patient patient/*.cruds", patient=world["a"])
+        sub = lambda criteria: json.dumps({"resourceType": "Subscription", "status": "requested", "reason": "e2e", "criteria": criteria,
+                                           "channel": {"type": "rest-hook", "endpoint": "https://app.example/hook", "payload": "application/fhir+json"}})
+        for criteria, reason in ((f"Observation?patient={world['b']}", "patient-mismatch"), ("Observation?code=x", "not-confinable")):
+            tid, status, _, body = call(stack, "POST", f"{BASE}/Subscription", token, sub(criteria), {"content-type": "application/fhir+json"})
+            assert (status, outcome_reason(body)) == (403, reason), criteria
+            assert received(stack, tid) == []
+        tid, status, _, body = call(stack, "GET", f"{BASE}/Subscription", token)
+        assert (status, outcome_reason(body)) == (403, "not-confinable")
+
+    def test_a_post_export_is_decided_on_the_types_in_its_body(self, stack, world):
+        token = stack.token("system/Patient.rs", client_id=f"post-export-{world['run']}")
+        body = lambda types: json.dumps({"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": types}]})
+        headers = {"content-type": "application/fhir+json", "prefer": "respond-async", "accept": "application/fhir+json"}
+        tid, status, _, rbody = call(stack, "POST", f"{BASE}/$export", token, body("Patient,Observation"), headers)
+        assert (status, outcome_reason(rbody)) == (403, "bulk-requires-system-scope")
+        assert received(stack, tid) == []
+        tid, status, _, rbody = call(stack, "POST", f"{BASE}/$export", token, body("Patient"), headers)
+        assert [c for c, _ in received(stack, tid)] == ["fhir_bulk"], (status, rbody[:300])
+
+
 class TestAmbiguousReferencesAndScopes:
     """Classes 7 and 8."""
 
