@@ -184,3 +184,26 @@ def test_the_cli_filters_a_response_as_the_gateway_does(stack, seeded, tmp_path)
     assert result["report"]["withheld"] == {"label-withheld": 1}
     _, _, gateway = get(stack, f"Observation?subject=Patient/{seeded['cp1']}", reader(stack), purpose="HPAYMT")
     assert entry_ids(result["body"]) == entry_ids(gateway) == [f"{seeded['cp1']}-plain"]
+
+
+def test_a_consent_change_takes_effect_at_the_next_changes_poll_not_the_cache_ttl(stack, tmp_path):
+    """Issue 14, class 11: with `changesPollSeconds`, each worker asks the FHIR server which
+    Consents changed and forgets those patients' cached Consents (here the TTL is 5 minutes)."""
+    settings = json.loads((stack.log_dir / "consent.json").read_text())
+    settings["consents"].update(cacheSeconds=300, changesPollSeconds=1)
+    overlay = tmp_path / "consent-poll.json"
+    overlay.write_text(json.dumps(settings))
+    port, admin = stack.start_variant("consent-poll", consent=overlay)
+    patient = f"cp5-{uuid.uuid4().hex[:6]}"
+    stack.put_upstream({"resourceType": "Patient", "id": patient})
+    stack.put_upstream(observation(f"{patient}-o", patient))
+    token = reader(stack).with_purpose("TREAT")
+    path = f"{BASE}/Observation/{patient}-o"
+    for _ in range(4):  # fetched once per worker, then cached
+        assert call(stack, "GET", path, token, port=port)[1] == 200
+    stack.put_upstream(privacy_consent(f"{patient}-consent", patient, {"type": "deny"}))
+    time.sleep(3.5)
+    for _ in range(4):
+        _, status, _, body = call(stack, "GET", path, token, port=port)
+        assert status == 403, "the new Consent applies in every worker well before the TTL"
+    assert Counters(admin, "fhirgate.consent").total("fhirgate.consent.consent_cache.invalidated") >= 1

@@ -1,12 +1,15 @@
-//! Root context: compiles the configuration once; owns the worker's Consent cache.
+//! Root context: compiles the configuration once; owns the worker's Consent cache, and, with
+//! `consents.changesPollSeconds`, asks the FHIR server on a timer which Consents changed so
+//! their patients' cached Consents are forgotten at once rather than at the TTL.
 
 use crate::http::ConsentFilter;
-use fhirgate_core::consent::cache::ConsentCache;
+use fhirgate_core::consent::cache::{changes_path, read_changes, ConsentCache};
 use fhirgate_core::consent::ConsentPolicy;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
 
 pub const FILTER: &str = "fhirgate.consent";
 
@@ -18,9 +21,53 @@ pub struct Shared {
 #[derive(Default)]
 pub struct ConsentRoot {
     shared: Option<Rc<Shared>>,
+    /// The changes poll under way: its call token and when it was sent.
+    poll: Option<(u32, i64)>,
+    /// Where the next poll starts from: when the last successful one was sent.
+    since: Option<i64>,
 }
 
-impl Context for ConsentRoot {}
+impl ConsentRoot {
+    fn now(&self) -> i64 {
+        self.get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    }
+}
+
+impl Context for ConsentRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let (Some(shared), Some((token, sent_at))) = (self.shared.clone(), self.poll) else {
+            return;
+        };
+        if token != token_id {
+            return;
+        }
+        self.poll = None;
+        let status = self
+            .get_http_call_response_header(":status")
+            .and_then(|s| s.parse().ok());
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        match read_changes(status, &body) {
+            Some(changes) => {
+                let forgotten = shared.cache.borrow_mut().forget(&changes);
+                if forgotten > 0 {
+                    fhirgate_proxy::count(FILTER, "consent_cache", "invalidated");
+                }
+                self.since = Some(sent_at);
+            }
+            None => fhirgate_proxy::count(FILTER, "consent_cache", "changes_failed"),
+        }
+    }
+}
 
 impl RootContext for ConsentRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -37,6 +84,8 @@ impl RootContext for ConsentRoot {
                 ("consent_cache", "miss"),
                 ("consent_cache", "fetch_failed"),
                 ("consent_cache", "fetch_retried"),
+                ("consent_cache", "invalidated"),
+                ("consent_cache", "changes_failed"),
             ],
         );
         match fhirgate_proxy::load_config(self, FILTER, ConsentPolicy::from_json) {
@@ -46,13 +95,52 @@ impl RootContext for ConsentRoot {
                     .consents
                     .as_ref()
                     .map_or((1, 0), |c| (c.cache_size, c.cache_seconds));
+                let poll = policy
+                    .config
+                    .consents
+                    .as_ref()
+                    .and_then(|c| c.changes_poll_seconds);
                 self.shared = Some(Rc::new(Shared {
                     policy,
                     cache: RefCell::new(ConsentCache::new(size, ttl)),
                 }));
+                if let Some(seconds) = poll {
+                    self.since = Some(self.now());
+                    self.set_tick_period(Duration::from_secs(u64::from(seconds)));
+                }
                 true
             }
             None => false,
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Some(source) = shared.policy.config.consents.as_ref() else {
+            return;
+        };
+        if self.poll.is_some() {
+            return; // the previous poll has not answered; its timeout will
+        }
+        let now = self.now();
+        let path = changes_path(source, self.since.unwrap_or(now));
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", source.authority.as_str()),
+            ("accept", "application/fhir+json"),
+        ];
+        match self.dispatch_http_call(
+            &source.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(source.timeout_ms),
+        ) {
+            Ok(token) => self.poll = Some((token, now)),
+            Err(_) => fhirgate_proxy::count(FILTER, "consent_cache", "changes_failed"),
         }
     }
 

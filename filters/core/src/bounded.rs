@@ -29,11 +29,18 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         self.entries.get(key)
     }
 
-    pub fn remove<Q: Eq + Hash + ?Sized>(&mut self, key: &Q)
+    /// Removes the key; true when it was there.
+    pub fn remove<Q: Eq + Hash + ?Sized>(&mut self, key: &Q) -> bool
     where
         K: Borrow<Q>,
     {
-        self.entries.remove(key);
+        self.entries.remove(key).is_some()
+    }
+
+    /// Forgets every entry.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.order.clear();
     }
 
     /// Inserts or replaces; with capacity 0 keeps nothing.

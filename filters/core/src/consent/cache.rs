@@ -85,6 +85,84 @@ pub fn read_search(status: Option<u16>, body: &[u8]) -> Option<Vec<Value>> {
     )
 }
 
+/// How far a changes poll reaches back before the previous one started: the gateway's and the
+/// FHIR server's clocks may differ by this much, and a Consent written while the previous poll
+/// was answered is not missed.
+pub const CHANGES_OVERLAP_SECONDS: i64 = 5;
+
+/// The search for Consents changed at or after `since` (seconds since the Unix epoch): only
+/// their patients are needed.
+pub fn changes_path(source: &ConsentSourceConfig, since: i64) -> String {
+    let at = chrono::DateTime::from_timestamp(since - CHANGES_OVERLAP_SECONDS, 0)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string());
+    format!(
+        "{}?_lastUpdated=ge{at}&_elements=patient&_count={PAGE}",
+        source.path
+    )
+}
+
+/// What a changes poll tells the cache to forget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    /// These patients' Consents changed.
+    Patients(Vec<String>),
+    /// More changed than one page holds, or a changed Consent names no readable patient:
+    /// forget everything.
+    Everything,
+}
+
+/// Reads a changes poll's answer; None when it failed (the next poll asks again from the same
+/// point, so nothing is missed).
+pub fn read_changes(status: Option<u16>, body: &[u8]) -> Option<Changes> {
+    if status != Some(200) {
+        return None;
+    }
+    let bundle: Value = serde_json::from_slice(body).ok()?;
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return None;
+    }
+    let paged = bundle
+        .get("link")
+        .and_then(Value::as_array)
+        .is_some_and(|links| {
+            links
+                .iter()
+                .any(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
+        });
+    if paged {
+        return Some(Changes::Everything);
+    }
+    let mut patients = Vec::new();
+    for entry in bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let Some(resource) = entry
+            .get("resource")
+            .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("Consent"))
+        else {
+            continue;
+        };
+        let reference = resource
+            .get("patient")
+            .and_then(|p| p.get("reference"))
+            .and_then(Value::as_str);
+        match reference
+            .and_then(|r| r.strip_prefix("Patient/"))
+            .filter(|id| crate::fhir::is_valid_id(id))
+        {
+            Some(id) => patients.push(id.to_string()),
+            None => return Some(Changes::Everything),
+        }
+    }
+    patients.sort();
+    patients.dedup();
+    Some(Changes::Patients(patients))
+}
+
 pub struct ConsentCache {
     entries: BoundedMap<String, (Vec<Value>, i64)>,
     ttl: i64,
@@ -108,6 +186,21 @@ impl ConsentCache {
 
     pub fn insert(&mut self, patient: &str, consents: Vec<Value>, now: i64) {
         self.entries.insert(patient.to_string(), (consents, now));
+    }
+
+    /// Forgets what a changes poll reported changed. Returns how many patients were forgotten.
+    pub fn forget(&mut self, changes: &Changes) -> usize {
+        match changes {
+            Changes::Everything => {
+                let n = self.entries.len();
+                self.entries.clear();
+                n
+            }
+            Changes::Patients(list) => list
+                .iter()
+                .filter(|p| self.entries.remove(p.as_str()))
+                .count(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -143,6 +236,102 @@ mod tests {
             Some(vec![]),
             "no Consents is an answer"
         );
+    }
+
+    /// Issue 14, class 11: a changed Consent is forgotten at the next poll, not the TTL.
+    mod changes {
+        use super::*;
+
+        fn source() -> ConsentSourceConfig {
+            serde_json::from_value(json!({"cluster": "fhir", "path": "/fhir/Consent"})).unwrap()
+        }
+
+        fn consent(patient: &str) -> Value {
+            json!({"resourceType": "Consent", "id": "c", "patient": {"reference": patient}})
+        }
+
+        fn answer(entries: Vec<Value>, next: bool) -> Vec<u8> {
+            let mut b = json!({"resourceType": "Bundle", "type": "searchset", "entry": entries.into_iter().map(|r| json!({"resource": r})).collect::<Vec<_>>()});
+            if next {
+                b["link"] = json!([{"relation": "next", "url": "x"}]);
+            }
+            serde_json::to_vec(&b).unwrap()
+        }
+
+        #[test]
+        fn asks_for_what_changed_since_the_last_poll_with_an_overlap() {
+            assert_eq!(
+                changes_path(&source(), 1_800_000_005),
+                "/fhir/Consent?_lastUpdated=ge2027-01-15T08:00:00Z&_elements=patient&_count=1000"
+            );
+        }
+
+        #[test]
+        fn reads_the_patients_whose_consents_changed() {
+            let body = answer(
+                vec![
+                    consent("Patient/b"),
+                    consent("Patient/a"),
+                    consent("Patient/a"),
+                    json!({"resourceType": "OperationOutcome"}),
+                ],
+                false,
+            );
+            assert_eq!(
+                read_changes(Some(200), &body),
+                Some(Changes::Patients(vec!["a".into(), "b".into()]))
+            );
+            assert_eq!(
+                read_changes(Some(200), &answer(vec![], false)),
+                Some(Changes::Patients(vec![]))
+            );
+        }
+
+        #[test]
+        fn more_than_a_page_or_an_unplaceable_consent_forgets_everything() {
+            assert_eq!(
+                read_changes(Some(200), &answer(vec![consent("Patient/a")], true)),
+                Some(Changes::Everything)
+            );
+            assert_eq!(
+                read_changes(Some(200), &answer(vec![consent("Group/g")], false)),
+                Some(Changes::Everything)
+            );
+            assert_eq!(
+                read_changes(
+                    Some(200),
+                    &answer(vec![json!({"resourceType": "Consent"})], false)
+                ),
+                Some(Changes::Everything)
+            );
+        }
+
+        #[test]
+        fn a_failed_poll_is_no_answer() {
+            for (status, body) in [
+                (Some(500), answer(vec![], false)),
+                (None, vec![]),
+                (Some(200), b"nope".to_vec()),
+                (Some(200), b"{\"resourceType\":\"Patient\"}".to_vec()),
+            ] {
+                assert_eq!(read_changes(status, &body), None, "{status:?}");
+            }
+        }
+
+        #[test]
+        fn forgets_only_the_changed_patients_or_everything() {
+            let mut cache = ConsentCache::new(10, 3600);
+            for p in ["a", "b", "c"] {
+                cache.insert(p, vec![], 0);
+            }
+            assert_eq!(
+                cache.forget(&Changes::Patients(vec!["a".into(), "z".into()])),
+                1
+            );
+            assert!(cache.get("a", 1).is_none() && cache.get("b", 1).is_some());
+            assert_eq!(cache.forget(&Changes::Everything), 2);
+            assert!(cache.is_empty());
+        }
     }
 
     #[test]

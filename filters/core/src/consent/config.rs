@@ -107,6 +107,11 @@ pub struct ConsentSourceConfig {
     /// Release resources whose Consents could not be fetched (default: withhold them).
     #[serde(default)]
     pub fail_open: bool,
+    /// Every this many seconds each worker asks the server which Consents changed since it
+    /// last asked (`_lastUpdated`) and forgets those patients' cached Consents: a new or
+    /// changed Consent takes effect within this, not `cacheSeconds`. Off when absent.
+    #[serde(default)]
+    pub changes_poll_seconds: Option<u32>,
 }
 
 fn default_authority() -> String {
@@ -233,6 +238,14 @@ impl ConsentConfig {
                 return Err(ConfigError::new(
                     "consents",
                     "cacheSize, maxPatients, patientsPerSearch and timeoutMs must be at least 1",
+                ));
+            }
+            if c.changes_poll_seconds
+                .is_some_and(|s| !(1..=300).contains(&s))
+            {
+                return Err(ConfigError::new(
+                    "consents.changesPollSeconds",
+                    "must be between 1 and 300",
                 ));
             }
             if c.patients_per_search > 200 {
