@@ -619,7 +619,10 @@ class Stack:
         if not self.demo:
             settings["cacheSeconds"] = self.CONSENT_TTL
         path = self.log_dir / "consent.json"
-        path.write_text(json.dumps({"consents": settings}, indent=2))
+        # Earlier versions pass the consent filter here (judged by their own labels), so the
+        # routing and authorization tests see history and vread reach the FHIR server; the
+        # shipped `versions: refuse` is tested on an Envoy of its own (test_consent.py).
+        path.write_text(json.dumps({"consents": settings, "versions": "allow"}, indent=2))
         return path
 
     def start_replicas(self, settings: dict, count: int = 2) -> "Replicas":

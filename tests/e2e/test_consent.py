@@ -9,6 +9,7 @@ import pytest
 
 from stack import BASE, Counters
 from test_authz import call
+from test_routing import outcome_reason, received
 
 LABEL_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
@@ -207,3 +208,55 @@ def test_a_consent_change_takes_effect_at_the_next_changes_poll_not_the_cache_tt
         _, status, _, body = call(stack, "GET", path, token, port=port)
         assert status == 403, "the new Consent applies in every worker well before the TTL"
     assert Counters(admin, "fhirgate.consent").total("fhirgate.consent.consent_cache.invalidated") >= 1
+
+
+class TestWithheldStaysWithheld:
+    """Issue 15: no count, version, error body, conditional answer or write status tells what
+    the policies withhold."""
+
+    def test_a_count_only_search_is_refused(self, stack, seeded):
+        for query in ("_summary=count", "_count=0"):
+            status, _, body = get(stack, f"Observation?subject=Patient/{seeded['cp1']}&{query}", reader(stack))
+            assert (status, body["issue"][0]["details"]["coding"][0]["code"]) == (403, "count-not-permitted"), query
+
+    def test_searching_on_a_label_the_caller_may_not_see_is_refused(self, stack, seeded):
+        path = f"Observation?subject=Patient/{seeded['cp1']}&_security=R"
+        status, _, body = get(stack, path, reader(stack))
+        assert (status, body["issue"][0]["details"]["coding"][0]["code"]) == (403, "label-search-not-permitted")
+        status, _, bundle = get(stack, path, reader(stack), purpose="TREAT")
+        assert status == 200 and entry_ids(bundle) == [f"{seeded['cp1']}-r"]
+
+    def test_an_earlier_version_is_refused_under_the_shipped_policy(self, stack, seeded, tmp_path):
+        settings = json.loads((stack.log_dir / "consent.json").read_text())
+        settings.pop("versions")  # the shipped default: refuse
+        overlay = tmp_path / "consent-versions.json"
+        overlay.write_text(json.dumps(settings))
+        port, _ = stack.start_variant("consent-versions", consent=overlay)
+        token = reader(stack).with_purpose("TREAT")
+        for path in (f"Observation/{seeded['cp1']}-plain/_history/1", f"Observation/{seeded['cp1']}-plain/_history"):
+            tid, status, _, body = call(stack, "GET", f"{BASE}/{path}", token, port=port)
+            assert (status, outcome_reason(body)) == (403, "version-withheld"), path
+            assert received(stack, tid) == []
+
+    def test_an_upstream_error_body_is_reduced_to_its_status(self, stack, seeded):
+        missing = f"missing-{uuid.uuid4().hex[:8]}"
+        status, headers, body = get(stack, f"Observation/{missing}", reader(stack))
+        assert (status, body["issue"][0]["details"]["coding"][0]["code"]) == (404, "upstream-error")
+        assert missing not in json.dumps(body)
+
+    def test_a_conditional_read_of_a_withheld_resource_is_not_a_304(self, stack, seeded):
+        status, headers, body = get(stack, f"Observation/{seeded['cp1']}-r", reader(stack), headers={"if-none-match": 'W/"1"'})
+        assert status == 403 and "etag" not in headers and "last-modified" not in headers
+
+    def test_a_committed_write_whose_echo_is_withheld_is_reported_as_committed(self, stack, seeded):
+        writer = Minted(stack, "user/Observation.cruds", sub=f"writer-{uuid.uuid4().hex[:6]}")
+        oid = f"{seeded['cp1']}-w-{uuid.uuid4().hex[:6]}"
+        resource = json.dumps(observation(oid, seeded["cp1"], ["R"], CONFIDENTIALITY))
+        _, status, headers, body = call(stack, "PUT", f"{BASE}/Observation/{oid}", writer, resource, {"content-type": "application/fhir+json"})
+        assert status in (200, 201), body[:300]
+        outcome = json.loads(body)
+        assert outcome["issue"][0]["severity"] == "information"
+        assert outcome["issue"][0]["details"]["coding"][0]["code"] == "committed-echo-withheld"
+        assert b"e2e" not in body, "the stored resource is not echoed"
+        status, _, stored = get(stack, f"Observation/{oid}", writer, purpose="TREAT")
+        assert status == 200 and stored["id"] == oid, "it was written"

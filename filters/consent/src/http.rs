@@ -24,6 +24,9 @@ struct Asked {
     purpose: Option<String>,
     break_glass: bool,
     single_read: bool,
+    /// A create, update or patch: a committed write is reported as committed, its echo
+    /// withheld, never as a refusal.
+    write: bool,
 }
 
 /// A held response: as decoded, or already parsed (then it is decided resource by resource,
@@ -48,6 +51,10 @@ pub struct ConsentFilter {
     /// touch the response: Envoy refuses header access once a head has gone on (and
     /// proxy-wasm panics on that refusal).
     reading: bool,
+    /// The held response's status.
+    status: u16,
+    /// An upstream error whose body is replaced by its status alone.
+    reducing: bool,
 }
 
 impl ConsentFilter {
@@ -60,6 +67,8 @@ impl ConsentFilter {
             unavailable: HashSet::new(),
             refusal: None,
             reading: false,
+            status: 0,
+            reducing: false,
         }
     }
 
@@ -73,7 +82,16 @@ impl ConsentFilter {
         count(FILTER, "denied", rejection.reason);
         fhirgate_proxy::set_reason(rejection.reason);
         self.set_http_response_header(":status", Some(&rejection.status.to_string()));
-        self.set_http_response_header("content-encoding", None);
+        // Nothing that describes the withheld resource stays: its version, date or location.
+        for name in [
+            "content-encoding",
+            "etag",
+            "last-modified",
+            "location",
+            "content-location",
+        ] {
+            self.set_http_response_header(name, None);
+        }
         for (name, value) in rejection.response_headers() {
             self.set_http_response_header(name, Some(&value));
         }
@@ -138,6 +156,22 @@ impl ConsentFilter {
             Filtered::Rewritten(bytes) => {
                 self.set_http_response_header("content-encoding", None);
                 self.set_http_response_body(0, body_size, &bytes);
+            }
+            // A write the server committed stays committed: its echo is withheld, its status
+            // (and Location) kept, and the audit records the write as done.
+            Filtered::Refused(_) if asked.write && (200..300).contains(&self.status) => {
+                count(FILTER, "withheld", "committed-echo");
+                self.set_http_response_header("content-encoding", None);
+                self.set_http_response_header("etag", None);
+                self.set_http_response_header(
+                    "content-type",
+                    Some(fhirgate_core::outcome::FHIR_JSON),
+                );
+                self.set_http_response_body(
+                    0,
+                    body_size,
+                    &fhirgate_core::outcome::committed_echo_withheld(),
+                );
             }
             Filtered::Refused(rejection) => self.replace_response(&rejection, body_size),
         }
@@ -278,7 +312,7 @@ impl HttpContext for ConsentFilter {
         // Only from a verified source: the authorization filter's header (a token claim, or
         // a trusted zone's header). A client's own purpose header means nothing here.
         let purpose_header = h.get(headers::PURPOSE_OF_USE);
-        self.asked = Some(Asked {
+        let asked = Asked {
             subject: h.get(headers::SUBJECT).map(str::to_string),
             client_id: h.get(headers::CLIENT_ID).map(str::to_string),
             purpose: shared
@@ -287,7 +321,40 @@ impl HttpContext for ConsentFilter {
                 .map(str::to_string),
             break_glass: break_glass.is_some(),
             single_read: is_single_read(interaction),
-        });
+            write: matches!(
+                interaction,
+                "create"
+                    | "conditional-create"
+                    | "update"
+                    | "conditional-update"
+                    | "patch"
+                    | "conditional-patch"
+            ),
+        };
+        // What no answer could be filtered into shape is refused before it is asked.
+        let query = h
+            .get(":path")
+            .and_then(|p| p.split_once('?'))
+            .map_or("", |(_, q)| q);
+        let caller = Caller {
+            subject: asked.subject.as_deref(),
+            client_id: asked.client_id.as_deref(),
+            purpose: asked.purpose.as_deref(),
+            break_glass: asked.break_glass,
+            now: "",
+        };
+        if let Some(rejection) = shared.policy.request_refusal(interaction, query, &caller) {
+            return reject(FILTER, &rejection);
+        }
+        // A conditional read would answer 304 for a resource never checked: ask for the body.
+        if !asked.write {
+            for name in ["if-none-match", "if-modified-since"] {
+                if h.contains(name) {
+                    self.set_http_request_header(name, None);
+                }
+            }
+        }
+        self.asked = Some(asked);
         // Ask for an uncompressed answer (a compressed one is decoded, within the body limit).
         if h.contains("accept-encoding") {
             self.set_http_request_header("accept-encoding", None);
@@ -309,7 +376,14 @@ impl HttpContext for ConsentFilter {
         let content_type = self
             .get_http_response_header("content-type")
             .unwrap_or_default();
+        self.status = status;
+        let from_upstream = self
+            .get_property(vec!["response", "code_details"])
+            .is_some_and(|d| d == b"via_upstream");
         match shared.policy.read_plan(status, &content_type) {
+            // An upstream error's body can quote what the policies withhold: its status alone
+            // goes on (the gateway's own refusals are PHI-free and pass).
+            ReadPlan::Skip if status >= 400 && from_upstream => self.reducing = true,
             ReadPlan::Skip => return Action::Continue,
             ReadPlan::Refuse(rejection) => self.refusal = Some(rejection),
             ReadPlan::Read => {}
@@ -325,6 +399,26 @@ impl HttpContext for ConsentFilter {
         else {
             return Action::Continue;
         };
+        if self.reducing {
+            if !end_of_stream {
+                self.set_http_response_body(0, body_size, &[]);
+                return Action::Pause;
+            }
+            let reduced = Rejection::upstream_error(self.status);
+            count(FILTER, "reduced", "upstream-error");
+            for name in [
+                "content-encoding",
+                "etag",
+                "last-modified",
+                "location",
+                "content-location",
+            ] {
+                self.set_http_response_header(name, None);
+            }
+            self.set_http_response_header("content-type", Some(fhirgate_core::outcome::FHIR_JSON));
+            self.set_http_response_body(0, body_size, &reduced.body());
+            return Action::Continue;
+        }
         if let Some(rejection) = self.refusal.take() {
             if !end_of_stream {
                 // Nothing of a refused response is kept or sent: drop what came so far.

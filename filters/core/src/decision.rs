@@ -51,6 +51,24 @@ impl Rejection {
         )
     }
 
+    /// An upstream error reduced to its status: the FHIR server's diagnostics may quote a
+    /// resource or an id the caller may not see (a patient/ scope, a consent policy).
+    pub fn upstream_error(status: u16) -> Self {
+        let code = match status {
+            401 | 403 => IssueType::Forbidden,
+            404 | 410 => IssueType::NotFound,
+            400 | 405 | 406 | 409 | 412 | 415 | 422 => IssueType::Invalid,
+            429 => IssueType::Throttled,
+            _ => IssueType::Exception,
+        };
+        Rejection::new(
+            status,
+            "upstream-error",
+            code,
+            "the FHIR server refused the request; its details are withheld",
+        )
+    }
+
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self

@@ -89,6 +89,24 @@ impl OperationOutcome {
     }
 }
 
+/// The body of a write the FHIR server committed whose echo (the resource as stored) the
+/// caller may not see: a success, said as an informational OperationOutcome, as a server
+/// answering `Prefer: return=OperationOutcome` would.
+pub fn committed_echo_withheld() -> Vec<u8> {
+    let outcome = json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{
+            "severity": "information",
+            "code": "informational",
+            "details": {
+                "coding": [{ "system": REASON_SYSTEM, "code": "committed-echo-withheld" }],
+                "text": "the write was committed; the stored resource is withheld by the consent policies",
+            },
+        }]
+    });
+    serde_json::to_vec(&outcome).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,19 @@ pub struct ConsentConfig {
     /// 42 CFR Part 2: label released substance-use-disorder data as not to be redisclosed.
     #[serde(default)]
     pub part2: Option<Part2Config>,
+    /// Earlier versions (vread, history): `refuse` (default) — a version cannot be judged by
+    /// the labels and patient of the current one, which the response does not show; `allow`
+    /// judges each version by its own labels only.
+    #[serde(default)]
+    pub versions: VersionsPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VersionsPolicy {
+    #[default]
+    Refuse,
+    Allow,
 }
 
 fn yes() -> bool {

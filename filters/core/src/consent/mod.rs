@@ -13,7 +13,7 @@ pub mod scan;
 use crate::outcome::IssueType;
 use crate::smart::authz::patients_of;
 use crate::Rejection;
-use config::{Action, Conflict, ConsentConfig, TotalPolicy};
+use config::{Action, Conflict, ConsentConfig, TotalPolicy, VersionsPolicy};
 use labels::{add_label, covers, labels_of, OBSERVATION_VALUE};
 use provision::{Access, Verdict};
 use serde_json::Value;
@@ -155,6 +155,11 @@ impl ConsentPolicy {
         let scan::Scan::Clean(patients) = scan::scan(body, self.config.consents.is_some()) else {
             return FastPath::Parse;
         };
+        // A page of a longer search whose `total` counts the other pages' matches too, which
+        // may hold what the caller may not see: parsed, so the total is taken out.
+        if paged_with_total(body) {
+            return FastPath::Parse;
+        }
         let mut need: Vec<String> = Vec::new();
         for id in patients {
             match cached(id) {
@@ -172,6 +177,91 @@ impl ConsentPolicy {
             need.sort();
             FastPath::NeedConsents(need)
         }
+    }
+
+    /// Refusals decided on the request alone, before it reaches the FHIR server: what no answer
+    /// could be filtered into shape (issue 15). `raw_query` is the query as sent.
+    /// - earlier versions (vread, history) under `versions: refuse`;
+    /// - count-only searches (`_summary=count`, `_count=0`): the count includes what the
+    ///   caller may not see, and no entry is there to filter;
+    /// - searches on a `_security` or `_tag` value a label rule withholds from this caller:
+    ///   their result, even empty, tells whether such data exists.
+    pub fn request_refusal(
+        &self,
+        interaction: &str,
+        raw_query: &str,
+        caller: &Caller,
+    ) -> Option<Rejection> {
+        let forbidden = |reason: &'static str, why: &str| {
+            Some(Rejection::new(403, reason, IssueType::Forbidden, why))
+        };
+        if matches!(
+            interaction,
+            "vread" | "history-instance" | "history-type" | "history-system"
+        ) && self.config.versions == VersionsPolicy::Refuse
+        {
+            return forbidden("version-withheld", "earlier versions cannot be checked against the consent policies; read the current resource");
+        }
+        if !matches!(
+            interaction,
+            "search-type" | "search-system" | "search-compartment"
+        ) {
+            return None;
+        }
+        let params = crate::routing::parse_query(raw_query, usize::MAX).unwrap_or_default();
+        let count_only = params.iter().any(|p| {
+            (p.name == "_summary" && p.value == "count")
+                || (p.name == "_count" && p.value.trim_start_matches('0').is_empty())
+        });
+        if count_only {
+            return forbidden(
+                "count-not-permitted",
+                "a count would include resources the consent policies withhold",
+            );
+        }
+        for p in &params {
+            let (base, modifier) = p
+                .name
+                .split_once(':')
+                .map_or((p.name.as_str(), None), |(b, m)| (b, Some(m)));
+            if !matches!(base, "_security" | "_tag") || matches!(modifier, Some("not" | "missing"))
+            {
+                continue;
+            }
+            for value in p.value.split(',') {
+                let (system, code) = value
+                    .split_once('|')
+                    .map_or((None, value), |(s, c)| ((!s.is_empty()).then_some(s), c));
+                let label = labels::Label {
+                    system: system.map(str::to_string),
+                    code: code.to_string(),
+                };
+                if self.label_withheld(&label, caller) {
+                    return forbidden(
+                        "label-search-not-permitted",
+                        "the search names a security label whose resources the caller may not see",
+                    );
+                }
+            }
+        }
+        None
+    }
+
+    /// Would a resource carrying `label` be withheld (dropped, refused or redacted) from the
+    /// caller by a label rule?
+    fn label_withheld(&self, label: &labels::Label, caller: &Caller) -> bool {
+        if caller.break_glass && self.config.break_glass_overrides {
+            return false;
+        }
+        self.config.labels.iter().any(|rule| {
+            let allowed = caller
+                .purpose
+                .is_some_and(|p| rule.allow_purposes.iter().any(|a| a == p))
+                || caller
+                    .client_id
+                    .is_some_and(|c| rule.allow_clients.iter().any(|a| a == c));
+            !allowed && rule.codes.iter().any(|code| covers(code, label))
+        })
     }
 
     /// What to do with a FHIR interaction's response, from its status and content type.
@@ -424,17 +514,48 @@ impl ConsentPolicy {
                 Treatment::Release => kept.push(entry),
             }
         }
+        let matches_kept = kept
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.get("search")
+                        .and_then(|s| s.get("mode"))
+                        .and_then(Value::as_str),
+                    None | Some("match")
+                ) && e
+                    .get("resource")
+                    .and_then(|r| r.get("resourceType"))
+                    .and_then(Value::as_str)
+                    != Some("OperationOutcome")
+            })
+            .count();
         *entries = kept;
-        if removed > 0 {
+        // `total` never counts what the caller cannot see: with the whole result in hand (one
+        // page) and something removed it becomes what is left; on a page of a longer result
+        // it goes, since other pages may hold withheld matches (`total: omit` takes it out
+        // whenever anything was removed).
+        let paged = bundle
+            .get("link")
+            .and_then(Value::as_array)
+            .is_some_and(|links| {
+                links.iter().any(|l| {
+                    matches!(
+                        l.get("relation").and_then(Value::as_str),
+                        Some("next" | "previous" | "prev")
+                    )
+                })
+            });
+        if kind == "searchset" {
             if let Some(obj) = bundle.as_object_mut() {
                 match (self.config.total, obj.get("total").and_then(Value::as_u64)) {
-                    (TotalPolicy::Adjust, Some(total)) => {
-                        obj.insert(
-                            "total".into(),
-                            Value::from(total.saturating_sub(u64::from(removed))),
-                        );
+                    (_, Some(_)) if paged => {
+                        obj.remove("total");
+                        changed = true;
                     }
-                    (TotalPolicy::Omit, Some(_)) => {
+                    (TotalPolicy::Adjust, Some(_)) if removed > 0 => {
+                        obj.insert("total".into(), Value::from(matches_kept as u64));
+                    }
+                    (TotalPolicy::Omit, Some(_)) if removed > 0 => {
                         obj.remove("total");
                     }
                     _ => {}
@@ -570,6 +691,13 @@ pub(crate) fn consent_is_for(consent: &Value, patient: &str) -> bool {
     let path = reference.split("/_history/").next().unwrap_or(reference);
     path.rsplit_once("Patient/")
         .is_some_and(|(before, id)| (before.is_empty() || before.ends_with('/')) && id == patient)
+}
+
+/// Does a response look like a page of a longer search with a `total` (conservatively: the
+/// bytes name `"total"` and a `next`/`previous` relation)?
+fn paged_with_total(body: &[u8]) -> bool {
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    has(b"\"total\"") && (has(b"\"next\"") || has(b"\"prev"))
 }
 
 /// Which responses the filter reads: those of FHIR interactions that return resources (not

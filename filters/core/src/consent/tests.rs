@@ -865,3 +865,168 @@ mod fast_path {
         );
     }
 }
+
+/// Issue 15: what no answer could be filtered into shape is refused on the request.
+mod request_refusals {
+    use super::*;
+
+    fn refusal(
+        p: &ConsentPolicy,
+        interaction: &str,
+        query: &str,
+        purpose: Option<&'static str>,
+    ) -> Option<&'static str> {
+        p.request_refusal(interaction, query, &caller(purpose))
+            .map(|r| r.reason)
+    }
+
+    #[test]
+    fn earlier_versions_are_refused_unless_configured() {
+        let p = policy(LABELS);
+        for interaction in [
+            "vread",
+            "history-instance",
+            "history-type",
+            "history-system",
+        ] {
+            assert_eq!(
+                refusal(&p, interaction, "", Some("TREAT")),
+                Some("version-withheld"),
+                "{interaction}"
+            );
+        }
+        assert_eq!(refusal(&p, "read", "", None), None);
+        let allow = policy(r#"{"versions": "allow"}"#);
+        assert_eq!(refusal(&allow, "vread", "", None), None);
+    }
+
+    #[test]
+    fn count_only_searches_are_refused() {
+        let p = policy(LABELS);
+        for query in [
+            "_summary=count",
+            "code=x&_summary=count",
+            "_count=0",
+            "_count=00",
+            "_security=R&_summary=count",
+        ] {
+            assert_eq!(
+                refusal(&p, "search-type", query, Some("TREAT")),
+                Some("count-not-permitted"),
+                "{query}"
+            );
+        }
+        for query in ["_count=10", "_summary=true", "_count=1"] {
+            assert_eq!(refusal(&p, "search-type", query, None), None, "{query}");
+        }
+    }
+
+    #[test]
+    fn searching_on_a_label_the_caller_may_not_see_is_refused() {
+        let p = policy(LABELS);
+        let cases = [
+            ("_security=R", None, Some("label-search-not-permitted")),
+            (
+                "_security=http://terminology.hl7.org/CodeSystem/v3-Confidentiality|V",
+                None,
+                Some("label-search-not-permitted"),
+            ),
+            ("_security=R", Some("TREAT"), None),
+            (
+                "_security=HIV",
+                Some("TREAT"),
+                Some("label-search-not-permitted"),
+            ),
+            (
+                "_tag=PSY",
+                Some("TREAT"),
+                Some("label-search-not-permitted"),
+            ),
+            ("_security=N,R", None, Some("label-search-not-permitted")),
+            ("_security:not=R", None, None),
+            ("_security:missing=true", None, None),
+            ("_security=N", None, None),
+        ];
+        for (query, purpose, expected) in cases {
+            assert_eq!(
+                refusal(&p, "search-type", query, purpose),
+                expected,
+                "{query} {purpose:?}"
+            );
+        }
+        let mut glass = caller(None);
+        glass.break_glass = true;
+        assert_eq!(
+            p.request_refusal("search-type", "_security=R", &glass)
+                .map(|r| r.reason),
+            None,
+            "break-glass overrides"
+        );
+    }
+}
+
+/// Issue 15, class 2: `total` never counts what the caller cannot see.
+mod totals {
+    use super::*;
+
+    fn page(ids: &[(&str, &[&str])], total: u64, links: &[&str]) -> Value {
+        let entries: Vec<Value> = ids
+            .iter()
+            .map(
+                |(id, codes)| json!({"resource": labelled(id, codes), "search": {"mode": "match"}}),
+            )
+            .collect();
+        let links: Vec<Value> = links
+            .iter()
+            .map(|r| json!({"relation": r, "url": "http://x"}))
+            .collect();
+        json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries})
+    }
+
+    fn filtered(p: &ConsentPolicy, bundle: Value) -> Value {
+        let mut report = Report::default();
+        match p.filter_value(
+            bundle.clone(),
+            &caller(None),
+            false,
+            &|_| Consents::Known(&[]),
+            &mut report,
+        ) {
+            Filtered::Rewritten(bytes) => serde_json::from_slice(&bytes).unwrap(),
+            Filtered::Unchanged => bundle,
+            Filtered::Refused(r) => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_whole_result_counts_what_is_left() {
+        let out = filtered(
+            &policy(LABELS),
+            page(&[("a", &[]), ("b", &["R"]), ("c", &[])], 3, &["self"]),
+        );
+        assert_eq!(out["total"], 2);
+    }
+
+    #[test]
+    fn a_page_of_a_longer_result_loses_its_total_even_with_nothing_removed_here() {
+        for links in [&["self", "next"][..], &["self", "previous"], &["prev"]] {
+            let out = filtered(&policy(LABELS), page(&[("a", &[]), ("c", &[])], 40, links));
+            assert!(out.get("total").is_none(), "{links:?}: {out}");
+        }
+        let body = serde_json::to_vec(&page(&[("a", &[])], 40, &["self", "next"])).unwrap();
+        assert_eq!(
+            policy(LABELS).fast_path(&body, &|_| None),
+            FastPath::Parse,
+            "not released unparsed with its total"
+        );
+    }
+
+    #[test]
+    fn a_whole_result_with_nothing_removed_keeps_its_total() {
+        let out = filtered(
+            &policy(LABELS),
+            page(&[("a", &[]), ("c", &[])], 2, &["self"]),
+        );
+        assert_eq!(out["total"], 2);
+    }
+}

@@ -1003,7 +1003,7 @@ impl AuthzFilterPolicy {
                     path: None,
                 }
             } else {
-                Step::Reduce(reduced_error(status))
+                Step::Reduce(Rejection::upstream_error(status))
             };
         }
         if body.is_empty() {
@@ -1054,24 +1054,6 @@ impl AuthzFilterPolicy {
             }
         }
     }
-}
-
-/// An upstream error under `patient/` scopes, reduced to its status: the FHIR server's
-/// diagnostics may quote a resource or an id the patient may not see.
-fn reduced_error(status: u16) -> Rejection {
-    let issue = match status {
-        401 | 403 => IssueType::Forbidden,
-        404 | 410 => IssueType::NotFound,
-        400 | 405 | 406 | 415 | 422 => IssueType::Invalid,
-        429 => IssueType::Throttled,
-        _ => IssueType::Exception,
-    };
-    Rejection::new(
-        status,
-        "upstream-error",
-        issue,
-        "the FHIR server refused the request; its details are withheld under patient/ scopes",
-    )
 }
 
 #[cfg(test)]
