@@ -622,7 +622,9 @@ class Stack:
         # Earlier versions pass the consent filter here (judged by their own labels), so the
         # routing and authorization tests see history and vread reach the FHIR server; the
         # shipped `versions: refuse` is tested on an Envoy of its own (test_consent.py).
-        path.write_text(json.dumps({"consents": settings, "versions": "allow"}, indent=2))
+        # Bulk exports likewise pass (test_bulk_jobs.py binds their URLs); the shipped refusal of
+        # unfiltered exports is tested there too.
+        path.write_text(json.dumps({"consents": settings, "versions": "allow", "bulkExport": "unfiltered"}, indent=2))
         return path
 
     def start_replicas(self, settings: dict, count: int = 2) -> "Replicas":

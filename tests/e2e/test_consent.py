@@ -226,9 +226,10 @@ class TestWithheldStaysWithheld:
         status, _, bundle = get(stack, path, reader(stack), purpose="TREAT")
         assert status == 200 and entry_ids(bundle) == [f"{seeded['cp1']}-r"]
 
-    def test_an_earlier_version_is_refused_under_the_shipped_policy(self, stack, seeded, tmp_path):
+    def test_earlier_versions_and_unfiltered_exports_are_refused_under_the_shipped_policy(self, stack, seeded, tmp_path):
         settings = json.loads((stack.log_dir / "consent.json").read_text())
-        settings.pop("versions")  # the shipped default: refuse
+        settings.pop("versions")  # the shipped defaults: refuse
+        settings.pop("bulkExport")
         overlay = tmp_path / "consent-versions.json"
         overlay.write_text(json.dumps(settings))
         port, _ = stack.start_variant("consent-versions", consent=overlay)
@@ -237,6 +238,11 @@ class TestWithheldStaysWithheld:
             tid, status, _, body = call(stack, "GET", f"{BASE}/{path}", token, port=port)
             assert (status, outcome_reason(body)) == (403, "version-withheld"), path
             assert received(stack, tid) == []
+        # Issue 15, class 1: export files are not filtered, so a kick-off is refused.
+        system = stack.token("system/*.rs", client_id="etl-consent")
+        tid, status, _, body = call(stack, "GET", f"{BASE}/$export", system, headers={"prefer": "respond-async"}, port=port)
+        assert (status, outcome_reason(body)) == (403, "export-not-filtered")
+        assert received(stack, tid) == []
 
     def test_an_upstream_error_body_is_reduced_to_its_status(self, stack, seeded):
         missing = f"missing-{uuid.uuid4().hex[:8]}"

@@ -343,7 +343,12 @@ impl HttpContext for ConsentFilter {
             break_glass: asked.break_glass,
             now: "",
         };
-        if let Some(rejection) = shared.policy.request_refusal(interaction, query, &caller) {
+        let operation = h.get(headers::OPERATION);
+        if let Some(rejection) =
+            shared
+                .policy
+                .request_refusal_for(interaction, operation, query, &caller)
+        {
             return reject(FILTER, &rejection);
         }
         // A conditional read would answer 304 for a resource never checked: ask for the body.

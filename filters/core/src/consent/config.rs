@@ -36,6 +36,19 @@ pub struct ConsentConfig {
     /// judges each version by its own labels only.
     #[serde(default)]
     pub versions: VersionsPolicy,
+    /// Bulk Data `$export`: its NDJSON files are not filtered resource by resource, so under
+    /// any label rule or Consent source a kick-off is refused (`refuse`, the default);
+    /// `unfiltered` lets it through for pipelines entitled to everything.
+    #[serde(default)]
+    pub bulk_export: BulkExportPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BulkExportPolicy {
+    #[default]
+    Refuse,
+    Unfiltered,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -13,7 +13,7 @@ pub mod scan;
 use crate::outcome::IssueType;
 use crate::smart::authz::patients_of;
 use crate::Rejection;
-use config::{Action, Conflict, ConsentConfig, TotalPolicy, VersionsPolicy};
+use config::{Action, BulkExportPolicy, Conflict, ConsentConfig, TotalPolicy, VersionsPolicy};
 use labels::{add_label, covers, labels_of, OBSERVATION_VALUE};
 use provision::{Access, Verdict};
 use serde_json::Value;
@@ -192,9 +192,31 @@ impl ConsentPolicy {
         raw_query: &str,
         caller: &Caller,
     ) -> Option<Rejection> {
+        self.request_refusal_for(interaction, None, raw_query, caller)
+    }
+
+    /// [`Self::request_refusal`], knowing the operation (`$export`): a Bulk Data kick-off
+    /// under restricting policies is refused unless `bulkExport: unfiltered`.
+    pub fn request_refusal_for(
+        &self,
+        interaction: &str,
+        operation: Option<&str>,
+        raw_query: &str,
+        caller: &Caller,
+    ) -> Option<Rejection> {
         let forbidden = |reason: &'static str, why: &str| {
             Some(Rejection::new(403, reason, IssueType::Forbidden, why))
         };
+        let restricting = !self.config.labels.is_empty() || self.config.consents.is_some();
+        if operation == Some("$export")
+            && restricting
+            && self.config.bulk_export == BulkExportPolicy::Refuse
+        {
+            return forbidden(
+                "export-not-filtered",
+                "bulk export files are not filtered by the consent policies; this gateway refuses exports (bulkExport)",
+            );
+        }
         if matches!(
             interaction,
             "vread" | "history-instance" | "history-type" | "history-system"

@@ -901,6 +901,30 @@ mod request_refusals {
     }
 
     #[test]
+    fn a_bulk_export_is_refused_under_restricting_policies_unless_unfiltered_is_chosen() {
+        let p = policy(LABELS);
+        let refused = p
+            .request_refusal_for("operation-system", Some("$export"), "", &caller(None))
+            .map(|r| r.reason);
+        assert_eq!(refused, Some("export-not-filtered"));
+        assert_eq!(
+            p.request_refusal_for("operation-type", Some("$everything"), "", &caller(None))
+                .map(|r| r.reason),
+            None
+        );
+        let unfiltered = policy(r#"{"labels": [{"codes": ["V"]}], "bulkExport": "unfiltered"}"#);
+        assert!(unfiltered
+            .request_refusal_for("operation-system", Some("$export"), "", &caller(None))
+            .is_none());
+        assert!(
+            policy("{}")
+                .request_refusal_for("operation-system", Some("$export"), "", &caller(None))
+                .is_none(),
+            "nothing restricts"
+        );
+    }
+
+    #[test]
     fn count_only_searches_are_refused() {
         let p = policy(LABELS);
         for query in [

@@ -375,7 +375,9 @@ impl RateLimitFilterPolicy {
                         rejection: break_glass_refusal(e),
                     }
                 }
-                Ok(claims) if req.subject.is_some_and(|s| s != claims.user) => {
+                // Break-glass binds to a verified subject: a token without `sub` (a backend
+                // client's, say) never carries another user's emergency access (issue 15).
+                Ok(claims) if req.subject != Some(claims.user.as_str()) => {
                     let _ = claims;
                     return Verdict::Refuse {
                         class: Some(class),
@@ -383,7 +385,7 @@ impl RateLimitFilterPolicy {
                             403,
                             "break-glass-user-mismatch",
                             IssueType::Forbidden,
-                            "the break-glass token names another user",
+                            "the break-glass token names another user, or the access token names none",
                         ),
                     };
                 }

@@ -298,6 +298,18 @@ mod break_glass {
             let r = refused(&v);
             assert_eq!((r.status, r.reason), (status, reason));
         }
+        // Issue 15: an access token without `sub` cannot carry anyone's break-glass token.
+        let anonymous = p.decide(
+            &RateLimitRequest {
+                break_glass: Some(&token("alice", "n", 600)),
+                subject: None,
+                ..write_by("alice")
+            },
+            &mut store,
+            NOW_MS,
+        );
+        let r = refused(&anonymous);
+        assert_eq!((r.status, r.reason), (403, "break-glass-user-mismatch"));
     }
 
     #[test]
