@@ -16,6 +16,8 @@ pub const COMPARTMENT: &str = "x-fhirgate-compartment";
 pub const PATIENT: &str = "x-fhirgate-patient";
 pub const POOL: &str = "x-fhirgate-pool";
 pub const BUNDLE_TYPE: &str = "x-fhirgate-bundle-type";
+/// How many entries a batch or transaction Bundle carries (each is weighed by the rate limits).
+pub const BUNDLE_ENTRIES: &str = "x-fhirgate-bundle-entries";
 
 // Set by the authorization filter, for the filters after it.
 pub const AUTHZ_DECISION: &str = "x-fhirgate-authz-decision";

@@ -59,6 +59,7 @@ impl HttpContext for RateLimitFilter {
             host: h.get(":authority"),
             peer: peer.as_deref(),
             break_glass,
+            bundle_entries: h.get(headers::BUNDLE_ENTRIES),
         };
         let now_ms = self
             .get_current_time()

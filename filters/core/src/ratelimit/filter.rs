@@ -122,6 +122,8 @@ pub struct RateLimitRequest<'a> {
     pub peer: Option<&'a str>,
     /// The configured break-glass header's value, if any.
     pub break_glass: Option<&'a str>,
+    /// `x-fhirgate-bundle-entries`: a batch or transaction weighs one more per entry.
+    pub bundle_entries: Option<&'a str>,
 }
 
 /// An admitted request: what to add to it and to its response.
@@ -333,12 +335,17 @@ impl RateLimitFilterPolicy {
         };
         let class = class_of_parts(interaction, req.operation);
         let params = query_params(req.path);
+        let entries = req
+            .bundle_entries
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
         let weight = weight_of_parts(
             interaction,
             req.operation,
             params.iter().map(|(n, v)| (n.as_ref(), v.as_ref())),
             &self.limits.config.weights,
-        );
+        )
+        .saturating_add(entries);
         let tenant = match self.tenant_of(req) {
             Ok(t) => t,
             Err(rejection) => {

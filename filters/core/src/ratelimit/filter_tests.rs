@@ -559,3 +559,38 @@ mod helpers {
         );
     }
 }
+
+/// Issue 15: a batch weighs what it carries, not one request.
+#[test]
+fn a_batch_weighs_one_more_per_entry() {
+    let p = RateLimitFilterPolicy::from_json(
+        br#"{"tiers": {"write": {"limit": 100, "windowSeconds": 60}}}"#,
+    )
+    .unwrap();
+    let decide = |entries: Option<&str>| {
+        p.decide(
+            &RateLimitRequest {
+                interaction: Some("batch"),
+                bundle_entries: entries,
+                ..write_by("alice")
+            },
+            &mut MemoryStore::default(),
+            NOW_MS,
+        )
+    };
+    let weight = |v: Verdict| match v {
+        Verdict::Admit(a) => a.weight,
+        other => panic!("{other:?}"),
+    };
+    let empty = weight(decide(Some("0")));
+    assert_eq!(weight(decide(Some("1"))), empty + 1);
+    assert_eq!(
+        weight(decide(None)),
+        empty,
+        "no Bundle read: the request alone"
+    );
+    // The write tier allows 100 per minute: one batch of 500 writes is not one request.
+    let big = decide(Some("500"));
+    let r = refused(&big);
+    assert_eq!((r.status, r.reason), (429, "rate-limited"));
+}

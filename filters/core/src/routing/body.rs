@@ -179,8 +179,8 @@ struct BundleHead {
     bundle_type: Option<String>,
     /// Only its shape: R4 `Bundle.entry` is an array of objects (absent for an empty Bundle);
     /// an object or a scalar here would let an entry escape every per-entry decision.
-    #[serde(default, rename = "entry")]
-    _entry: Option<Vec<std::collections::BTreeMap<String, serde::de::IgnoredAny>>>,
+    #[serde(default)]
+    entry: Option<Vec<std::collections::BTreeMap<String, serde::de::IgnoredAny>>>,
 }
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejection> {
@@ -276,6 +276,7 @@ pub(super) fn check(
             };
             r.interaction = interaction;
             r.bundle_type = Some(kind);
+            r.bundle_entries = Some(head.entry.as_ref().map_or(0, Vec::len));
             Ok(())
         }
         BodyRule::Patch { json_patch: true } => {
@@ -316,6 +317,7 @@ pub(super) fn check(
                 },
             )?;
             r.params.extend(extra);
+            super::check_counts(&r.params)?;
             Ok(())
         }
     }

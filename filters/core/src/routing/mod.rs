@@ -220,6 +220,8 @@ pub struct RoutedRequest {
     pub params: Vec<Param>,
     /// Set from the body of a batch or transaction.
     pub bundle_type: Option<&'static str>,
+    /// How many entries that Bundle carries.
+    pub bundle_entries: Option<usize>,
     pub body: BodyRule,
     /// The request has a body the filter must buffer and pass to [`RoutingPolicy::route_body`].
     pub awaiting_body: bool,
@@ -240,6 +242,7 @@ impl RoutedRequest {
             pool: String::new(),
             params: Vec::new(),
             bundle_type: None,
+            bundle_entries: None,
             body: BodyRule::None,
             awaiting_body: false,
             has_body: false,
@@ -273,6 +276,9 @@ impl RoutedRequest {
         if let Some(b) = self.bundle_type {
             h.push((headers::BUNDLE_TYPE, b.to_string()));
         }
+        if let Some(n) = self.bundle_entries {
+            h.push((headers::BUNDLE_ENTRIES, n.to_string()));
+        }
         h
     }
 
@@ -292,6 +298,20 @@ impl RoutedRequest {
             "headers": self.headers().into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect::<serde_json::Map<_, _>>(),
         })
     }
+}
+
+/// `_count` the way FHIR servers read it: decimal digits only, at most nine. `1_000`,
+/// full-width digits, a leading space (`%201000`) or twenty digits would be weighed as one
+/// page by the rate limits while a lenient server reads a thousand: refused instead.
+pub(crate) fn check_counts(params: &[Param]) -> Result<(), Rejection> {
+    for p in params.iter().filter(|p| p.name == "_count") {
+        if p.value.is_empty() || p.value.len() > 9 || !p.value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(refuse::invalid_query(
+                "_count must be a whole number of at most nine digits",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refusal helpers: one place for every status, reason code and issue type.
@@ -747,6 +767,7 @@ impl RoutingPolicy {
                 QueryError::BadName => refuse::invalid_query("invalid parameter name"),
                 QueryError::TooMany => refuse::too_many_params(self.max_query_params),
             })?;
+            check_counts(&r.params)?;
         }
         let conditional = match r.interaction {
             I::ConditionalUpdate => Some("update"),

@@ -956,6 +956,44 @@ mod refuses_malformed_requests {
         ("GET", "/fhir/r4/Patient#frag", 400, "invalid-path"),
         ("GET", "/cds-services/a/b/c", 400, "invalid-path"),
         ("GET", "/fhir/r4-bulk/../x", 400, "invalid-path"),
+        // `_count` as servers read it, or refused (issue 15: rate-limit weights)
+        (
+            "GET",
+            "/fhir/r4/Observation?_count=1_000",
+            400,
+            "invalid-query",
+        ),
+        (
+            "GET",
+            "/fhir/r4/Observation?_count=%201000",
+            400,
+            "invalid-query",
+        ),
+        (
+            "GET",
+            "/fhir/r4/Observation?_count=%EF%BC%91%EF%BC%90%EF%BC%90%EF%BC%90",
+            400,
+            "invalid-query",
+        ),
+        (
+            "GET",
+            "/fhir/r4/Observation?_count=10000000000000000000",
+            400,
+            "invalid-query",
+        ),
+        ("GET", "/fhir/r4/Observation?_count=", 400, "invalid-query"),
+        (
+            "GET",
+            "/fhir/r4/Observation?_count=-1",
+            400,
+            "invalid-query",
+        ),
+        (
+            "GET",
+            "/fhir/r4/Observation?_count=1e3",
+            400,
+            "invalid-query",
+        ),
         // what Java servers read as dot segments, on FHIR and passthrough routes alike
         ("GET", "/fhir/r4/Patient/..;/admin", 400, "invalid-path"),
         ("GET", "/fhir/r4/Patient/..;x=1/admin", 400, "invalid-path"),
