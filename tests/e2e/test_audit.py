@@ -223,3 +223,14 @@ def test_an_emergency_purpose_from_the_token_is_elevated_and_a_client_header_is_
     claimed, asserted = records[f"purpose-claimed-{run}"], records[f"purpose-header-{run}"]
     assert (claimed["purpose_of_use"], claimed["severity"], claimed["break_glass"]) == ("ETREAT", "elevated", False)
     assert (asserted["purpose_of_use"], asserted["severity"]) == (None, "normal")
+
+
+def test_a_refused_request_with_a_verified_token_names_its_principal(stack):
+    # Issue 15: probing with a valid token is attributable.
+    before = quiet(stack)
+    sub = f"prober-{uuid.uuid4().hex[:6]}"
+    _, status, _, _ = call(stack, "DELETE", f"{BASE}/Patient/example", stack.token("user/Patient.rs", sub=sub, client_id="probe-app"))
+    assert status == 403
+    [r] = settle(stack, before, 1)
+    assert (r["decision"], r["reason"], r["principal_id"]) == ("deny", "insufficient-scope", sub)
+    assert r["principal_role"] != "anonymous"

@@ -24,6 +24,8 @@ pub struct AuditFilter {
     /// An upstream error answer's body is read (it is small) for its OperationOutcome.
     reading_error: bool,
     upstream_outcome: Option<String>,
+    /// The response status as it passed this filter (0 before any).
+    upstream_status: u16,
 }
 
 impl AuditFilter {
@@ -33,6 +35,7 @@ impl AuditFilter {
             acknowledging: None,
             reading_error: false,
             upstream_outcome: None,
+            upstream_status: 0,
         }
     }
 
@@ -175,13 +178,16 @@ impl HttpContext for AuditFilter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if end_of_stream {
-            return Action::Continue;
-        }
         let status = self
             .get_http_response_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
+        // The FHIR server's answer, kept: a client that resets before it arrives must not
+        // turn a committed write into "status 0, deny" in the record.
+        self.upstream_status = status;
+        if end_of_stream {
+            return Action::Continue;
+        }
         self.reading_error = status >= 400
             && fhirgate_core::audit::reads_error_body(
                 status,
@@ -212,7 +218,10 @@ impl HttpContext for AuditFilter {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let status = property_u64(vec!["response", "code"]).map_or(0, |c| c as u16);
+        let status = property_u64(vec!["response", "code"])
+            .map(|c| c as u16)
+            .filter(|c| *c != 0)
+            .unwrap_or(self.upstream_status);
         let outcome = self.facts_record(&worker, status);
         worker.emit(outcome, true);
     }

@@ -106,7 +106,16 @@ impl AuthzFilter {
                 set_routing_headers(&headers);
                 Action::Continue
             }
-            Step::Deny(rejection) => reject(FILTER, &rejection),
+            Step::Deny(rejection) => {
+                // The audit filter records who was refused, when the token verified.
+                if let (Some(runtime), Some(exchange)) = (&self.runtime, &self.exchange) {
+                    let identity = runtime.borrow().policy.refusal_identity(exchange);
+                    if !identity.is_empty() {
+                        set_routing_headers(&identity);
+                    }
+                }
+                reject(FILTER, &rejection)
+            }
             Step::WaitRequestBody => {
                 self.awaiting_request_body = true;
                 Action::Pause

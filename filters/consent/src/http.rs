@@ -409,7 +409,10 @@ impl HttpContext for ConsentFilter {
                 self.set_http_response_body(0, body_size, &[]);
                 return Action::Pause;
             }
-            let reduced = Rejection::upstream_error(self.status);
+            let upstream = self
+                .get_http_response_body(0, body_size)
+                .unwrap_or_default();
+            let reduced = fhirgate_core::outcome::reduced_upstream_outcome(&upstream);
             count(FILTER, "reduced", "upstream-error");
             for name in [
                 "content-encoding",
@@ -421,7 +424,7 @@ impl HttpContext for ConsentFilter {
                 self.set_http_response_header(name, None);
             }
             self.set_http_response_header("content-type", Some(fhirgate_core::outcome::FHIR_JSON));
-            self.set_http_response_body(0, body_size, &reduced.body());
+            self.set_http_response_body(0, body_size, &reduced);
             return Action::Continue;
         }
         if let Some(rejection) = self.refusal.take() {

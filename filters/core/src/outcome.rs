@@ -89,6 +89,46 @@ impl OperationOutcome {
     }
 }
 
+/// An upstream error body reduced to its codes: each issue's `severity` and `code` (when they
+/// are plain codes), tagged `upstream-error`; diagnostics, details text, expressions and
+/// anything else — where a server quotes resources — are dropped. A body that is not an
+/// OperationOutcome becomes a single `exception` issue.
+pub fn reduced_upstream_outcome(body: &[u8]) -> Vec<u8> {
+    let plain = |v: Option<&serde_json::Value>| {
+        v.and_then(serde_json::Value::as_str)
+            .filter(|s| {
+                !s.is_empty()
+                    && s.len() <= 32
+                    && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+            })
+            .map(str::to_string)
+    };
+    let parsed: Option<serde_json::Value> = (body.len() <= 64 * 1024)
+        .then(|| serde_json::from_slice(body).ok())
+        .flatten();
+    let issues: Vec<serde_json::Value> = parsed
+        .as_ref()
+        .filter(|v| v.get("resourceType").and_then(serde_json::Value::as_str) == Some("OperationOutcome"))
+        .and_then(|v| v.get("issue"))
+        .and_then(serde_json::Value::as_array)
+        .map(|list| {
+            list.iter()
+                .take(20)
+                .map(|i| {
+                    json!({
+                        "severity": plain(i.get("severity")).unwrap_or_else(|| "error".into()),
+                        "code": plain(i.get("code")).unwrap_or_else(|| "exception".into()),
+                        "details": {"coding": [{"system": REASON_SYSTEM, "code": "upstream-error"}]},
+                    })
+                })
+                .collect()
+        })
+        .filter(|l: &Vec<serde_json::Value>| !l.is_empty())
+        .unwrap_or_else(|| vec![json!({"severity": "error", "code": "exception", "details": {"coding": [{"system": REASON_SYSTEM, "code": "upstream-error"}]}})]);
+    serde_json::to_vec(&json!({"resourceType": "OperationOutcome", "issue": issues}))
+        .unwrap_or_default()
+}
+
 /// The body of a write the FHIR server committed whose echo (the resource as stored) the
 /// caller may not see: a success, said as an informational OperationOutcome, as a server
 /// answering `Prefer: return=OperationOutcome` would.
@@ -110,6 +150,31 @@ pub fn committed_echo_withheld() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upstream_outcome_keeps_its_codes_and_loses_what_it_quotes() {
+        let upstream = br#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"value","diagnostics":"Observation/o1 of Patient/456 (HIV): bad date","details":{"text":"HIV"},"expression":["Observation.subject"]},{"severity":"warning","code":"<script>"}]}"#;
+        let reduced: serde_json::Value =
+            serde_json::from_slice(&reduced_upstream_outcome(upstream)).unwrap();
+        assert_eq!(reduced["issue"][0]["code"], "value");
+        assert_eq!(reduced["issue"][0]["severity"], "error");
+        assert_eq!(reduced["issue"][1]["code"], "exception", "not a plain code");
+        let text = reduced.to_string();
+        assert!(
+            !text.contains("456") && !text.contains("HIV") && !text.contains("subject"),
+            "{text}"
+        );
+        for other in [
+            &b"<html>Patient 456</html>"[..],
+            b"{}",
+            br#"{"resourceType":"Observation","id":"x"}"#,
+        ] {
+            let r: serde_json::Value =
+                serde_json::from_slice(&reduced_upstream_outcome(other)).unwrap();
+            assert_eq!(r["issue"][0]["code"], "exception");
+            assert!(!r.to_string().contains("456"));
+        }
+    }
 
     #[test]
     fn renders_a_valid_r4_operation_outcome() {

@@ -536,6 +536,20 @@ impl AuthzFilterPolicy {
             .map(|v| (headers::PURPOSE_OF_USE, v.to_string()))
     }
 
+    /// Who a refused request came from, when its token verified: the internal identity
+    /// headers (decision `deny`) the audit record names the principal and client by, so that
+    /// probing with a valid token is attributable. Nothing for an unverified token.
+    pub fn refusal_identity(&self, ex: &Exchange) -> Vec<(&'static str, String)> {
+        let Some(token) = ex.token() else {
+            return Vec::new();
+        };
+        let mut headers = identity_headers(Some(token));
+        if let Some(first) = headers.first_mut() {
+            first.1 = "deny".to_string();
+        }
+        headers
+    }
+
     /// The zone's name, for logs and audit (`default` outside every zone).
     pub fn zone_name(&self, ex: &Exchange) -> &str {
         ex.zone
