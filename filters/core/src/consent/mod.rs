@@ -611,7 +611,14 @@ impl ConsentPolicy {
             }
         };
 
-        let labels = labels_of(resource);
+        // A contained resource travels with its container: the strictest of their labels
+        // decides for both (issue 15: a labelled resource inside an unlabelled one).
+        let mut labels = labels_of(resource);
+        if let Some(Value::Array(contained)) = resource.get("contained") {
+            for c in contained {
+                labels.extend(labels_of(c));
+            }
+        }
         if !labels.is_empty() {
             for rule in &self.config.labels {
                 let labelled = rule
@@ -641,6 +648,11 @@ impl ConsentPolicy {
                 purpose: caller.purpose,
                 now: caller.now,
             };
+            // A patient named only by identifier (or on another server) has Consents no
+            // lookup can find: withheld, not released unchecked (issue 15).
+            if crate::smart::confine::unresolved_patient(resource) {
+                judge(Action::Drop, "consent-patient-unresolved", &[]);
+            }
             for patient in patients_of(resource) {
                 match consents(&patient) {
                     Consents::Unavailable if source.fail_open => {}

@@ -288,6 +288,11 @@ impl<'a> Scanner<'a> {
                         && (i == start || body[i - 1] == b'/')
                         && body[i..].starts_with(b"Patient/")
                     {
+                        // `https://other/fhir/Patient/1` is a patient on another server, whose
+                        // Consents no lookup here finds: the parse decides (it withholds).
+                        if i != start {
+                            return None;
+                        }
                         self.patient_at(i + "Patient/".len());
                     }
                     i += 1;
@@ -380,9 +385,14 @@ mod tests {
     #[test]
     fn collects_every_patient_a_clean_response_names_once() {
         let body = r#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}},
-            {"resource":{"resourceType":"Observation","subject":{"reference":"https://x/fhir/Patient/p2/_history/1"}}},
+            {"resource":{"resourceType":"Observation","subject":{"reference":"Patient/p2/_history/1"}}},
             {"resource":{"resourceType":"Observation","subject":{"reference":"Patient/p1"}},"n":[1,-2.5,0,true,false,null,{},[]]}]}"#;
         assert_eq!(clean(body), vec!["p1", "p2"]);
+        // A patient on another server (an absolute URL) has no Consents here: the parse
+        // withholds what names one.
+        let absolute =
+            r#"{"resourceType":"Observation","subject":{"reference":"https://x/fhir/Patient/p2"}}"#;
+        assert!(matches!(scan(absolute.as_bytes(), true), Scan::Parse));
         assert_eq!(
             clean(r#" {"resourceType" : "Observation" , "note" : "NotPatient/x"} "#),
             Vec::<&str>::new()

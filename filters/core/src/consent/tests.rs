@@ -714,11 +714,20 @@ mod fast_path {
             FastPath::NeedConsents(vec!["p1".into(), "p2".into()])
         );
         assert_eq!(p.fast_path(&b, &all_empty), FastPath::Release);
+        // An absolute Patient reference names no patient whose Consents can be looked up:
+        // parsed, and withheld there (issue 15).
         let with_base = br#"{"resourceType":"Observation","subject":{"reference":"https://x/fhir/Patient/p9/_history/1"}}"#;
-        assert_eq!(
-            p.fast_path(with_base, &none_cached),
-            FastPath::NeedConsents(vec!["p9".into()])
+        assert_eq!(p.fast_path(with_base, &none_cached), FastPath::Parse);
+        let mut report = Report::default();
+        let filtered = p.filter(
+            with_base,
+            &caller(None),
+            false,
+            &|_| Consents::Known(&[]),
+            &mut report,
         );
+        assert!(matches!(filtered, Filtered::Refused(_)), "{filtered:?}");
+        assert_eq!(report.withheld.get("consent-patient-unresolved"), Some(&1));
         assert_eq!(
             policy("{}").fast_path(&b, &none_cached),
             FastPath::Release,
@@ -1052,5 +1061,69 @@ mod totals {
             page(&[("a", &[]), ("c", &[])], 2, &["self"]),
         );
         assert_eq!(out["total"], 2);
+    }
+}
+
+/// Issue 15, class 6: items are not judged alone.
+mod judged_together {
+    use super::*;
+
+    #[test]
+    fn a_labelled_contained_resource_labels_its_container() {
+        let p = policy(LABELS);
+        let mut container = labelled("c", &[]);
+        container["contained"] = json!([labelled("inner", &["R"])]);
+        let mut report = Report::default();
+        let out = p.filter_value(
+            container.clone(),
+            &caller(None),
+            true,
+            &|_| Consents::Known(&[]),
+            &mut report,
+        );
+        assert!(matches!(out, Filtered::Refused(_)), "{out:?}");
+        let mut report = Report::default();
+        let out = p.filter_value(
+            container,
+            &caller(Some("TREAT")),
+            true,
+            &|_| Consents::Known(&[]),
+            &mut report,
+        );
+        assert!(
+            !matches!(out, Filtered::Refused(_)),
+            "the purpose that may see R sees both"
+        );
+    }
+
+    #[test]
+    fn under_consents_a_patient_named_only_by_identifier_or_elsewhere_is_withheld() {
+        let p = policy(r#"{"consents": {"cluster": "fhir_api", "path": "/fhir/Consent"}}"#);
+        for subject in [
+            json!({"type": "Patient", "identifier": {"system": "urn:mrn", "value": "1"}}),
+            json!({"reference": "https://other.example/fhir/Patient/p1"}),
+            json!({"reference": "Patient?identifier=urn:mrn|1"}),
+        ] {
+            let resource = json!({"resourceType": "Observation", "id": "o", "subject": subject});
+            let mut report = Report::default();
+            let out = p.filter_value(
+                resource,
+                &caller(None),
+                true,
+                &|_| Consents::Known(&[]),
+                &mut report,
+            );
+            assert!(matches!(out, Filtered::Refused(_)), "{subject}: {out:?}");
+        }
+        let practitioner = json!({"resourceType": "Observation", "id": "o", "performer": [{"reference": "Practitioner/1"}], "subject": {"reference": "Patient/p1"}});
+        let mut report = Report::default();
+        let out = p.filter_value(
+            practitioner,
+            &caller(None),
+            true,
+            &|_| Consents::Known(&[]),
+            &mut report,
+        );
+        assert!(!matches!(out, Filtered::Refused(_)), "{out:?}");
     }
 }

@@ -212,6 +212,43 @@ pub fn patients_of(resource: &Value) -> Vec<String> {
     patients
 }
 
+/// Does `resource` name a patient on one of its type's patient elements in a way no Consent
+/// lookup can follow: a Reference of `type` Patient with only an `identifier`, an absolute or
+/// conditional Patient reference? (A reference to another type names no patient; an
+/// identifier-only Reference with no `type` is not known to be a patient.)
+pub fn unresolved_patient(resource: &Value) -> bool {
+    let Some(t) = resource.get("resourceType").and_then(Value::as_str) else {
+        return false;
+    };
+    let PatientData::Linked { paths, .. } = fhir::patient_data(t) else {
+        return false;
+    };
+    let mut unresolved = false;
+    for path in paths {
+        let mut current: Vec<&Value> = vec![resource];
+        for segment in path.split('.') {
+            current = current
+                .into_iter()
+                .filter_map(|v| v.get(segment))
+                .flat_map(|v| match v {
+                    Value::Array(items) => items.iter().collect::<Vec<_>>(),
+                    other => vec![other],
+                })
+                .collect();
+        }
+        for reference in current {
+            match reference.get("reference").and_then(Value::as_str) {
+                Some(r) => unresolved |= patient_ref(r) == PatientRef::Foreign,
+                None => {
+                    unresolved |= reference.get("identifier").is_some()
+                        && reference.get("type").and_then(Value::as_str) == Some("Patient")
+                }
+            }
+        }
+    }
+    unresolved
+}
+
 /// May `resource` (not a Bundle or Parameters) be released to `patient` on its own: it
 /// mentions no other patient, and it is tied to the patient or holds no patient data?
 pub fn releasable(resource: &Value, patient: &str) -> bool {
