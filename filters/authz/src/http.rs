@@ -3,7 +3,7 @@
 
 use crate::root::{dispatch_jwks_fetch, finish_jwks_fetch, now_of, FILTER};
 use fhirgate_core::routing::RequestHead;
-use fhirgate_core::smart::filter::{AuthzRuntime, Exchange, Step};
+use fhirgate_core::smart::filter::{AuthzFilterPolicy, AuthzRuntime, Exchange, Step};
 use fhirgate_core::Rejection;
 use fhirgate_proxy::{mark_passed, reject, set_routing_headers, RequestHeaders, SharedData};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -140,48 +140,14 @@ impl AuthzFilter {
             Step::Reduce(rejection) => reject(FILTER, &rejection),
             Step::FetchCurrent { path } => self.fetch_current(&path),
             Step::CheckCdsReplay => {
-                let now = now_of(self);
-                let (Some(runtime), Some(exchange)) =
-                    (self.runtime.clone(), self.exchange.as_mut())
-                else {
-                    return reject(FILTER, &Rejection::not_configured(FILTER));
-                };
-                let step = runtime
-                    .borrow()
-                    .policy
-                    .check_cds_replay(exchange, &mut SharedData, now);
-                fhirgate_proxy::count(
-                    FILTER,
-                    "cds_client",
-                    if matches!(step, Step::Deny(_)) {
-                        "replayed"
-                    } else {
-                        "verified"
-                    },
-                );
-                self.apply(step)
+                self.with_shared_data("cds_client", ("verified", "replayed"), |policy, ex, now| {
+                    policy.check_cds_replay(ex, &mut SharedData, now)
+                })
             }
             Step::CheckJob => {
-                let now = now_of(self);
-                let (Some(runtime), Some(exchange)) =
-                    (self.runtime.clone(), self.exchange.as_mut())
-                else {
-                    return reject(FILTER, &Rejection::not_configured(FILTER));
-                };
-                let step = runtime
-                    .borrow()
-                    .policy
-                    .check_job(exchange, &SharedData, now);
-                fhirgate_proxy::count(
-                    FILTER,
-                    "bulk_job",
-                    if matches!(step, Step::Deny(_)) {
-                        "refused"
-                    } else {
-                        "bound"
-                    },
-                );
-                self.apply(step)
+                self.with_shared_data("bulk_job", ("bound", "refused"), |policy, ex, now| {
+                    policy.check_job(ex, &SharedData, now)
+                })
             }
             Step::ReportOnly { reason, headers } => {
                 log::info!("{FILTER}: report-only, not enforced: {reason}");
@@ -213,6 +179,31 @@ impl AuthzFilter {
         }
     }
 
+    /// A step the core decides with Envoy's shared data (CDS jti replay, bulk job bindings):
+    /// decided, counted under `event` as passed or refused, then applied.
+    fn with_shared_data(
+        &mut self,
+        event: &'static str,
+        (passed, refused): (&'static str, &'static str),
+        decide: impl FnOnce(&AuthzFilterPolicy, &mut Exchange, i64) -> Step,
+    ) -> Action {
+        let now = now_of(self);
+        let (Some(runtime), Some(exchange)) = (self.runtime.clone(), self.exchange.as_mut()) else {
+            return reject(FILTER, &Rejection::not_configured(FILTER));
+        };
+        let step = decide(&runtime.borrow().policy, exchange, now);
+        fhirgate_proxy::count(
+            FILTER,
+            event,
+            if matches!(step, Step::Deny(_)) {
+                refused
+            } else {
+                passed
+            },
+        );
+        self.apply(step)
+    }
+
     /// Reads the resource a write changes through the `currentResource` cluster; the request
     /// waits for [`Context::on_http_call_response`].
     fn fetch_current(&mut self, path: &str) -> Action {
@@ -223,18 +214,14 @@ impl AuthzFilter {
         let Some(source) = source else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
-        let headers = vec![
-            (":method", "GET"),
-            (":path", path),
-            (":authority", source.authority.as_str()),
-            ("accept", "application/fhir+json"),
-        ];
-        match self.dispatch_http_call(
+        let timeout = Duration::from_millis(source.timeout_ms);
+        match fhirgate_proxy::dispatch_get(
+            self,
             &source.cluster,
-            headers,
-            None,
-            vec![],
-            Duration::from_millis(source.timeout_ms),
+            &source.authority,
+            path,
+            "application/fhir+json",
+            timeout,
         ) {
             Ok(token) => {
                 self.current_call = Some(token);
@@ -305,16 +292,7 @@ impl AuthzFilter {
         fhirgate_proxy::set_reason(rejection.reason);
         self.set_http_response_header(":status", Some(&rejection.status.to_string()));
         // Nothing that describes the withheld resource stays: its version, date or location.
-        for name in [
-            "content-length",
-            "content-encoding",
-            "etag",
-            "last-modified",
-            "location",
-            "content-location",
-        ] {
-            self.set_http_response_header(name, None);
-        }
+        fhirgate_proxy::drop_describing_response_headers();
         for (name, value) in rejection.response_headers() {
             self.set_http_response_header(name, Some(&value));
         }
@@ -335,13 +313,8 @@ impl Context for AuthzFilter {
         };
         if self.current_call == Some(token_id) {
             self.current_call = None;
-            let status = self
-                .get_http_call_response_header(":status")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let body = self
-                .get_http_call_response_body(0, body_size)
-                .unwrap_or_default();
+            let (status, body) = fhirgate_proxy::call_answer(self, body_size);
+            let status = status.unwrap_or(0);
             let step = match &self.exchange {
                 Some(exchange) => runtime
                     .borrow()
@@ -369,12 +342,7 @@ impl Context for AuthzFilter {
         match what {
             Waiting::Jwks(issuer) => finish_jwks_fetch(self, &runtime, issuer, body_size, now),
             Waiting::Introspection => {
-                let status = self
-                    .get_http_call_response_header(":status")
-                    .and_then(|s| s.parse().ok());
-                let body = self
-                    .get_http_call_response_body(0, body_size)
-                    .unwrap_or_default();
+                let (status, body) = fhirgate_proxy::call_answer(self, body_size);
                 let answer = runtime.borrow_mut().introspected(
                     held.authorization.as_deref(),
                     status,

@@ -25,13 +25,14 @@ pub struct AuthzRoot {
 /// Dispatches a JWKS fetch from any context; returns its call token.
 pub fn dispatch_jwks_fetch(ctx: &dyn Context, fetch: &JwksFetch) -> Option<u32> {
     let (_, source) = fetch;
-    let headers = vec![
-        (":method", "GET"),
-        (":path", source.path.as_str()),
-        (":authority", source.authority.as_str()),
-        ("accept", "application/json"),
-    ];
-    match ctx.dispatch_http_call(&source.cluster, headers, None, vec![], JWKS_TIMEOUT) {
+    match fhirgate_proxy::dispatch_get(
+        ctx,
+        &source.cluster,
+        &source.authority,
+        &source.path,
+        "application/json",
+        JWKS_TIMEOUT,
+    ) {
         Ok(token) => Some(token),
         Err(status) => {
             log::warn!(
@@ -51,12 +52,7 @@ pub fn finish_jwks_fetch(
     body_size: usize,
     now: i64,
 ) {
-    let status = ctx
-        .get_http_call_response_header(":status")
-        .and_then(|s| s.parse().ok());
-    let body = ctx
-        .get_http_call_response_body(0, body_size)
-        .unwrap_or_default();
+    let (status, body) = fhirgate_proxy::call_answer(ctx, body_size);
     if runtime.borrow_mut().fetched(issuer, now, status, &body) {
         fhirgate_proxy::count(FILTER, "jwks", "refreshed");
         log::info!("{FILTER}: JWKS of issuer #{issuer} refreshed");
@@ -85,12 +81,7 @@ impl Context for AuthzRoot {
         };
         if self.revocation_call == Some(token_id) {
             self.revocation_call = None;
-            let status = self
-                .get_http_call_response_header(":status")
-                .and_then(|s| s.parse().ok());
-            let body = self
-                .get_http_call_response_body(0, body_size)
-                .unwrap_or_default();
+            let (status, body) = fhirgate_proxy::call_answer(self, body_size);
             let ok = runtime
                 .borrow_mut()
                 .revocation_fetched(now_of(self), status, &body);
@@ -147,17 +138,12 @@ impl RootContext for AuthzRoot {
         let now = now_of(self);
         let revocation = runtime.borrow_mut().revocation_due(now);
         if let Some((cluster, path, authority, timeout_ms)) = revocation {
-            let headers = vec![
-                (":method", "GET"),
-                (":path", path.as_str()),
-                (":authority", authority.as_str()),
-                ("accept", "application/json"),
-            ];
-            match self.dispatch_http_call(
+            match fhirgate_proxy::dispatch_get(
+                self,
                 &cluster,
-                headers,
-                None,
-                vec![],
+                &authority,
+                &path,
+                "application/json",
                 Duration::from_millis(timeout_ms),
             ) {
                 Ok(token) => self.revocation_call = Some(token),

@@ -83,15 +83,7 @@ impl ConsentFilter {
         fhirgate_proxy::set_reason(rejection.reason);
         self.set_http_response_header(":status", Some(&rejection.status.to_string()));
         // Nothing that describes the withheld resource stays: its version, date or location.
-        for name in [
-            "content-encoding",
-            "etag",
-            "last-modified",
-            "location",
-            "content-location",
-        ] {
-            self.set_http_response_header(name, None);
-        }
+        fhirgate_proxy::drop_describing_response_headers();
         for (name, value) in rejection.response_headers() {
             self.set_http_response_header(name, Some(&value));
         }
@@ -185,18 +177,14 @@ impl ConsentFilter {
         };
         for chunk in patients.chunks(source.patients_per_search.max(1)) {
             let path = search_path(source, chunk);
-            let call_headers = vec![
-                (":method", "GET"),
-                (":path", path.as_str()),
-                (":authority", source.authority.as_str()),
-                ("accept", "application/fhir+json"),
-            ];
-            match self.dispatch_http_call(
+            let timeout = Duration::from_millis(source.timeout_ms);
+            match fhirgate_proxy::dispatch_get(
+                self,
                 &source.cluster,
-                call_headers,
-                None,
-                vec![],
-                Duration::from_millis(source.timeout_ms),
+                &source.authority,
+                &path,
+                "application/fhir+json",
+                timeout,
             ) {
                 Ok(token) => {
                     self.fetches.insert(token, (chunk.to_vec(), attempt));
@@ -414,15 +402,7 @@ impl HttpContext for ConsentFilter {
                 .unwrap_or_default();
             let reduced = fhirgate_core::outcome::reduced_upstream_outcome(&upstream);
             count(FILTER, "reduced", "upstream-error");
-            for name in [
-                "content-encoding",
-                "etag",
-                "last-modified",
-                "location",
-                "content-location",
-            ] {
-                self.set_http_response_header(name, None);
-            }
+            fhirgate_proxy::drop_describing_response_headers();
             self.set_http_response_header("content-type", Some(fhirgate_core::outcome::FHIR_JSON));
             self.set_http_response_body(0, body_size, &reduced);
             return Action::Continue;

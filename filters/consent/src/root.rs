@@ -50,12 +50,7 @@ impl Context for ConsentRoot {
             return;
         }
         self.poll = None;
-        let status = self
-            .get_http_call_response_header(":status")
-            .and_then(|s| s.parse().ok());
-        let body = self
-            .get_http_call_response_body(0, body_size)
-            .unwrap_or_default();
+        let (status, body) = fhirgate_proxy::call_answer(self, body_size);
         match read_changes(status, &body) {
             Some(changes) => {
                 let forgotten = shared.cache.borrow_mut().forget(&changes);
@@ -126,18 +121,14 @@ impl RootContext for ConsentRoot {
         }
         let now = self.now();
         let path = changes_path(source, self.since.unwrap_or(now));
-        let headers = vec![
-            (":method", "GET"),
-            (":path", path.as_str()),
-            (":authority", source.authority.as_str()),
-            ("accept", "application/fhir+json"),
-        ];
-        match self.dispatch_http_call(
+        let timeout = Duration::from_millis(source.timeout_ms);
+        match fhirgate_proxy::dispatch_get(
+            self,
             &source.cluster,
-            headers,
-            None,
-            vec![],
-            Duration::from_millis(source.timeout_ms),
+            &source.authority,
+            &path,
+            "application/fhir+json",
+            timeout,
         ) {
             Ok(token) => self.poll = Some((token, now)),
             Err(_) => fhirgate_proxy::count(FILTER, "consent_cache", "changes_failed"),

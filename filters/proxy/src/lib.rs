@@ -188,6 +188,56 @@ pub fn clear_route_cache() {
     }
 }
 
+/// GET `path` through the Envoy `cluster` with this `:authority`, asking for `accept`: the
+/// one shape of every call fhirgate's filters make on their own (JWKS, revocation lists,
+/// current resources, Consents). Returns the call's token.
+pub fn dispatch_get(
+    ctx: &dyn proxy_wasm::traits::Context,
+    cluster: &str,
+    authority: &str,
+    path: &str,
+    accept: &str,
+    timeout: std::time::Duration,
+) -> Result<u32, proxy_wasm::types::Status> {
+    let headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", authority),
+        ("accept", accept),
+    ];
+    ctx.dispatch_http_call(cluster, headers, None, vec![], timeout)
+}
+
+/// The status and body of a finished call (`dispatch_get`'s answer).
+pub fn call_answer(
+    ctx: &dyn proxy_wasm::traits::Context,
+    body_size: usize,
+) -> (Option<u16>, Vec<u8>) {
+    let status = ctx
+        .get_http_call_response_header(":status")
+        .and_then(|s| s.parse().ok());
+    (
+        status,
+        ctx.get_http_call_response_body(0, body_size)
+            .unwrap_or_default(),
+    )
+}
+
+/// Response headers that describe a resource (its size, encoding, version, date, location):
+/// removed whenever a response's body is replaced by something else.
+pub fn drop_describing_response_headers() {
+    for name in [
+        "content-length",
+        "content-encoding",
+        "etag",
+        "last-modified",
+        "location",
+        "content-location",
+    ] {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
+    }
+}
+
 /// Envoy's shared data (one store for every worker of a VM id) as the core's [`SharedStore`].
 pub struct SharedData;
 

@@ -64,14 +64,7 @@ pub fn read_search(status: Option<u16>, body: &[u8]) -> Option<Vec<Value>> {
         Some(_) => return None,
     };
     // A next page would hide Consents: a patient with more than a page is not decided on half.
-    let paged = bundle
-        .get("link")
-        .and_then(Value::as_array)
-        .is_some_and(|links| {
-            links
-                .iter()
-                .any(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
-        });
+    let paged = has_link(&bundle, &["next"]);
     if paged {
         return None;
     }
@@ -83,6 +76,20 @@ pub fn read_search(status: Option<u16>, body: &[u8]) -> Option<Vec<Value>> {
             .cloned()
             .collect(),
     )
+}
+
+/// Does a Bundle carry a link with one of these relations (`next`: more pages follow)?
+pub fn has_link(bundle: &Value, relations: &[&str]) -> bool {
+    bundle
+        .get("link")
+        .and_then(Value::as_array)
+        .is_some_and(|links| {
+            links.iter().any(|l| {
+                l.get("relation")
+                    .and_then(Value::as_str)
+                    .is_some_and(|r| relations.contains(&r))
+            })
+        })
 }
 
 /// How far a changes poll reaches back before the previous one started: the gateway's and the
@@ -122,14 +129,7 @@ pub fn read_changes(status: Option<u16>, body: &[u8]) -> Option<Changes> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return None;
     }
-    let paged = bundle
-        .get("link")
-        .and_then(Value::as_array)
-        .is_some_and(|links| {
-            links
-                .iter()
-                .any(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
-        });
+    let paged = has_link(&bundle, &["next"]);
     if paged {
         return Some(Changes::Everything);
     }

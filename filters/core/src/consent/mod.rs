@@ -276,13 +276,7 @@ impl ConsentPolicy {
             return false;
         }
         self.config.labels.iter().any(|rule| {
-            let allowed = caller
-                .purpose
-                .is_some_and(|p| rule.allow_purposes.iter().any(|a| a == p))
-                || caller
-                    .client_id
-                    .is_some_and(|c| rule.allow_clients.iter().any(|a| a == c));
-            !allowed && rule.codes.iter().any(|code| covers(code, label))
+            !rule_allows(rule, caller) && rule.codes.iter().any(|code| covers(code, label))
         })
     }
 
@@ -556,17 +550,7 @@ impl ConsentPolicy {
         // page) and something removed it becomes what is left; on a page of a longer result
         // it goes, since other pages may hold withheld matches (`total: omit` takes it out
         // whenever anything was removed).
-        let paged = bundle
-            .get("link")
-            .and_then(Value::as_array)
-            .is_some_and(|links| {
-                links.iter().any(|l| {
-                    matches!(
-                        l.get("relation").and_then(Value::as_str),
-                        Some("next" | "previous" | "prev")
-                    )
-                })
-            });
+        let paged = cache::has_link(bundle, &["next", "previous", "prev"]);
         if kind == "searchset" {
             if let Some(obj) = bundle.as_object_mut() {
                 match (self.config.total, obj.get("total").and_then(Value::as_u64)) {
@@ -625,13 +609,7 @@ impl ConsentPolicy {
                     .codes
                     .iter()
                     .any(|code| labels.iter().any(|l| covers(code, l)));
-                let allowed = caller
-                    .purpose
-                    .is_some_and(|p| rule.allow_purposes.iter().any(|a| a == p))
-                    || caller
-                        .client_id
-                        .is_some_and(|c| rule.allow_clients.iter().any(|a| a == c));
-                if labelled && !allowed {
+                if labelled && !rule_allows(rule, caller) {
                     let reason = match rule.action {
                         Action::Redact => "label-redacted",
                         Action::Drop | Action::Refuse => "label-withheld",
@@ -725,6 +703,16 @@ pub(crate) fn consent_is_for(consent: &Value, patient: &str) -> bool {
     let path = reference.split("/_history/").next().unwrap_or(reference);
     path.rsplit_once("Patient/")
         .is_some_and(|(before, id)| (before.is_empty() || before.ends_with('/')) && id == patient)
+}
+
+/// Does a label rule let this caller see what it covers (its purpose or client is listed)?
+fn rule_allows(rule: &config::LabelRuleConfig, caller: &Caller) -> bool {
+    caller
+        .purpose
+        .is_some_and(|p| rule.allow_purposes.iter().any(|a| a == p))
+        || caller
+            .client_id
+            .is_some_and(|c| rule.allow_clients.iter().any(|a| a == c))
 }
 
 /// Does a response look like a page of a longer search with a `total` (conservatively: the
