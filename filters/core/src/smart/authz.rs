@@ -1358,6 +1358,18 @@ impl AuthzPolicy {
                         .and_then(Value::as_str)
                         .unwrap_or("");
                     let resource = entry.get("resource");
+                    // An entry's own conditions (`ifNoneExist` is a search, `ifMatch` and the
+                    // others answer about a resource) are not in its url: under patient/
+                    // scopes they cannot be confined, so such an entry is refused.
+                    let conditional = ["ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince"]
+                        .iter()
+                        .any(|k| request.and_then(|q| q.get(*k)).is_some());
+                    if conditional
+                        && grant.scopes.iter().any(|s| s.context == Context::Patient)
+                        && !grant.scopes.iter().any(|s| s.context != Context::Patient)
+                    {
+                        return AuthzDecision::Deny(deny::not_confinable());
+                    }
                     let (routed, raw_query) = match route(method, url, resource) {
                         Ok(x) => x,
                         Err(rejection) => return AuthzDecision::Deny(rejection),

@@ -683,6 +683,22 @@ mod bodies_and_responses {
         }
 
         #[test]
+        fn a_transaction_entry_with_its_own_conditions_is_refused_under_patient_scopes() {
+            for condition in ["ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince"] {
+                let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": o("a", "Patient/123"),
+                    "request": {"method": "POST", "url": "Observation", condition: "identifier=urn:mrn|of-someone-else"}}]});
+                let out = run(
+                    json!({"method": "POST", "path": "", "scopes": "patient/Observation.c", "patient": "123", "body": bundle.clone()}),
+                );
+                assert_eq!(out["reason"], "not-confinable", "{condition}: {out}");
+                let system = run(
+                    json!({"method": "POST", "path": "", "scopes": "system/Observation.cs", "body": bundle}),
+                );
+                assert_eq!(system["decision"], "allow", "{condition}: {system}");
+            }
+        }
+
+        #[test]
         fn a_transaction_entry_that_would_need_its_current_resource_is_refused() {
             let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
                 {"resource": o("a", "Patient/123"), "request": {"method": "PUT", "url": "Observation/a"}}]});
