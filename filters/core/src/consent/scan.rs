@@ -285,15 +285,18 @@ impl<'a> Scanner<'a> {
                 QUOTE => break,
                 CAPITAL_P => {
                     if self.want_patients
-                        && (i == start || body[i - 1] == b'/')
-                        && body[i..].starts_with(b"Patient/")
+                        && (body[i..].starts_with(b"Patient/")
+                            || body[i..].starts_with(b"Patient?"))
                     {
-                        // `https://other/fhir/Patient/1` is a patient on another server, whose
-                        // Consents no lookup here finds: the parse decides (it withholds).
-                        if i != start {
+                        // Only a whole local reference (`Patient/<id>`, maybe with
+                        // `/_history/<v>`) names a patient whose Consents can be fetched. An
+                        // absolute, `urn:` or conditional one, or a malformed id, is a patient
+                        // no lookup finds: the parse decides (it withholds such resources).
+                        let conditional = body.get(i + "Patient".len()) == Some(&b'?');
+                        if i != start || conditional || !self.local_patient_at(i + "Patient/".len())
+                        {
                             return None;
                         }
-                        self.patient_at(i + "Patient/".len());
                     }
                     i += 1;
                 }
@@ -306,18 +309,33 @@ impl<'a> Scanner<'a> {
         Some(&body[start..i])
     }
 
-    fn patient_at(&mut self, id_start: usize) {
-        let id_len = self.body[id_start..]
-            .iter()
-            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
-            .count();
-        // Only ASCII bytes were taken: the slice is UTF-8.
-        let Ok(id) = std::str::from_utf8(&self.body[id_start..id_start + id_len]) else {
-            return;
+    /// Collects the id of a string that is a whole local Patient reference from `id_start`
+    /// (after `Patient/`): a FHIR id, then the string's end or `/_history/<version>` and its
+    /// end. False for anything else (`Patient?…`, a malformed id, more after it).
+    fn local_patient_at(&mut self, id_start: usize) -> bool {
+        let id_char = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.');
+        let rest = self.body.get(id_start..).unwrap_or_default();
+        let id_len = rest.iter().take_while(|b| id_char(b)).count();
+        let after = &rest[id_len..];
+        let whole = match after.first() {
+            Some(b'"') => true,
+            Some(b'/') => after.strip_prefix(b"/_history/").is_some_and(|v| {
+                let v_len = v.iter().take_while(|b| id_char(b)).count();
+                (1..=64).contains(&v_len) && v.get(v_len) == Some(&b'"')
+            }),
+            _ => false,
         };
-        if !id.is_empty() && !self.patients.contains(&id) {
+        if !whole || !(1..=64).contains(&id_len) {
+            return false;
+        }
+        // Only ASCII bytes were taken: the slice is UTF-8.
+        let Ok(id) = std::str::from_utf8(&rest[..id_len]) else {
+            return false;
+        };
+        if !self.patients.contains(&id) {
             self.patients.push(id);
         }
+        true
     }
 }
 
@@ -394,9 +412,25 @@ mod tests {
             r#"{"resourceType":"Observation","subject":{"reference":"https://x/fhir/Patient/p2"}}"#;
         assert!(matches!(scan(absolute.as_bytes(), true), Scan::Parse));
         assert_eq!(
-            clean(r#" {"resourceType" : "Observation" , "note" : "NotPatient/x"} "#),
+            clean(r#" {"resourceType" : "Observation" , "note" : "Patients"} "#),
             Vec::<&str>::new()
         );
+        // Anything else naming `Patient/` or `Patient?` is a patient no lookup finds (the
+        // parse withholds it if it sits on a patient element): found by the consent fuzz
+        // target on a conditional reference.
+        for other in [
+            r#"{"resourceType":"Observation","note":"NotPatient/x"}"#,
+            r#"{"resourceType":"Observation","subject":{"reference":"Patient?e9}hample"}}"#,
+            r#"{"resourceType":"Observation","subject":{"reference":"urn:x:Patient/1"}}"#,
+            r#"{"resourceType":"Observation","subject":{"reference":"Patient/a b"}}"#,
+            r#"{"resourceType":"Observation","subject":{"reference":"Patient/1/_history/"}}"#,
+            r#"{"resourceType":"Observation","subject":{"reference":"Patient/"}}"#,
+        ] {
+            assert!(
+                matches!(scan(other.as_bytes(), true), Scan::Parse),
+                "{other}"
+            );
+        }
         assert_eq!(
             clean(r#"{"resourceType":"Observation","valueString":"0.9 g/cm\u00b2 \"q\" \\ é"}"#),
             Vec::<&str>::new()
