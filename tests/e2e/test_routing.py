@@ -34,7 +34,7 @@ def internal(record) -> dict:
 
 
 # What the routing filter sets; the authorization filter after it adds its own.
-ROUTING_HEADERS = {"interaction", "pool", "resource-type", "id", "version-id", "operation", "compartment", "patient", "bundle-type"}
+ROUTING_HEADERS = {"interaction", "pool", "resource-type", "id", "version-id", "operation", "compartment", "patient", "bundle-type", "bundle-entries"}
 
 
 def routing_part(record) -> dict:
