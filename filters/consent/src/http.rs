@@ -370,9 +370,11 @@ impl HttpContext for ConsentFilter {
             .get_http_response_header("content-type")
             .unwrap_or_default();
         self.status = status;
-        let from_upstream = self
-            .get_property(vec!["response", "code_details"])
-            .is_some_and(|d| d == b"via_upstream");
+        // Asked only for errors: a host call per success would be spent for nothing.
+        let from_upstream = status >= 400
+            && self
+                .get_property(vec!["response", "code_details"])
+                .is_some_and(|d| d == b"via_upstream");
         match shared.policy.read_plan(status, &content_type) {
             // An upstream error's body can quote what the policies withhold: its status alone
             // goes on (the gateway's own refusals are PHI-free and pass).

@@ -61,9 +61,16 @@ pub fn scan(body: &[u8], want_patients: bool) -> Scan<'_> {
         want_patients,
         patients: Vec::new(),
         resource_types: 0,
+        saw_total: false,
+        saw_page_link: false,
+        in_reference: false,
     };
     match scanner.document() {
-        Some(()) if scanner.resource_types == 1 => Scan::Clean(scanner.patients),
+        Some(())
+            if scanner.resource_types == 1 && !(scanner.saw_total && scanner.saw_page_link) =>
+        {
+            Scan::Clean(scanner.patients)
+        }
         _ => Scan::Parse,
     }
 }
@@ -75,6 +82,13 @@ struct Scanner<'a> {
     patients: Vec<&'a str>,
     /// `resourceType` keys of the top-level object whose value is a string.
     resource_types: usize,
+    /// A top-level `total`, and a `next`/`previous` link relation: a page of a longer search
+    /// whose total the filter must take out (it counts other pages' matches).
+    saw_total: bool,
+    saw_page_link: bool,
+    /// The value being read belongs to a `reference` key: only there does a Patient reference
+    /// that no lookup can follow (absolute, `urn:`, conditional, malformed) matter.
+    in_reference: bool,
 }
 
 /// Where a value stands: what may come next is decided by the container it is in.
@@ -163,6 +177,7 @@ impl<'a> Scanner<'a> {
                     if text == b"Patient" || text == b"security" {
                         return None;
                     }
+                    self.saw_page_link |= matches!(text, b"next" | b"previous" | b"prev");
                 }
                 b't' => self.literal(b"true")?,
                 b'f' => self.literal(b"false")?,
@@ -205,6 +220,8 @@ impl<'a> Scanner<'a> {
         if key == b"security" || key == b"Patient" {
             return None;
         }
+        self.saw_total |= depth == 1 && key == b"total";
+        self.in_reference = key == b"reference";
         self.expect(b':')?;
         Some(depth == 1 && key == b"resourceType")
     }
@@ -288,14 +305,24 @@ impl<'a> Scanner<'a> {
                         && (body[i..].starts_with(b"Patient/")
                             || body[i..].starts_with(b"Patient?"))
                     {
-                        // Only a whole local reference (`Patient/<id>`, maybe with
-                        // `/_history/<v>`) names a patient whose Consents can be fetched. An
-                        // absolute, `urn:` or conditional one, or a malformed id, is a patient
-                        // no lookup finds: the parse decides (it withholds such resources).
-                        let conditional = body.get(i + "Patient".len()) == Some(&b'?');
-                        if i != start || conditional || !self.local_patient_at(i + "Patient/".len())
+                        if self.in_reference {
+                            // Only a whole local reference (`Patient/<id>`, maybe with
+                            // `/_history/<v>`) names a patient whose Consents can be fetched.
+                            // An absolute, `urn:` or conditional one, or a malformed id, is a
+                            // patient no lookup finds: the parse decides (it withholds).
+                            let conditional = body.get(i + "Patient".len()) == Some(&b'?');
+                            if i != start
+                                || conditional
+                                || !self.local_patient_at(i + "Patient/".len())
+                            {
+                                return None;
+                            }
+                        } else if (i == start || body[i - 1] == b'/')
+                            && body[i..].starts_with(b"Patient/")
                         {
-                            return None;
+                            // Elsewhere (a narrative's link, an identifier) a mention only
+                            // makes the patient's Consents worth fetching.
+                            self.mention_at(i + "Patient/".len());
                         }
                     }
                     i += 1;
@@ -307,6 +334,21 @@ impl<'a> Scanner<'a> {
         }
         self.at = i + 1;
         Some(&body[start..i])
+    }
+
+    /// Collects the id-shaped run after a `Patient/` mentioned outside a reference.
+    fn mention_at(&mut self, id_start: usize) {
+        let rest = self.body.get(id_start..).unwrap_or_default();
+        let id_len = rest
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+            .count();
+        // Only ASCII bytes were taken: the slice is UTF-8.
+        if let Ok(id) = std::str::from_utf8(&rest[..id_len]) {
+            if !id.is_empty() && !self.patients.contains(&id) {
+                self.patients.push(id);
+            }
+        }
     }
 
     /// Collects the id of a string that is a whole local Patient reference from `id_start`
@@ -401,6 +443,19 @@ mod tests {
     }
 
     #[test]
+    fn a_page_of_a_longer_search_with_a_total_goes_to_the_parse() {
+        let paged = r#"{"resourceType":"Bundle","type":"searchset","total":40,"link":[{"relation":"next","url":"x"}],"entry":[]}"#;
+        assert!(matches!(scan(paged.as_bytes(), false), Scan::Parse));
+        let previous =
+            r#"{"resourceType":"Bundle","total":40,"link":[{"relation":"previous","url":"x"}]}"#;
+        assert!(matches!(scan(previous.as_bytes(), false), Scan::Parse));
+        let whole = r#"{"resourceType":"Bundle","type":"searchset","total":2,"link":[{"relation":"self","url":"x"}],"entry":[]}"#;
+        assert!(matches!(scan(whole.as_bytes(), false), Scan::Clean(_)));
+        let no_total = r#"{"resourceType":"Bundle","type":"searchset","link":[{"relation":"next","url":"x"}]}"#;
+        assert!(matches!(scan(no_total.as_bytes(), false), Scan::Clean(_)));
+    }
+
+    #[test]
     fn collects_every_patient_a_clean_response_names_once() {
         let body = r#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}},
             {"resource":{"resourceType":"Observation","subject":{"reference":"Patient/p2/_history/1"}}},
@@ -418,8 +473,14 @@ mod tests {
         // Anything else naming `Patient/` or `Patient?` is a patient no lookup finds (the
         // parse withholds it if it sits on a patient element): found by the consent fuzz
         // target on a conditional reference.
+        assert_eq!(
+            clean(
+                r#"{"resourceType":"Observation","text":{"div":"<a>Patient/p3</a> see x/Patient/p4"}}"#
+            ),
+            vec!["p4"],
+            "a narrative's mention after a slash is fetched for; it is no reference"
+        );
         for other in [
-            r#"{"resourceType":"Observation","note":"NotPatient/x"}"#,
             r#"{"resourceType":"Observation","subject":{"reference":"Patient?e9}hample"}}"#,
             r#"{"resourceType":"Observation","subject":{"reference":"urn:x:Patient/1"}}"#,
             r#"{"resourceType":"Observation","subject":{"reference":"Patient/a b"}}"#,
