@@ -64,6 +64,7 @@ pub fn scan(body: &[u8], want_patients: bool) -> Scan<'_> {
         saw_total: false,
         saw_page_link: false,
         in_reference: false,
+        in_relation: false,
     };
     match scanner.document() {
         Some(())
@@ -89,6 +90,8 @@ struct Scanner<'a> {
     /// The value being read belongs to a `reference` key: only there does a Patient reference
     /// that no lookup can follow (absolute, `urn:`, conditional, malformed) matter.
     in_reference: bool,
+    /// The value being read belongs to a `relation` key (a Bundle link's).
+    in_relation: bool,
 }
 
 /// Where a value stands: what may come next is decided by the container it is in.
@@ -177,7 +180,9 @@ impl<'a> Scanner<'a> {
                     if text == b"Patient" || text == b"security" {
                         return None;
                     }
-                    self.saw_page_link |= matches!(text, b"next" | b"previous" | b"prev");
+                    if self.in_relation {
+                        self.saw_page_link |= matches!(text, b"next" | b"previous" | b"prev");
+                    }
                 }
                 b't' => self.literal(b"true")?,
                 b'f' => self.literal(b"false")?,
@@ -220,8 +225,15 @@ impl<'a> Scanner<'a> {
         if key == b"security" || key == b"Patient" {
             return None;
         }
-        self.saw_total |= depth == 1 && key == b"total";
-        self.in_reference = key == b"reference";
+        // Lengths first: most keys are none of these, and that costs one comparison.
+        self.in_reference = false;
+        self.in_relation = false;
+        match key.len() {
+            5 => self.saw_total |= depth == 1 && key == b"total",
+            8 => self.in_relation = key == b"relation",
+            9 => self.in_reference = key == b"reference",
+            _ => {}
+        }
         self.expect(b':')?;
         Some(depth == 1 && key == b"resourceType")
     }
