@@ -63,8 +63,7 @@ pub fn scan(body: &[u8], want_patients: bool) -> Scan<'_> {
         resource_types: 0,
         saw_total: false,
         saw_page_link: false,
-        in_reference: false,
-        in_relation: false,
+        last_key: b"",
     };
     match scanner.document() {
         Some(())
@@ -87,11 +86,11 @@ struct Scanner<'a> {
     /// whose total the filter must take out (it counts other pages' matches).
     saw_total: bool,
     saw_page_link: bool,
-    /// The value being read belongs to a `reference` key: only there does a Patient reference
-    /// that no lookup can follow (absolute, `urn:`, conditional, malformed) matter.
-    in_reference: bool,
-    /// The value being read belongs to a `relation` key (a Bundle link's).
-    in_relation: bool,
+    /// The key of the value being read: a `reference` value is judged strictly (a Patient
+    /// reference no lookup can follow goes to the parse), a `relation` value may be a page
+    /// link. Kept as a slice and compared only when a value needs it, so most keys cost one
+    /// store.
+    last_key: &'a [u8],
 }
 
 /// Where a value stands: what may come next is decided by the container it is in.
@@ -180,7 +179,7 @@ impl<'a> Scanner<'a> {
                     if text == b"Patient" || text == b"security" {
                         return None;
                     }
-                    if self.in_relation {
+                    if matches!(text.len(), 4 | 8) && self.last_key == b"relation" {
                         self.saw_page_link |= matches!(text, b"next" | b"previous" | b"prev");
                     }
                 }
@@ -225,15 +224,8 @@ impl<'a> Scanner<'a> {
         if key == b"security" || key == b"Patient" {
             return None;
         }
-        // Lengths first: most keys are none of these, and that costs one comparison.
-        self.in_reference = false;
-        self.in_relation = false;
-        match key.len() {
-            5 => self.saw_total |= depth == 1 && key == b"total",
-            8 => self.in_relation = key == b"relation",
-            9 => self.in_reference = key == b"reference",
-            _ => {}
-        }
+        self.saw_total |= depth == 1 && key == b"total";
+        self.last_key = key;
         self.expect(b':')?;
         Some(depth == 1 && key == b"resourceType")
     }
@@ -313,25 +305,21 @@ impl<'a> Scanner<'a> {
                 PLAIN | SLASH => i += 1,
                 QUOTE => break,
                 CAPITAL_P => {
-                    if self.want_patients
-                        && (body[i..].starts_with(b"Patient/")
-                            || body[i..].starts_with(b"Patient?"))
-                    {
-                        if self.in_reference {
+                    if self.want_patients && body[i..].starts_with(b"Patient") {
+                        let after = body.get(i + "Patient".len());
+                        if self.last_key == b"reference" {
                             // Only a whole local reference (`Patient/<id>`, maybe with
                             // `/_history/<v>`) names a patient whose Consents can be fetched.
                             // An absolute, `urn:` or conditional one, or a malformed id, is a
                             // patient no lookup finds: the parse decides (it withholds).
-                            let conditional = body.get(i + "Patient".len()) == Some(&b'?');
-                            if i != start
-                                || conditional
-                                || !self.local_patient_at(i + "Patient/".len())
+                            if matches!(after, Some(b'/' | b'?'))
+                                && (i != start
+                                    || after == Some(&b'?')
+                                    || !self.local_patient_at(i + "Patient/".len()))
                             {
                                 return None;
                             }
-                        } else if (i == start || body[i - 1] == b'/')
-                            && body[i..].starts_with(b"Patient/")
-                        {
+                        } else if after == Some(&b'/') && (i == start || body[i - 1] == b'/') {
                             // Elsewhere (a narrative's link, an identifier) a mention only
                             // makes the patient's Consents worth fetching.
                             self.mention_at(i + "Patient/".len());
