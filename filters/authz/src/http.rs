@@ -130,7 +130,10 @@ impl AuthzFilter {
                 set_routing_headers(&headers);
                 // The response must come whole and readable: no 304 for a resource never
                 // checked, no compressed body.
-                for name in ["if-none-match", "if-modified-since", "accept-encoding"] {
+                for name in fhirgate_core::headers::CONDITIONAL_READ
+                    .iter()
+                    .chain(&["accept-encoding"])
+                {
                     self.set_http_request_header(name, None);
                 }
                 self.holding_response = true;

@@ -4,8 +4,8 @@
 use crate::root::{Shared, FILTER};
 use fhirgate_core::consent::cache::{read_search_for, search_path};
 use fhirgate_core::consent::{
-    filters_interaction, is_single_read, rfc3339, Caller, Consents, FastPath, Filtered, ReadPlan,
-    Report,
+    filters_interaction, is_single_read, is_write, keeps_committed_write, reduces_error, rfc3339,
+    Caller, Consents, FastPath, Filtered, ReadPlan, Report,
 };
 use fhirgate_core::outcome::IssueType;
 use fhirgate_core::{headers, Rejection};
@@ -151,7 +151,7 @@ impl ConsentFilter {
             }
             // A write the server committed stays committed: its echo is withheld, its status
             // (and Location) kept, and the audit records the write as done.
-            Filtered::Refused(_) if asked.write && (200..300).contains(&self.status) => {
+            ref refused if keeps_committed_write(asked.write, self.status, refused) => {
                 count(FILTER, "withheld", "committed-echo");
                 self.set_http_response_header("content-encoding", None);
                 self.set_http_response_header("etag", None);
@@ -309,15 +309,7 @@ impl HttpContext for ConsentFilter {
                 .map(str::to_string),
             break_glass: break_glass.is_some(),
             single_read: is_single_read(interaction),
-            write: matches!(
-                interaction,
-                "create"
-                    | "conditional-create"
-                    | "update"
-                    | "conditional-update"
-                    | "patch"
-                    | "conditional-patch"
-            ),
+            write: is_write(interaction),
         };
         // What no answer could be filtered into shape is refused before it is asked.
         let query = h
@@ -335,13 +327,13 @@ impl HttpContext for ConsentFilter {
         if let Some(rejection) =
             shared
                 .policy
-                .request_refusal_for(interaction, operation, query, &caller)
+                .request_refusal(interaction, operation, query, &caller)
         {
             return reject(FILTER, &rejection);
         }
         // A conditional read would answer 304 for a resource never checked: ask for the body.
         if !asked.write {
-            for name in ["if-none-match", "if-modified-since"] {
+            for name in headers::CONDITIONAL_READ {
                 if h.contains(name) {
                     self.set_http_request_header(name, None);
                 }
@@ -378,7 +370,7 @@ impl HttpContext for ConsentFilter {
         match shared.policy.read_plan(status, &content_type) {
             // An upstream error's body can quote what the policies withhold: its status alone
             // goes on (the gateway's own refusals are PHI-free and pass).
-            ReadPlan::Skip if status >= 400 && from_upstream => self.reducing = true,
+            ReadPlan::Skip if reduces_error(status, from_upstream) => self.reducing = true,
             ReadPlan::Skip => return Action::Continue,
             ReadPlan::Refuse(rejection) => self.refusal = Some(rejection),
             ReadPlan::Read => {}

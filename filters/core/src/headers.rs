@@ -42,6 +42,10 @@ pub fn is_purpose_code(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Conditional request headers on a read or search: removed wherever a response must be judged
+/// whole (a 304 would answer for a resource never checked).
+pub const CONDITIONAL_READ: &[&str] = &["if-none-match", "if-modified-since"];
+
 /// Emergency purposes (v3 ActReason): access under them is audited as elevated, like
 /// break-glass.
 pub const EMERGENCY_PURPOSES: &[&str] = &["ETREAT", "BTG", "ERTREAT"];

@@ -181,18 +181,9 @@ impl ConsentPolicy {
     ///   caller may not see, and no entry is there to filter;
     /// - searches on a `_security` or `_tag` value a label rule withholds from this caller:
     ///   their result, even empty, tells whether such data exists.
+    /// `operation` is the request's `$`operation: a Bulk Data `$export` kick-off under
+    /// restricting policies is refused unless `bulkExport: unfiltered`.
     pub fn request_refusal(
-        &self,
-        interaction: &str,
-        raw_query: &str,
-        caller: &Caller,
-    ) -> Option<Rejection> {
-        self.request_refusal_for(interaction, None, raw_query, caller)
-    }
-
-    /// [`Self::request_refusal`], knowing the operation (`$export`): a Bulk Data kick-off
-    /// under restricting policies is refused unless `bulkExport: unfiltered`.
-    pub fn request_refusal_for(
         &self,
         interaction: &str,
         operation: Option<&str>,
@@ -730,6 +721,32 @@ pub fn filters_interaction(interaction: &str) -> bool {
             | "cds-feedback"
             | "passthrough"
     )
+}
+
+/// A write whose answer echoes the resource written.
+pub fn is_write(interaction: &str) -> bool {
+    matches!(
+        interaction,
+        "create"
+            | "conditional-create"
+            | "update"
+            | "conditional-update"
+            | "patch"
+            | "conditional-patch"
+    )
+}
+
+/// A write the FHIR server committed (a 2xx) stays committed when its echo is withheld: its
+/// status is kept and its body becomes [`crate::outcome::committed_echo_withheld`], never a
+/// refusal.
+pub fn keeps_committed_write(write: bool, status: u16, filtered: &Filtered) -> bool {
+    write && (200..300).contains(&status) && matches!(filtered, Filtered::Refused(_))
+}
+
+/// An error the FHIR server answered (not the gateway's own refusal, which is PHI-free) has
+/// its body reduced to codes ([`crate::outcome::reduced_upstream_outcome`]).
+pub fn reduces_error(status: u16, from_upstream: bool) -> bool {
+    status >= 400 && from_upstream
 }
 
 /// A read of one resource: a withheld one is refused, not removed.

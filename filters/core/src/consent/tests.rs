@@ -885,7 +885,7 @@ mod request_refusals {
         query: &str,
         purpose: Option<&'static str>,
     ) -> Option<&'static str> {
-        p.request_refusal(interaction, query, &caller(purpose))
+        p.request_refusal(interaction, None, query, &caller(purpose))
             .map(|r| r.reason)
     }
 
@@ -913,21 +913,21 @@ mod request_refusals {
     fn a_bulk_export_is_refused_under_restricting_policies_unless_unfiltered_is_chosen() {
         let p = policy(LABELS);
         let refused = p
-            .request_refusal_for("operation-system", Some("$export"), "", &caller(None))
+            .request_refusal("operation-system", Some("$export"), "", &caller(None))
             .map(|r| r.reason);
         assert_eq!(refused, Some("export-not-filtered"));
         assert_eq!(
-            p.request_refusal_for("operation-type", Some("$everything"), "", &caller(None))
+            p.request_refusal("operation-type", Some("$everything"), "", &caller(None))
                 .map(|r| r.reason),
             None
         );
         let unfiltered = policy(r#"{"labels": [{"codes": ["V"]}], "bulkExport": "unfiltered"}"#);
         assert!(unfiltered
-            .request_refusal_for("operation-system", Some("$export"), "", &caller(None))
+            .request_refusal("operation-system", Some("$export"), "", &caller(None))
             .is_none());
         assert!(
             policy("{}")
-                .request_refusal_for("operation-system", Some("$export"), "", &caller(None))
+                .request_refusal("operation-system", Some("$export"), "", &caller(None))
                 .is_none(),
             "nothing restricts"
         );
@@ -990,7 +990,7 @@ mod request_refusals {
         let mut glass = caller(None);
         glass.break_glass = true;
         assert_eq!(
-            p.request_refusal("search-type", "_security=R", &glass)
+            p.request_refusal("search-type", None, "_security=R", &glass)
                 .map(|r| r.reason),
             None,
             "break-glass overrides"
@@ -1125,5 +1125,54 @@ mod judged_together {
             &mut report,
         );
         assert!(!matches!(out, Filtered::Refused(_)), "{out:?}");
+    }
+}
+
+/// The host only asks; these decide (issue 15, class 4 and 5).
+mod host_decisions {
+    use super::*;
+
+    #[test]
+    fn a_committed_write_whose_echo_is_withheld_stays_committed() {
+        let refused = Filtered::Refused(Rejection::new(
+            403,
+            "consent-withheld",
+            crate::outcome::IssueType::Forbidden,
+            "x",
+        ));
+        assert!(keeps_committed_write(true, 201, &refused));
+        assert!(keeps_committed_write(true, 200, &refused));
+        assert!(
+            !keeps_committed_write(false, 200, &refused),
+            "a read is refused"
+        );
+        assert!(
+            !keeps_committed_write(true, 400, &refused),
+            "nothing was committed"
+        );
+        assert!(!keeps_committed_write(true, 201, &Filtered::Unchanged));
+        for w in [
+            "create",
+            "conditional-create",
+            "update",
+            "conditional-update",
+            "patch",
+            "conditional-patch",
+        ] {
+            assert!(is_write(w), "{w}");
+        }
+        for r in ["read", "vread", "search-type", "delete", "batch"] {
+            assert!(!is_write(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn only_an_upstream_error_is_reduced() {
+        assert!(reduces_error(404, true) && reduces_error(500, true));
+        assert!(
+            !reduces_error(403, false),
+            "the gateway's own refusal is PHI-free and passes"
+        );
+        assert!(!reduces_error(200, true) && !reduces_error(304, true));
     }
 }

@@ -627,7 +627,9 @@ impl AuthzConfig {
         }
         let revocation = self.revocation.clone();
         let policy = self.compile()?;
+        let bulk_pool = routing.pool_of_operation("$export").map(str::to_string);
         Ok(AuthzFilterPolicy {
+            bulk_pool,
             revocation,
             cds_hooks,
             current_resource,

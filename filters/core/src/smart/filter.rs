@@ -37,6 +37,8 @@ pub struct AuthzFilterPolicy {
     pub cds_hooks: Option<super::config::CdsHooksConfig>,
     /// Where the revocation list is fetched from.
     pub revocation: Option<super::config::RevocationConfig>,
+    /// The routing pool `$export` goes to: its passthrough paths are bulk job URLs.
+    pub bulk_pool: Option<String>,
 }
 
 /// A trust zone, chosen by the mTLS peer's URI SAN: its own policy and mode.
@@ -747,9 +749,8 @@ impl AuthzFilterPolicy {
                     .unwrap_or_default();
                 ex.export = Some((client, types));
             }
-            let bulk_pool = self.routing.pool_of_operation("$export");
             if routed.interaction == crate::routing::Interaction::Passthrough
-                && bulk_pool == Some(routed.pool.as_str())
+                && self.bulk_pool.as_deref() == Some(routed.pool.as_str())
             {
                 return Step::CheckJob;
             }
