@@ -175,14 +175,15 @@ impl ConsentPolicy {
     }
 
     /// Refusals decided on the request alone, before it reaches the FHIR server: what no answer
-    /// could be filtered into shape (issue 15). `raw_query` is the query as sent.
+    /// could be filtered into shape (issue 15). `raw_query` is the query as sent, `operation`
+    /// the request's `$`operation.
+    /// - a Bulk Data `$export` kick-off under restricting policies, unless `bulkExport:
+    ///   unfiltered`;
     /// - earlier versions (vread, history) under `versions: refuse`;
     /// - count-only searches (`_summary=count`, `_count=0`): the count includes what the
     ///   caller may not see, and no entry is there to filter;
     /// - searches on a `_security` or `_tag` value a label rule withholds from this caller:
     ///   their result, even empty, tells whether such data exists.
-    /// `operation` is the request's `$`operation: a Bulk Data `$export` kick-off under
-    /// restricting policies is refused unless `bulkExport: unfiltered`.
     pub fn request_refusal(
         &self,
         interaction: &str,
