@@ -363,6 +363,15 @@ Every round (chain / baseline): {"; ".join(f"{c['cpu_us']:.1f}/{b['cpu_us']:.1f}
 """
     out = ROOT / "bench" / "chain.md"
     out.write_text(report)
+    # The figures other tools read (bench.py's writer: one line per figure, replaced by name).
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench import write_summary
+    write_summary({
+        "chain.added_instructions": (four_ir, "instructions", "routing to consent per request, cached token, user/ scopes (callgrind)"),
+        "chain.added_cpu_us": (added_cpu, "µs", "five-filter chain minus Envoy alone, CPU per request (schedstat, median of rounds)"),
+        "chain.throughput_ratio": (med["chain"]["rps"] / med["baseline"]["rps"], "ratio", "chain / Envoy alone, requests per second"),
+        "chain.p50_added_us": (med["chain"]["p50_us"] - med["baseline"]["p50_us"], "µs", "p50 latency, chain minus Envoy alone, 8 connections"),
+    })
     print(report)
     return 0
 
