@@ -490,6 +490,20 @@ class Stack:
         finally:
             conn.close()
 
+    def transaction_upstream(self, resources: list) -> int:
+        """Writes resources straight into the FHIR server in one transaction (PUT each)."""
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}} for r in resources]}
+        conn = http.client.HTTPConnection("127.0.0.1", self.fhir_port, timeout=120)
+        try:
+            conn.request("POST", UPSTREAM_BASE, body=json.dumps(bundle).encode(),
+                         headers={"content-type": "application/fhir+json"})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        finally:
+            conn.close()
+
     def _load_examples(self):
         conn = http.client.HTTPConnection("127.0.0.1", self.fhir_port, timeout=30)
         try:

@@ -266,3 +266,19 @@ class TestWithheldStaysWithheld:
         assert b"e2e" not in body, "the stored resource is not echoed"
         status, _, stored = get(stack, f"Observation/{oid}", writer, purpose="TREAT")
         assert status == 200 and stored["id"] == oid, "it was written"
+
+    def test_one_patients_many_consents_withhold_only_that_patients_resources(self, stack):
+        # Issue 15: 1,001 Consents for one patient made the shared lookup page, and every
+        # patient of the same response was withheld. Now each is asked for alone, and only
+        # the patient whose Consents fill more than a page is undecided (withheld).
+        run = uuid.uuid4().hex[:6]
+        crowded, plain = f"crowded-{run}", f"plain-{run}"
+        for p in (crowded, plain):
+            assert stack.put_upstream({"resourceType": "Patient", "id": p}) in (200, 201)
+            assert stack.put_upstream(observation(f"{p}-o", p)) in (200, 201)
+        junk = [privacy_consent(f"{crowded}-c{i}", crowded, {"type": "permit"}) for i in range(1001)]
+        assert stack.transaction_upstream(junk) == 200
+        status, _, bundle = get(stack, f"Observation?subject=Patient/{crowded},Patient/{plain}", reader(stack), purpose="TREAT")
+        assert status == 200
+        assert entry_ids(bundle) == [f"{plain}-o"]
+        assert Counters(stack.admin_port, "fhirgate.consent").total("fhirgate.consent.consent_cache.fetch_split") >= 1

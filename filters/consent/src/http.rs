@@ -2,7 +2,7 @@
 //! Consents it needs, and sends what the core leaves of it.
 
 use crate::root::{Shared, FILTER};
-use fhirgate_core::consent::cache::{read_search_for, search_path};
+use fhirgate_core::consent::cache::{read_search_for, search_path, SearchAnswer};
 use fhirgate_core::consent::{
     filters_interaction, is_single_read, is_write, keeps_committed_write, reduces_error, rfc3339,
     Caller, Consents, FastPath, Filtered, ReadPlan, Report,
@@ -172,10 +172,21 @@ impl ConsentFilter {
     /// Dispatches Consent searches for these patients, several per search; the patients of a
     /// search that cannot start are unavailable.
     fn fetch(&mut self, shared: &Shared, patients: Vec<String>, attempt: u8) {
+        let per_search = shared
+            .policy
+            .config
+            .consents
+            .as_ref()
+            .map_or(1, |s| s.patients_per_search);
+        self.fetch_in(shared, patients, per_search, attempt);
+    }
+
+    /// [`Self::fetch`] with `per_search` patients per search (one when a shared answer paged).
+    fn fetch_in(&mut self, shared: &Shared, patients: Vec<String>, per_search: usize, attempt: u8) {
         let Some(source) = shared.policy.config.consents.as_ref() else {
             return;
         };
-        for chunk in patients.chunks(source.patients_per_search.max(1)) {
+        for chunk in patients.chunks(per_search.max(1)) {
             let path = search_path(source, chunk);
             let timeout = Duration::from_millis(source.timeout_ms);
             match fhirgate_proxy::dispatch_get(
@@ -269,12 +280,16 @@ impl ConsentFilter {
             read_search_for(status, body, &patients),
             self.shared.clone(),
         ) {
-            (Some(answers), Some(shared)) => {
+            (SearchAnswer::Known(answers), Some(shared)) => {
                 let now = self.now();
                 let mut cache = shared.cache.borrow_mut();
                 for (patient, consents) in answers {
                     cache.insert(&patient, consents, now);
                 }
+            }
+            (SearchAnswer::AskEachAlone(patients), Some(shared)) => {
+                count(FILTER, "consent_cache", "fetch_split");
+                self.fetch_in(&shared, patients, 1, 1);
             }
             _ => {
                 count(FILTER, "consent_cache", "fetch_failed");

@@ -79,6 +79,7 @@ impl RootContext for ConsentRoot {
                 ("consent_cache", "miss"),
                 ("consent_cache", "fetch_failed"),
                 ("consent_cache", "fetch_retried"),
+                ("consent_cache", "fetch_split"),
                 ("consent_cache", "invalidated"),
                 ("consent_cache", "changes_failed"),
             ],

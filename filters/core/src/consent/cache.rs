@@ -23,15 +23,30 @@ pub fn search_path(source: &ConsentSourceConfig, patients: &[String]) -> String 
 /// [`read_search`]), so a page holds far more than the few Consents a patient has.
 const PAGE: usize = 1000;
 
-/// Assigns the Consents of a multi-patient search to each patient asked for (a patient with
-/// none gets an empty list); None when the search failed.
-pub fn read_search_for(
-    status: Option<u16>,
-    body: &[u8],
-    patients: &[String],
-) -> Option<Vec<(String, Vec<Value>)>> {
-    let consents = read_search(status, body)?;
-    Some(
+/// What one Consent search answered, for the patients it asked about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SearchAnswer {
+    /// Each patient asked for, with its Consents (a patient with none gets an empty list).
+    Known(Vec<(String, Vec<Value>)>),
+    /// The answer needs more than a page and names several patients: one patient's many
+    /// Consents must not make the others unknown, so each is asked for alone.
+    AskEachAlone(Vec<String>),
+    /// The search failed, or one patient's Consents fill more than a page: nothing is known
+    /// about these patients (their resources are withheld unless the source fails open).
+    Failed,
+}
+
+/// Reads a Consent search for `patients` (issue 15: a failure stays with the patient it
+/// concerns).
+pub fn read_search_for(status: Option<u16>, body: &[u8], patients: &[String]) -> SearchAnswer {
+    let consents = match read_search(status, body) {
+        Ok(consents) => consents,
+        Err(Unread::Paged) if patients.len() > 1 => {
+            return SearchAnswer::AskEachAlone(patients.to_vec())
+        }
+        Err(_) => return SearchAnswer::Failed,
+    };
+    SearchAnswer::Known(
         patients
             .iter()
             .map(|p| {
@@ -48,34 +63,38 @@ pub fn read_search_for(
     )
 }
 
-/// The privacy Consents in a search answer; None when the answer is not a 200 searchset (a
-/// failed fetch: nothing is known about the patient's Consents).
-pub fn read_search(status: Option<u16>, body: &[u8]) -> Option<Vec<Value>> {
+/// Why a Consent search answer was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unread {
+    /// Not a 200 searchset: nothing is known.
+    Failed,
+    /// More than a page: a patient is not decided on half of its Consents.
+    Paged,
+}
+
+/// The privacy Consents in a search answer.
+pub fn read_search(status: Option<u16>, body: &[u8]) -> Result<Vec<Value>, Unread> {
     if status != Some(200) {
-        return None;
+        return Err(Unread::Failed);
     }
-    let bundle: Value = serde_json::from_slice(body).ok()?;
+    let bundle: Value = serde_json::from_slice(body).map_err(|_| Unread::Failed)?;
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-        return None;
+        return Err(Unread::Failed);
     }
     let entries = match bundle.get("entry") {
         Some(Value::Array(e)) => e.as_slice(),
         None => &[],
-        Some(_) => return None,
+        Some(_) => return Err(Unread::Failed),
     };
-    // A next page would hide Consents: a patient with more than a page is not decided on half.
-    let paged = has_link(&bundle, &["next"]);
-    if paged {
-        return None;
+    if has_link(&bundle, &["next"]) {
+        return Err(Unread::Paged);
     }
-    Some(
-        entries
-            .iter()
-            .filter_map(|e| e.get("resource"))
-            .filter(|r| is_privacy_consent(r))
-            .cloned()
-            .collect(),
-    )
+    Ok(entries
+        .iter()
+        .filter_map(|e| e.get("resource"))
+        .filter(|r| is_privacy_consent(r))
+        .cloned()
+        .collect())
 }
 
 /// Does a Bundle carry a link with one of these relations (`next`: more pages follow)?
@@ -233,7 +252,7 @@ mod tests {
                 Some(200),
                 br#"{"resourceType":"Bundle","type":"searchset"}"#
             ),
-            Some(vec![]),
+            Ok(vec![]),
             "no Consents is an answer"
         );
     }
@@ -347,9 +366,8 @@ mod tests {
             ),
             (Some(200), serde_json::to_vec(&paged).unwrap()),
         ] {
-            assert_eq!(
-                read_search(status, &body),
-                None,
+            assert!(
+                read_search(status, &body).is_err(),
                 "{status:?} {}",
                 String::from_utf8_lossy(&body)
             );
@@ -387,10 +405,35 @@ mod tests {
         c1["patient"] = json!({"reference": "Patient/p1"});
         let body =
             json!({"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": c1}]});
-        let split =
-            read_search_for(Some(200), &serde_json::to_vec(&body).unwrap(), &patients).unwrap();
+        let SearchAnswer::Known(split) =
+            read_search_for(Some(200), &serde_json::to_vec(&body).unwrap(), &patients)
+        else {
+            panic!("a searchset is an answer")
+        };
         assert_eq!(split[0].1.len(), 1);
         assert!(split[1].1.is_empty(), "p2 has none");
-        assert!(read_search_for(Some(500), b"", &patients).is_none());
+        assert_eq!(
+            read_search_for(Some(500), b"", &patients),
+            SearchAnswer::Failed
+        );
+    }
+
+    /// Issue 15: a transaction of 1,001 junk Consents for one patient made the shared lookup
+    /// page, and every patient of the response was withheld.
+    #[test]
+    fn a_paged_answer_is_asked_again_patient_by_patient_and_fails_only_for_its_patient() {
+        let patients = vec!["p1".to_string(), "p2".to_string()];
+        let paged = json!({"resourceType": "Bundle", "type": "searchset",
+            "link": [{"relation": "next", "url": "x"}], "entry": [{"resource": privacy("a")}]});
+        let body = serde_json::to_vec(&paged).unwrap();
+        assert_eq!(
+            read_search_for(Some(200), &body, &patients),
+            SearchAnswer::AskEachAlone(patients.clone())
+        );
+        assert_eq!(
+            read_search_for(Some(200), &body, &patients[..1]),
+            SearchAnswer::Failed,
+            "alone, a patient with more than a page of Consents is not decided on half"
+        );
     }
 }

@@ -227,6 +227,15 @@ impl<'a> Scanner<'a> {
         self.saw_total |= depth == 1 && key == b"total";
         self.last_key = key;
         self.expect(b':')?;
+        // A single `identifier` object is a Reference's (a resource's identifiers are a list,
+        // but for a few 0..1 ones): it may name a patient only by identifier, which no Consent
+        // lookup can follow. The parse decides (it withholds under Consents).
+        if self.want_patients && key == b"identifier" {
+            self.skip_whitespace();
+            if self.peek()? == b'{' {
+                return None;
+            }
+        }
         Some(depth == 1 && key == b"resourceType")
     }
 

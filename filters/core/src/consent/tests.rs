@@ -741,6 +741,57 @@ mod fast_path {
         );
     }
 
+    /// Issue 15, class 6: a subject given only by identifier escapes every Consent lookup.
+    #[test]
+    fn a_patient_named_only_by_identifier_is_withheld_under_consents() {
+        let p = policy(WITH_CONSENTS);
+        let cases = [
+            (
+                json!({"identifier": {"system": "urn:mrn", "value": "123"}}),
+                true,
+            ),
+            (
+                json!({"identifier": {"value": "123"}, "type": "Patient"}),
+                true,
+            ),
+            (
+                json!({"identifier": {"value": "123"}, "type": "http://hl7.org/fhir/StructureDefinition/Patient"}),
+                true,
+            ),
+            (
+                json!({"identifier": {"value": "123"}, "type": "Group"}),
+                false,
+            ),
+            (json!({"display": "someone"}), false),
+            (json!({"reference": "Patient/p1"}), false),
+        ];
+        for (subject, withheld) in cases {
+            let body = json!({"resourceType": "Observation", "id": "o", "identifier": [{"value": "x"}], "subject": subject});
+            let mut report = Report::default();
+            let filtered = p.filter(
+                &bytes(&body),
+                &caller(None),
+                false,
+                &|_| Consents::Known(&[]),
+                &mut report,
+            );
+            assert_eq!(
+                matches!(filtered, Filtered::Refused(_)),
+                withheld,
+                "{subject}: {filtered:?}"
+            );
+            if withheld {
+                assert_ne!(p.fast_path(&bytes(&body), &all_empty), FastPath::Release);
+            }
+        }
+        let listed = json!({"resourceType": "Observation", "identifier": [{"value": "x"}], "subject": {"reference": "Patient/p1"}});
+        assert_eq!(
+            p.fast_path(&bytes(&listed), &all_empty),
+            FastPath::Release,
+            "a resource's own identifiers (a list) do not send it to the parse"
+        );
+    }
+
     #[test]
     fn anything_that_could_hide_a_label_or_a_patient_is_parsed() {
         let p = policy(WITH_CONSENTS);
@@ -774,6 +825,11 @@ mod fast_path {
             ),
             ("a patient with a Consent", bytes(&obs("a", "p1"))),
             ("not a JSON object", b"Patient/p1 hello".to_vec()),
+            (
+                "a subject named only by identifier",
+                br#"{"resourceType":"Observation","subject":{"identifier":{"value":"123"}}}"#
+                    .to_vec(),
+            ),
         ];
         for (what, body) in cases {
             assert_eq!(p.fast_path(&body, &has_consent), FastPath::Parse, "{what}");

@@ -214,8 +214,9 @@ pub fn patients_of(resource: &Value) -> Vec<String> {
 
 /// Does `resource` name a patient on one of its type's patient elements in a way no Consent
 /// lookup can follow: a Reference of `type` Patient with only an `identifier`, an absolute or
-/// conditional Patient reference? (A reference to another type names no patient; an
-/// identifier-only Reference with no `type` is not known to be a patient.)
+/// conditional Patient reference, or an identifier-only Reference whose `type` is absent
+/// (the element may target a Patient, so it may be one)? A reference to another type names no
+/// patient.
 pub fn unresolved_patient(resource: &Value) -> bool {
     let Some(t) = resource.get("resourceType").and_then(Value::as_str) else {
         return false;
@@ -239,9 +240,14 @@ pub fn unresolved_patient(resource: &Value) -> bool {
         for reference in current {
             match reference.get("reference").and_then(Value::as_str) {
                 Some(r) => unresolved |= patient_ref(r) == PatientRef::Foreign,
+                // Only a `type` naming another resource type says the identifier is not a
+                // patient's; none (or a non-string one) may be one.
                 None => {
                     unresolved |= reference.get("identifier").is_some()
-                        && reference.get("type").and_then(Value::as_str) == Some("Patient")
+                        && reference
+                            .get("type")
+                            .and_then(Value::as_str)
+                            .is_none_or(|t| t.rsplit('/').next() == Some("Patient"))
                 }
             }
         }
