@@ -638,7 +638,9 @@ class Stack:
         # shipped `versions: refuse` is tested on an Envoy of its own (test_consent.py).
         # Bulk exports likewise pass (test_bulk_jobs.py binds their URLs); the shipped refusal of
         # unfiltered exports is tested there too.
-        path.write_text(json.dumps({"consents": settings, "versions": "allow", "bulkExport": "unfiltered"}, indent=2))
+        # Conditional writes likewise reach the FHIR server for the routing tests.
+        path.write_text(json.dumps({"consents": settings, "versions": "allow", "bulkExport": "unfiltered",
+                                    "conditionalWrites": "allow"}, indent=2))
         return path
 
     def start_replicas(self, settings: dict, count: int = 2) -> "Replicas":

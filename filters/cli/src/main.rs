@@ -122,8 +122,9 @@ enum ConsentCommand {
     /// Filter a FHIR response (stdin) as the consent filter would and print
     /// {"status", "body"?, "outcome"?, "report"}. The context file is JSON: {"subject"?,
     /// "clientId"?, "purpose"?, "breakGlass"?, "now"? (RFC 3339), "singleRead"?, "consents"?:
-    /// {"<patient id>": [Consent, ...]}}; a patient missing from "consents" counts as a failed
-    /// fetch.
+    /// {"<patient id>": [Consent, ...]}, "securityContexts"?: {"<Type/id>": resource}}; a
+    /// patient missing from "consents", or a Binary's security context missing from
+    /// "securityContexts", counts as a failed fetch.
     Apply {
         /// Consent config (JSON); the shipped envoy/consent.json when absent.
         #[arg(long)]
@@ -277,7 +278,9 @@ fn ratelimit_descriptors(config: Option<&str>) -> Result<String, String> {
 }
 
 fn consent_apply(config: Option<&str>, context: &str) -> Result<String, String> {
-    use fhirgate_core::consent::{Caller, ConsentPolicy, Consents, Filtered, Report};
+    use fhirgate_core::consent::{
+        Caller, ConsentPolicy, Consents, Filtered, Known, Report, SecurityContext,
+    };
     let bytes = match config {
         Some(path) => read_input(path)?,
         None => SHIPPED_CONSENT.as_bytes().to_vec(),
@@ -317,11 +320,23 @@ fn consent_apply(config: Option<&str>, context: &str) -> Result<String, String> 
         Some(list) => Consents::Known(list.as_slice()),
         None => Consents::Unavailable,
     };
+    let contexts = ctx
+        .get("securityContexts")
+        .and_then(serde_json::Value::as_object);
+    let context = |reference: &str| match contexts.and_then(|c| c.get(reference)) {
+        Some(resource) => SecurityContext::Known(resource),
+        None => SecurityContext::Unavailable,
+    };
+    let known = Known {
+        consents: &lookup,
+        contexts: &context,
+    };
     let response = read_input("-")?;
     let mut report = Report::default();
     let result = policy
         .decode(None, &response)
-        .map(|body| policy.filter(&body, &caller, single_read, &lookup, &mut report));
+        .and_then(|body| policy.parse(&body))
+        .map(|value| policy.filter_known(value, &caller, single_read, &known, &mut report));
     let report_json = json!({"withheld": report.withheld, "redacted": report.redacted, "part2Labelled": report.part2_labelled,
                              "breakGlassReleased": report.break_glass_released});
     let out = match result {

@@ -3,9 +3,10 @@
 
 use crate::root::{Shared, FILTER};
 use fhirgate_core::consent::cache::{read_search_for, search_path, SearchAnswer};
+use fhirgate_core::consent::guard::{Acting, RequestCheck};
 use fhirgate_core::consent::{
     filters_interaction, is_single_read, is_write, keeps_committed_write, reduces_error, rfc3339,
-    Caller, Consents, FastPath, Filtered, ReadPlan, Report,
+    Caller, Consents, FastPath, Filtered, Known, ReadPlan, Report, SecurityContext,
 };
 use fhirgate_core::outcome::IssueType;
 use fhirgate_core::{headers, Rejection};
@@ -29,6 +30,39 @@ struct Asked {
     write: bool,
 }
 
+/// A request held until the consent policies can decide it: a batch for its body, a write,
+/// delete or instance operation for its current resource (and its body).
+struct HeldRequest {
+    interaction: String,
+    operation: Option<String>,
+    resource_type: Option<String>,
+    id: Option<String>,
+    content_type: String,
+    /// The batch is decided on its body alone.
+    bundle: bool,
+    /// The request body is needed and has not yet arrived whole.
+    awaiting_body: bool,
+    body: Option<Vec<u8>>,
+    /// The current resource's fetch, outstanding.
+    current_call: Option<u32>,
+    /// Its answer: status (0 when the call failed) and body.
+    current: Option<(u16, Vec<u8>)>,
+    /// The request went on or was refused.
+    settled: bool,
+}
+
+impl HeldRequest {
+    fn acting(&self) -> Acting<'_> {
+        Acting {
+            interaction: &self.interaction,
+            operation: self.operation.as_deref(),
+            resource_type: self.resource_type.as_deref(),
+            id: self.id.as_deref(),
+            raw_query: "",
+        }
+    }
+}
+
 /// A held response: as decoded, or already parsed (then it is decided resource by resource,
 /// never parsed a second time).
 enum Held {
@@ -39,12 +73,17 @@ enum Held {
 pub struct ConsentFilter {
     shared: Option<Rc<Shared>>,
     asked: Option<Asked>,
+    held_request: Option<HeldRequest>,
     /// The response and its size as buffered, while the Consents it needs are fetched.
     held: Option<(Held, usize)>,
     /// Outstanding fetches: call token → the patients it asks for and the attempt.
     fetches: HashMap<u32, (Vec<String>, u8)>,
     /// Patients whose fetch failed for this response.
     unavailable: HashSet<String>,
+    /// Outstanding reads of Binaries' security contexts: call token → `Type/id`.
+    context_calls: HashMap<u32, String>,
+    /// The security contexts read (None: not found or failed).
+    contexts: HashMap<String, Option<serde_json::Value>>,
     /// A response refused on its headers, answered when its body has arrived.
     refusal: Option<Rejection>,
     /// The response head was held for its body to be read. Only then does the body callback
@@ -62,9 +101,12 @@ impl ConsentFilter {
         ConsentFilter {
             shared,
             asked: None,
+            held_request: None,
             held: None,
             fetches: HashMap::new(),
             unavailable: HashSet::new(),
+            context_calls: HashMap::new(),
+            contexts: HashMap::new(),
             refusal: None,
             reading: false,
             status: 0,
@@ -123,12 +165,21 @@ impl ConsentFilter {
             now: &now_text,
         };
         let mut report = Report::default();
+        let contexts = &self.contexts;
+        let context = |reference: &str| match contexts.get(reference) {
+            Some(Some(c)) => SecurityContext::Known(c),
+            _ => SecurityContext::Unavailable,
+        };
+        let known = Known {
+            consents: &lookup,
+            contexts: &context,
+        };
         let filtered = match response {
-            Ok(response) => shared.policy.filter_value(
+            Ok(response) => shared.policy.filter_known(
                 response,
                 &caller,
                 asked.single_read,
-                &lookup,
+                &known,
                 &mut report,
             ),
             Err(rejection) => Filtered::Refused(rejection),
@@ -245,6 +296,46 @@ impl Context for ConsentFilter {
         body_size: usize,
         _num_trailers: usize,
     ) {
+        if let Some(held) = self.held_request.as_mut() {
+            if held.current_call == Some(token_id) {
+                held.current_call = None;
+                let (status, body) = fhirgate_proxy::call_answer(self, body_size);
+                count(
+                    FILTER,
+                    "current_resource",
+                    if status == Some(200) {
+                        "read"
+                    } else {
+                        "missing"
+                    },
+                );
+                if let Some(held) = self.held_request.as_mut() {
+                    held.current = Some((status.unwrap_or(0), body));
+                }
+                if self.advance_request() == Action::Continue {
+                    self.resume_http_request();
+                }
+                return;
+            }
+        }
+        if let Some(reference) = self.context_calls.remove(&token_id) {
+            let (status, body) = fhirgate_proxy::call_answer(self, body_size);
+            let context = self.shared.as_ref().and_then(|shared| {
+                shared
+                    .policy
+                    .read_context(&reference, status.unwrap_or(0), &body)
+            });
+            count(
+                FILTER,
+                "security_context",
+                if context.is_some() { "read" } else { "missing" },
+            );
+            self.contexts.insert(reference, context);
+            if self.context_calls.is_empty() && self.fetch_consents_for_held() == Action::Continue {
+                self.resume_http_response();
+            }
+            return;
+        }
         let Some((patients, attempt)) = self.fetches.remove(&token_id) else {
             return;
         };
@@ -268,13 +359,225 @@ impl Context for ConsentFilter {
             self.record_fetch(patients, status, &body);
         }
         if self.fetches.is_empty() {
-            self.finish();
-            self.resume_http_response();
+            if self.held_request.as_ref().is_some_and(|h| !h.settled) {
+                if self.advance_request() == Action::Continue {
+                    self.resume_http_request();
+                }
+            } else {
+                self.finish();
+                self.resume_http_response();
+            }
         }
     }
 }
 
 impl ConsentFilter {
+    /// Holds a request the policies decide only with its body or its current resource.
+    fn hold_request(
+        &mut self,
+        shared: &Shared,
+        check: RequestCheck,
+        h: &RequestHeaders,
+        end_of_stream: bool,
+    ) -> Action {
+        let (bundle, path, wants_body) = match check {
+            RequestCheck::Pass => return Action::Continue,
+            RequestCheck::Refuse(rejection) => return reject(FILTER, &rejection),
+            RequestCheck::Body => (true, None, true),
+            RequestCheck::Current { path, body } => (false, Some(path), body),
+        };
+        let mut held = HeldRequest {
+            interaction: h.get(headers::INTERACTION).unwrap_or_default().to_string(),
+            operation: h.get(headers::OPERATION).map(str::to_string),
+            resource_type: h.get(headers::RESOURCE_TYPE).map(str::to_string),
+            id: h.get(headers::ID).map(str::to_string),
+            content_type: h.get("content-type").unwrap_or_default().to_string(),
+            bundle,
+            awaiting_body: wants_body && !end_of_stream,
+            body: (wants_body && end_of_stream).then(Vec::new),
+            current_call: None,
+            current: None,
+            settled: false,
+        };
+        if let (Some(path), Some(source)) = (path, shared.policy.config.current_resource.as_ref()) {
+            match fhirgate_proxy::dispatch_get(
+                self,
+                &source.cluster,
+                &source.authority,
+                &path,
+                "application/fhir+json",
+                Duration::from_millis(source.timeout_ms),
+            ) {
+                Ok(token) => held.current_call = Some(token),
+                Err(_) => held.current = Some((0, Vec::new())),
+            }
+        }
+        self.held_request = Some(held);
+        self.advance_request()
+    }
+
+    /// Takes a held request as far as what has arrived allows: decides it (going on or
+    /// refusing), or fetches the Consents its current resource needs, or waits.
+    fn advance_request(&mut self) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return reject(FILTER, &Rejection::not_configured(FILTER));
+        };
+        let Some(held) = self.held_request.as_ref() else {
+            return Action::Continue;
+        };
+        if held.settled || held.awaiting_body || held.current_call.is_some() {
+            return Action::Pause;
+        }
+        let asked = self.asked.as_ref();
+        let now = self.now();
+        let now_text = rfc3339(now);
+        let caller = Caller {
+            subject: asked.and_then(|a| a.subject.as_deref()),
+            client_id: asked.and_then(|a| a.client_id.as_deref()),
+            purpose: asked.and_then(|a| a.purpose.as_deref()),
+            break_glass: asked.is_some_and(|a| a.break_glass),
+            now: &now_text,
+        };
+        let policy = &shared.policy;
+        let decision = if held.bundle {
+            policy
+                .check_bundle(held.body.as_deref().unwrap_or_default(), &caller)
+                .map(|()| None)
+        } else {
+            let acting = held.acting();
+            let (status, body) = held.current.as_ref().map_or((0, &[][..]), |(s, b)| (*s, b));
+            let current = policy.read_current(&acting, status, body);
+            let cache = shared.cache.borrow();
+            let missing: Vec<String> = current
+                .as_ref()
+                .map(|c| policy.patients_of_current(c))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| cache.get(p, now).is_none() && !self.unavailable.contains(p))
+                .collect();
+            if !missing.is_empty() {
+                drop(cache);
+                if let Some(rejection) = policy.too_many_patients(missing.len()) {
+                    return self.settle_request(Err(rejection));
+                }
+                self.fetch(&shared, missing, 0);
+                if !self.fetches.is_empty() {
+                    return Action::Pause;
+                }
+                return self.advance_request();
+            }
+            let unavailable = &self.unavailable;
+            let lookup = |patient: &str| match cache.get(patient, now) {
+                Some(list) if !unavailable.contains(patient) => Consents::Known(list),
+                _ => Consents::Unavailable,
+            };
+            let write = held
+                .body
+                .as_deref()
+                .map(|b| (b, held.content_type.as_str()));
+            policy.decide_current(&acting, status, current, write, &caller, &lookup)
+        };
+        self.settle_request(decision)
+    }
+
+    /// Lets a held request go on (pinned to the checked version when it has one and the
+    /// client named none) or refuses it. The caller resumes the request when it decided
+    /// outside a request callback.
+    fn settle_request(&mut self, decision: Result<Option<String>, Rejection>) -> Action {
+        if let Some(held) = self.held_request.as_mut() {
+            held.settled = true;
+        }
+        match decision {
+            Ok(version) => {
+                count(FILTER, "request_checked", "allowed");
+                if let Some(version) = version {
+                    if self.get_http_request_header("if-match").is_none() {
+                        self.set_http_request_header("if-match", Some(&format!("W/\"{version}\"")));
+                    }
+                }
+                Action::Continue
+            }
+            Err(rejection) => reject(FILTER, &rejection),
+        }
+    }
+
+    /// Reads the held response's Binaries' security contexts, then goes on to their and the
+    /// response's patients' Consents.
+    fn fetch_contexts(
+        &mut self,
+        shared: &Shared,
+        contexts: Vec<String>,
+        body_size: usize,
+    ) -> Action {
+        if let Some(rejection) = shared.policy.too_many_patients(contexts.len()) {
+            self.held = None;
+            self.replace_response(&rejection, body_size);
+            return Action::Continue;
+        }
+        let source = shared.policy.config.current_resource.as_ref();
+        for reference in contexts {
+            let started = match (source, shared.policy.context_path(&reference)) {
+                (Some(source), Some(path)) => fhirgate_proxy::dispatch_get(
+                    self,
+                    &source.cluster,
+                    &source.authority,
+                    &path,
+                    "application/fhir+json",
+                    Duration::from_millis(source.timeout_ms),
+                )
+                .ok(),
+                _ => None,
+            };
+            match started {
+                Some(token) => {
+                    self.context_calls.insert(token, reference);
+                }
+                None => {
+                    self.contexts.insert(reference, None);
+                }
+            }
+        }
+        if self.context_calls.is_empty() {
+            return self.fetch_consents_for_held();
+        }
+        Action::Pause
+    }
+
+    /// The held (parsed) response's patients' Consents, once its contexts are known: fetched,
+    /// or the response decided at once when all are cached.
+    fn fetch_consents_for_held(&mut self) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let now = self.now();
+        let missing: Vec<String> = match self.held.as_ref() {
+            Some((Held::Parsed(response), _)) => {
+                let cache = shared.cache.borrow();
+                let contexts = &self.contexts;
+                shared
+                    .policy
+                    .patients_needed(response, &|r| contexts.get(r).and_then(Option::as_ref))
+                    .into_iter()
+                    .filter(|p| cache.get(p, now).is_none())
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        if !missing.is_empty() {
+            if let Some(rejection) = shared.policy.too_many_patients(missing.len()) {
+                let size = self.held.take().map_or(0, |(_, size)| size);
+                self.replace_response(&rejection, size);
+                return Action::Continue;
+            }
+            self.fetch(&shared, missing, 0);
+            if !self.fetches.is_empty() {
+                return Action::Pause;
+            }
+        }
+        self.finish();
+        Action::Continue
+    }
+
     fn record_fetch(&mut self, patients: Vec<String>, status: Option<u16>, body: &[u8]) {
         match (
             read_search_for(status, body, &patients),
@@ -301,7 +604,7 @@ impl ConsentFilter {
 }
 
 impl HttpContext for ConsentFilter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
@@ -338,14 +641,14 @@ impl HttpContext for ConsentFilter {
             break_glass: asked.break_glass,
             now: "",
         };
-        let operation = h.get(headers::OPERATION);
-        if let Some(rejection) =
-            shared
-                .policy
-                .request_refusal(interaction, operation, query, &caller)
-        {
-            return reject(FILTER, &rejection);
-        }
+        let acting = Acting {
+            interaction,
+            operation: h.get(headers::OPERATION),
+            resource_type: h.get(headers::RESOURCE_TYPE),
+            id: h.get(headers::ID),
+            raw_query: query,
+        };
+        let check = shared.policy.check_request(&acting, &caller);
         // A conditional read would answer 304 for a resource never checked: ask for the body.
         if !asked.write {
             for name in headers::CONDITIONAL_READ {
@@ -359,7 +662,29 @@ impl HttpContext for ConsentFilter {
         if h.contains("accept-encoding") {
             self.set_http_request_header("accept-encoding", None);
         }
-        Action::Continue
+        self.hold_request(&shared, check, &h, end_of_stream)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(held) = self.held_request.as_mut() else {
+            return Action::Continue;
+        };
+        if !held.awaiting_body {
+            return if held.settled {
+                Action::Continue
+            } else {
+                Action::Pause
+            };
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        held.awaiting_body = false;
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        if let Some(held) = self.held_request.as_mut() {
+            held.body = Some(body);
+        }
+        self.advance_request()
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -466,9 +791,15 @@ impl HttpContext for ConsentFilter {
                 FastPath::NeedConsents(patients) => (Held::Raw(body), patients),
                 FastPath::Parse => match shared.policy.parse(&body) {
                     Ok(response) => {
+                        let contexts = shared.policy.contexts_needed(&response);
+                        if !contexts.is_empty() {
+                            drop(cache);
+                            self.held = Some((Held::Parsed(response), body_size));
+                            return self.fetch_contexts(&shared, contexts, body_size);
+                        }
                         let missing = shared
                             .policy
-                            .patients_needed(&response)
+                            .patients_needed(&response, &|_| None)
                             .into_iter()
                             .filter(|p| cache.get(p, now).is_none())
                             .collect();

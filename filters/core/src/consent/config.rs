@@ -41,6 +41,21 @@ pub struct ConsentConfig {
     /// `unfiltered` lets it through for pipelines entitled to everything.
     #[serde(default)]
     pub bulk_export: BulkExportPolicy,
+    /// Conditional creates, updates, patches and deletes (and bundle entries with conditions):
+    /// `refuse` (default) — their search answers (200 or 201, 412) for resources never
+    /// checked, and their target is unknown before the server acts; `allow` lets them through
+    /// for deployments that accept that (idempotent ingestion).
+    #[serde(default)]
+    pub conditional_writes: ConditionalWritesPolicy,
+    /// Where the current resource is read before a write, delete or instance operation is
+    /// let through (`GET {path}/{type}/{id}`): under restricting policies a caller may change
+    /// only what it may read whole. Absent: such requests are refused under those policies.
+    #[serde(default)]
+    pub current_resource: Option<crate::smart::config::CurrentResourceConfig>,
+    /// Client ids that may change a resource's security labels or the patient it belongs to
+    /// (`meta.security`, the patient elements, `$meta-add`, `$meta-delete`).
+    #[serde(default)]
+    pub relabel_clients: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -49,6 +64,14 @@ pub enum BulkExportPolicy {
     #[default]
     Refuse,
     Unfiltered,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ConditionalWritesPolicy {
+    #[default]
+    Refuse,
+    Allow,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -286,6 +309,9 @@ impl ConsentConfig {
                 "purpose.header",
                 "is no longer read: the purpose of use comes from the authorization filter (the token's purposeOfUseClaim, or a trust zone's purposeOfUseHeader)",
             ));
+        }
+        if let Some(c) = &self.current_resource {
+            c.check("currentResource")?;
         }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::new("maxBodyBytes", "must be at least 1"));

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod guard;
 pub mod labels;
 pub mod provision;
 pub mod scan;
@@ -39,6 +40,21 @@ pub enum Consents<'a> {
     Known(&'a [Value]),
     /// The fetch failed (or timed out).
     Unavailable,
+}
+
+/// A Binary's security context (the resource its `securityContext` references) as the filter
+/// knows it: a Binary is judged by the strictest of its own labels and its context's, and by
+/// its context's patients (issue 15, class 6).
+pub enum SecurityContext<'a> {
+    Known(&'a Value),
+    /// Not fetched, not found, or not fetchable: the Binary is withheld.
+    Unavailable,
+}
+
+/// What the filter is given to decide with: each patient's Consents, each Binary's context.
+pub struct Known<'f, 'c> {
+    pub consents: &'f dyn Fn(&str) -> Consents<'c>,
+    pub contexts: &'f dyn Fn(&str) -> SecurityContext<'c>,
 }
 
 /// What happened to one response.
@@ -98,6 +114,9 @@ enum Treatment {
 
 pub struct ConsentPolicy {
     pub config: ConsentConfig,
+    /// The routing rules with their defaults: what a batch entry's method and URL stand for
+    /// ([`guard`]).
+    entry_routing: crate::routing::RoutingPolicy,
 }
 
 fn severity(a: Action) -> u8 {
@@ -112,6 +131,7 @@ impl ConsentPolicy {
     pub fn from_json(bytes: &[u8]) -> Result<Self, crate::config::ConfigError> {
         Ok(ConsentPolicy {
             config: ConsentConfig::from_json(bytes)?,
+            entry_routing: crate::routing::RoutingPolicy::from_json(b"{}")?,
         })
     }
 
@@ -194,9 +214,8 @@ impl ConsentPolicy {
         let forbidden = |reason: &'static str, why: &str| {
             Some(Rejection::new(403, reason, IssueType::Forbidden, why))
         };
-        let restricting = !self.config.labels.is_empty() || self.config.consents.is_some();
         if operation == Some("$export")
-            && restricting
+            && self.restricting()
             && self.config.bulk_export == BulkExportPolicy::Refuse
         {
             return forbidden(
@@ -300,16 +319,66 @@ impl ConsentPolicy {
     }
 
     /// The patients whose Consents are needed to filter this response (none when Consents are
-    /// not configured), sorted and deduplicated.
-    pub fn patients_needed(&self, response: &Value) -> Vec<String> {
+    /// not configured), sorted and deduplicated. `contexts`: the Binaries' security contexts
+    /// fetched so far (their patients count too).
+    pub fn patients_needed<'v>(
+        &self,
+        response: &Value,
+        contexts: &dyn Fn(&str) -> Option<&'v Value>,
+    ) -> Vec<String> {
         if self.config.consents.is_none() {
             return Vec::new();
         }
         let mut out = Vec::new();
-        for_each_resource(response, &mut |r| out.extend(patients_of(r)));
+        for_each_resource(response, &mut |r| {
+            out.extend(patients_of(r));
+            if let BinaryContext::Resource(reference) = binary_context(r) {
+                if let Some(context) = contexts(&reference) {
+                    out.extend(patients_of(context));
+                }
+            }
+        });
         out.sort();
         out.dedup();
         out
+    }
+
+    /// The security contexts (`Type/id`) of the response's Binaries that must be read before
+    /// they can be judged, sorted and deduplicated (none when no policy restricts).
+    pub fn contexts_needed(&self, response: &Value) -> Vec<String> {
+        if !self.restricting() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for_each_resource(response, &mut |r| {
+            if let BinaryContext::Resource(reference) = binary_context(r) {
+                out.push(reference);
+            }
+        });
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The path to read a security context from (`currentResource`), None when none is
+    /// configured (the Binary is then withheld).
+    pub fn context_path(&self, reference: &str) -> Option<String> {
+        self.config
+            .current_resource
+            .as_ref()
+            .map(|source| format!("{}/{reference}", source.path))
+    }
+
+    /// A security context as read: the resource when it is the one referenced.
+    pub fn read_context(&self, reference: &str, status: u16, body: &[u8]) -> Option<Value> {
+        if status != 200 {
+            return None;
+        }
+        let context: Value = serde_json::from_slice(body).ok()?;
+        let (t, id) = reference.split_once('/')?;
+        (context.get("resourceType").and_then(Value::as_str) == Some(t)
+            && context.get("id").and_then(Value::as_str) == Some(id))
+        .then_some(context)
     }
 
     /// The response body to parse, decoded: identity, gzip or deflate (refused otherwise).
@@ -398,10 +467,26 @@ impl ConsentPolicy {
     /// one is refused rather than removed). `consents` gives each patient's Consents.
     pub fn filter_value<'c>(
         &self,
-        mut response: Value,
+        response: Value,
         caller: &Caller,
         single_read: bool,
         consents: &dyn Fn(&str) -> Consents<'c>,
+        report: &mut Report,
+    ) -> Filtered {
+        let known = Known {
+            consents,
+            contexts: &|_| SecurityContext::Unavailable,
+        };
+        self.filter_known(response, caller, single_read, &known, report)
+    }
+
+    /// [`Self::filter_value`] with the Binaries' security contexts known too.
+    pub fn filter_known(
+        &self,
+        mut response: Value,
+        caller: &Caller,
+        single_read: bool,
+        known: &Known,
         report: &mut Report,
     ) -> Filtered {
         let kind = response
@@ -411,11 +496,11 @@ impl ConsentPolicy {
             .to_string();
         let labelled_before = report.part2_labelled;
         let changed = if kind == "Bundle" {
-            self.filter_bundle(&mut response, caller, consents, report)
+            self.filter_bundle(&mut response, caller, known, report)
         } else if kind == "OperationOutcome" {
             false
         } else {
-            match self.treat(&mut response, caller, consents, report) {
+            match self.treat(&mut response, caller, known, report) {
                 Treatment::Withhold(reason) => {
                     *report.withheld.entry(reason).or_default() += 1;
                     return Filtered::Refused(self.refusal(single_read));
@@ -451,11 +536,11 @@ impl ConsentPolicy {
     }
 
     /// Returns whether the Bundle changed.
-    fn filter_bundle<'c>(
+    fn filter_bundle(
         &self,
         bundle: &mut Value,
         caller: &Caller,
-        consents: &dyn Fn(&str) -> Consents<'c>,
+        known: &Known,
         report: &mut Report,
     ) -> bool {
         let kind = bundle
@@ -494,12 +579,12 @@ impl ConsentPolicy {
                 Some(resource) if !is_outcome => {
                     if resource.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
                         // A Bundle inside a Bundle (a document, a message): filtered alike.
-                        if self.filter_bundle(resource, caller, consents, report) {
+                        if self.filter_bundle(resource, caller, known, report) {
                             changed = true;
                         }
                         Treatment::Release
                     } else {
-                        self.treat(resource, caller, consents, report)
+                        self.treat(resource, caller, known, report)
                     }
                 }
                 _ => Treatment::Release,
@@ -567,11 +652,11 @@ impl ConsentPolicy {
     }
 
     /// Decides one resource and applies a redaction or the Part 2 label in place.
-    fn treat<'c>(
+    fn treat(
         &self,
         resource: &mut Value,
         caller: &Caller,
-        consents: &dyn Fn(&str) -> Consents<'c>,
+        known: &Known,
         report: &mut Report,
     ) -> Treatment {
         let mut worst: Option<(Action, &'static str)> = None;
@@ -592,10 +677,26 @@ impl ConsentPolicy {
 
         // A contained resource travels with its container: the strictest of their labels
         // decides for both (issue 15: a labelled resource inside an unlabelled one).
-        let mut labels = labels_of(resource);
-        if let Some(Value::Array(contained)) = resource.get("contained") {
-            for c in contained {
-                labels.extend(labels_of(c));
+        let mut labels = labels_with_contained(resource);
+        // A Binary is as sensitive as its security context, and belongs to its patients.
+        let mut context_patients: Vec<String> = Vec::new();
+        let mut context_unresolved = false;
+        if self.restricting() {
+            match binary_context(resource) {
+                BinaryContext::None | BinaryContext::Patient => {}
+                BinaryContext::Resource(reference) => match (known.contexts)(&reference) {
+                    SecurityContext::Known(context) => {
+                        labels.extend(labels_with_contained(context));
+                        context_patients = patients_of(context);
+                        context_unresolved = crate::smart::confine::unresolved_patient(context);
+                    }
+                    SecurityContext::Unavailable => {
+                        judge(Action::Drop, "binary-context-unavailable", &[])
+                    }
+                },
+                BinaryContext::Unfollowable => {
+                    judge(Action::Drop, "binary-context-unavailable", &[])
+                }
             }
         }
         if !labels.is_empty() {
@@ -623,11 +724,15 @@ impl ConsentPolicy {
             };
             // A patient named only by identifier (or on another server) has Consents no
             // lookup can find: withheld, not released unchecked (issue 15).
-            if crate::smart::confine::unresolved_patient(resource) {
+            if crate::smart::confine::unresolved_patient(resource) || context_unresolved {
                 judge(Action::Drop, "consent-patient-unresolved", &[]);
             }
-            for patient in patients_of(resource) {
-                match consents(&patient) {
+            let mut patients = patients_of(resource);
+            patients.extend(context_patients);
+            patients.sort();
+            patients.dedup();
+            for patient in patients {
+                match (known.consents)(&patient) {
                     Consents::Unavailable if source.fail_open => {}
                     Consents::Unavailable => judge(Action::Drop, "consent-unavailable", &[]),
                     Consents::Known(list) => {
@@ -686,6 +791,51 @@ impl ConsentPolicy {
         }
         treatment
     }
+}
+
+/// What a Binary's `securityContext` points at.
+enum BinaryContext {
+    /// Not a Binary, or a Binary without a security context: judged by its own labels.
+    None,
+    /// A Patient: the Binary is that patient's (its generated patient element).
+    Patient,
+    /// Another resource, `Type/id`, to be read.
+    Resource(String),
+    /// An absolute, conditional, contained or identifier-only reference: nothing to read.
+    Unfollowable,
+}
+
+fn binary_context(resource: &Value) -> BinaryContext {
+    if resource.get("resourceType").and_then(Value::as_str) != Some("Binary") {
+        return BinaryContext::None;
+    }
+    let Some(context) = resource.get("securityContext") else {
+        return BinaryContext::None;
+    };
+    let Some(reference) = context.get("reference").and_then(Value::as_str) else {
+        return BinaryContext::Unfollowable;
+    };
+    let reference = reference.split("/_history/").next().unwrap_or(reference);
+    let Some((t, id)) = reference.split_once('/') else {
+        return BinaryContext::Unfollowable;
+    };
+    match crate::fhir::resource_type(t) {
+        Some("Patient") => BinaryContext::Patient,
+        Some(t) if crate::fhir::is_valid_id(id) => BinaryContext::Resource(format!("{t}/{id}")),
+        _ => BinaryContext::Unfollowable,
+    }
+}
+
+/// A resource's labels with its contained resources' (a contained resource travels with its
+/// container: the strictest decides for both).
+fn labels_with_contained(resource: &Value) -> Vec<labels::Label> {
+    let mut labels = labels_of(resource);
+    if let Some(Value::Array(contained)) = resource.get("contained") {
+        for c in contained {
+            labels.extend(labels_of(c));
+        }
+    }
+    labels
 }
 
 /// Is this Consent about this patient (`Consent.patient` references `Patient/{id}`)?

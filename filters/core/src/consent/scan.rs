@@ -221,7 +221,8 @@ impl<'a> Scanner<'a> {
             return None;
         }
         let key = self.string()?;
-        if key == b"security" || key == b"Patient" {
+        // `securityContext`: a Binary judged by another resource's labels and patient.
+        if key == b"security" || key == b"Patient" || key == b"securityContext" {
             return None;
         }
         self.saw_total |= depth == 1 && key == b"total";

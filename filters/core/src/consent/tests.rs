@@ -405,11 +405,11 @@ mod consents {
             json!({"resourceType": "Patient", "id": "p3"}),
         ]);
         assert_eq!(
-            policy(WITH_CONSENTS).patients_needed(&b),
+            policy(WITH_CONSENTS).patients_needed(&b, &|_| None),
             vec!["p1", "p2", "p3"]
         );
         assert!(
-            policy(LABELS).patients_needed(&b).is_empty(),
+            policy(LABELS).patients_needed(&b, &|_| None).is_empty(),
             "not without consents configured"
         );
     }
@@ -1230,5 +1230,153 @@ mod host_decisions {
             "the gateway's own refusal is PHI-free and passes"
         );
         assert!(!reduces_error(200, true) && !reduces_error(304, true));
+    }
+}
+
+/// Issue 15, class 6: a Binary is as sensitive as its security context.
+mod binaries_are_judged_by_their_security_context {
+    use super::*;
+
+    const POLICY: &str = r#"{"labels": [{"codes": ["R"], "allowPurposes": ["TREAT"], "action": "drop"}],
+        "consents": {"cluster": "c", "path": "/fhir/Consent"},
+        "currentResource": {"cluster": "c", "path": "/fhir"}}"#;
+
+    fn binary(context: Value) -> Value {
+        json!({"resourceType": "Binary", "id": "b1", "contentType": "text/plain", "data": "c2VjcmV0", "securityContext": context})
+    }
+
+    fn document(labels: &[&str], patient: &str) -> Value {
+        json!({"resourceType": "DocumentReference", "id": "d1", "status": "current",
+            "meta": {"security": labels.iter().map(|c| json!({"code": c})).collect::<Vec<_>>()},
+            "subject": {"reference": format!("Patient/{patient}")}})
+    }
+
+    fn judge(
+        p: &ConsentPolicy,
+        response: &Value,
+        context: Option<&Value>,
+        purpose: Option<&'static str>,
+        deny: &[Value],
+    ) -> (bool, Report) {
+        let mut report = Report::default();
+        let consents = |_: &str| Consents::Known(deny);
+        let contexts = |r: &str| match context {
+            Some(c) if r == "DocumentReference/d1" => SecurityContext::Known(c),
+            _ => SecurityContext::Unavailable,
+        };
+        let known = Known {
+            consents: &consents,
+            contexts: &contexts,
+        };
+        let filtered = p.filter_known(
+            response.clone(),
+            &caller(purpose),
+            true,
+            &known,
+            &mut report,
+        );
+        (matches!(filtered, Filtered::Refused(_)), report)
+    }
+
+    #[test]
+    fn the_context_is_read_and_its_labels_and_patient_decide() {
+        let p = policy(POLICY);
+        let b = binary(json!({"reference": "DocumentReference/d1"}));
+        assert_eq!(
+            p.contexts_needed(&b),
+            vec!["DocumentReference/d1".to_string()]
+        );
+        assert_eq!(
+            p.context_path("DocumentReference/d1").as_deref(),
+            Some("/fhir/DocumentReference/d1")
+        );
+        let restricted = document(&["R"], "p1");
+        assert_eq!(
+            p.patients_needed(&b, &|_| Some(&restricted)),
+            vec!["p1".to_string()]
+        );
+        let (withheld, report) = judge(&p, &b, Some(&restricted), None, &[]);
+        assert!(withheld);
+        assert_eq!(report.withheld.get("label-withheld"), Some(&1));
+        assert!(
+            !judge(&p, &b, Some(&restricted), Some("TREAT"), &[]).0,
+            "a treating caller sees it"
+        );
+        assert!(!judge(&p, &b, Some(&document(&[], "p1")), None, &[]).0);
+        let deny = vec![json!({"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"code": "patient-privacy"}]},
+            "patient": {"reference": "Patient/p1"}, "provision": {"type": "deny"}})];
+        let (withheld, report) = judge(&p, &b, Some(&document(&[], "p1")), None, &deny);
+        assert!(withheld, "the context's patient's Consent denies");
+        assert_eq!(report.withheld.get("consent-denied"), Some(&1));
+    }
+
+    #[test]
+    fn a_context_that_cannot_be_read_withholds_the_binary() {
+        let p = policy(POLICY);
+        for context in [
+            json!({"reference": "DocumentReference/d1"}),
+            json!({"reference": "https://elsewhere/fhir/DocumentReference/d1"}),
+            json!({"reference": "#contained"}),
+            json!({"identifier": {"value": "x"}}),
+            json!({"reference": "NotAType/d1"}),
+        ] {
+            let (withheld, report) = judge(&p, &binary(context.clone()), None, Some("TREAT"), &[]);
+            assert!(withheld, "{context}");
+            assert_eq!(
+                report.withheld.get("binary-context-unavailable"),
+                Some(&1),
+                "{context}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_binary_without_a_context_or_with_a_patient_context_needs_no_read() {
+        let p = policy(POLICY);
+        let plain = json!({"resourceType": "Binary", "id": "b1", "contentType": "text/plain"});
+        assert!(p.contexts_needed(&plain).is_empty());
+        assert!(!judge(&p, &plain, None, None, &[]).0);
+        let patients = binary(json!({"reference": "Patient/p1"}));
+        assert!(p.contexts_needed(&patients).is_empty());
+        assert_eq!(
+            p.patients_needed(&patients, &|_| None),
+            vec!["p1".to_string()]
+        );
+        assert!(!judge(&p, &patients, None, None, &[]).0);
+        assert!(
+            policy("{}")
+                .contexts_needed(&binary(json!({"reference": "DocumentReference/d1"})))
+                .is_empty(),
+            "nothing restricts: nothing to read"
+        );
+        let in_bundle = searchset(vec![binary(json!({"reference": "DocumentReference/d1"}))]);
+        assert_eq!(
+            p.contexts_needed(&in_bundle).len(),
+            1,
+            "Binaries in a Bundle too"
+        );
+    }
+
+    #[test]
+    fn a_security_context_is_never_released_by_the_byte_scan() {
+        let p = policy(POLICY);
+        let b = serde_json::to_vec(&binary(json!({"reference": "DocumentReference/d1"}))).unwrap();
+        assert_eq!(
+            p.fast_path(&b, &|_| Some(Consents::Known(&[]))),
+            FastPath::Parse
+        );
+    }
+
+    #[test]
+    fn a_context_read_must_be_the_resource_referenced() {
+        let p = policy(POLICY);
+        let doc = serde_json::to_vec(&document(&[], "p1")).unwrap();
+        assert!(p.read_context("DocumentReference/d1", 200, &doc).is_some());
+        assert!(p.read_context("DocumentReference/d2", 200, &doc).is_none());
+        assert!(p.read_context("DocumentReference/d1", 404, &doc).is_none());
+        assert!(p
+            .read_context("DocumentReference/d1", 200, b"nope")
+            .is_none());
     }
 }

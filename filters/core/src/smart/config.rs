@@ -129,6 +129,28 @@ pub struct CurrentResourceConfig {
     pub timeout_ms: u64,
 }
 
+impl CurrentResourceConfig {
+    /// Refuses a source that cannot be fetched from, naming `field`'s members.
+    pub fn check(&self, field: &str) -> Result<(), ConfigError> {
+        if self.cluster.is_empty() {
+            return Err(ConfigError::new(format!("{field}.cluster"), "is required"));
+        }
+        if !self.path.starts_with('/') || self.path.ends_with('/') {
+            return Err(ConfigError::new(
+                format!("{field}.path"),
+                "must start with / and not end with one, e.g. /fhir",
+            ));
+        }
+        if !(1..=30_000).contains(&self.timeout_ms) {
+            return Err(ConfigError::new(
+                format!("{field}.timeoutMs"),
+                "must be between 1 and 30000",
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn default_fhir_authority() -> String {
     "fhir".into()
 }
@@ -544,21 +566,7 @@ impl AuthzConfig {
         let current_resource = match &self.current_resource {
             None => None,
             Some(c) => {
-                if c.cluster.is_empty() {
-                    return Err(ConfigError::new("currentResource.cluster", "is required"));
-                }
-                if !c.path.starts_with('/') || c.path.ends_with('/') {
-                    return Err(ConfigError::new(
-                        "currentResource.path",
-                        "must start with / and not end with one, e.g. /fhir",
-                    ));
-                }
-                if !(1..=30_000).contains(&c.timeout_ms) {
-                    return Err(ConfigError::new(
-                        "currentResource.timeoutMs",
-                        "must be between 1 and 30000",
-                    ));
-                }
+                c.check("currentResource")?;
                 Some(c.clone())
             }
         };
