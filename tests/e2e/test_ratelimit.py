@@ -128,6 +128,13 @@ class TestBreakGlass:
             tid, status, _, body = create(stack, token, {"x-break-glass": bg})
             assert (status, outcome_reason(body)) == (403, reason), reason
             assert received(stack, tid) == []
+        # Issue 15, class 7: an access token naming no user never carries anyone's break-glass
+        # (this gateway's issuer config already requires `sub`; the rate-limit filter refuses
+        # the pair on its own too, natively tested).
+        anonymous = stack.token("system/Patient.cruds", sub=None, client_id="etl-no-user")
+        tid, status, _, body = create(stack, anonymous, {"x-break-glass": stack.break_glass_token(user)})
+        assert (status, outcome_reason(body)) in ((401, "token-missing-claim"), (403, "break-glass-user-mismatch"))
+        assert received(stack, tid) == []
 
     def test_a_client_cannot_forge_the_emergency_mark(self, stack):
         token = user_token(stack, fresh_user())

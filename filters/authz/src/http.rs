@@ -554,8 +554,13 @@ impl HttpContext for AuthzFilter {
         };
         let status = self
             .get_http_response_header(":status")
-            .and_then(|s| s.parse().ok())
+            .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
+        // The consent filter (nearer the upstream) may have refused the answer already: its
+        // refusal is the gateway's own, PHI-free, and keeps its reason.
+        if status >= 400 && fhirgate_proxy::refused_by_gateway() {
+            return Action::Continue;
+        }
         let body = self
             .get_http_response_body(0, body_size)
             .unwrap_or_default();

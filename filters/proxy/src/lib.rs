@@ -276,6 +276,15 @@ pub fn set_reason(reason: &str) {
     let _ = hostcalls::set_property(vec![REASON_PROPERTY], Some(reason.as_bytes()));
 }
 
+/// Whether a fhirgate filter already refused this request or its response (its reason is
+/// set): such an answer is the gateway's own and PHI-free.
+pub fn refused_by_gateway() -> bool {
+    hostcalls::get_property(vec![REASON_PROPERTY])
+        .ok()
+        .flatten()
+        .is_some_and(|v| !v.is_empty())
+}
+
 /// A property Envoy serialises as a little-endian 64-bit integer (`response.code`,
 /// `request.time`, `request.duration`).
 pub fn property_u64(path: Vec<&str>) -> Option<u64> {

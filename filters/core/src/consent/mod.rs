@@ -941,3 +941,7 @@ fn for_each_resource(value: &Value, f: &mut dyn FnMut(&Value)) {
 #[cfg(test)]
 #[path = "tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "property_tests.rs"]
+mod property_tests;
