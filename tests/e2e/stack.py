@@ -480,24 +480,18 @@ class Stack:
 
     def put_upstream(self, resource: dict) -> int:
         """Writes a resource straight into the FHIR server (not through the gateway): test data."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.fhir_port, timeout=30)
-        try:
-            conn.request("PUT", f"{UPSTREAM_BASE}/{resource['resourceType']}/{resource['id']}", body=json.dumps(resource).encode(),
-                         headers={"content-type": "application/fhir+json"})
-            resp = conn.getresponse()
-            resp.read()
-            return resp.status
-        finally:
-            conn.close()
+        return self._send_upstream("PUT", f"{UPSTREAM_BASE}/{resource['resourceType']}/{resource['id']}", resource)
 
     def transaction_upstream(self, resources: list) -> int:
         """Writes resources straight into the FHIR server in one transaction (PUT each)."""
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
             {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}} for r in resources]}
-        conn = http.client.HTTPConnection("127.0.0.1", self.fhir_port, timeout=120)
+        return self._send_upstream("POST", UPSTREAM_BASE, bundle, timeout=120)
+
+    def _send_upstream(self, method: str, path: str, body: dict, timeout: int = 30) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", self.fhir_port, timeout=timeout)
         try:
-            conn.request("POST", UPSTREAM_BASE, body=json.dumps(bundle).encode(),
-                         headers={"content-type": "application/fhir+json"})
+            conn.request(method, path, body=json.dumps(body).encode(), headers={"content-type": "application/fhir+json"})
             resp = conn.getresponse()
             resp.read()
             return resp.status

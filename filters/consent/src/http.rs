@@ -264,6 +264,24 @@ impl ConsentFilter {
     }
 }
 
+/// Reads a resource from the FHIR server (`currentResource`): the call's token, None when it
+/// could not start.
+fn read_resource(
+    ctx: &dyn Context,
+    source: &fhirgate_core::smart::config::CurrentResourceConfig,
+    path: &str,
+) -> Option<u32> {
+    fhirgate_proxy::dispatch_get(
+        ctx,
+        &source.cluster,
+        &source.authority,
+        path,
+        "application/fhir+json",
+        Duration::from_millis(source.timeout_ms),
+    )
+    .ok()
+}
+
 /// Counts what the core did to one response (reason codes only).
 fn count_report(report: &Report) {
     for (reason, n) in &report.withheld {
@@ -400,16 +418,9 @@ impl ConsentFilter {
             settled: false,
         };
         if let (Some(path), Some(source)) = (path, shared.policy.config.current_resource.as_ref()) {
-            match fhirgate_proxy::dispatch_get(
-                self,
-                &source.cluster,
-                &source.authority,
-                &path,
-                "application/fhir+json",
-                Duration::from_millis(source.timeout_ms),
-            ) {
-                Ok(token) => held.current_call = Some(token),
-                Err(_) => held.current = Some((0, Vec::new())),
+            match read_resource(self, source, &path) {
+                Some(token) => held.current_call = Some(token),
+                None => held.current = Some((0, Vec::new())),
             }
         }
         self.held_request = Some(held);
@@ -517,15 +528,7 @@ impl ConsentFilter {
         let source = shared.policy.config.current_resource.as_ref();
         for reference in contexts {
             let started = match (source, shared.policy.context_path(&reference)) {
-                (Some(source), Some(path)) => fhirgate_proxy::dispatch_get(
-                    self,
-                    &source.cluster,
-                    &source.authority,
-                    &path,
-                    "application/fhir+json",
-                    Duration::from_millis(source.timeout_ms),
-                )
-                .ok(),
+                (Some(source), Some(path)) => read_resource(self, source, &path),
                 _ => None,
             };
             match started {
