@@ -134,6 +134,16 @@ impl ConsentPolicy {
                     needs_current(false)
                 }
             }
+            // `$meta` on a type or the system lists every label in use: whether withheld data
+            // exists, as a label search would tell.
+            Some(Interaction::OperationType | Interaction::OperationSystem)
+                if acting.operation == Some("$meta") =>
+            {
+                RequestCheck::Refuse(forbidden(
+                    "label-search-not-permitted",
+                    "the labels in use include those of resources the consent policies withhold",
+                ))
+            }
             _ => RequestCheck::Pass,
         }
     }

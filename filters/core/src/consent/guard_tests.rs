@@ -132,6 +132,18 @@ mod on_the_request {
             ("transaction", None, Box::new(|c| *c == RequestCheck::Body)),
             ("batch", None, Box::new(|c| *c == RequestCheck::Body)),
         ];
+        let listing = |interaction: &'static str| Acting {
+            resource_type: None,
+            id: None,
+            ..acting(interaction, Some("$meta"))
+        };
+        for interaction in ["operation-type", "operation-system"] {
+            let got = p.check_request(&listing(interaction), &c);
+            assert!(
+                refused("label-search-not-permitted")(&got),
+                "{interaction} $meta: {got:?}"
+            );
+        }
         for (interaction, op, expect) in rows {
             let got = p.check_request(&acting(interaction, op), &c);
             assert!(expect(&got), "{interaction} {op:?}: {got:?}");
