@@ -30,6 +30,19 @@ struct Asked {
     write: bool,
 }
 
+impl Asked {
+    /// The caller as the core sees it, at `now` (RFC 3339).
+    fn caller<'a>(&'a self, now: &'a str) -> Caller<'a> {
+        Caller {
+            subject: self.subject.as_deref(),
+            client_id: self.client_id.as_deref(),
+            purpose: self.purpose.as_deref(),
+            break_glass: self.break_glass,
+            now,
+        }
+    }
+}
+
 /// A request held until the consent policies can decide it: a batch for its body, a write,
 /// delete or instance operation for its current resource (and its body).
 struct HeldRequest {
@@ -142,10 +155,7 @@ impl ConsentFilter {
         let now = self.now();
         let cache = shared.cache.borrow();
         let unavailable = &self.unavailable;
-        let lookup = |patient: &str| match cache.get(patient, now) {
-            Some(list) if !unavailable.contains(patient) => Consents::Known(list),
-            _ => Consents::Unavailable,
-        };
+        let lookup = |patient: &str| cache.consents(patient, now, unavailable);
         let response = match held {
             Held::Parsed(response) => Ok(response),
             Held::Raw(body) => {
@@ -157,13 +167,7 @@ impl ConsentFilter {
             }
         };
         let now_text = rfc3339(now);
-        let caller = Caller {
-            subject: asked.subject.as_deref(),
-            client_id: asked.client_id.as_deref(),
-            purpose: asked.purpose.as_deref(),
-            break_glass: asked.break_glass,
-            now: &now_text,
-        };
+        let caller = asked.caller(&now_text);
         let mut report = Report::default();
         let contexts = &self.contexts;
         let context = |reference: &str| match contexts.get(reference) {
@@ -439,16 +443,12 @@ impl ConsentFilter {
         if held.settled || held.awaiting_body || held.current_call.is_some() {
             return Action::Pause;
         }
-        let asked = self.asked.as_ref();
+        let Some(asked) = self.asked.as_ref() else {
+            return reject(FILTER, &Rejection::not_configured(FILTER));
+        };
         let now = self.now();
         let now_text = rfc3339(now);
-        let caller = Caller {
-            subject: asked.and_then(|a| a.subject.as_deref()),
-            client_id: asked.and_then(|a| a.client_id.as_deref()),
-            purpose: asked.and_then(|a| a.purpose.as_deref()),
-            break_glass: asked.is_some_and(|a| a.break_glass),
-            now: &now_text,
-        };
+        let caller = asked.caller(&now_text);
         let policy = &shared.policy;
         let decision = if held.bundle {
             policy
@@ -459,13 +459,14 @@ impl ConsentFilter {
             let (status, body) = held.current.as_ref().map_or((0, &[][..]), |(s, b)| (*s, b));
             let current = policy.read_current(&acting, status, body);
             let cache = shared.cache.borrow();
-            let missing: Vec<String> = current
-                .as_ref()
-                .map(|c| policy.patients_of_current(c))
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| cache.get(p, now).is_none() && !self.unavailable.contains(p))
-                .collect();
+            let missing = cache.missing(
+                current
+                    .as_ref()
+                    .map(|c| policy.patients_of_current(c))
+                    .unwrap_or_default(),
+                now,
+                &self.unavailable,
+            );
             if !missing.is_empty() {
                 drop(cache);
                 if let Some(rejection) = policy.too_many_patients(missing.len()) {
@@ -478,10 +479,7 @@ impl ConsentFilter {
                 return self.advance_request();
             }
             let unavailable = &self.unavailable;
-            let lookup = |patient: &str| match cache.get(patient, now) {
-                Some(list) if !unavailable.contains(patient) => Consents::Known(list),
-                _ => Consents::Unavailable,
-            };
+            let lookup = |patient: &str| cache.consents(patient, now, unavailable);
             let write = held
                 .body
                 .as_deref()
@@ -555,14 +553,14 @@ impl ConsentFilter {
         let now = self.now();
         let missing: Vec<String> = match self.held.as_ref() {
             Some((Held::Parsed(response), _)) => {
-                let cache = shared.cache.borrow();
                 let contexts = &self.contexts;
-                shared
-                    .policy
-                    .patients_needed(response, &|r| contexts.get(r).and_then(Option::as_ref))
-                    .into_iter()
-                    .filter(|p| cache.get(p, now).is_none())
-                    .collect()
+                shared.cache.borrow().missing(
+                    shared
+                        .policy
+                        .patients_needed(response, &|r| contexts.get(r).and_then(Option::as_ref)),
+                    now,
+                    &self.unavailable,
+                )
             }
             _ => Vec::new(),
         };
@@ -637,13 +635,7 @@ impl HttpContext for ConsentFilter {
             .get(":path")
             .and_then(|p| p.split_once('?'))
             .map_or("", |(_, q)| q);
-        let caller = Caller {
-            subject: asked.subject.as_deref(),
-            client_id: asked.client_id.as_deref(),
-            purpose: asked.purpose.as_deref(),
-            break_glass: asked.break_glass,
-            now: "",
-        };
+        let caller = asked.caller("");
         let acting = Acting {
             interaction,
             operation: h.get(headers::OPERATION),
@@ -800,12 +792,11 @@ impl HttpContext for ConsentFilter {
                             self.held = Some((Held::Parsed(response), body_size));
                             return self.fetch_contexts(&shared, contexts, body_size);
                         }
-                        let missing = shared
-                            .policy
-                            .patients_needed(&response, &|_| None)
-                            .into_iter()
-                            .filter(|p| cache.get(p, now).is_none())
-                            .collect();
+                        let missing = cache.missing(
+                            shared.policy.patients_needed(&response, &|_| None),
+                            now,
+                            &self.unavailable,
+                        );
                         (Held::Parsed(response), missing)
                     }
                     Err(rejection) => {

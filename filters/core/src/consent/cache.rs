@@ -4,8 +4,10 @@
 
 use super::config::ConsentSourceConfig;
 use super::provision::is_privacy_consent;
+use super::Consents;
 use crate::bounded::BoundedMap;
 use serde_json::Value;
+use std::collections::HashSet;
 
 /// The search path for these patients' active Consents, one OR-list search (ids are valid
 /// FHIR ids, checked when they were read from references, so they need no escaping).
@@ -203,6 +205,28 @@ impl ConsentCache {
             .map(|(list, _)| list.as_slice())
     }
 
+    /// Of `patients`, those whose Consents must still be fetched: not cached, and not already
+    /// failed for this request (`unavailable`).
+    pub fn missing(
+        &self,
+        patients: Vec<String>,
+        now: i64,
+        unavailable: &HashSet<String>,
+    ) -> Vec<String> {
+        patients
+            .into_iter()
+            .filter(|p| self.get(p, now).is_none() && !unavailable.contains(p))
+            .collect()
+    }
+
+    /// A patient's Consents for the filter: known when cached and not failed for this request.
+    pub fn consents(&self, patient: &str, now: i64, unavailable: &HashSet<String>) -> Consents<'_> {
+        match self.get(patient, now) {
+            Some(list) if !unavailable.contains(patient) => Consents::Known(list),
+            _ => Consents::Unavailable,
+        }
+    }
+
     pub fn insert(&mut self, patient: &str, consents: Vec<Value>, now: i64) {
         self.entries.insert(patient.to_string(), (consents, now));
     }
@@ -372,6 +396,28 @@ mod tests {
                 String::from_utf8_lossy(&body)
             );
         }
+    }
+
+    #[test]
+    fn a_patient_failed_for_this_request_is_neither_fetched_again_nor_known() {
+        let mut c = ConsentCache::new(4, 10);
+        c.insert("cached", vec![privacy("a")], 100);
+        let failed: HashSet<String> = ["failed".to_string()].into();
+        let asked = vec![
+            "cached".to_string(),
+            "failed".to_string(),
+            "new".to_string(),
+        ];
+        assert_eq!(c.missing(asked, 105, &failed), vec!["new".to_string()]);
+        assert!(matches!(c.consents("cached", 105, &failed), Consents::Known(l) if l.len() == 1));
+        assert!(matches!(
+            c.consents("failed", 105, &failed),
+            Consents::Unavailable
+        ));
+        assert!(
+            matches!(c.consents("cached", 110, &failed), Consents::Unavailable),
+            "expired"
+        );
     }
 
     #[test]
