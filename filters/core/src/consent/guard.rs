@@ -224,8 +224,8 @@ impl ConsentPolicy {
 
     /// Decides a write, delete or instance operation on the fetched current resource
     /// (`status` 0 when the fetch failed) and, for an update or patch, the request body.
-    /// `Ok(Some(version))`: go on, and make the write conditional on that version (`If-Match`)
-    /// so that what the server changes is what was checked.
+    /// `Ok(Some(version))`: go on, and make the update, patch or delete conditional on that
+    /// version (`If-Match`) so that what the server changes is what was checked.
     pub fn decide_current<'c>(
         &self,
         acting: &Acting,
@@ -251,10 +251,16 @@ impl ConsentPolicy {
         };
         // As stored: the judging below may label or redact its copy.
         let before = current.clone();
+        // Only a change is pinned to the version checked; an operation is a read of it.
+        let changes = matches!(
+            interaction,
+            Some(Interaction::Update | Interaction::Patch | Interaction::Delete)
+        );
         let version = current
             .get("meta")
             .and_then(|m| m.get("versionId"))
             .and_then(Value::as_str)
+            .filter(|_| changes)
             .map(str::to_string);
         let mut report = super::Report::default();
         // A Binary's context is not read before a write: it is withheld, so not changed.

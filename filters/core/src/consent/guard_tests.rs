@@ -431,6 +431,18 @@ mod on_the_current_resource {
         let p = policy(POLICY);
         let got = decide(&p, "delete", obs(&[], "p1"), None, &caller(None, None));
         assert_eq!(got, Ok(Some("3".to_string())));
+        let got = decide(
+            &p,
+            "operation-instance",
+            obs(&[], "p1"),
+            None,
+            &caller(None, None),
+        );
+        assert_eq!(
+            got,
+            Ok(None),
+            "an operation reads the resource: no If-Match"
+        );
     }
 
     #[test]
