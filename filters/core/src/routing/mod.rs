@@ -135,8 +135,39 @@ impl Interaction {
         }
     }
 
+    /// The interaction a `x-fhirgate-interaction` value names ([`Self::name`]'s inverse; a
+    /// match, not a scan: three filters ask it on every request).
     pub fn from_name(name: &str) -> Option<Interaction> {
-        Interaction::ALL.iter().copied().find(|i| i.name() == name)
+        Some(match name {
+            "read" => Interaction::Read,
+            "vread" => Interaction::Vread,
+            "update" => Interaction::Update,
+            "conditional-update" => Interaction::ConditionalUpdate,
+            "patch" => Interaction::Patch,
+            "conditional-patch" => Interaction::ConditionalPatch,
+            "delete" => Interaction::Delete,
+            "conditional-delete" => Interaction::ConditionalDelete,
+            "history-instance" => Interaction::HistoryInstance,
+            "history-type" => Interaction::HistoryType,
+            "history-system" => Interaction::HistorySystem,
+            "create" => Interaction::Create,
+            "conditional-create" => Interaction::ConditionalCreate,
+            "search-type" => Interaction::SearchType,
+            "search-system" => Interaction::SearchSystem,
+            "search-compartment" => Interaction::SearchCompartment,
+            "capabilities" => Interaction::Capabilities,
+            "batch" => Interaction::Batch,
+            "transaction" => Interaction::Transaction,
+            "operation-system" => Interaction::OperationSystem,
+            "operation-type" => Interaction::OperationType,
+            "operation-instance" => Interaction::OperationInstance,
+            "smart-configuration" => Interaction::SmartConfiguration,
+            "cds-discovery" => Interaction::CdsDiscovery,
+            "cds-service" => Interaction::CdsService,
+            "cds-feedback" => Interaction::CdsFeedback,
+            "passthrough" => Interaction::Passthrough,
+            _ => return None,
+        })
     }
 
     /// False for the non-FHIR kinds (CDS Hooks, passthrough), which have no patient or pool rule.
