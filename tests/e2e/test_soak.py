@@ -150,7 +150,10 @@ def test_mixed_traffic_keeps_memory_flat_answers_right_and_audits_every_request(
     assert all(r["5xx"] == 0 for r in results.values()), results
     assert all(r.get("errored", 0) == 0 and r.get("timeout", 0) == 0 for r in results.values()), results
     a, s, u, rl, c, g = (results[k] for k in ("allowed", "refused-scope", "unauthenticated", "rate-limited", "consent", "break-glass"))
-    assert a["done"] > 0 and a["2xx"] == a["done"], a
+    # On a failure, say which consent reasons withheld what (counters carry reason codes only).
+    _, consent_stats = http_get(stack.admin_port, "/stats?filter=fhirgate.consent.(withheld|consent_cache)")
+    withheld = {k: v for k, v in re.findall(r"(\S+): (\d+)", consent_stats.decode()) if v != "0"}
+    assert a["done"] > 0 and a["2xx"] == a["done"], (a, withheld)
     assert s["done"] > 0 and s["4xx"] == s["done"], s
     assert u["done"] > 0 and u["4xx"] == u["done"], u
     assert rl["2xx"] > 0 and rl["4xx"] > 0 and rl["2xx"] + rl["4xx"] == rl["done"], rl

@@ -107,6 +107,10 @@ pub struct ConsentFilter {
     status: u16,
     /// An upstream error whose body is replaced by its status alone.
     reducing: bool,
+    /// When the request (or then the response) began to be decided: cached Consents are judged
+    /// as of then, so one whose TTL runs out while another patient's are fetched still counts
+    /// (it would otherwise be unknown, and its patient's resources withheld).
+    as_of: i64,
 }
 
 impl ConsentFilter {
@@ -124,6 +128,7 @@ impl ConsentFilter {
             reading: false,
             status: 0,
             reducing: false,
+            as_of: 0,
         }
     }
 
@@ -153,9 +158,10 @@ impl ConsentFilter {
             return;
         };
         let now = self.now();
+        let as_of = self.as_of;
         let cache = shared.cache.borrow();
         let unavailable = &self.unavailable;
-        let lookup = |patient: &str| cache.consents(patient, now, unavailable);
+        let lookup = |patient: &str| cache.consents(patient, as_of, unavailable);
         let response = match held {
             Held::Parsed(response) => Ok(response),
             Held::Raw(body) => {
@@ -428,6 +434,7 @@ impl ConsentFilter {
             }
         }
         self.held_request = Some(held);
+        self.as_of = self.now();
         self.advance_request()
     }
 
@@ -446,8 +453,8 @@ impl ConsentFilter {
         let Some(asked) = self.asked.as_ref() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
-        let now = self.now();
-        let now_text = rfc3339(now);
+        let now_text = rfc3339(self.now());
+        let now = self.as_of;
         let caller = asked.caller(&now_text);
         let policy = &shared.policy;
         let decision = if held.bundle {
@@ -550,7 +557,7 @@ impl ConsentFilter {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
-        let now = self.now();
+        let now = self.as_of;
         let missing: Vec<String> = match self.held.as_ref() {
             Some((Held::Parsed(response), _)) => {
                 let contexts = &self.contexts;
@@ -597,7 +604,11 @@ impl ConsentFilter {
             }
             _ => {
                 count(FILTER, "consent_cache", "fetch_failed");
-                log::warn!("{FILTER}: Consent fetch failed (status {status:?})");
+                log::warn!(
+                    "{FILTER}: Consent fetch failed (status {status:?}, {} body bytes, {} patients)",
+                    body.len(),
+                    patients.len()
+                );
                 self.unavailable.extend(patients);
             }
         }
@@ -770,7 +781,8 @@ impl HttpContext for ConsentFilter {
                 return Action::Continue;
             }
         };
-        let now = self.now();
+        self.as_of = self.now();
+        let now = self.as_of;
         // Which patients' Consents are missing: from a byte scan when it settles the question,
         // else from the parsed response.
         let (held, missing) = {

@@ -197,7 +197,9 @@ impl ConsentCache {
         }
     }
 
-    /// The patient's Consents if fetched less than the TTL ago.
+    /// The patient's Consents if fetched less than the TTL before `now`. A response is judged
+    /// as of when it arrived: an entry fetched after that (for this response) counts, and one
+    /// that expires while others are fetched still counts.
     pub fn get(&self, patient: &str, now: i64) -> Option<&[Value]> {
         self.entries
             .get(patient)
@@ -418,6 +420,28 @@ mod tests {
             matches!(c.consents("cached", 110, &failed), Consents::Unavailable),
             "expired"
         );
+    }
+
+    #[test]
+    fn a_response_is_judged_as_of_when_it_arrived() {
+        let mut c = ConsentCache::new(4, 10);
+        c.insert("old", vec![], 100);
+        let arrived = 109;
+        // Another patient's fetch answers after `old` has expired by the clock.
+        c.insert("new", vec![], 111);
+        let none = HashSet::new();
+        assert!(matches!(
+            c.consents("old", arrived, &none),
+            Consents::Known(_)
+        ));
+        assert!(matches!(
+            c.consents("new", arrived, &none),
+            Consents::Known(_)
+        ));
+        assert!(matches!(
+            c.consents("old", 111, &none),
+            Consents::Unavailable
+        ));
     }
 
     #[test]
