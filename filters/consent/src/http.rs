@@ -2,7 +2,7 @@
 //! Consents it needs, and sends what the core leaves of it.
 
 use crate::root::{Shared, FILTER};
-use fhirgate_core::consent::cache::{read_search_for, search_path, SearchAnswer};
+use fhirgate_core::consent::cache::{read_search_for, retries_fetch, search_path, SearchAnswer};
 use fhirgate_core::consent::guard::{Acting, RequestCheck};
 use fhirgate_core::consent::{
     filters_interaction, is_single_read, is_write, keeps_committed_write, reduces_error, rfc3339,
@@ -370,12 +370,12 @@ impl Context for ConsentFilter {
         let status: Option<u16> = self
             .get_http_call_response_header(":status")
             .and_then(|s| s.parse().ok());
-        // A transport failure or a 5xx is tried once more (another endpoint, most likely)
-        // before the patients' resources are withheld.
-        if attempt == 0 && status.is_none_or(|s| s >= 500) {
+        // A transport failure or a 5xx is tried again (another endpoint, most likely) before
+        // the patients' resources are withheld.
+        if retries_fetch(attempt, status) {
             if let Some(shared) = self.shared.clone() {
                 count(FILTER, "consent_cache", "fetch_retried");
-                self.fetch(&shared, patients, 1);
+                self.fetch(&shared, patients, attempt + 1);
                 if !self.fetches.is_empty() {
                     return;
                 }
@@ -600,7 +600,7 @@ impl ConsentFilter {
             }
             (SearchAnswer::AskEachAlone(patients), Some(shared)) => {
                 count(FILTER, "consent_cache", "fetch_split");
-                self.fetch_in(&shared, patients, 1, 1);
+                self.fetch_in(&shared, patients, 1, 0);
             }
             _ => {
                 count(FILTER, "consent_cache", "fetch_failed");

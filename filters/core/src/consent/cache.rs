@@ -25,6 +25,17 @@ pub fn search_path(source: &ConsentSourceConfig, patients: &[String]) -> String 
 /// [`read_search`]), so a page holds far more than the few Consents a patient has.
 const PAGE: usize = 1000;
 
+/// How often one Consent search is sent before its patients are unknown: as often as the
+/// gateway's routes try a request (`num_retries: 2`), since an endpoint that just went down
+/// may still be picked by a worker that has not heard it yet.
+pub const FETCH_ATTEMPTS: u8 = 3;
+
+/// Whether a Consent search's answer (`status` None: a transport failure) after `attempt`
+/// (from 0) is worth sending again: a transport failure or a 5xx, within [`FETCH_ATTEMPTS`].
+pub fn retries_fetch(attempt: u8, status: Option<u16>) -> bool {
+    attempt + 1 < FETCH_ATTEMPTS && status.is_none_or(|s| s >= 500)
+}
+
 /// What one Consent search answered, for the patients it asked about.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SearchAnswer {
@@ -420,6 +431,24 @@ mod tests {
             matches!(c.consents("cached", 110, &failed), Consents::Unavailable),
             "expired"
         );
+    }
+
+    #[test]
+    fn a_failed_search_is_sent_three_times_in_all() {
+        for (attempt, status, again) in [
+            (0, None, true),
+            (1, Some(503), true),
+            (2, Some(503), false),
+            (0, Some(200), false),
+            (0, Some(404), false),
+            (1, Some(500), true),
+        ] {
+            assert_eq!(
+                retries_fetch(attempt, status),
+                again,
+                "{attempt} {status:?}"
+            );
+        }
     }
 
     #[test]
