@@ -291,15 +291,12 @@ impl ConsentPolicy {
             {
                 let patch: Option<json_patch::Patch> = serde_json::from_slice(body).ok();
                 match patch {
-                    Some(patch) => {
-                        let mut patched = before.clone();
-                        if json_patch::patch(&mut patched, &patch).is_err() {
-                            // It does not apply to what the caller may see whole: the server
-                            // refuses it too, and its answer reveals nothing withheld.
-                            return Ok(version);
-                        }
-                        Some(patched)
-                    }
+                    Some(patch) => match crate::fhir::patched(&before, &patch) {
+                        Some(patched) => Some(patched),
+                        // It does not apply to what the caller may see whole: the server
+                        // refuses it too, and its answer reveals nothing withheld.
+                        None => return Ok(version),
+                    },
                     None => None,
                 }
             }

@@ -356,6 +356,14 @@ mod on_the_current_resource {
                 &plain,
                 "ok",
             ),
+            // json-patch's undo of this failed patch panics: here it simply does not apply.
+            (
+                "patch",
+                obs(&[], "p1"),
+                Some((br#"[{"op": "replace", "path": "/valueString", "value": "v"}, {"op": "add", "path": "/meta/security", "value": "v"}, {"op": "move", "from": "/valueString", "path": "/meta/security/0"}]"#, patch)),
+                &plain,
+                "ok",
+            ),
             // FHIRPath Patch is not applied here: whether it relabels cannot be seen.
             (
                 "patch",

@@ -170,6 +170,19 @@ pub const COMPARTMENT_TYPES: &[&str] = &[
 
 /// The canonical `&'static str` for an R4 resource type name, or None if R4 has no such type.
 /// Case-sensitive, as FHIR is.
+/// `resource` with a JSON Patch applied, None when the patch does not apply. Applied to a copy
+/// that is dropped on failure: json-patch's own `patch` undoes a failed patch in place and
+/// panics when the undo itself fails, which a crafted patch makes happen (replace, add, then a
+/// move onto what the add created: found by the consent property test).
+pub fn patched(
+    resource: &serde_json::Value,
+    patch: &json_patch::Patch,
+) -> Option<serde_json::Value> {
+    let mut copy = resource.clone();
+    json_patch::patch_unsafe(&mut copy, patch).ok()?;
+    Some(copy)
+}
+
 pub fn resource_type(name: &str) -> Option<&'static str> {
     R4_RESOURCE_TYPES
         .binary_search(&name)

@@ -1311,12 +1311,11 @@ impl AuthzPolicy {
                 else {
                     return AuthzDecision::Deny(deny::not_confinable());
                 };
-                let mut patched = current.clone();
-                if json_patch::patch(&mut patched, &patch).is_err() {
+                let Some(patched) = crate::fhir::patched(current, &patch) else {
                     // A failed `test` or a bad path: the server would refuse it too, but its
                     // answer could tell a value; fhirgate answers alike for every failure.
                     return AuthzDecision::Deny(deny::patch_refused());
-                }
+                };
                 let keeps_identity = patched.get("resourceType") == current.get("resourceType")
                     && patched.get("id") == current.get("id");
                 if keeps_identity && belongs_to_patient(&patched, patient) {

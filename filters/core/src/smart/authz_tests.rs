@@ -570,6 +570,16 @@ mod bodies_and_responses {
                     mine.clone(),
                     ("allow", "scope"),
                 ),
+                // json-patch's undo of this failed patch panics (found by the consent property
+                // test): refused like any patch that does not apply, never a crash.
+                (
+                    json!([{"op": "replace", "path": "/valueString", "value": "v"},
+                           {"op": "add", "path": "/meta/security", "value": "v"},
+                           {"op": "move", "from": "/valueString", "path": "/meta/security/0"}]),
+                    json!({"resourceType": "Observation", "id": "a", "subject": {"reference": "Patient/123"},
+                           "valueString": "x", "meta": {"versionId": "1"}}),
+                    ("deny", "patch-not-applicable"),
+                ),
             ];
             for (patch, current, expected) in cases {
                 let out = write(
