@@ -223,7 +223,7 @@ def with_tls(text: str, certs: pathlib.Path, internal_port: int, replica_port: i
     """TLS on the public listener; a second, internal listener on `internal_port` that requires
     a client certificate from the CA (its URI SAN selects the authorization filter's trust
     zone); mutual TLS to the FHIR clusters; with `replica_port`, a second FHIR server endpoint,
-    active health checks and least-request balancing."""
+    active health checks and round-robin balancing."""
     import copy
     import yaml  # PyYAML, in the project's virtualenv
     bootstrap = yaml.safe_load(text)
@@ -245,7 +245,11 @@ def with_tls(text: str, certs: pathlib.Path, internal_port: int, replica_port: i
             replica = copy.deepcopy(endpoints[0])
             replica["endpoint"]["address"]["socket_address"]["port_value"] = replica_port
             endpoints.append(replica)
-            cluster["lb_policy"] = "LEAST_REQUEST"
+            # Round robin, not least-request: until a worker hears that a replica went down, a
+            # dead endpoint has no requests in flight, so least-request sends every side call
+            # (a Consent search while the request itself waits on the live replica) to it, retry
+            # after retry; round robin alternates.
+            cluster["lb_policy"] = "ROUND_ROBIN"
             # With two replicas one down is half the cluster: without this Envoy's panic mode
             # would spread requests over the dead one too.
             cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
@@ -275,7 +279,7 @@ def main(argv=None) -> int:
     ap.add_argument("--consent", type=pathlib.Path, help="JSON object of consent settings laid over consent.json")
     ap.add_argument("--audit", type=pathlib.Path, help="JSON object of audit settings laid over audit.json (the chain key)")
     ap.add_argument("--tls", type=pathlib.Path, metavar="CERTS", help="TLS, an internal mTLS listener (INTERNAL_PORT) and upstream mTLS, certificates from CERTS")
-    ap.add_argument("--fhir-replica", type=int, metavar="PORT", help="with --tls: a second FHIR endpoint, health checks, least-request balancing")
+    ap.add_argument("--fhir-replica", type=int, metavar="PORT", help="with --tls: a second FHIR endpoint, health checks, round-robin balancing")
     ap.add_argument("--lds", type=pathlib.Path, help="put the listeners in this LDS file Envoy watches (hot reload)")
     ap.add_argument("--global-ratelimit", action="store_true", help="add Envoy's global rate-limit filter and its service cluster")
     args = ap.parse_args(argv)
