@@ -15,11 +15,11 @@ PORT      ?= 8080
 help:
 	@echo "make run     start the demo gateway (Envoy + fhirgate + a FHIR server with example data)"
 	@echo "make test    build everything and run every test (native, clippy, end-to-end)"
-	@echo "make wasm    build the filters into $(WASM_DIR)/"
+	@echo "make wasm    build the module into $(WASM_DIR)/fhirgate.wasm"
 	@echo "make soak    ten minutes of mixed traffic through the chain (SOAK_SECONDS)"
 	@echo "make fuzz    fuzz the core, FUZZ_SECONDS per target (default 600)"
 	@echo "make bench   measure the filters' cost against Envoy without them"
-	@echo "make images  write each filter as an OCI image for Istio (build/images/)"
+	@echo "make images  write the module as an OCI image for Istio (build/images/)"
 	@echo "make compose render the gateway for docker compose (envoy/compose/compose.yaml)"
 
 # -- toolchain ------------------------------------------------------------------------------
@@ -53,13 +53,11 @@ wasm:
 cli:
 	cargo build -q -p fhirgate-cli
 
-# Each module as an OCI image (Wasm OCI layout, no Docker) in build/images/<filter>,
-# tag $(IMAGE_TAG); prints the manifest and module digests (the module's is a WasmPlugin's sha256).
+# The module as an OCI image (Wasm OCI layout, no Docker) in build/images/fhirgate, tag
+# $(IMAGE_TAG); prints the manifest and module digests (the module's is a WasmPlugin's sha256).
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 images: wasm
-	@for f in routing authz ratelimit consent audit; do \
-	  python3 tools/oci-image.py $(WASM_DIR)/fhirgate_$$f.wasm build/images/$$f --tag $(IMAGE_TAG) --title fhirgate-$$f; \
-	done
+	python3 tools/oci-image.py $(WASM_DIR)/fhirgate.wasm build/images/fhirgate --tag $(IMAGE_TAG) --title fhirgate
 
 # The docker-compose stack's gateway configuration (envoy/compose/compose.yaml mounts it).
 compose: tools

@@ -23,6 +23,9 @@ ratelimit_service cluster ({{RATELIMIT_SERVICE_PORT}}), and sets `enforcement: e
 the --ratelimit file says otherwise: the budget is then one across every replica.
 --lds FILE moves the listeners into FILE, an LDS file Envoy watches: render again into it
 (renames are atomic) and the running Envoy takes the new filter configs and modules.
+--deployment fused (the default) merges neighbouring fhirgate.* filters into one `fhirgate`
+filter whose configuration has each stage's section (one HTTP context per request);
+--deployment five-filter keeps the template's separate filters. Both load the one module.
 {{CONSENT_CONFIG}} is consent.json, with --consent FILE's keys laid over it. {{AUDIT_CONFIG}} is
 audit.json with --audit FILE's keys laid over it: the chain key (`chain: {kid, key}`) is a
 deployment secret and must come from there.
@@ -260,6 +263,63 @@ def with_tls(text: str, certs: pathlib.Path, internal_port: int, replica_port: i
     return yaml.safe_dump(bootstrap, sort_keys=False)
 
 
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+
+def is_fhirgate_filter(entry: dict) -> bool:
+    return entry.get("name", "").startswith("fhirgate.") and entry.get("typed_config", {}).get("@type") == WASM_TYPE
+
+
+def fuse_filters(filters: list) -> list:
+    """Merges each run of neighbouring fhirgate.* filters (one stage each) into one filter of
+    the same module whose configuration holds every stage's section: the stages then run in
+    one HTTP context. A run of one stays as it is."""
+    fused, run = [], []
+
+    def flush():
+        if len(run) == 1:
+            fused.append(run[0])
+        elif run:
+            first = run[0]["typed_config"]["config"]
+            sections = {}
+            for entry in run:
+                sections.update(json.loads(entry["typed_config"]["config"]["configuration"]["value"]))
+            config = {k: v for k, v in first.items() if k not in ("name", "root_id", "configuration", "allow_on_headers_stop_iteration")}
+            name = "fhirgate" if len(run) == 5 else "fhirgate." + "+".join(sections)
+            config = {"name": name, "root_id": name, **config,
+                      "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                        "value": json.dumps(sections, separators=(",", ":"))}}
+            if any(e["typed_config"]["config"].get("allow_on_headers_stop_iteration") for e in run):
+                config["allow_on_headers_stop_iteration"] = True
+            fused.append({"name": name, "typed_config": {"@type": WASM_TYPE, "config": config}})
+        run.clear()
+
+    for entry in filters:
+        if is_fhirgate_filter(entry):
+            run.append(entry)
+        else:
+            flush()
+            fused.append(entry)
+    flush()
+    return fused
+
+
+def with_deployment(text: str, deployment: str) -> str:
+    """`fused`: neighbouring fhirgate filters become one (see fuse_filters); `five-filter`: as
+    the template has them."""
+    if deployment == "five-filter":
+        return text
+    import yaml  # PyYAML, in the project's virtualenv
+    bootstrap = yaml.safe_load(text)
+    for listener in bootstrap["static_resources"]["listeners"]:
+        for chain in listener.get("filter_chains", []):
+            for network_filter in chain.get("filters", []):
+                hcm = network_filter.get("typed_config", {})
+                if "http_filters" in hcm:
+                    hcm["http_filters"] = fuse_filters(hcm["http_filters"])
+    return yaml.safe_dump(bootstrap, sort_keys=False, width=1 << 20)
+
+
 def write_lds(lds_path: pathlib.Path, listeners: list):
     """Writes an LDS resource file atomically (write aside, then rename over)."""
     resources = [{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **l} for l in listeners]
@@ -282,6 +342,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fhir-replica", type=int, metavar="PORT", help="with --tls: a second FHIR endpoint, health checks, round-robin balancing")
     ap.add_argument("--lds", type=pathlib.Path, help="put the listeners in this LDS file Envoy watches (hot reload)")
     ap.add_argument("--global-ratelimit", action="store_true", help="add Envoy's global rate-limit filter and its service cluster")
+    ap.add_argument("--deployment", choices=["fused", "five-filter"], default="fused",
+                    help="fused: one fhirgate filter running every stage (default); five-filter: one filter per stage")
     args = ap.parse_args(argv)
     values = {}
     for item in args.set:
@@ -290,6 +352,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"render.py: --set {item!r} is not NAME=VALUE")
         values[name] = value
     text = render(args.template, values, args.issuers, args.jwt_authn, args.ratelimit, args.global_ratelimit, args.consent, args.audit)
+    text = with_deployment(text, args.deployment)
     if args.tls is not None:
         text = with_tls(text, args.tls.resolve(), int(values["INTERNAL_PORT"]), args.fhir_replica, f"{values['UPSTREAM_BASE']}/metadata")
     if args.lds is not None:

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Writes the Istio WasmPlugin manifests for fhirgate's five filters, one per filter, with
-each filter's configuration (envoy/*.json) as its pluginConfig, so manifests and Envoy configs
-cannot drift (a test regenerates the shipped files and lints every pluginConfig with the
-filters' own config code).
+"""Writes the Istio manifests for fhirgate.wasm, the one module, with each stage's
+configuration (envoy/*.json) as its section, so manifests and Envoy configs cannot drift (a
+test regenerates the shipped files and lints every configuration with the module's own config
+code).
+
+WasmPlugins: one per stage (Istio orders plugins by phase), each the same image configured
+with its stage's section. --envoyfilter: the fused module, every stage in one filter.
 
     .venv/bin/python istio/wasmplugins.py --registry REGISTRY [--tag TAG] [--namespace NS] [--gateway] [--wasm-dir DIR] > out.yaml
 
@@ -48,7 +51,7 @@ def plugin_config(name: str) -> dict:
 
 def manifest(name, phase, priority, args) -> dict:
     spec = {
-        "url": f"oci://{args.registry}/fhirgate-{name}:{args.tag}",
+        "url": f"oci://{args.registry}/fhirgate:{args.tag}",
         "imagePullPolicy": "IfNotPresent",
         "phase": phase,
         "priority": priority,
@@ -57,10 +60,10 @@ def manifest(name, phase, priority, args) -> dict:
         "failStrategy": "FAIL_RELOAD",
         "pluginName": f"fhirgate.{name}",
         "type": "HTTP",
-        "pluginConfig": plugin_config(name),
+        "pluginConfig": {name: plugin_config(name)},
     }
     if args.wasm_dir:
-        spec["sha256"] = hashlib.sha256((args.wasm_dir / f"fhirgate_{name}.wasm").read_bytes()).hexdigest()
+        spec["sha256"] = hashlib.sha256((args.wasm_dir / "fhirgate.wasm").read_bytes()).hexdigest()
     if args.gateway:
         spec["targetRefs"] = [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "fhir-gateway"}]
     else:
@@ -91,28 +94,27 @@ def global_ratelimit_patches(context: str, args) -> list:
 
 
 def envoy_filter(args) -> dict:
-    """The same five filters as one EnvoyFilter (each inserted before the router, in chain
-    order), for where the WasmPlugin API falls short: it cannot set Envoy's
+    """The fused module as one EnvoyFilter (one filter running every stage, inserted before the
+    router), for where the WasmPlugin API falls short: it cannot set Envoy's
     `allow_on_headers_stop_iteration`, without which a filter that holds a request or response
-    head while it reads the body stalls. Modules are read from `--wasm-path` in the proxy
+    head while it reads the body stalls. The module is read from `--wasm-path` in the proxy
     (mounted with the sidecar.istio.io/userVolume and userVolumeMount annotations)."""
     context = "GATEWAY" if args.gateway else "SIDECAR_INBOUND"
-    patches = []
-    for name, _, _ in PLUGINS:
-        config = {"name": f"fhirgate.{name}", "root_id": f"fhirgate.{name}", "failure_policy": "FAIL_RELOAD",
-                  "reload_config": {"backoff": {"base_interval": "0.2s", "max_interval": "10s"}},
-                  "allow_on_headers_stop_iteration": name != "ratelimit",
-                  "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                    "value": json.dumps(plugin_config(name), separators=(",", ":"))},
-                  "vm_config": {"vm_id": "fhirgate", "runtime": "envoy.wasm.runtime.v8",
-                                "code": {"local": {"filename": f"{args.wasm_path}/fhirgate_{name}.wasm"}}}}
-        match = {"context": context, "listener": {"filterChain": {"filter": {
-            "name": "envoy.filters.network.http_connection_manager", "subFilter": {"name": "envoy.filters.http.router"}}}}}
-        if not args.gateway:
-            match["listener"]["portNumber"] = 8080
-        patches.append({"applyTo": "HTTP_FILTER", "match": match, "patch": {"operation": "INSERT_BEFORE", "value": {
-            "name": f"fhirgate.{name}",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config}}}})
+    sections = {name: plugin_config(name) for name, _, _ in PLUGINS}
+    config = {"name": "fhirgate", "root_id": "fhirgate", "failure_policy": "FAIL_RELOAD",
+              "reload_config": {"backoff": {"base_interval": "0.2s", "max_interval": "10s"}},
+              "allow_on_headers_stop_iteration": True,
+              "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                "value": json.dumps(sections, separators=(",", ":"))},
+              "vm_config": {"vm_id": "fhirgate", "runtime": "envoy.wasm.runtime.v8",
+                            "code": {"local": {"filename": f"{args.wasm_path}/fhirgate.wasm"}}}}
+    match = {"context": context, "listener": {"filterChain": {"filter": {
+        "name": "envoy.filters.network.http_connection_manager", "subFilter": {"name": "envoy.filters.http.router"}}}}}
+    if not args.gateway:
+        match["listener"]["portNumber"] = 8080
+    patches = [{"applyTo": "HTTP_FILTER", "match": match, "patch": {"operation": "INSERT_BEFORE", "value": {
+        "name": "fhirgate",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config}}}}]
     if args.global_ratelimit:
         patches += global_ratelimit_patches(context, args)
     spec = {"configPatches": patches}

@@ -243,11 +243,25 @@ def write_summary(figures: dict):
         for line in out.read_text().splitlines():
             if line.strip():
                 record = json.loads(line)
-                lines[record["name"]] = record
+                lines[record.get("name") or "deployment:" + record["deployment"]] = record
     stamp = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%MZ}"
     for name, (value, unit, what) in figures.items():
         lines[name] = {"name": name, "value": round(value, 3), "unit": unit, "what": what, "measured": stamp}
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines.values()))
+
+
+def write_deployments(rows: dict):
+    """bench/summary.jsonl's deployment lines: one per deployment measured in this run,
+    `{"deployment": "none"|"fused"|"five-filter", "added_cpu_us", "throughput_ratio",
+    "rss_one_worker_mib", "date", "commit"}` (RSS added over Envoy alone; Envoy alone's own),
+    replacing the previous run's."""
+    out = ROOT / "bench" / "summary.jsonl"
+    kept = [l for l in out.read_text().splitlines() if l.strip() and "deployment" not in json.loads(l)] if out.exists() else []
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    stamp = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%MZ}"
+    lines = [json.dumps({"deployment": "none" if name == "baseline" else name, **figures, "date": stamp, "commit": commit})
+             for name, figures in rows.items()]
+    out.write_text("".join(l + "\n" for l in kept + lines))
 
 
 def audit_instructions(n: int = 1000) -> float:
@@ -319,7 +333,7 @@ def main() -> int:
     audit["collector"] = {**audit["collector"], "cluster": "origin"}
     configs["AUDIT_CONFIG"] = json.dumps(audit, separators=(",", ":"))
     configs["AUDIT_FC_CONFIG"] = json.dumps({**audit, "failClosed": {"timeoutMs": 2000}}, separators=(",", ":"))
-    config = render_envoy(work / "envoy.yaml", {**ports, **configs, "WASM_DIR": WASM_DIR}, BENCH / "envoy.yaml")
+    config = render_envoy(work / "envoy.yaml", {**ports, **configs, "WASM_DIR": WASM_DIR}, BENCH / "envoy.yaml", deployment="five-filter")
     paths = [l for l in (BENCH / "uris.txt").read_text().splitlines() if l]
     uri_files = {}
     for target in (*TARGETS, "nocache", "fastpath", "ratelimited", "audited", "failclosed"):

@@ -1,20 +1,23 @@
 #!/usr/bin/env python3
-"""`make bench`, second part: the whole five-filter chain against Envoy without filters.
+"""`make bench`, second part: the whole pipeline, fused and as five filters, against Envoy
+without filters.
 
-Three Envoy processes, each `--concurrency 1`: an origin (a real HTTP upstream over loopback,
+Four Envoy processes, each `--concurrency 1`: an origin (a real HTTP upstream over loopback,
 answering FHIR JSON from direct responses: the HL7 example Patient, a searchset of example
 Observations, an empty Consent search, the audit collector's 204), the `baseline` gateway (the
-shipped `envoy/fhirgate.yaml` with the five filters taken out and one route to the FHIR
-cluster) and the `chain` gateway (the shipped chain as rendered for deployment: routing, SMART
-authorization with an inline JWKS and a cached RS256 token, rate limiting with every request
-taking from a bucket, consent filtering with Consents fetched from the origin and cached, audit
-to the origin's collector). h2load (HTTP/1.1, 8 connections, loopback) sends the same request
-mix to both in alternating rounds; CPU per request is the gateway's CPU time (schedstat) over
-the round / requests; p50 latency from h2load's per-request log; RSS after the rounds, and for
-a third chain gateway with two workers. Then one Envoy carries the chain built up filter by
-filter (where the time goes, CPU per request), and one Envoy under callgrind the same up to
-consent, that chain with tokens of 4, 16 and 64 scopes, and with 1 and 1,000 patients' Consents
-cached. Writes bench/chain.md.
+shipped `envoy/fhirgate.yaml` with the fhirgate filters taken out and one route to the FHIR
+cluster), the `fused` gateway (the shipped chain as rendered for deployment: fhirgate.wasm
+running every stage in one filter — routing, SMART authorization with an inline JWKS and a
+cached RS256 token, rate limiting with every request taking from a bucket, consent filtering
+with Consents fetched from the origin and cached, audit to the origin's collector) and the
+`five-filter` gateway (the same stages as five filters of the one module). h2load (HTTP/1.1,
+8 connections, loopback) sends the same request mix to each in alternating rounds; CPU per
+request is the gateway's CPU time (schedstat) over the round / requests; p50 latency from
+h2load's per-request log; RSS after the rounds, and for a fused gateway with two workers. Then
+one Envoy carries the five-filter chain built up filter by filter (where the time goes, CPU
+per request), and one Envoy under callgrind the same, the fused chain, the fused chain with
+tokens of 4, 16 and 64 scopes, and with 1 and 1,000 patients' Consents cached. Writes
+bench/chain.md and the deployments' lines of bench/summary.jsonl.
 """
 import base64
 import datetime
@@ -45,7 +48,8 @@ FILTERS = ["fhirgate.routing", "fhirgate.authz", "fhirgate.ratelimit", "fhirgate
 MIX = ["/fhir/r4/Patient/example", "/fhir/r4/Observation?patient=example&_count=10",
        "/fhir/r4/Observation?patient=example&code=http%3A%2F%2Floinc.org%7C29463-7&_sort=-date",
        "/fhir/r4/Encounter?subject=Patient/example&date=ge2024-01-01", "/fhir/r4/metadata"]
-TARGETS = {"min": 0.65, "cpu_us": 15, "p50_us": 30, "rss_mib_per_worker": 35}
+# Issue 16's targets for the fused pipeline and the five-filter deployment.
+TARGETS = {"min": 0.65, "fused_cpu_us": 40, "five_cpu_us": 120, "rss_mib": 30}
 
 
 def fhir_answers() -> dict:
@@ -87,7 +91,7 @@ def origin_config(port: int, admin: int) -> str:
     return yaml.safe_dump(config)
 
 
-def render_chain(work: pathlib.Path, ports: dict, tokens_dir: pathlib.Path) -> dict:
+def render_chain(work: pathlib.Path, ports: dict, tokens_dir: pathlib.Path, deployment: str) -> dict:
     """The shipped chain, rendered as for a deployment whose every upstream is the origin."""
     issuers = work / "issuers.json"
     issuers.write_text(json.dumps({"issuers": [{"issuer": "https://bench.fhirgate.invalid", "audiences": ["bench"], "algorithms": ["RS256"],
@@ -101,7 +105,8 @@ def render_chain(work: pathlib.Path, ports: dict, tokens_dir: pathlib.Path) -> d
     values = {"ADMIN_PORT": ports["CHAIN_ADMIN"], "LISTEN_ADDRESS": "127.0.0.1", "LISTEN_PORT": ports["CHAIN"],
               "ACCESS_LOG": work / "access.log", "UPSTREAM_BASE": "/fhir", "WASM_DIR": WASM_DIR,
               "ISSUER_PORT": ports["ORIGIN"], "AUDIT_PORT": ports["ORIGIN"], **{key: ports["ORIGIN"] for key in PORT_KEYS.values()}}
-    path = render_envoy(work / "chain-rendered.yaml", values, issuers=issuers, ratelimit=ratelimit, consent=consent, audit=audit)
+    path = render_envoy(work / f"chain-rendered-{deployment}.yaml", values, issuers=issuers, ratelimit=ratelimit, consent=consent,
+                        audit=audit, deployment=deployment)
     return yaml.safe_load(path.read_text())
 
 
@@ -110,16 +115,18 @@ def hcm_of(listener: dict) -> dict:
 
 
 def variant(chain: dict, name: str, port: int, filters: list[str]) -> dict:
-    """A copy of the chain's listener keeping only `filters` (in chain order); with none, one
-    route straight to the FHIR cluster, as an Envoy without fhirgate would have."""
+    """A copy of the chain's listener keeping only `filters` (in chain order; `fhirgate` is the
+    fused filter); with none, one route straight to the FHIR cluster, as an Envoy without
+    fhirgate would have."""
     listener = json.loads(json.dumps(chain["static_resources"]["listeners"][0]))
     listener["name"] = name
     listener["address"]["socket_address"]["port_value"] = port
     hcm = hcm_of(listener)
-    hcm["http_filters"] = [f for f in hcm["http_filters"] if not f["name"].startswith("fhirgate.") or f["name"] in filters]
-    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:  # the marks of the filters left
+    hcm["http_filters"] = [f for f in hcm["http_filters"] if not f["name"].startswith("fhirgate") or f["name"] in filters]
+    stages = set(FILTERS) if "fhirgate" in filters else set(filters)
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:  # the marks of the stages left
         if "filter_state" in route["match"]:
-            route["match"]["filter_state"] = [m for m in route["match"]["filter_state"] if m["key"].removeprefix("wasm.").removesuffix(".passed") in filters]
+            route["match"]["filter_state"] = [m for m in route["match"]["filter_state"] if m["key"].removeprefix("wasm.").removesuffix(".passed") in stages]
     if not filters:
         hcm["route_config"]["virtual_hosts"][0]["routes"] = [
             {"match": {"prefix": "/fhir/r4"}, "route": {"cluster": "fhir_api", "prefix_rewrite": "/fhir", "timeout": "30s"}}]
@@ -196,21 +203,23 @@ def cpu_by_step(chain: dict, work: pathlib.Path, token: str) -> dict:
     return least
 
 
-def callgrind(chain: dict, work: pathlib.Path, tokens: dict) -> dict:
-    """Instructions per request: the chain built up one filter at a time up to consent, then
-    that chain with 16 and 64 scopes, then with CACHED_PATIENTS patients' Consents cached. The
-    audit step is left out: valgrind's address space holds the V8 instances of four modules on
-    the main thread and a worker, not five (Envoy then skips a filter on the worker)."""
-    steps = STEPS[:-1]
-    ports = {name: free_port() for name, _ in steps}
+def callgrind(chain: dict, fused: dict, work: pathlib.Path, tokens: dict) -> dict:
+    """Instructions per request: the five-filter chain built up one filter at a time, the fused
+    chain, then the fused chain with 16 and 64 scopes, then with CACHED_PATIENTS patients'
+    Consents cached. Every filter is the one module, so valgrind's address space holds its VMs
+    (one per thread) where ten different modules' did not fit."""
+    ports = {name: free_port() for name, _ in STEPS}
+    ports["fused"] = free_port()
     admin = free_port()
-    listeners = [variant(chain, name, ports[name], filters) for name, filters in steps]
+    listeners = [variant(chain, name, ports[name], filters) for name, filters in STEPS]
+    listeners.append(variant(fused, "fused", ports["fused"], ["fhirgate"]))
     proc = start("chain-callgrind", gateway(chain, listeners, admin), work, admin, under_callgrind=True)
     pid = str(proc.proc.pid)
     counts = {}
-    runs = [(name, ports[name], MIX, tokens[4] if filters else None) for name, filters in steps]
-    runs += [(f"scopes-{n}", ports["consent"], MIX, tokens[n]) for n in (16, 64)]
-    runs += [("patient-1-cached", ports["consent"], ["/fhir/r4/Patient/p0"], tokens[4])]
+    runs = [(name, ports[name], MIX, tokens[4] if filters else None) for name, filters in STEPS]
+    runs += [("fused", ports["fused"], MIX, tokens[4])]
+    runs += [(f"scopes-{n}", ports["fused"], MIX, tokens[n]) for n in (16, 64)]
+    runs += [("patient-1-cached", ports["fused"], ["/fhir/r4/Patient/p0"], tokens[4])]
     try:
         for _, port, paths, token in runs:  # warm-up: V8 tiers, token and Consent caches
             h2load(port, paths, 300, token, connections=1)
@@ -230,11 +239,14 @@ def callgrind(chain: dict, work: pathlib.Path, tokens: dict) -> dict:
         for run in runs:
             measure(*run)
         # Fill the Consent cache with CACHED_PATIENTS patients, then read the first one again.
-        h2load(ports["consent"], [f"/fhir/r4/Patient/p{i}" for i in range(CACHED_PATIENTS)], CACHED_PATIENTS, tokens[4], connections=1)
-        measure(f"patient-{CACHED_PATIENTS}-cached", ports["consent"], ["/fhir/r4/Patient/p0"], tokens[4])
+        h2load(ports["fused"], [f"/fhir/r4/Patient/p{i}" for i in range(CACHED_PATIENTS)], CACHED_PATIENTS, tokens[4], connections=1)
+        measure(f"patient-{CACHED_PATIENTS}-cached", ports["fused"], ["/fhir/r4/Patient/p0"], tokens[4])
     finally:
         proc.stop()
     return counts
+
+
+DEPLOYMENTS = {"baseline": [], "fused": ["fhirgate"], "five-filter": FILTERS}
 
 
 def main() -> int:
@@ -247,16 +259,19 @@ def main() -> int:
     subprocess.run(["cargo", "build", "-q", "--release", "-p", "fhirgate-core", "--example", "verify_bench"], cwd=ROOT, check=True)
     subprocess.run([str(ROOT / "target" / "release" / "examples" / "verify_bench"), "prepare", str(tokens_dir)], check=True, capture_output=True)
     tokens = {n: (tokens_dir / f"token-scopes-{n}").read_text() for n in (4, 16, 64)}
-    ports = {k: free_port() for k in ("ORIGIN", "ORIGIN_ADMIN", "CHAIN", "CHAIN_ADMIN", "BASELINE", "BASELINE_ADMIN", "CHAIN2", "CHAIN2_ADMIN")}
-    chain = render_chain(work, ports, tokens_dir)
+    ports = {k: free_port() for k in ("ORIGIN", "ORIGIN_ADMIN", "CHAIN", "CHAIN_ADMIN")}
+    chain = render_chain(work, ports, tokens_dir, "five-filter")
+    fused = render_chain(work, ports, tokens_dir, "fused")
     processes = []
     try:
         processes.append(start("origin", origin_config(ports["ORIGIN"], ports["ORIGIN_ADMIN"]), work, ports["ORIGIN_ADMIN"], concurrency=2))
-        baseline = start("baseline", gateway(chain, [variant(chain, "baseline", ports["BASELINE"], [])], ports["BASELINE_ADMIN"]),
-                         work, ports["BASELINE_ADMIN"])
-        full = start("chain", gateway(chain, [variant(chain, "chain", ports["CHAIN"], FILTERS)], ports["CHAIN_ADMIN"]), work, ports["CHAIN_ADMIN"])
-        processes += [baseline, full]
-        gateways = {"baseline": (baseline, ports["BASELINE"], None), "chain": (full, ports["CHAIN"], tokens[4])}
+        gateways = {}
+        for g, filters in DEPLOYMENTS.items():
+            port, admin = free_port(), free_port()
+            source = fused if g == "fused" else chain
+            proc = start(g, gateway(source, [variant(source, g, port, filters)], admin), work, admin)
+            processes.append(proc)
+            gateways[g] = (proc, port, tokens[4] if filters else None)
         for _, port, token in gateways.values():  # warm-up
             h2load(port, MIX, 5000, token)
         results = {g: [] for g in gateways}
@@ -266,13 +281,13 @@ def main() -> int:
                 run = h2load(port, MIX, REQUESTS, token, log=work / f"{g}-{r}.log")
                 run["cpu_us"] = (cpu_ns(proc.proc.pid) - before) / 1000 / REQUESTS
                 results[g].append(run)
-                print(f"{g:9} {run['rps']:8.0f} req/s  {run['cpu_us']:6.1f} µs CPU/req  p50 {run['p50_us']:6.0f} µs", flush=True)
+                print(f"{g:11} {run['rps']:8.0f} req/s  {run['cpu_us']:6.1f} µs CPU/req  p50 {run['p50_us']:6.0f} µs", flush=True)
         rss = {g: rss_mib(proc.proc.pid) for g, (proc, _, _) in gateways.items()}
-        two = start("chain-2-workers", gateway(chain, [variant(chain, "chain2", ports["CHAIN2"], FILTERS)], ports["CHAIN2_ADMIN"]),
-                    work, ports["CHAIN2_ADMIN"], concurrency=2)
+        port, admin = free_port(), free_port()
+        two = start("fused-2-workers", gateway(fused, [variant(fused, "fused2", port, ["fhirgate"])], admin), work, admin, concurrency=2)
         processes.append(two)
-        h2load(ports["CHAIN2"], MIX, 5000, tokens[4])
-        rss["chain-2-workers"] = rss_mib(two.proc.pid)
+        h2load(port, MIX, 5000, tokens[4])
+        rss["fused-2-workers"] = rss_mib(two.proc.pid)
         for p in reversed(processes[1:]):  # the gateways make way for the steps' Envoy
             p.stop()
         del processes[1:]
@@ -282,23 +297,24 @@ def main() -> int:
             p.stop()
     try:
         print("Envoy under callgrind ...", flush=True)
-        ir = callgrind(chain, work, tokens)
+        ir = callgrind(chain, fused, work, tokens)
     finally:
         processes[0].stop()
 
     med = {g: {k: statistics.median(run[k] for run in runs) for k in runs[0]} for g, runs in results.items()}
-    added_cpu = med["chain"]["cpu_us"] - med["baseline"]["cpu_us"]
-    ratio = med["chain"]["rps"] / med["baseline"]["rps"]
-    added_p50 = med["chain"]["p50_us"] - med["baseline"]["p50_us"]
-    per_worker = rss["chain-2-workers"] - rss["chain"]
-    added_rss = rss["chain"] - rss["baseline"]
+    added = {g: med[g]["cpu_us"] - med["baseline"]["cpu_us"] for g in ("fused", "five-filter")}
+    ratio = {g: med[g]["rps"] / med["baseline"]["rps"] for g in ("fused", "five-filter")}
+    added_p50 = {g: med[g]["p50_us"] - med["baseline"]["p50_us"] for g in ("fused", "five-filter")}
+    added_rss = {g: rss[g] - rss["baseline"] for g in ("fused", "five-filter")}
+    per_worker = rss["fused-2-workers"] - rss["fused"]
     us_per_ir = med["baseline"]["cpu_us"] / ir["baseline"]
-    four_ir = ir["consent"] - ir["baseline"]  # callgrind holds four modules' VMs, not five
+    ir_added = {"fused": ir["fused"] - ir["baseline"], "five-filter": ir["audit"] - ir["baseline"]}
     steps = ["routing", "authz", "ratelimit", "consent", "audit"]
     previous = ["baseline", *steps[:-1]]
     verdict = lambda ok: "**meets**" if ok else "**misses**"
-    instructions = lambda s, p: f"{ir[s] - ir[p]:.0f} | {(ir[s] - ir[p]) * us_per_ir:.1f} µs" if s in ir else "not measurable under valgrind | "
-    rows = "\n".join(f"| {s} | {instructions(s, p)} | {step_cpu[s] - step_cpu[p]:+.1f} µs |" for s, p in zip(steps, previous))
+    rows = "\n".join(f"| {s} | {ir[s] - ir[p]:.0f} | {(ir[s] - ir[p]) * us_per_ir:.1f} µs | {step_cpu[s] - step_cpu[p]:+.1f} µs |"
+                     for s, p in zip(steps, previous))
+    scopes64 = ir["scopes-64"] / ir["fused"] - 1
     report = f"""# Whole-chain benchmark
 
 Written by `make bench` (`tools/bench_chain.py`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC).
@@ -307,7 +323,7 @@ Machine: {machine()}.
 
 ## Method
 
-{__doc__.split(chr(10), 2)[2].strip()}
+{__doc__.split(chr(10), 3)[3].strip()}
 
 Each gateway and the origin are separate processes; the gateways' CPU figures exclude the
 origin and h2load, which share the machine's two cores with them (so throughput and latency
@@ -317,61 +333,57 @@ round, {ROUNDS} rounds after a warm-up, medians. Tokens are verified once and th
 
 ## Results
 
-| | Envoy, no filters | five-filter chain | added | target |
+| | Envoy, no filters | fused (one filter) | five filters (one module) | target |
 |---|---|---|---|---|
-| CPU per request (schedstat) | {med['baseline']['cpu_us']:.1f} µs | {med['chain']['cpu_us']:.1f} µs | **+{added_cpu:.1f} µs** | ≤ {TARGETS['cpu_us']} µs: {verdict(added_cpu <= TARGETS['cpu_us'])} |
-| instructions per request (callgrind; routing to consent, see below) | {ir['baseline']:.0f} | {ir['consent']:.0f} | **+{four_ir:.0f}** (≈ {four_ir * us_per_ir:.1f} µs) | |
-| throughput | {med['baseline']['rps']:.0f} req/s | {med['chain']['rps']:.0f} req/s | ratio **{ratio:.2f}** | ≥ {TARGETS['min']}: {verdict(ratio >= TARGETS['min'])} |
-| p50 latency (h2load, {CONNECTIONS} connections) | {med['baseline']['p50_us']:.0f} µs | {med['chain']['p50_us']:.0f} µs | **+{added_p50:.0f} µs** | ≤ {TARGETS['p50_us']} µs: {verdict(added_p50 <= TARGETS['p50_us'])} |
-| RSS, one worker | {rss['baseline']:.1f} MiB | {rss['chain']:.1f} MiB | **+{added_rss:.1f} MiB** | |
-| RSS, each further worker (2 workers − 1) | | {rss['chain-2-workers']:.1f} MiB (2 workers) | **+{per_worker:.1f} MiB** | ≤ {TARGETS['rss_mib_per_worker']} MiB: {verdict(per_worker <= TARGETS['rss_mib_per_worker'])} |
+| CPU per request (schedstat) | {med['baseline']['cpu_us']:.1f} µs | {med['fused']['cpu_us']:.1f} µs (**+{added['fused']:.1f}**) | {med['five-filter']['cpu_us']:.1f} µs (**+{added['five-filter']:.1f}**) | fused ≤ +{TARGETS['fused_cpu_us']} µs: {verdict(added['fused'] <= TARGETS['fused_cpu_us'])}; five ≤ +{TARGETS['five_cpu_us']} µs: {verdict(added['five-filter'] <= TARGETS['five_cpu_us'])} |
+| instructions per request (callgrind) | {ir['baseline']:.0f} | {ir['fused']:.0f} (**+{ir_added['fused']:.0f}**, ≈ {ir_added['fused'] * us_per_ir:.1f} µs) | {ir['audit']:.0f} (**+{ir_added['five-filter']:.0f}**, ≈ {ir_added['five-filter'] * us_per_ir:.1f} µs) | |
+| throughput | {med['baseline']['rps']:.0f} req/s | {med['fused']['rps']:.0f} req/s (ratio **{ratio['fused']:.2f}**) | {med['five-filter']['rps']:.0f} req/s (ratio **{ratio['five-filter']:.2f}**) | fused ≥ {TARGETS['min']}: {verdict(ratio['fused'] >= TARGETS['min'])} |
+| p50 latency (h2load, {CONNECTIONS} connections) | {med['baseline']['p50_us']:.0f} µs | {med['fused']['p50_us']:.0f} µs (+{added_p50['fused']:.0f}) | {med['five-filter']['p50_us']:.0f} µs (+{added_p50['five-filter']:.0f}) | |
+| RSS, one worker | {rss['baseline']:.1f} MiB | {rss['fused']:.1f} MiB (**+{added_rss['fused']:.1f}**) | {rss['five-filter']:.1f} MiB (+{added_rss['five-filter']:.1f}) | fused ≤ +{TARGETS['rss_mib']} MiB: {verdict(added_rss['fused'] <= TARGETS['rss_mib'])} |
+| RSS, each further worker (2 workers − 1) | | {rss['fused-2-workers']:.1f} MiB (2 workers): **+{per_worker:.1f} MiB** | | |
 
-### Where the time goes (the chain built up one filter at a time)
+### Where the time goes (the five-filter chain built up one filter at a time)
 
 | filter added | instructions per request (callgrind) | ≈ time | CPU per request (schedstat) |
 |---|---|---|---|
 {rows}
-| **routing to consent** | **{four_ir:.0f}** | **{four_ir * us_per_ir:.1f} µs** | **{step_cpu['consent'] - step_cpu['baseline']:+.1f} µs** |
-| **all five** | | | **{step_cpu['audit'] - step_cpu['baseline']:+.1f} µs** |
+| **all five** | **{ir_added['five-filter']:.0f}** | **{ir_added['five-filter'] * us_per_ir:.1f} µs** | **{step_cpu['audit'] - step_cpu['baseline']:+.1f} µs** |
+| **fused, all five** | **{ir_added['fused']:.0f}** | **{ir_added['fused'] * us_per_ir:.1f} µs** | |
 
 The last column comes from one Envoy (one worker) with a listener per step, {STEP_REQUESTS} requests of
 the mix per step and round, 3 rounds, the least CPU per request of each step: it sees all of
 Envoy's work, the log callback's included, but moves by several µs with the machine's load.
-Under valgrind, V8's address-space reservations for ten VMs (five modules, main thread and
-worker) do not fit: Envoy then cannot create the fifth module's VM on the worker and skips the
-filter there. So callgrind measures the chain up to consent, and the audit filter's share is
-the CPU column's (its instructions in a smaller chain are in `bench/results.md`).
-
 Instructions are turned into time with the baseline gateway's own ratio ({us_per_ir * 1000:.3f} ns per
-instruction). Each filter pays the floor of any proxy-wasm filter (≈ 38,600 instructions,
-≈ 12.5 µs in `bench/results.md`: context creation, a VM call per callback, header copies into
-the VM), so five filters cost about 60 µs before doing any work of their own; the remainder is
-fhirgate's work (parsing, verification-cache lookups, bucket compare-and-swap in shared data,
-the consent byte scan, the audit record and its HMAC).
+instruction). Every filter is the one module, so all of them run in one VM per worker (five
+different modules used to need ten VMs, which did not fit under valgrind).
 
-### Flat in the number of scopes and cached Consents (callgrind, routing to consent)
+### Flat in the number of scopes and cached Consents (callgrind, fused)
 
 | | instructions per request |
 |---|---|
-| token with 4 scopes | {ir['consent']:.0f} |
-| token with 16 scopes | {ir['scopes-16']:.0f} ({(ir['scopes-16'] / ir['consent'] - 1):+.1%}) |
-| token with 64 scopes (the granting ones last) | {ir['scopes-64']:.0f} ({(ir['scopes-64'] / ir['consent'] - 1):+.1%}) |
+| token with 4 scopes | {ir['fused']:.0f} |
+| token with 16 scopes | {ir['scopes-16']:.0f} ({(ir['scopes-16'] / ir['fused'] - 1):+.1%}) |
+| token with 64 scopes (the granting ones last) | {ir['scopes-64']:.0f} ({scopes64:+.1%}; target ≤ +5%: {verdict(scopes64 <= 0.05)}) |
 | Patient read, 1 patient's Consents cached | {ir['patient-1-cached']:.0f} |
 | Patient read, {CACHED_PATIENTS} patients' Consents cached | {ir[f'patient-{CACHED_PATIENTS}-cached']:.0f} ({(ir[f'patient-{CACHED_PATIENTS}-cached'] / ir['patient-1-cached'] - 1):+.1%}) |
 
-Every round (chain / baseline): {"; ".join(f"{c['cpu_us']:.1f}/{b['cpu_us']:.1f} µs, {c['rps']:.0f}/{b['rps']:.0f} rps, p50 {c['p50_us']:.0f}/{b['p50_us']:.0f} µs" for c, b in zip(results['chain'], results['baseline']))}
+Every round (fused / five filters / baseline): {"; ".join(f"{f['cpu_us']:.1f}/{c['cpu_us']:.1f}/{b['cpu_us']:.1f} µs, {f['rps']:.0f}/{c['rps']:.0f}/{b['rps']:.0f} rps" for f, c, b in zip(results['fused'], results['five-filter'], results['baseline']))}
 """
     out = ROOT / "bench" / "chain.md"
     out.write_text(report)
     # The figures other tools read (bench.py's writer: one line per figure, replaced by name).
     sys.path.insert(0, str(ROOT / "tools"))
-    from bench import write_summary
+    from bench import write_deployments, write_summary
     write_summary({
-        "chain.added_instructions": (four_ir, "instructions", "routing to consent per request, cached token, user/ scopes (callgrind)"),
-        "chain.added_cpu_us": (added_cpu, "µs", "five-filter chain minus Envoy alone, CPU per request (schedstat, median of rounds)"),
-        "chain.throughput_ratio": (med["chain"]["rps"] / med["baseline"]["rps"], "ratio", "chain / Envoy alone, requests per second"),
-        "chain.p50_added_us": (med["chain"]["p50_us"] - med["baseline"]["p50_us"], "µs", "p50 latency, chain minus Envoy alone, 8 connections"),
+        "chain.added_instructions": (ir_added["fused"], "instructions", "fused pipeline per request, cached token, user/ scopes (callgrind)"),
+        "chain.five_filter.added_instructions": (ir_added["five-filter"], "instructions", "five filters of the one module per request (callgrind)"),
+        "chain.added_cpu_us": (added["fused"], "µs", "fused pipeline minus Envoy alone, CPU per request (schedstat, median of rounds)"),
+        "chain.throughput_ratio": (ratio["fused"], "ratio", "fused / Envoy alone, requests per second"),
+        "chain.p50_added_us": (added_p50["fused"], "µs", "p50 latency, fused minus Envoy alone, 8 connections"),
     })
+    write_deployments({g: {"added_cpu_us": round(added.get(g, 0.0), 1), "throughput_ratio": round(ratio.get(g, 1.0), 3),
+                           "rss_one_worker_mib": round(rss[g] - (rss["baseline"] if g != "baseline" else 0), 1)}
+                       for g in ("baseline", "fused", "five-filter")})
     print(report)
     return 0
 

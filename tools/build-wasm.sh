@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds every fhirgate filter for wasm32-wasip1 in one cargo invocation (std is built or
-# linked once for all of them) and copies the modules to build/wasm/.
+# Builds fhirgate.wasm (the one module, every stage) for wasm32-wasip1, with any instruments
+# asked for in the same cargo invocation (std is built or linked once), and copies the modules
+# to build/wasm/.
 #
 # Toolchain, in order of preference (FHIRGATE_WASM_TOOLCHAIN=rustup|debian forces one):
 #   1. rustup's wasm32-wasip1 target, installed now if missing and installable;
@@ -8,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FILTERS=(fhirgate-routing fhirgate-authz fhirgate-ratelimit fhirgate-consent fhirgate-audit)
-# Benchmark instruments (fhirgate-bench-floor) are built only when asked for.
+FILTERS=(fhirgate-gateway)
+# Test and benchmark instruments (fhirgate-fault, fhirgate-bench-floor) only when asked for.
 read -r -a extra <<< "${FHIRGATE_EXTRA_FILTERS:-}"
 FILTERS+=("${extra[@]}")
 OUT=build/wasm
@@ -54,6 +55,7 @@ fi
 mkdir -p "$OUT"
 for f in "${FILTERS[@]}"; do
   name=${f//-/_}.wasm
+  [ "$f" = fhirgate-gateway ] && name=fhirgate.wasm
   cp "$dir/$name" "$OUT/$name.tmp" && mv "$OUT/$name.tmp" "$OUT/$name"
   echo "build-wasm: $OUT/$name ($(stat -c %s "$OUT/$name") bytes)" >&2
 done

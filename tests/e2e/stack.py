@@ -31,6 +31,9 @@ EXAMPLES = NODE_MODULES / "hl7.fhir.r4.examples"
 ISSUER_SCRIPT = ROOT / "tests" / "e2e" / "issuer.mjs"
 ENVOY_TEMPLATE = ROOT / "envoy" / "fhirgate.yaml"
 RENDER = ROOT / "envoy" / "render.py"
+# How the stack deploys the module: `fused` (the shipped default) or `five-filter`
+# (FHIRGATE_DEPLOYMENT=five-filter runs the whole suite against the separate filters).
+DEPLOYMENT = os.environ.get("FHIRGATE_DEPLOYMENT", "fused")
 CLI = ROOT / "target" / "debug" / "fhirgate"
 
 # The public FHIR base (routing.json basePath) and the upstream server's own base.
@@ -334,8 +337,8 @@ def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY
                  issuers: pathlib.Path | None = None, jwt_authn: bool = False,
                  ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False,
                  consent: pathlib.Path | None = None, audit: pathlib.Path | None = None,
-                 lds: pathlib.Path | None = None) -> pathlib.Path:
-    args = [sys.executable, str(RENDER), str(template), str(out)]
+                 lds: pathlib.Path | None = None, deployment: str | None = None) -> pathlib.Path:
+    args = [sys.executable, str(RENDER), str(template), str(out), "--deployment", deployment or DEPLOYMENT]
     for k, v in values.items():
         args += ["--set", f"{k}={v}"]
     if issuers is not None:
@@ -693,11 +696,12 @@ class Stack:
         return dict(self.envoy_values(), LISTEN_PORT=listen, ADMIN_PORT=admin, ACCESS_LOG=self.log_dir / f"{name}-access.log")
 
     def render_variant(self, name: str, values: dict, audit: pathlib.Path | None = None, lds: pathlib.Path | None = None,
-                       out: pathlib.Path | None = None, consent: pathlib.Path | None = None) -> pathlib.Path:
+                       out: pathlib.Path | None = None, consent: pathlib.Path | None = None,
+                       deployment: str | None = None) -> pathlib.Path:
         """The chain with this stack's deployment settings, for another Envoy."""
         return render_envoy(out or self.log_dir / f"{name}.yaml", values, issuers=self.log_dir / "issuers.json",
                             ratelimit=self.log_dir / "ratelimit.json", consent=consent or self.log_dir / "consent.json",
-                            audit=audit or self.log_dir / "audit.json", lds=lds)
+                            audit=audit or self.log_dir / "audit.json", lds=lds, deployment=deployment)
 
     def start_variant(self, name: str, audit: pathlib.Path | None = None, lds: pathlib.Path | None = None,
                       consent: pathlib.Path | None = None, concurrency: int = 2, **values) -> tuple[int, int]:
@@ -738,9 +742,8 @@ class Stack:
         return values
 
     def _start_envoy(self):
-        for module in ["fhirgate_routing.wasm", "fhirgate_authz.wasm", "fhirgate_ratelimit.wasm", "fhirgate_consent.wasm", "fhirgate_audit.wasm"]:
-            if not (WASM_DIR / module).exists():
-                raise RuntimeError(f"{WASM_DIR / module} is missing: run `make wasm`")
+        if not (WASM_DIR / "fhirgate.wasm").exists():
+            raise RuntimeError(f"{WASM_DIR / 'fhirgate.wasm'} is missing: run `make wasm`")
         issuers = self.issuers_file()
         ratelimit = self.ratelimit_file()
         consent = self.consent_file()

@@ -31,8 +31,9 @@ def test_the_gateway_configuration_it_mounts_is_valid_and_matches_its_services(t
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
     assert all(s.get("network_mode") == "host" for s in services.values()), "host networking: the config's 127.0.0.1 upstreams hold"
-    rendered = config.read_text()
-    ports = {name: int(m) for name, m in re.findall(r"name: (\w+),\s+connect_timeout.*?port_value: (\d+)", rendered)}
+    rendered = yaml.safe_load(config.read_text())
+    ports = {c["name"]: int(c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"])
+             for c in rendered["static_resources"]["clusters"]}
     assert ports["fhir_api"] == int(services["fhir"]["environment"]["SERVER_PORT"])
     assert ports["token_issuer"] == int(services["issuer"]["command"][2])
     assert ports["audit_collector"] == int(services["audit-collector"]["command"][2])

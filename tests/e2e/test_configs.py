@@ -58,15 +58,19 @@ def test_shipped_envoy_config_passes_envoy_validate(template, tmp_path):
     assert "fhirgate.routing: configuration accepted" in result.stdout + result.stderr
 
 
-def test_every_forwarding_route_requires_the_mark_of_every_fhirgate_filter_in_the_chain(tmp_path):
+@pytest.mark.parametrize("deployment", ["fused", "five-filter"])
+def test_every_forwarding_route_requires_the_mark_of_every_fhirgate_stage_in_the_chain(deployment, tmp_path):
     """Envoy skips a filter whose VM failed to load on a worker; a route that forgot one
-    filter's mark (or a filter added without one) would forward what that filter never saw."""
+    stage's mark (or a stage added without one) would forward what that stage never saw."""
     import yaml
-    rendered = render_envoy(tmp_path / "fhirgate.yaml", PLACEHOLDERS, ENVOY_DIR / "fhirgate.yaml", audit=AUDIT)
+    rendered = render_envoy(tmp_path / "fhirgate.yaml", PLACEHOLDERS, ENVOY_DIR / "fhirgate.yaml", audit=AUDIT, deployment=deployment)
     [listener] = yaml.safe_load(rendered.read_text())["static_resources"]["listeners"]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    marks = {f"wasm.{f['name']}.passed" for f in hcm["http_filters"] if f["name"].startswith("fhirgate.")}
-    assert len(marks) == 5
+    ours = [f for f in hcm["http_filters"] if f["name"].startswith("fhirgate")]
+    assert len(ours) == (1 if deployment == "fused" else 5)
+    stages = [s for f in ours for s in json.loads(f["typed_config"]["config"]["configuration"]["value"])]
+    assert stages == ["routing", "authz", "ratelimit", "consent", "audit"]
+    marks = {f"wasm.fhirgate.{s}.passed" for s in stages}
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     forwarding = [r for r in routes if "route" in r]
     assert forwarding, routes
@@ -88,7 +92,8 @@ def test_envoy_refuses_a_bad_routing_config_naming_the_field(config, field, tmp_
     rendered = render_envoy(tmp_path / "bad.yaml", values, ENVOY_DIR / "fhirgate.yaml", audit=AUDIT)
     result = envoy_validate(rendered)
     assert result.returncode != 0
-    assert f"invalid config at `{field}`" in result.stdout + result.stderr
+    # The module names the field from its configuration's root: the routing section's.
+    assert f"invalid config at `routing.{field}`" in result.stdout + result.stderr
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(config))
     linted = lint(bad)
@@ -107,7 +112,7 @@ def test_envoy_refuses_a_bad_ratelimit_config_naming_the_field(config, field, tm
     rendered = render_envoy(tmp_path / "bad.yaml", PLACEHOLDERS, ENVOY_DIR / "fhirgate.yaml", ratelimit=overlay, audit=AUDIT)
     result = envoy_validate(rendered)
     assert result.returncode != 0
-    assert f"invalid config at `{field}`" in result.stdout + result.stderr
+    assert f"invalid config at `ratelimit.{field}`" in result.stdout + result.stderr
 
 
 def test_the_global_ratelimit_rendering_passes_envoy_validate(tmp_path):

@@ -22,30 +22,32 @@ def http_filters(config: dict) -> list:
     return hcm["typed_config"]["http_filters"]
 
 
-def start_with_fault(stack, name: str) -> tuple[int, int, dict]:
-    """The chain as shipped, with the fault instrument between authorization and rate limiting,
-    under the failure policy the shipped filters have. Returns (listen, admin, that entry)."""
+def start_with_fault(stack, name: str, deployment: str) -> tuple[int, int, dict]:
+    """The chain as deployed, with the fault instrument under the failure policy the shipped
+    filters have: between authorization and rate limiting (five filters) or after the fused
+    filter. Returns (listen, admin, that entry)."""
     listen, admin = free_port(), free_port()
-    path = stack.render_variant(name, stack.variant_values(name, listen, admin))
+    path = stack.render_variant(name, stack.variant_values(name, listen, admin), deployment=deployment)
     config = yaml.safe_load(path.read_text())
     filters = http_filters(config)
     names = [f["name"] for f in filters]
-    shipped = filters[names.index("fhirgate.ratelimit")]["typed_config"]["config"]
+    after = "fhirgate.ratelimit" if deployment == "five-filter" else "envoy.filters.http.router"
+    shipped = filters[names.index("fhirgate.ratelimit" if deployment == "five-filter" else "fhirgate")]["typed_config"]["config"]
     fault = {"name": "test.fault", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
         "config": {k: v for k, v in shipped.items() if k not in ("name", "root_id", "configuration", "vm_config")}
         | {"name": "test.fault", "root_id": "test.fault",
            "vm_config": {"vm_id": "test.fault", "runtime": "envoy.wasm.runtime.v8",
                          "code": {"local": {"filename": str(WASM_DIR / "fhirgate_fault.wasm")}}}}}}
-    filters.insert(names.index("fhirgate.ratelimit"), fault)
+    filters.insert(names.index(after), fault)
     path.write_text(yaml.safe_dump(config))
     stack.run_envoy(name, path, admin, concurrency=1)
     return listen, admin, fault["typed_config"]["config"]
 
 
-@pytest.fixture(scope="module")
-def faulty(stack):
-    return start_with_fault(stack, "envoy-fault")
+@pytest.fixture(scope="module", params=["fused", "five-filter"])
+def faulty(stack, request):
+    return start_with_fault(stack, f"envoy-fault-{request.param}", request.param)
 
 
 def get(stack, port, fault=None, token=None, path=f"{BASE}/Patient/example"):
@@ -92,12 +94,14 @@ def test_a_filter_failing_mid_request_fails_that_request_closed_and_the_vm_is_re
 # -- a filter whose VM cannot be loaded on a worker -------------------------------------------
 def start_with_stand_in(stack, name: str, filter_name: str, fail_on_workers: bool, require_marks: bool = True) -> int:
     """The chain as shipped, one worker, with `filter_name`'s module replaced by the fault
-    instrument standing in for it (marking what it passes as that filter does); with
+    instrument standing in for it (marking what it passes as that filter does; `fhirgate` is
+    the fused filter, every stage, and the others the five-filter deployment's); with
     `fail_on_workers` its configuration fails on the worker, as a VM that cannot be created
     there (memory exhausted) does. `require_marks` False takes the routes' filter-state matchers
     out, to show what Envoy does without them. Returns the listen port."""
     listen, admin = free_port(), free_port()
-    path = stack.render_variant(name, stack.variant_values(name, listen, admin))
+    deployment = "fused" if filter_name == "fhirgate" else "five-filter"
+    path = stack.render_variant(name, stack.variant_values(name, listen, admin), deployment=deployment)
     config = yaml.safe_load(path.read_text())
     filters = http_filters(config)
     [entry] = [f["typed_config"]["config"] for f in filters if f["name"] == filter_name]
@@ -113,7 +117,7 @@ def start_with_stand_in(stack, name: str, filter_name: str, fail_on_workers: boo
     return listen
 
 
-STAND_INS = ["fhirgate.authz", "fhirgate.consent", "fhirgate.audit"]
+STAND_INS = ["fhirgate", "fhirgate.authz", "fhirgate.consent", "fhirgate.audit"]
 
 
 @pytest.mark.parametrize("filter_name", STAND_INS)
@@ -121,7 +125,7 @@ def test_a_filter_that_cannot_load_on_a_worker_stops_every_request_there(stack, 
     """Envoy skips a Wasm filter whose VM failed to load on a worker, whatever its
     failure_policy. The shipped routes need every filter's mark, so the request is answered 503
     filter-unavailable and reaches no upstream; the same stand-in loading everywhere passes."""
-    short = filter_name.removeprefix("fhirgate.")
+    short = filter_name.removeprefix("fhirgate.").replace("fhirgate", "fused")
     failing = start_with_stand_in(stack, f"envoy-unloaded-{short}", filter_name, fail_on_workers=True)
     status, headers, body, seen = get(stack, failing)
     assert (status, reason(body), seen) == (503, "filter-unavailable", [])

@@ -84,4 +84,4 @@ def test_config_and_module_changes_under_load_lose_no_request_and_a_bad_config_i
     wait_until("the refusal", lambda: lds_updates(admin)[1] > rejected, timeout=30)
     assert call(stack, "GET", f"{BASE}/Patient/example", token, port=port)[1] == 200
     assert call(stack, "GET", f"{BASE}/Patient?{six}", token, port=port)[1] == 414, "still the last good configuration"
-    assert b"invalid config at `basePath`" in (stack.log_dir / "envoy-hot.log").read_bytes()
+    assert b"invalid config at `routing.basePath`" in (stack.log_dir / "envoy-hot.log").read_bytes()

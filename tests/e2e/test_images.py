@@ -12,10 +12,10 @@ LAYER = "application/vnd.module.wasm.content.layer.v1+wasm"
 
 
 def test_an_image_pushed_to_a_registry_pulls_back_byte_identical(tmp_path):
-    module = WASM_DIR / "fhirgate_routing.wasm"
+    module = WASM_DIR / "fhirgate.wasm"
     image = tmp_path / "image"
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "oci-image.py"), str(module), str(image), "--tag", "0.1.0",
-                          "--title", "fhirgate-routing"], capture_output=True, text=True, check=True).stdout
+                          "--title", "fhirgate"], capture_output=True, text=True, check=True).stdout
     manifest_digest = out.split(" manifest ")[1].split()[0]
     module_digest = "sha256:" + hashlib.sha256(module.read_bytes()).hexdigest()
     assert out.strip().endswith(f"module {module_digest}")
@@ -26,7 +26,7 @@ def test_an_image_pushed_to_a_registry_pulls_back_byte_identical(tmp_path):
     registry = Process("registry", ["docker-registry", "serve", str(tmp_path / "registry.yml")], tmp_path / "registry.log")
     try:
         wait_until("the registry", lambda: http_get(port, "/v2/")[0] == 200, timeout=30, process=registry)
-        remote = f"docker://127.0.0.1:{port}/fhirgate/fhirgate-routing:0.1.0"
+        remote = f"docker://127.0.0.1:{port}/fhirgate/fhirgate:0.1.0"
         subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{image}:0.1.0", remote], check=True, capture_output=True)
         raw = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw", remote], check=True, capture_output=True).stdout
         manifest = json.loads(raw)

@@ -48,15 +48,18 @@ def test_plugins_run_in_chain_order_and_reload_a_failed_vm(name):
 def test_every_plugin_config_is_accepted_once_the_secrets_are_set(name, tmp_path):
     for d in plugins(name):
         filter_name = d["metadata"]["name"].removeprefix("fhirgate-")
+        # Each plugin is the one module configured with its own stage's section.
+        assert list(d["spec"]["pluginConfig"]) == [filter_name]
         config = tmp_path / f"{filter_name}.json"
         text = json.dumps(d["spec"]["pluginConfig"])
         config.write_text(text.replace("REPLACE_ME", SECRET))
-        result = subprocess.run([str(CLI), "config", "lint", "--filter", filter_name, str(config)], capture_output=True, text=True)
+        result = subprocess.run([str(CLI), "config", "lint", "--filter", "module", str(config)], capture_output=True, text=True)
         assert result.returncode == 0, f"{filter_name}: {result.stderr}"
         if "REPLACE_ME" in text:
             config.write_text(text)
-            result = subprocess.run([str(CLI), "config", "lint", "--filter", filter_name, str(config)], capture_output=True, text=True)
+            result = subprocess.run([str(CLI), "config", "lint", "--filter", "module", str(config)], capture_output=True, text=True)
             assert result.returncode == 2 and "is not base64" in result.stderr, f"{filter_name} refuses the placeholder: {result.stderr}"
+            assert f"`{filter_name}." in result.stderr, f"the refusal names the field from the module's root: {result.stderr}"
 
 
 @pytest.mark.parametrize("name", sorted(FILTER_VARIANTS))
@@ -70,9 +73,12 @@ def test_the_envoyfilter_chain_is_a_valid_envoy_filter_chain(name, tmp_path):
     assert doc["kind"] == "EnvoyFilter"
     patches = json.loads(json.dumps(doc["spec"]["configPatches"]).replace("REPLACE_ME", SECRET).replace("/var/local/fhirgate", str(WASM_DIR)))
     filters = [p["patch"]["value"] for p in patches if p["applyTo"] == "HTTP_FILTER"]
-    ours = [f for f in filters if f["name"].startswith("fhirgate.")]
-    assert [f["name"] for f in ours] == [f"fhirgate.{n}" for n in ORDER]
-    assert all(f["typed_config"]["config"]["failure_policy"] == "FAIL_RELOAD" for f in ours)
+    # The fused module: one filter, every stage's section in pipeline order.
+    [ours] = [f for f in filters if f["name"].startswith("fhirgate")]
+    config = ours["typed_config"]["config"]
+    assert config["failure_policy"] == "FAIL_RELOAD" and config["allow_on_headers_stop_iteration"]
+    sections = json.loads(config["configuration"]["value"])
+    assert list(sections) == ORDER
     assert all(p["patch"]["operation"] == "INSERT_BEFORE" for p in patches if p["applyTo"] == "HTTP_FILTER")
     # Apply the patches as Istio would, to the chain Envoy runs in the tests.
     rendered = yaml.safe_load(render_envoy(tmp_path / "base.yaml", PLACEHOLDERS, ROOT / "envoy" / "fhirgate.yaml", audit=AUDIT).read_text())
@@ -85,7 +91,7 @@ def test_the_envoyfilter_chain_is_a_valid_envoy_filter_chain(name, tmp_path):
             rendered["static_resources"]["clusters"].append(p["patch"]["value"])
     if "global-ratelimit" in name:
         assert [f["name"] for f in filters][-2:] == ["envoy.filters.http.set_filter_state", "envoy.filters.http.ratelimit"]
-        assert json.loads(ours[2]["typed_config"]["config"]["configuration"]["value"])["enforcement"] == "envoy"
+        assert sections["ratelimit"]["enforcement"] == "envoy"
     config = tmp_path / "envoyfilter-chain.yaml"
     config.write_text(yaml.safe_dump(rendered))
     result = envoy_validate(config)

@@ -6,16 +6,15 @@ use crate::root::{Worker, FILTER};
 use fhirgate_core::audit::sink::{content_type, encode};
 use fhirgate_core::audit::{record, Facts};
 use fhirgate_core::outcome::IssueType;
+use fhirgate_core::pipeline::{Flow, Stage};
 use fhirgate_core::ratelimit::filter::host_without_port;
 use fhirgate_core::{headers, Rejection};
 use fhirgate_proxy::{
-    count, mark_passed, property_text, property_u64, reject, RequestHeaders, CONSENT_PROPERTY,
-    REASON_PROPERTY,
+    count, host, mark_passed, property_text, property_u64, reject, RequestHeaders,
+    CONSENT_PROPERTY, REASON_PROPERTY,
 };
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 pub struct AuditFilter {
     worker: Option<Rc<Worker>>,
@@ -42,10 +41,7 @@ impl AuditFilter {
     /// The record of this request as things stand (`status` 0: not answered yet).
     fn facts_record(&self, worker: &Worker, status: u16) -> fhirgate_core::audit::Record {
         let h = RequestHeaders::read();
-        let now_ms = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = host::now_ms();
         let started_ms = property_u64(vec!["request", "time"]).map_or(now_ms, |ns| ns / 1_000_000);
         let duration_ms = property_u64(vec!["request", "duration"])
             .map_or(now_ms.saturating_sub(started_ms), |ns| ns / 1_000_000);
@@ -93,24 +89,17 @@ impl AuditFilter {
     }
 }
 
-impl Context for AuditFilter {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        _body_size: usize,
-        _num_trailers: usize,
-    ) {
+impl Stage for AuditFilter {
+    fn call_response(&mut self, token_id: u32, _body_size: usize) -> Option<Flow> {
         if self.acknowledging != Some(token_id) {
-            return;
+            return None;
         }
         self.acknowledging = None;
-        let acknowledged = self
-            .get_http_call_response_header(":status")
+        let acknowledged = host::call_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .is_some_and(|s| (200..300).contains(&s));
         if acknowledged {
-            self.resume_http_request();
+            Some(Flow::Continue)
         } else {
             count(FILTER, "fail_closed", "refused");
             let rejection = Rejection::new(
@@ -120,13 +109,11 @@ impl Context for AuditFilter {
                 "the audit record could not be stored; nothing was forwarded",
             )
             .with_header("retry-after", "1");
-            reject(FILTER, &rejection);
+            Some(reject(FILTER, &rejection))
         }
     }
-}
 
-impl HttpContext for AuditFilter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn request_headers(&mut self, _end_of_stream: bool) -> Flow {
         let Some(worker) = self.worker.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
@@ -136,7 +123,7 @@ impl HttpContext for AuditFilter {
             worker.policy.config.fail_closed.as_ref(),
             worker.policy.config.collector.as_ref(),
         ) else {
-            return Action::Continue;
+            return Flow::Continue;
         };
         let mut access = self.facts_record(&worker, 0);
         access.phase = "access".into();
@@ -150,16 +137,15 @@ impl HttpContext for AuditFilter {
             (":authority", c.authority.as_str()),
             ("content-type", content_type(c.format)),
         ];
-        match self.dispatch_http_call(
+        match host::dispatch(
             &c.cluster,
             call_headers,
             Some(&body),
-            vec![],
             Duration::from_millis(fail_closed.timeout_ms),
         ) {
             Ok(token) => {
                 self.acknowledging = Some(token);
-                Action::Pause
+                Flow::Pause
             }
             Err(status) => {
                 log::warn!("{FILTER}: access record call could not start: {status:?}");
@@ -177,44 +163,39 @@ impl HttpContext for AuditFilter {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let status = self
-            .get_http_response_header(":status")
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
+    fn response_headers(&mut self, end_of_stream: bool) -> Flow {
+        let status = host::response_status();
         // The FHIR server's answer, kept: a client that resets before it arrives must not
         // turn a committed write into "status 0, deny" in the record.
         self.upstream_status = status;
         if end_of_stream {
-            return Action::Continue;
+            return Flow::Continue;
         }
         self.reading_error = status >= 400
             && fhirgate_core::audit::reads_error_body(
                 status,
-                self.get_http_response_header("content-type").as_deref(),
-                self.get_http_response_header("content-length").as_deref(),
-                self.get_http_response_header("content-encoding").as_deref(),
+                host::response_header("content-type").as_deref(),
+                host::response_header("content-length").as_deref(),
+                host::response_header("content-encoding").as_deref(),
             );
-        Action::Continue
+        Flow::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
         if !self.reading_error {
-            return Action::Continue;
+            return Flow::Continue;
         }
         if !end_of_stream {
             // Buffered until whole (bounded by the content-length checked on the head).
-            return Action::Pause;
+            return Flow::Pause;
         }
         self.reading_error = false;
-        let body = self
-            .get_http_response_body(0, body_size)
-            .unwrap_or_default();
+        let body = host::response_body(body_size);
         self.upstream_outcome = fhirgate_core::audit::outcome_code(&body);
-        Action::Continue
+        Flow::Continue
     }
 
-    fn on_log(&mut self) {
+    fn log(&mut self) {
         let Some(worker) = self.worker.clone() else {
             return;
         };

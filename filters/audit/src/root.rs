@@ -1,13 +1,12 @@
-//! Root context: compiles the configuration, owns this worker's chain and collector queue, and
+//! Root: compiles the configuration, owns this worker's chain and collector queue, and
 //! flushes the queue on a timer.
 
 use crate::http::AuditFilter;
 use fhirgate_core::audit::chain::Chain;
 use fhirgate_core::audit::sink::{AuditPolicy, Batch, Queue};
 use fhirgate_core::audit::Record;
-use fhirgate_proxy::count;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use fhirgate_core::pipeline::Stage;
+use fhirgate_proxy::{count, host, StageRoot};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -68,11 +67,10 @@ impl AuditRoot {
             (":authority", c.authority.as_str()),
             ("content-type", batch.content_type),
         ];
-        match self.dispatch_http_call(
+        match host::dispatch(
             &c.cluster,
             headers,
             Some(&batch.body),
-            vec![],
             Duration::from_millis(c.timeout_ms),
         ) {
             Ok(token) => self.in_flight = Some(token),
@@ -89,26 +87,19 @@ impl AuditRoot {
     }
 }
 
-impl Context for AuditRoot {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        _body_size: usize,
-        _num_trailers: usize,
-    ) {
+impl StageRoot for AuditRoot {
+    fn call_response(&mut self, token_id: u32, _body_size: usize) -> bool {
         if self.in_flight != Some(token_id) {
-            return;
+            return false;
         }
         self.in_flight = None;
         let Some(worker) = self.worker.clone() else {
-            return;
+            return true;
         };
         let Some(c) = worker.policy.config.collector.as_ref() else {
-            return;
+            return true;
         };
-        let ok = self
-            .get_http_call_response_header(":status")
+        let ok = host::call_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .is_some_and(|s| (200..300).contains(&s));
         if !ok {
@@ -125,11 +116,10 @@ impl Context for AuditRoot {
                 self.send(batch);
             }
         }
+        true
     }
-}
 
-impl RootContext for AuditRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+    fn configure(&mut self, config: &[u8]) -> bool {
         fhirgate_proxy::declare(
             FILTER,
             &[
@@ -142,11 +132,11 @@ impl RootContext for AuditRoot {
                 ("denied", ""),
             ],
         );
-        let Some(policy) = fhirgate_proxy::load_config(self, FILTER, AuditPolicy::from_json) else {
+        let Some(policy) = fhirgate_proxy::load_config(config, FILTER, AuditPolicy::from_json)
+        else {
             return false;
         };
-        let started = self
-            .get_current_time()
+        let started = host::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         // One stream per worker VM and configuration: the start time in nanoseconds tells
@@ -158,9 +148,6 @@ impl RootContext for AuditRoot {
             policy.chain_key.clone(),
         );
         let capacity = policy.config.collector.as_ref().map_or(0, |c| c.queue_size);
-        if let Some(c) = &policy.config.collector {
-            self.set_tick_period(Duration::from_millis(c.flush_interval_ms));
-        }
         self.worker = Some(Rc::new(Worker {
             policy,
             chain: RefCell::new(chain),
@@ -169,7 +156,13 @@ impl RootContext for AuditRoot {
         true
     }
 
-    fn on_tick(&mut self) {
+    fn tick_period(&self) -> Option<Duration> {
+        let worker = self.worker.as_ref()?;
+        let c = worker.policy.config.collector.as_ref()?;
+        Some(Duration::from_millis(c.flush_interval_ms))
+    }
+
+    fn tick(&mut self) {
         let Some(worker) = self.worker.clone() else {
             return;
         };
@@ -186,11 +179,7 @@ impl RootContext for AuditRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(AuditFilter::new(self.worker.clone())))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn create(&self) -> Box<dyn Stage> {
+        Box::new(AuditFilter::new(self.worker.clone()))
     }
 }

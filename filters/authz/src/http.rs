@@ -1,13 +1,12 @@
 //! Per-request context: carries the core's steps (head, request body, response body), and
 //! pauses a request whose signing key is unknown while the issuer's JWKS is fetched once.
 
-use crate::root::{dispatch_jwks_fetch, finish_jwks_fetch, now_of, FILTER};
+use crate::root::{dispatch_jwks_fetch, finish_jwks_fetch, FILTER};
+use fhirgate_core::pipeline::{Flow, Stage};
 use fhirgate_core::routing::RequestHead;
 use fhirgate_core::smart::filter::{AuthzFilterPolicy, AuthzRuntime, Exchange, Step};
 use fhirgate_core::Rejection;
-use fhirgate_proxy::{mark_passed, reject, set_routing_headers, RequestHeaders, SharedData};
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use fhirgate_proxy::{host, mark_passed, reject, set_routing_headers, RequestHeaders, SharedData};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -82,7 +81,7 @@ impl AuthzFilter {
 
     /// Applies a step, turning a key refresh that cannot happen (or did not find the key)
     /// into the core's refusal for it.
-    fn settle(&mut self, step: Step, authorization: Option<&str>) -> Action {
+    fn settle(&mut self, step: Step, authorization: Option<&str>) -> Flow {
         let step = match (step, &self.runtime, &self.exchange) {
             (Step::RefreshKeys, Some(runtime), Some(exchange)) => {
                 runtime.borrow().unknown_key_step(authorization, exchange)
@@ -92,19 +91,19 @@ impl AuthzFilter {
         self.apply(step)
     }
 
-    fn apply(&mut self, step: Step) -> Action {
+    fn apply(&mut self, step: Step) -> Flow {
         match step {
             Step::Allow { headers, path } => {
                 mark_passed(FILTER);
                 self.set_zone_purpose();
                 if let Some(path) = path {
-                    self.set_http_request_header(":path", Some(&path));
+                    host::set_request_header(":path", Some(&path));
                     fhirgate_proxy::count(FILTER, "allowed", "narrowed");
                 } else {
                     fhirgate_proxy::count(FILTER, "allowed", "");
                 }
                 set_routing_headers(&headers);
-                Action::Continue
+                Flow::Continue
             }
             Step::Deny(rejection) => {
                 // The audit filter records who was refused, when the token verified.
@@ -118,13 +117,13 @@ impl AuthzFilter {
             }
             Step::WaitRequestBody => {
                 self.awaiting_request_body = true;
-                Action::Pause
+                Flow::Pause
             }
             Step::WaitResponseBody { headers, path } => {
                 mark_passed(FILTER);
                 self.set_zone_purpose();
                 if let Some(path) = path {
-                    self.set_http_request_header(":path", Some(&path));
+                    host::set_request_header(":path", Some(&path));
                     fhirgate_proxy::count(FILTER, "allowed", "narrowed");
                 }
                 set_routing_headers(&headers);
@@ -134,10 +133,10 @@ impl AuthzFilter {
                     .iter()
                     .chain(&["accept-encoding"])
                 {
-                    self.set_http_request_header(name, None);
+                    host::set_request_header(name, None);
                 }
                 self.holding_response = true;
-                Action::Continue
+                Flow::Continue
             }
             // Only returned for a held response.
             Step::Reduce(rejection) => reject(FILTER, &rejection),
@@ -157,7 +156,7 @@ impl AuthzFilter {
                 fhirgate_proxy::count(FILTER, "report_only", reason);
                 mark_passed(FILTER);
                 set_routing_headers(&headers);
-                Action::Continue
+                Flow::Continue
             }
             // Settled before apply (see `settle`).
             Step::RefreshKeys => reject(FILTER, &Rejection::not_configured(FILTER)),
@@ -176,9 +175,9 @@ impl AuthzFilter {
         let Some(name) = runtime.policy.zone_purpose_header(exchange) else {
             return;
         };
-        let value = self.get_http_request_header(name);
+        let value = host::request_header(name);
         if let Some((header, code)) = runtime.policy.zone_purpose(exchange, value.as_deref()) {
-            self.set_http_request_header(header, Some(&code));
+            host::set_request_header(header, Some(&code));
         }
     }
 
@@ -189,8 +188,8 @@ impl AuthzFilter {
         event: &'static str,
         (passed, refused): (&'static str, &'static str),
         decide: impl FnOnce(&AuthzFilterPolicy, &mut Exchange, i64) -> Step,
-    ) -> Action {
-        let now = now_of(self);
+    ) -> Flow {
+        let now = host::now_secs();
         let (Some(runtime), Some(exchange)) = (self.runtime.clone(), self.exchange.as_mut()) else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
@@ -208,8 +207,8 @@ impl AuthzFilter {
     }
 
     /// Reads the resource a write changes through the `currentResource` cluster; the request
-    /// waits for [`Context::on_http_call_response`].
-    fn fetch_current(&mut self, path: &str) -> Action {
+    /// waits for [`Stage::call_response`].
+    fn fetch_current(&mut self, path: &str) -> Flow {
         let source = self
             .runtime
             .as_ref()
@@ -219,7 +218,6 @@ impl AuthzFilter {
         };
         let timeout = Duration::from_millis(source.timeout_ms);
         match fhirgate_proxy::dispatch_get(
-            self,
             &source.cluster,
             &source.authority,
             path,
@@ -228,7 +226,7 @@ impl AuthzFilter {
         ) {
             Ok(token) => {
                 self.current_call = Some(token);
-                Action::Pause
+                Flow::Pause
             }
             Err(_) => {
                 fhirgate_proxy::count(FILTER, "current_resource", "unavailable");
@@ -239,8 +237,7 @@ impl AuthzFilter {
 
     /// The mTLS peer's URI SAN, which selects the trust zone.
     fn peer_uri_san(&self) -> Option<String> {
-        self.get_property(vec!["connection", "uri_san_peer_certificate"])
-            .and_then(|b| String::from_utf8(b).ok())
+        fhirgate_proxy::property_text(vec!["connection", "uri_san_peer_certificate"])
             .filter(|s| !s.is_empty())
     }
 
@@ -252,7 +249,7 @@ impl AuthzFilter {
         head: &RequestHead,
         authorization: Option<&str>,
         forwarded: Option<&str>,
-    ) -> Action {
+    ) -> Flow {
         let held = HeldHead {
             method: head.method.to_string(),
             path: head.path.to_string(),
@@ -266,16 +263,16 @@ impl AuthzFilter {
             peer: self.peer_uri_san(),
         };
         self.waiting = Some((token_id, what, held));
-        Action::Pause
+        Flow::Pause
     }
 
-    fn decide_body(&mut self, body_size: usize) -> Action {
+    fn decide_body(&mut self, body_size: usize) -> Flow {
         self.awaiting_request_body = false;
         let (Some(runtime), Some(mut exchange)) = (self.runtime.clone(), self.exchange.take())
         else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let body = host::request_body(body_size);
         let step = runtime
             .borrow()
             .policy
@@ -283,40 +280,14 @@ impl AuthzFilter {
         self.exchange = Some(exchange);
         self.apply(step)
     }
-
-    /// Replaces a held response with the rejection (headers are still held, so the status
-    /// can change).
-    fn replace_response(&mut self, rejection: &Rejection, body_size: usize) {
-        log::debug!(
-            "{FILTER}: response refused ({} {})",
-            rejection.status,
-            rejection.reason
-        );
-        fhirgate_proxy::set_reason(rejection.reason);
-        self.set_http_response_header(":status", Some(&rejection.status.to_string()));
-        // Nothing that describes the withheld resource stays: its version, date or location.
-        fhirgate_proxy::drop_describing_response_headers();
-        for (name, value) in rejection.response_headers() {
-            self.set_http_response_header(name, Some(&value));
-        }
-        self.set_http_response_body(0, body_size, &rejection.body());
-    }
 }
 
-impl Context for AuthzFilter {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
-        let Some(runtime) = self.runtime.clone() else {
-            return;
-        };
+impl Stage for AuthzFilter {
+    fn call_response(&mut self, token_id: u32, body_size: usize) -> Option<Flow> {
+        let runtime = self.runtime.clone()?;
         if self.current_call == Some(token_id) {
             self.current_call = None;
-            let (status, body) = fhirgate_proxy::call_answer(self, body_size);
+            let (status, body) = fhirgate_proxy::call_answer(body_size);
             let status = status.unwrap_or(0);
             let step = match &self.exchange {
                 Some(exchange) => runtime
@@ -330,22 +301,18 @@ impl Context for AuthzFilter {
                 "current_resource",
                 if status == 200 { "read" } else { "missing" },
             );
-            if self.apply(step) == Action::Continue {
-                self.resume_http_request();
-            }
-            return;
+            return Some(self.apply(step));
         }
-        let Some((token, what, held)) = self.waiting.take() else {
-            return;
-        };
+        let (token, what, held) = self.waiting.take()?;
         if token != token_id {
-            return;
+            self.waiting = Some((token, what, held));
+            return None;
         }
-        let now = now_of(self);
+        let now = host::now_secs();
         match what {
-            Waiting::Jwks(issuer) => finish_jwks_fetch(self, &runtime, issuer, body_size, now),
+            Waiting::Jwks(issuer) => finish_jwks_fetch(&runtime, issuer, body_size, now),
             Waiting::Introspection => {
-                let (status, body) = fhirgate_proxy::call_answer(self, body_size);
+                let (status, body) = fhirgate_proxy::call_answer(body_size);
                 let answer = runtime.borrow_mut().introspected(
                     held.authorization.as_deref(),
                     status,
@@ -358,8 +325,7 @@ impl Context for AuthzFilter {
                     if answer.is_ok() { "active" } else { "refused" },
                 );
                 if let Err(rejection) = answer {
-                    reject(FILTER, &rejection);
-                    return;
+                    return Some(reject(FILTER, &rejection));
                 }
             }
         }
@@ -372,19 +338,15 @@ impl Context for AuthzFilter {
         );
         self.exchange = Some(exchange);
         let (size, complete) = self.held_body;
-        let action = match self.settle(step, held.authorization.as_deref()) {
+        let flow = match self.settle(step, held.authorization.as_deref()) {
             // The body arrived while the key was fetched: decide on it now.
-            Action::Pause if self.awaiting_request_body && complete => self.decide_body(size),
+            Flow::Pause if self.awaiting_request_body && complete => self.decide_body(size),
             other => other,
         };
-        if action == Action::Continue {
-            self.resume_http_request();
-        }
+        Some(flow)
     }
-}
 
-impl HttpContext for AuthzFilter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    fn request_headers(&mut self, end_of_stream: bool) -> Flow {
         let Some(runtime) = self.runtime.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
@@ -397,7 +359,7 @@ impl HttpContext for AuthzFilter {
             .jwt_authn_header
             .as_deref()
             .and_then(|h| headers.get(h));
-        let now = now_of(self);
+        let now = host::now_secs();
         let (hits, misses) = {
             let r = runtime.borrow();
             (r.cache.hits, r.cache.misses)
@@ -426,13 +388,7 @@ impl HttpContext for AuthzFilter {
             };
             let pairs: Vec<(&str, &str)> =
                 call_headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            return match self.dispatch_http_call(
-                &cluster,
-                pairs,
-                Some(&body),
-                vec![],
-                INTROSPECTION_TIMEOUT,
-            ) {
+            return match host::dispatch(&cluster, pairs, Some(&body), INTROSPECTION_TIMEOUT) {
                 Ok(token) => self.wait_for(
                     token,
                     Waiting::Introspection,
@@ -458,7 +414,7 @@ impl HttpContext for AuthzFilter {
                 .borrow_mut()
                 .fetch_for_unknown_key(authorization, now);
             if let Some(fetch) = fetch {
-                if let Some(token) = dispatch_jwks_fetch(self, &fetch) {
+                if let Some(token) = dispatch_jwks_fetch(&fetch) {
                     return self.wait_for(
                         token,
                         Waiting::Jwks(fetch.0),
@@ -474,21 +430,21 @@ impl HttpContext for AuthzFilter {
         self.settle(step, authorization)
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
         if self.waiting.is_some() {
             self.held_body = (body_size, end_of_stream);
-            return Action::Pause;
+            return Flow::Pause;
         }
         if !self.awaiting_request_body {
-            return Action::Continue;
+            return Flow::Continue;
         }
         if !end_of_stream {
-            return Action::Pause;
+            return Flow::Pause;
         }
         self.decide_body(body_size)
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    fn response_headers(&mut self, end_of_stream: bool) -> Flow {
         let watched = self
             .exchange
             .as_ref()
@@ -496,75 +452,63 @@ impl HttpContext for AuthzFilter {
         if let (true, Some(runtime), Some(exchange)) =
             (watched, self.runtime.clone(), self.exchange.as_ref())
         {
-            let status = self
-                .get_http_response_header(":status")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let location = self.get_http_response_header("content-location");
-            let now = now_of(self);
+            let status = host::response_status();
+            let location = host::response_header("content-location");
+            let now = host::now_secs();
             let policy = &runtime.borrow().policy;
             if policy.bind_export(exchange, status, location.as_deref(), &mut SharedData, now) {
                 fhirgate_proxy::count(FILTER, "bulk_job", "started");
             }
-            let content_type = self
-                .get_http_response_header("content-type")
-                .unwrap_or_default();
+            let content_type = host::response_header("content-type").unwrap_or_default();
             if policy.reads_manifest(exchange, status, &content_type) && !end_of_stream {
                 self.reading_manifest = true;
-                return Action::Pause;
+                return Flow::Pause;
             }
         }
         if self.holding_response && !end_of_stream {
             // Held until the body shows whose resource this is.
-            return Action::Pause;
+            return Flow::Pause;
         }
-        Action::Continue
+        Flow::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
         if self.reading_manifest {
             if !end_of_stream {
-                return Action::Pause;
+                return Flow::Pause;
             }
             self.reading_manifest = false;
-            let body = self
-                .get_http_response_body(0, body_size)
-                .unwrap_or_default();
+            let body = host::response_body(body_size);
             if let (Some(runtime), Some(exchange)) = (self.runtime.clone(), self.exchange.as_ref())
             {
                 let bound = runtime.borrow().policy.bind_manifest(
                     exchange,
                     &body,
                     &mut SharedData,
-                    now_of(self),
+                    host::now_secs(),
                 );
                 log::debug!("{FILTER}: bound {bound} bulk file URLs");
             }
-            return Action::Continue;
+            return Flow::Continue;
         }
         if !self.holding_response {
-            return Action::Continue;
+            return Flow::Continue;
         }
         if !end_of_stream {
-            return Action::Pause;
+            return Flow::Pause;
         }
         self.holding_response = false;
         let (Some(runtime), Some(exchange)) = (self.runtime.clone(), self.exchange.as_ref()) else {
-            return Action::Continue;
+            return Flow::Continue;
         };
-        let status = self
-            .get_http_response_header(":status")
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
+        let status = host::response_status();
         // The consent filter (nearer the upstream) may have refused the answer already: its
         // refusal is the gateway's own, PHI-free, and keeps its reason.
         if status >= 400 && fhirgate_proxy::refused_by_gateway() {
-            return Action::Continue;
+            return Flow::Continue;
         }
-        let body = self
-            .get_http_response_body(0, body_size)
-            .unwrap_or_default();
-        let encoding = self.get_http_response_header("content-encoding");
+        let body = host::response_body(body_size);
+        let encoding = host::response_header("content-encoding");
         let step =
             runtime
                 .borrow()
@@ -573,15 +517,15 @@ impl HttpContext for AuthzFilter {
         match step {
             Step::Deny(rejection) => {
                 fhirgate_proxy::count(FILTER, "denied", rejection.reason);
-                self.replace_response(&rejection, body_size);
+                fhirgate_proxy::replace_response(FILTER, &rejection, body_size);
             }
             Step::Reduce(rejection) => {
                 fhirgate_proxy::count(FILTER, "reduced", rejection.reason);
-                self.replace_response(&rejection, body_size);
+                fhirgate_proxy::replace_response(FILTER, &rejection, body_size);
             }
             Step::ReportOnly { reason, .. } => fhirgate_proxy::count(FILTER, "report_only", reason),
             _ => {}
         }
-        Action::Continue
+        Flow::Continue
     }
 }

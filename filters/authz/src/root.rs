@@ -1,14 +1,14 @@
-//! Root context: compiles the configuration once; owns the worker's authorization runtime
+//! Root: compiles the configuration once; owns the worker's authorization runtime
 //! (trusted keys, JWKS fetches, verified-token cache) and refreshes JWKS on a timer.
 
 use crate::http::AuthzFilter;
+use fhirgate_core::pipeline::Stage;
 use fhirgate_core::smart::filter::{AuthzFilterPolicy, AuthzRuntime, JwksFetch};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use fhirgate_proxy::{host, StageRoot};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 pub const FILTER: &str = "fhirgate.authz";
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -20,13 +20,14 @@ pub struct AuthzRoot {
     fetches: HashMap<u32, usize>,
     /// The revocation list fetch under way.
     revocation_call: Option<u32>,
+    /// JWKS or a revocation list are fetched on a timer.
+    fetches_keys: bool,
 }
 
 /// Dispatches a JWKS fetch from any context; returns its call token.
-pub fn dispatch_jwks_fetch(ctx: &dyn Context, fetch: &JwksFetch) -> Option<u32> {
+pub fn dispatch_jwks_fetch(fetch: &JwksFetch) -> Option<u32> {
     let (_, source) = fetch;
     match fhirgate_proxy::dispatch_get(
-        ctx,
         &source.cluster,
         &source.authority,
         &source.path,
@@ -46,13 +47,12 @@ pub fn dispatch_jwks_fetch(ctx: &dyn Context, fetch: &JwksFetch) -> Option<u32> 
 
 /// Reads a finished JWKS fetch into the runtime.
 pub fn finish_jwks_fetch(
-    ctx: &dyn Context,
     runtime: &RefCell<AuthzRuntime>,
     issuer: usize,
     body_size: usize,
     now: i64,
 ) {
-    let (status, body) = fhirgate_proxy::call_answer(ctx, body_size);
+    let (status, body) = fhirgate_proxy::call_answer(body_size);
     if runtime.borrow_mut().fetched(issuer, now, status, &body) {
         fhirgate_proxy::count(FILTER, "jwks", "refreshed");
         log::info!("{FILTER}: JWKS of issuer #{issuer} refreshed");
@@ -62,45 +62,32 @@ pub fn finish_jwks_fetch(
     }
 }
 
-pub fn now_of(ctx: &dyn Context) -> i64 {
-    ctx.get_current_time()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-impl Context for AuthzRoot {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
+impl StageRoot for AuthzRoot {
+    fn call_response(&mut self, token_id: u32, body_size: usize) -> bool {
         let Some(runtime) = self.runtime.clone() else {
-            return;
+            return false;
         };
         if self.revocation_call == Some(token_id) {
             self.revocation_call = None;
-            let (status, body) = fhirgate_proxy::call_answer(self, body_size);
+            let (status, body) = fhirgate_proxy::call_answer(body_size);
             let ok = runtime
                 .borrow_mut()
-                .revocation_fetched(now_of(self), status, &body);
+                .revocation_fetched(host::now_secs(), status, &body);
             fhirgate_proxy::count(
                 FILTER,
                 "revocation_list",
                 if ok { "refreshed" } else { "failed" },
             );
-            return;
+            return true;
         }
         let Some(issuer) = self.fetches.remove(&token_id) else {
-            return;
+            return false;
         };
-        finish_jwks_fetch(self, &runtime, issuer, body_size, now_of(self));
+        finish_jwks_fetch(&runtime, issuer, body_size, host::now_secs());
+        true
     }
-}
 
-impl RootContext for AuthzRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+    fn configure(&mut self, config: &[u8]) -> bool {
         fhirgate_proxy::declare(
             FILTER,
             &[
@@ -118,28 +105,29 @@ impl RootContext for AuthzRoot {
                 ("revocation_list", "failed"),
             ],
         );
-        let Some(policy) = fhirgate_proxy::load_config(self, FILTER, AuthzFilterPolicy::from_json)
+        let Some(policy) =
+            fhirgate_proxy::load_config(config, FILTER, AuthzFilterPolicy::from_json)
         else {
             return false;
         };
-        let fetches_keys = policy.verifier.issuers.iter().any(|i| i.source.is_some())
+        self.fetches_keys = policy.verifier.issuers.iter().any(|i| i.source.is_some())
             || policy.revocation.is_some();
         self.runtime = Some(Rc::new(RefCell::new(AuthzRuntime::new(policy))));
-        if fetches_keys {
-            self.set_tick_period(Duration::from_secs(1));
-        }
         true
     }
 
-    fn on_tick(&mut self) {
+    fn tick_period(&self) -> Option<Duration> {
+        self.fetches_keys.then_some(Duration::from_secs(1))
+    }
+
+    fn tick(&mut self) {
         let Some(runtime) = self.runtime.clone() else {
             return;
         };
-        let now = now_of(self);
+        let now = host::now_secs();
         let revocation = runtime.borrow_mut().revocation_due(now);
         if let Some((cluster, path, authority, timeout_ms)) = revocation {
             match fhirgate_proxy::dispatch_get(
-                self,
                 &cluster,
                 &authority,
                 &path,
@@ -155,7 +143,7 @@ impl RootContext for AuthzRoot {
         runtime.borrow_mut().expire_stale_keys(now);
         let due = runtime.borrow_mut().fetches_due(now);
         for fetch in due {
-            match dispatch_jwks_fetch(self, &fetch) {
+            match dispatch_jwks_fetch(&fetch) {
                 Some(token) => {
                     self.fetches.insert(token, fetch.0);
                 }
@@ -166,11 +154,7 @@ impl RootContext for AuthzRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(AuthzFilter::new(self.runtime.clone())))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn create(&self) -> Box<dyn Stage> {
+        Box::new(AuthzFilter::new(self.runtime.clone()))
     }
 }

@@ -196,6 +196,8 @@ enum Filter {
     Ratelimit,
     Consent,
     Audit,
+    /// A `fhirgate.wasm` configuration: a section per stage it runs.
+    Module,
 }
 
 /// The shipped configs, the CLI's defaults: what `fhirgate` decides is what the example
@@ -520,6 +522,10 @@ fn lint(file: &str, filter: Filter) -> Result<String, String> {
         Filter::Audit => (
             "audit",
             fhirgate_core::audit::sink::AuditPolicy::from_json(&bytes).map(drop),
+        ),
+        Filter::Module => (
+            "module",
+            fhirgate_core::pipeline::check_module(&bytes).map(drop),
         ),
     };
     result

@@ -9,13 +9,12 @@ use fhirgate_core::consent::{
     Caller, Consents, FastPath, Filtered, Known, ReadPlan, Report, SecurityContext,
 };
 use fhirgate_core::outcome::IssueType;
+use fhirgate_core::pipeline::{Flow, Stage};
 use fhirgate_core::{headers, Rejection};
-use fhirgate_proxy::{count, mark_passed, reject, RequestHeaders};
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use fhirgate_proxy::{count, host, mark_passed, reject, RequestHeaders};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 /// What the request said, kept for its response.
 #[derive(Default)]
@@ -133,21 +132,12 @@ impl ConsentFilter {
     }
 
     fn now(&self) -> i64 {
-        self.get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
+        host::now_secs()
     }
 
     fn replace_response(&self, rejection: &Rejection, body_size: usize) {
         count(FILTER, "denied", rejection.reason);
-        fhirgate_proxy::set_reason(rejection.reason);
-        self.set_http_response_header(":status", Some(&rejection.status.to_string()));
-        // Nothing that describes the withheld resource stays: its version, date or location.
-        fhirgate_proxy::drop_describing_response_headers();
-        for (name, value) in rejection.response_headers() {
-            self.set_http_response_header(name, Some(&value));
-        }
-        self.set_http_response_body(0, body_size, &rejection.body());
+        fhirgate_proxy::replace_response(FILTER, rejection, body_size);
     }
 
     /// Decides the held response with the Consents now known, and writes the result.
@@ -207,21 +197,17 @@ impl ConsentFilter {
         match filtered {
             Filtered::Unchanged => {}
             Filtered::Rewritten(bytes) => {
-                self.set_http_response_header("content-encoding", None);
-                self.set_http_response_body(0, body_size, &bytes);
+                host::set_response_header("content-encoding", None);
+                host::set_response_body(body_size, &bytes);
             }
             // A write the server committed stays committed: its echo is withheld, its status
             // (and Location) kept, and the audit records the write as done.
             ref refused if keeps_committed_write(asked.write, self.status, refused) => {
                 count(FILTER, "withheld", "committed-echo");
-                self.set_http_response_header("content-encoding", None);
-                self.set_http_response_header("etag", None);
-                self.set_http_response_header(
-                    "content-type",
-                    Some(fhirgate_core::outcome::FHIR_JSON),
-                );
-                self.set_http_response_body(
-                    0,
+                host::set_response_header("content-encoding", None);
+                host::set_response_header("etag", None);
+                host::set_response_header("content-type", Some(fhirgate_core::outcome::FHIR_JSON));
+                host::set_response_body(
                     body_size,
                     &fhirgate_core::outcome::committed_echo_withheld(),
                 );
@@ -251,7 +237,6 @@ impl ConsentFilter {
             let path = search_path(source, chunk);
             let timeout = Duration::from_millis(source.timeout_ms);
             match fhirgate_proxy::dispatch_get(
-                self,
                 &source.cluster,
                 &source.authority,
                 &path,
@@ -277,12 +262,10 @@ impl ConsentFilter {
 /// Reads a resource from the FHIR server (`currentResource`): the call's token, None when it
 /// could not start.
 fn read_resource(
-    ctx: &dyn Context,
     source: &fhirgate_core::smart::config::CurrentResourceConfig,
     path: &str,
 ) -> Option<u32> {
     fhirgate_proxy::dispatch_get(
-        ctx,
         &source.cluster,
         &source.authority,
         path,
@@ -316,18 +299,13 @@ fn count_report(report: &Report) {
     }
 }
 
-impl Context for ConsentFilter {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
+impl ConsentFilter {
+    /// A call this request dispatched answered (see [`Stage::call_response`]).
+    fn answered(&mut self, token_id: u32, body_size: usize) -> Option<Flow> {
         if let Some(held) = self.held_request.as_mut() {
             if held.current_call == Some(token_id) {
                 held.current_call = None;
-                let (status, body) = fhirgate_proxy::call_answer(self, body_size);
+                let (status, body) = fhirgate_proxy::call_answer(body_size);
                 count(
                     FILTER,
                     "current_resource",
@@ -340,14 +318,11 @@ impl Context for ConsentFilter {
                 if let Some(held) = self.held_request.as_mut() {
                     held.current = Some((status.unwrap_or(0), body));
                 }
-                if self.advance_request() == Action::Continue {
-                    self.resume_http_request();
-                }
-                return;
+                return Some(self.advance_request());
             }
         }
         if let Some(reference) = self.context_calls.remove(&token_id) {
-            let (status, body) = fhirgate_proxy::call_answer(self, body_size);
+            let (status, body) = fhirgate_proxy::call_answer(body_size);
             let context = self.shared.as_ref().and_then(|shared| {
                 shared
                     .policy
@@ -359,17 +334,13 @@ impl Context for ConsentFilter {
                 if context.is_some() { "read" } else { "missing" },
             );
             self.contexts.insert(reference, context);
-            if self.context_calls.is_empty() && self.fetch_consents_for_held() == Action::Continue {
-                self.resume_http_response();
+            if !self.context_calls.is_empty() {
+                return Some(Flow::Pause);
             }
-            return;
+            return Some(self.fetch_consents_for_held());
         }
-        let Some((patients, attempt)) = self.fetches.remove(&token_id) else {
-            return;
-        };
-        let status: Option<u16> = self
-            .get_http_call_response_header(":status")
-            .and_then(|s| s.parse().ok());
+        let (patients, attempt) = self.fetches.remove(&token_id)?;
+        let status: Option<u16> = host::call_header(":status").and_then(|s| s.parse().ok());
         // A transport failure or a 5xx is tried again (another endpoint, most likely) before
         // the patients' resources are withheld.
         if retries_fetch(attempt, status) {
@@ -377,25 +348,21 @@ impl Context for ConsentFilter {
                 count(FILTER, "consent_cache", "fetch_retried");
                 self.fetch(&shared, patients, attempt + 1);
                 if !self.fetches.is_empty() {
-                    return;
+                    return Some(Flow::Pause);
                 }
             }
         } else {
-            let body = self
-                .get_http_call_response_body(0, body_size)
-                .unwrap_or_default();
+            let body = host::call_body(body_size);
             self.record_fetch(patients, status, &body);
         }
-        if self.fetches.is_empty() {
-            if self.held_request.as_ref().is_some_and(|h| !h.settled) {
-                if self.advance_request() == Action::Continue {
-                    self.resume_http_request();
-                }
-            } else {
-                self.finish();
-                self.resume_http_response();
-            }
+        if !self.fetches.is_empty() {
+            return Some(Flow::Pause);
         }
+        if self.held_request.as_ref().is_some_and(|h| !h.settled) {
+            return Some(self.advance_request());
+        }
+        self.finish();
+        Some(Flow::Continue)
     }
 }
 
@@ -407,9 +374,9 @@ impl ConsentFilter {
         check: RequestCheck,
         h: &RequestHeaders,
         end_of_stream: bool,
-    ) -> Action {
+    ) -> Flow {
         let (bundle, path, wants_body) = match check {
-            RequestCheck::Pass => return Action::Continue,
+            RequestCheck::Pass => return Flow::Continue,
             RequestCheck::Refuse(rejection) => return reject(FILTER, &rejection),
             RequestCheck::Body => (true, None, true),
             RequestCheck::Current { path, body } => (false, Some(path), body),
@@ -428,7 +395,7 @@ impl ConsentFilter {
             settled: false,
         };
         if let (Some(path), Some(source)) = (path, shared.policy.config.current_resource.as_ref()) {
-            match read_resource(self, source, &path) {
+            match read_resource(source, &path) {
                 Some(token) => held.current_call = Some(token),
                 None => held.current = Some((0, Vec::new())),
             }
@@ -440,15 +407,15 @@ impl ConsentFilter {
 
     /// Takes a held request as far as what has arrived allows: decides it (going on or
     /// refusing), or fetches the Consents its current resource needs, or waits.
-    fn advance_request(&mut self) -> Action {
+    fn advance_request(&mut self) -> Flow {
         let Some(shared) = self.shared.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
         let Some(held) = self.held_request.as_ref() else {
-            return Action::Continue;
+            return Flow::Continue;
         };
         if held.settled || held.awaiting_body || held.current_call.is_some() {
-            return Action::Pause;
+            return Flow::Pause;
         }
         let Some(asked) = self.asked.as_ref() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
@@ -481,7 +448,7 @@ impl ConsentFilter {
                 }
                 self.fetch(&shared, missing, 0);
                 if !self.fetches.is_empty() {
-                    return Action::Pause;
+                    return Flow::Pause;
                 }
                 return self.advance_request();
             }
@@ -499,7 +466,7 @@ impl ConsentFilter {
     /// Lets a held request go on (pinned to the checked version when it has one and the
     /// client named none) or refuses it. The caller resumes the request when it decided
     /// outside a request callback.
-    fn settle_request(&mut self, decision: Result<Option<String>, Rejection>) -> Action {
+    fn settle_request(&mut self, decision: Result<Option<String>, Rejection>) -> Flow {
         if let Some(held) = self.held_request.as_mut() {
             held.settled = true;
         }
@@ -507,11 +474,11 @@ impl ConsentFilter {
             Ok(version) => {
                 count(FILTER, "request_checked", "allowed");
                 if let Some(version) = version {
-                    if self.get_http_request_header("if-match").is_none() {
-                        self.set_http_request_header("if-match", Some(&format!("W/\"{version}\"")));
+                    if host::request_header("if-match").is_none() {
+                        host::set_request_header("if-match", Some(&format!("W/\"{version}\"")));
                     }
                 }
-                Action::Continue
+                Flow::Continue
             }
             Err(rejection) => reject(FILTER, &rejection),
         }
@@ -519,21 +486,16 @@ impl ConsentFilter {
 
     /// Reads the held response's Binaries' security contexts, then goes on to their and the
     /// response's patients' Consents.
-    fn fetch_contexts(
-        &mut self,
-        shared: &Shared,
-        contexts: Vec<String>,
-        body_size: usize,
-    ) -> Action {
+    fn fetch_contexts(&mut self, shared: &Shared, contexts: Vec<String>, body_size: usize) -> Flow {
         if let Some(rejection) = shared.policy.too_many_patients(contexts.len()) {
             self.held = None;
             self.replace_response(&rejection, body_size);
-            return Action::Continue;
+            return Flow::Continue;
         }
         let source = shared.policy.config.current_resource.as_ref();
         for reference in contexts {
             let started = match (source, shared.policy.context_path(&reference)) {
-                (Some(source), Some(path)) => read_resource(self, source, &path),
+                (Some(source), Some(path)) => read_resource(source, &path),
                 _ => None,
             };
             match started {
@@ -548,14 +510,14 @@ impl ConsentFilter {
         if self.context_calls.is_empty() {
             return self.fetch_consents_for_held();
         }
-        Action::Pause
+        Flow::Pause
     }
 
     /// The held (parsed) response's patients' Consents, once its contexts are known: fetched,
     /// or the response decided at once when all are cached.
-    fn fetch_consents_for_held(&mut self) -> Action {
+    fn fetch_consents_for_held(&mut self) -> Flow {
         let Some(shared) = self.shared.clone() else {
-            return Action::Continue;
+            return Flow::Continue;
         };
         let now = self.as_of;
         let missing: Vec<String> = match self.held.as_ref() {
@@ -575,15 +537,15 @@ impl ConsentFilter {
             if let Some(rejection) = shared.policy.too_many_patients(missing.len()) {
                 let size = self.held.take().map_or(0, |(_, size)| size);
                 self.replace_response(&rejection, size);
-                return Action::Continue;
+                return Flow::Continue;
             }
             self.fetch(&shared, missing, 0);
             if !self.fetches.is_empty() {
-                return Action::Pause;
+                return Flow::Pause;
             }
         }
         self.finish();
-        Action::Continue
+        Flow::Continue
     }
 
     fn record_fetch(&mut self, patients: Vec<String>, status: Option<u16>, body: &[u8]) {
@@ -615,8 +577,12 @@ impl ConsentFilter {
     }
 }
 
-impl HttpContext for ConsentFilter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+impl Stage for ConsentFilter {
+    fn call_response(&mut self, token_id: u32, body_size: usize) -> Option<Flow> {
+        self.answered(token_id, body_size)
+    }
+
+    fn request_headers(&mut self, end_of_stream: bool) -> Flow {
         let Some(shared) = self.shared.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
@@ -624,7 +590,7 @@ impl HttpContext for ConsentFilter {
         let h = RequestHeaders::read();
         let interaction = h.get(headers::INTERACTION).unwrap_or_default();
         if !filters_interaction(interaction) {
-            return Action::Continue;
+            return Flow::Continue;
         }
         let break_glass = h.get(headers::BREAK_GLASS);
         // Only from a verified source: the authorization filter's header (a token claim, or
@@ -659,126 +625,116 @@ impl HttpContext for ConsentFilter {
         if !asked.write {
             for name in headers::CONDITIONAL_READ {
                 if h.contains(name) {
-                    self.set_http_request_header(name, None);
+                    host::set_request_header(name, None);
                 }
             }
         }
         self.asked = Some(asked);
         // Ask for an uncompressed answer (a compressed one is decoded, within the body limit).
         if h.contains("accept-encoding") {
-            self.set_http_request_header("accept-encoding", None);
+            host::set_request_header("accept-encoding", None);
         }
         self.hold_request(&shared, check, &h, end_of_stream)
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
         let Some(held) = self.held_request.as_mut() else {
-            return Action::Continue;
+            return Flow::Continue;
         };
         if !held.awaiting_body {
             return if held.settled {
-                Action::Continue
+                Flow::Continue
             } else {
-                Action::Pause
+                Flow::Pause
             };
         }
         if !end_of_stream {
-            return Action::Pause;
+            return Flow::Pause;
         }
         held.awaiting_body = false;
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let body = host::request_body(body_size);
         if let Some(held) = self.held_request.as_mut() {
             held.body = Some(body);
         }
         self.advance_request()
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    fn response_headers(&mut self, end_of_stream: bool) -> Flow {
         if self.asked.is_none() || end_of_stream {
-            return Action::Continue;
+            return Flow::Continue;
         }
         let Some(shared) = self.shared.clone() else {
-            return Action::Continue;
+            return Flow::Continue;
         };
-        let status = self
-            .get_http_response_header(":status")
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
-        let content_type = self
-            .get_http_response_header("content-type")
-            .unwrap_or_default();
+        let status = host::response_status();
+        let content_type = host::response_header("content-type").unwrap_or_default();
         self.status = status;
         // Asked only for errors: a host call per success would be spent for nothing.
         let from_upstream = status >= 400
-            && self
-                .get_property(vec!["response", "code_details"])
+            && host::property(vec!["response", "code_details"])
                 .is_some_and(|d| d == b"via_upstream");
         match shared.policy.read_plan(status, &content_type) {
             // An upstream error's body can quote what the policies withhold: its status alone
             // goes on (the gateway's own refusals are PHI-free and pass).
             ReadPlan::Skip if reduces_error(status, from_upstream) => self.reducing = true,
-            ReadPlan::Skip => return Action::Continue,
+            ReadPlan::Skip => return Flow::Continue,
             ReadPlan::Refuse(rejection) => self.refusal = Some(rejection),
             ReadPlan::Read => {}
         }
-        self.set_http_response_header("content-length", None);
+        host::set_response_header("content-length", None);
         self.reading = true;
-        Action::Pause
+        Flow::Pause
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
         let (Some(shared), Some(_), true) =
             (self.shared.clone(), self.asked.as_ref(), self.reading)
         else {
-            return Action::Continue;
+            return Flow::Continue;
         };
         if self.reducing {
             if !end_of_stream {
-                self.set_http_response_body(0, body_size, &[]);
-                return Action::Pause;
+                host::set_response_body(body_size, &[]);
+                return Flow::Pause;
             }
-            let upstream = self
-                .get_http_response_body(0, body_size)
-                .unwrap_or_default();
+            let upstream = host::response_body(body_size);
             let reduced = fhirgate_core::outcome::reduced_upstream_outcome(&upstream);
             count(FILTER, "reduced", "upstream-error");
             fhirgate_proxy::drop_describing_response_headers();
-            self.set_http_response_header("content-type", Some(fhirgate_core::outcome::FHIR_JSON));
-            self.set_http_response_body(0, body_size, &reduced);
-            return Action::Continue;
+            host::set_response_header("content-type", Some(fhirgate_core::outcome::FHIR_JSON));
+            host::set_response_body(body_size, &reduced);
+            return Flow::Continue;
         }
         if let Some(rejection) = self.refusal.take() {
             if !end_of_stream {
                 // Nothing of a refused response is kept or sent: drop what came so far.
-                self.set_http_response_body(0, body_size, &[]);
+                host::set_response_body(body_size, &[]);
                 self.refusal = Some(rejection);
-                return Action::Pause;
+                return Flow::Pause;
             }
             self.replace_response(&rejection, body_size);
-            return Action::Continue;
+            return Flow::Continue;
         }
         if !end_of_stream {
             if body_size > shared.policy.config.max_body_bytes {
-                self.set_http_response_body(0, body_size, &[]);
+                host::set_response_body(body_size, &[]);
                 self.refusal = Some(Rejection::new(
                     502,
                     "response-too-large",
                     IssueType::TooCostly,
                     "the response is larger than the consent filter's limit",
                 ));
-                return Action::Pause;
+                return Flow::Pause;
             }
-            return Action::Pause;
+            return Flow::Pause;
         }
-        let raw = self
-            .get_http_response_body(0, body_size)
-            .unwrap_or_default();
-        let encoding = self.get_http_response_header("content-encoding");
+        let raw = host::response_body(body_size);
+        let encoding = host::response_header("content-encoding");
         let body = match shared.policy.decode(encoding.as_deref(), &raw) {
             Ok(body) => body,
             Err(rejection) => {
                 self.replace_response(&rejection, body_size);
-                return Action::Continue;
+                return Flow::Continue;
             }
         };
         self.as_of = self.now();
@@ -793,7 +749,7 @@ impl HttpContext for ConsentFilter {
             {
                 FastPath::Release => {
                     count(FILTER, "released", "unparsed");
-                    return Action::Continue;
+                    return Flow::Continue;
                 }
                 FastPath::NeedConsents(patients) => (Held::Raw(body), patients),
                 FastPath::Parse => match shared.policy.parse(&body) {
@@ -814,7 +770,7 @@ impl HttpContext for ConsentFilter {
                     Err(rejection) => {
                         drop(cache);
                         self.replace_response(&rejection, body_size);
-                        return Action::Continue;
+                        return Flow::Continue;
                     }
                 },
             }
@@ -823,19 +779,19 @@ impl HttpContext for ConsentFilter {
         if missing.is_empty() {
             count(FILTER, "consent_cache", "hit");
             self.finish();
-            return Action::Continue;
+            return Flow::Continue;
         }
         count(FILTER, "consent_cache", "miss");
         if let Some(rejection) = shared.policy.too_many_patients(missing.len()) {
             self.held = None;
             self.replace_response(&rejection, body_size);
-            return Action::Continue;
+            return Flow::Continue;
         }
         self.fetch(&shared, missing, 0);
         if self.fetches.is_empty() {
             self.finish();
-            return Action::Continue;
+            return Flow::Continue;
         }
-        Action::Pause
+        Flow::Pause
     }
 }

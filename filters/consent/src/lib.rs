@@ -1,13 +1,10 @@
-//! Consent filter: the Envoy side of [`fhirgate_core::consent`].
+//! Consent stage: the Envoy side of [`fhirgate_core::consent`].
 //!
-//! After rate limiting. Holds each FHIR response whole, fetches the Consents of the patients
-//! it names through an Envoy cluster (cached per worker for the configured TTL), and releases,
-//! redacts or withholds each resource as labels and Consents decide.
+//! After rate limiting. Refuses requests whose answer no policy could release, checks writes
+//! against the resource they change, and filters responses resource by resource: security
+//! labels, FHIR Consents (fetched and cached per patient), purpose of use and break-glass.
 
 mod http;
 mod root;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::ConsentRoot::default()) });
-}}
+pub use root::{ConsentRoot, FILTER};

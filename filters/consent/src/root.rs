@@ -1,15 +1,15 @@
-//! Root context: compiles the configuration once; owns the worker's Consent cache, and, with
+//! Root: compiles the configuration once; owns the worker's Consent cache, and, with
 //! `consents.changesPollSeconds`, asks the FHIR server on a timer which Consents changed so
 //! their patients' cached Consents are forgotten at once rather than at the TTL.
 
 use crate::http::ConsentFilter;
 use fhirgate_core::consent::cache::{changes_path, read_changes, ConsentCache};
 use fhirgate_core::consent::ConsentPolicy;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use fhirgate_core::pipeline::Stage;
+use fhirgate_proxy::{host, StageRoot};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 pub const FILTER: &str = "fhirgate.consent";
 
@@ -25,32 +25,20 @@ pub struct ConsentRoot {
     poll: Option<(u32, i64)>,
     /// Where the next poll starts from: when the last successful one was sent.
     since: Option<i64>,
+    /// How often the changes are polled (`consents.changesPollSeconds`).
+    poll_every: Option<Duration>,
 }
 
-impl ConsentRoot {
-    fn now(&self) -> i64 {
-        self.get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
-    }
-}
-
-impl Context for ConsentRoot {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
+impl StageRoot for ConsentRoot {
+    fn call_response(&mut self, token_id: u32, body_size: usize) -> bool {
         let (Some(shared), Some((token, sent_at))) = (self.shared.clone(), self.poll) else {
-            return;
+            return false;
         };
         if token != token_id {
-            return;
+            return false;
         }
         self.poll = None;
-        let (status, body) = fhirgate_proxy::call_answer(self, body_size);
+        let (status, body) = fhirgate_proxy::call_answer(body_size);
         match read_changes(status, &body) {
             Some(changes) => {
                 let forgotten = shared.cache.borrow_mut().forget(&changes);
@@ -61,11 +49,10 @@ impl Context for ConsentRoot {
             }
             None => fhirgate_proxy::count(FILTER, "consent_cache", "changes_failed"),
         }
+        true
     }
-}
 
-impl RootContext for ConsentRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+    fn configure(&mut self, config: &[u8]) -> bool {
         fhirgate_proxy::declare(
             FILTER,
             &[
@@ -89,7 +76,7 @@ impl RootContext for ConsentRoot {
                 ("consent_cache", "changes_failed"),
             ],
         );
-        match fhirgate_proxy::load_config(self, FILTER, ConsentPolicy::from_json) {
+        match fhirgate_proxy::load_config(config, FILTER, ConsentPolicy::from_json) {
             Some(policy) => {
                 let (size, ttl) = policy
                     .config
@@ -106,8 +93,8 @@ impl RootContext for ConsentRoot {
                     cache: RefCell::new(ConsentCache::new(size, ttl)),
                 }));
                 if let Some(seconds) = poll {
-                    self.since = Some(self.now());
-                    self.set_tick_period(Duration::from_secs(u64::from(seconds)));
+                    self.since = Some(host::now_secs());
+                    self.poll_every = Some(Duration::from_secs(u64::from(seconds)));
                 }
                 true
             }
@@ -115,7 +102,11 @@ impl RootContext for ConsentRoot {
         }
     }
 
-    fn on_tick(&mut self) {
+    fn tick_period(&self) -> Option<Duration> {
+        self.poll_every
+    }
+
+    fn tick(&mut self) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
@@ -125,11 +116,10 @@ impl RootContext for ConsentRoot {
         if self.poll.is_some() {
             return; // the previous poll has not answered; its timeout will
         }
-        let now = self.now();
+        let now = host::now_secs();
         let path = changes_path(source, self.since.unwrap_or(now));
         let timeout = Duration::from_millis(source.timeout_ms);
         match fhirgate_proxy::dispatch_get(
-            self,
             &source.cluster,
             &source.authority,
             &path,
@@ -141,11 +131,7 @@ impl RootContext for ConsentRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(ConsentFilter::new(self.shared.clone())))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn create(&self) -> Box<dyn Stage> {
+        Box::new(ConsentFilter::new(self.shared.clone()))
     }
 }

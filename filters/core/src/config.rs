@@ -19,6 +19,18 @@ impl ConfigError {
     }
 }
 
+impl ConfigError {
+    /// The same error, its field named from the module configuration's root
+    /// (`issuers[0]` in the authz section is `authz.issuers[0]`).
+    pub fn within(self, section: &str) -> Self {
+        let field = match self.field.as_str() {
+            "" | "." => section.to_string(),
+            field => format!("{section}.{field}"),
+        };
+        ConfigError::new(field, self.message)
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.field.is_empty() || self.field == "." {

@@ -12,6 +12,7 @@ pub mod decision;
 pub mod fhir;
 pub mod headers;
 pub mod outcome;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod routing;
 pub mod smart;

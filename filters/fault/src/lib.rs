@@ -5,9 +5,10 @@
 //! one of them fails mid-request. Never deployed: `make wasm` does not build it.
 //!
 //! Configured `{"standIn": "fhirgate.authz", "failOnWorkers": true}` it takes a shipped filter's
-//! place: it marks the requests it passes as that filter does, and its configuration fails on
-//! every VM but the first (Envoy's main thread, which validates the configuration): what a
-//! worker that cannot load a filter's VM looks like to Envoy.
+//! place (`"fhirgate"`: the fused filter, every stage): it marks the requests it passes as that
+//! filter does, and its configuration fails on every VM but the first (Envoy's main thread,
+//! which validates the configuration): what a worker that cannot load a filter's VM looks like
+//! to Envoy.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -23,7 +24,7 @@ const CONFIGURES: &str = "fhirgate.fault.configures";
 
 #[derive(Default)]
 struct FaultRoot {
-    stand_in: Option<&'static str>,
+    stand_in: Vec<&'static str>,
 }
 
 impl FaultRoot {
@@ -47,20 +48,22 @@ impl FaultRoot {
 impl Context for FaultRoot {}
 impl RootContext for FaultRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let config: serde_json::Value = self
-            .get_plugin_configuration()
-            .and_then(|c| serde_json::from_slice(&c).ok())
-            .unwrap_or_default();
-        // Only the shipped filters' names: the mark's property name must be static.
-        self.stand_in = [
+        let config: serde_json::Value =
+            serde_json::from_slice(&fhirgate_proxy::host::plugin_configuration())
+                .unwrap_or_default();
+        // Only the shipped stages' names: the mark's property name must be static.
+        let stages = [
             "fhirgate.routing",
             "fhirgate.authz",
             "fhirgate.ratelimit",
             "fhirgate.consent",
             "fhirgate.audit",
-        ]
-        .into_iter()
-        .find(|f| config.get("standIn").and_then(|s| s.as_str()) == Some(f));
+        ];
+        let stand_in = config.get("standIn").and_then(|s| s.as_str());
+        self.stand_in = stages
+            .into_iter()
+            .filter(|f| stand_in == Some("fhirgate") || stand_in == Some(f))
+            .collect();
         let fail_on_workers = config
             .get("failOnWorkers")
             .and_then(|f| f.as_bool())
@@ -75,7 +78,7 @@ impl RootContext for FaultRoot {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Fault {
-            stand_in: self.stand_in,
+            stand_in: self.stand_in.clone(),
         }))
     }
 
@@ -85,20 +88,25 @@ impl RootContext for FaultRoot {
 }
 
 struct Fault {
-    stand_in: Option<&'static str>,
+    stand_in: Vec<&'static str>,
 }
 
 impl Context for Fault {}
 impl HttpContext for Fault {
     #[allow(clippy::panic)] // failing is this instrument's whole purpose
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match self.get_http_request_header("x-test-fault").as_deref() {
+        match fhirgate_proxy::host::request_header("x-test-fault").as_deref() {
             #[cfg(target_arch = "wasm32")]
             Some("trap") => core::arch::wasm32::unreachable(),
             Some("panic") => panic!("fault instrument: asked to panic"),
             _ => {
-                if let Some(filter) = self.stand_in {
+                for filter in &self.stand_in {
                     fhirgate_proxy::mark_passed(filter);
+                }
+                // Standing in for routing, it also names the pool the routes need.
+                if self.stand_in.contains(&"fhirgate.routing") {
+                    fhirgate_proxy::host::set_request_header("x-fhirgate-pool", Some("fhir"));
+                    fhirgate_proxy::clear_route_cache();
                 }
                 Action::Continue
             }

@@ -1,16 +1,20 @@
-//! The proxy-wasm plumbing every fhirgate filter shares, so each filter crate stays a thin
+//! The proxy-wasm plumbing every fhirgate stage shares, so each stage crate stays a thin
 //! translation between Envoy and the core: load and compile config, send a core
-//! [`Rejection`] as a local reply, and read and write request headers.
+//! [`Rejection`] as a local reply, and read and write request headers. All host access goes
+//! through [`host`].
+
+pub mod host;
 
 use fhirgate_core::config::ConfigError;
+use fhirgate_core::pipeline::{Flow, Stage};
 use fhirgate_core::ratelimit::bucket::SharedStore;
 use fhirgate_core::routing::RequestHead;
 use fhirgate_core::{headers, Rejection};
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::RootContext;
-use proxy_wasm::types::{Action, MapType, MetricType};
+use proxy_wasm::types::MetricType;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::time::Duration;
 
 thread_local! {
     /// Envoy metric ids by (filter, event, detail); defined on first use.
@@ -72,21 +76,39 @@ pub fn gauge(filter: &'static str, name: &'static str, value: u64) {
     }
 }
 
-/// Reads the plugin configuration and compiles it. On failure logs the refusal, naming the
-/// field, and returns None: `on_configure` then returns false and Envoy refuses the config.
+/// The host side of one pipeline stage: compiles its configuration once per worker, owns
+/// what outlives a request (caches, queues, timers), and makes each request's [`Stage`].
+pub trait StageRoot {
+    /// Compiles the stage's section of the module configuration. On failure logs the refusal,
+    /// naming the field, and returns false: Envoy then refuses the configuration.
+    fn configure(&mut self, config: &[u8]) -> bool;
+    /// How often the stage wants [`StageRoot::tick`], if at all.
+    fn tick_period(&self) -> Option<Duration> {
+        None
+    }
+    fn tick(&mut self) {}
+    /// A call the root dispatched answered: true when it was this stage's.
+    fn call_response(&mut self, _token: u32, _body_size: usize) -> bool {
+        false
+    }
+    fn create(&self) -> Box<dyn Stage>;
+}
+
+/// Compiles a stage's configuration. On failure logs the refusal, naming the field (under the
+/// stage's section, `authz.issuers[0]`), and returns None.
 pub fn load_config<T>(
-    root: &dyn RootContext,
+    bytes: &[u8],
     filter: &'static str,
     compile: impl FnOnce(&[u8]) -> Result<T, ConfigError>,
 ) -> Option<T> {
-    let bytes = root.get_plugin_configuration().unwrap_or_default();
-    match compile(&bytes) {
+    match compile(bytes) {
         Ok(policy) => {
             log::info!("{filter}: configuration accepted");
             Some(policy)
         }
         Err(err) => {
-            log::error!("{filter}: {err}");
+            let section = filter.strip_prefix("fhirgate.").unwrap_or(filter);
+            log::error!("{filter}: {}", err.within(section));
             None
         }
     }
@@ -94,7 +116,7 @@ pub fn load_config<T>(
 
 /// Answers the client with the rejection's status, headers and OperationOutcome, and stops
 /// the request: nothing reaches the upstream.
-pub fn reject(filter: &'static str, rejection: &Rejection) -> Action {
+pub fn reject(filter: &'static str, rejection: &Rejection) -> Flow {
     // Only the stable reason code is logged and counted: never paths, ids, tokens or bodies.
     log::debug!(
         "{filter}: refused ({} {})",
@@ -111,7 +133,25 @@ pub fn reject(filter: &'static str, rejection: &Rejection) -> Action {
     {
         log::error!("{filter}: could not send local reply: {status:?}");
     }
-    Action::Pause
+    Flow::Answered
+}
+
+/// Replaces a held response with the rejection (its headers are still held, so the status
+/// can change): nothing that describes the withheld answer stays, not its version, date or
+/// location.
+pub fn replace_response(filter: &'static str, rejection: &Rejection, body_size: usize) {
+    log::debug!(
+        "{filter}: response refused ({} {})",
+        rejection.status,
+        rejection.reason
+    );
+    set_reason(rejection.reason);
+    host::set_response_header(":status", Some(&rejection.status.to_string()));
+    drop_describing_response_headers();
+    for (name, value) in rejection.response_headers() {
+        host::set_response_header(name, Some(&value));
+    }
+    host::set_response_body(body_size, &rejection.body());
 }
 
 /// Every request header, read from Envoy in one host call. Each separate header lookup
@@ -124,7 +164,7 @@ pub struct RequestHeaders {
 impl RequestHeaders {
     pub fn read() -> Self {
         RequestHeaders {
-            pairs: hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default(),
+            pairs: host::request_headers(),
         }
     }
 
@@ -163,7 +203,7 @@ impl RequestHeaders {
             .iter()
             .filter(|(name, _)| headers::is_internal(name))
         {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+            host::set_request_header(name, None);
         }
     }
 }
@@ -175,7 +215,7 @@ impl RequestHeaders {
 /// One host call per header: measured cheaper than rewriting the whole map in one call.
 pub fn set_routing_headers(values: &[(&'static str, String)]) {
     for (name, value) in values {
-        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+        host::add_request_header(name, value);
     }
     clear_route_cache();
 }
@@ -192,7 +232,6 @@ pub fn clear_route_cache() {
 /// one shape of every call fhirgate's filters make on their own (JWKS, revocation lists,
 /// current resources, Consents). Returns the call's token.
 pub fn dispatch_get(
-    ctx: &dyn proxy_wasm::traits::Context,
     cluster: &str,
     authority: &str,
     path: &str,
@@ -205,22 +244,13 @@ pub fn dispatch_get(
         (":authority", authority),
         ("accept", accept),
     ];
-    ctx.dispatch_http_call(cluster, headers, None, vec![], timeout)
+    host::dispatch(cluster, headers, None, timeout)
 }
 
 /// The status and body of a finished call (`dispatch_get`'s answer).
-pub fn call_answer(
-    ctx: &dyn proxy_wasm::traits::Context,
-    body_size: usize,
-) -> (Option<u16>, Vec<u8>) {
-    let status = ctx
-        .get_http_call_response_header(":status")
-        .and_then(|s| s.parse().ok());
-    (
-        status,
-        ctx.get_http_call_response_body(0, body_size)
-            .unwrap_or_default(),
-    )
+pub fn call_answer(body_size: usize) -> (Option<u16>, Vec<u8>) {
+    let status = host::call_header(":status").and_then(|s| s.parse().ok());
+    (status, host::call_body(body_size))
 }
 
 /// Response headers that describe a resource (its size, encoding, version, date, location):
@@ -234,7 +264,7 @@ pub fn drop_describing_response_headers() {
         "location",
         "content-location",
     ] {
-        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
+        host::set_response_header(name, None);
     }
 }
 
@@ -260,7 +290,7 @@ impl SharedStore for SharedData {
 /// route matcher), so a request one of them never saw is answered 503 by Envoy itself instead
 /// of being forwarded. Filter state, unlike a header, cannot come from a client.
 pub fn mark_passed(filter: &'static str) {
-    let _ = hostcalls::set_property(vec![&format!("{filter}{PASSED_SUFFIX}")], Some(b"1"));
+    host::set_property(vec![&format!("{filter}{PASSED_SUFFIX}")], b"1");
 }
 
 /// The suffix of each filter's mark (see [`mark_passed`]).
@@ -273,26 +303,23 @@ pub const REASON_PROPERTY: &str = "fhirgate.reason";
 pub const CONSENT_PROPERTY: &str = "fhirgate.consent";
 
 pub fn set_reason(reason: &str) {
-    let _ = hostcalls::set_property(vec![REASON_PROPERTY], Some(reason.as_bytes()));
+    host::set_property(vec![REASON_PROPERTY], reason.as_bytes());
 }
 
 /// Whether a fhirgate filter already refused this request or its response (its reason is
 /// set): such an answer is the gateway's own and PHI-free.
 pub fn refused_by_gateway() -> bool {
-    hostcalls::get_property(vec![REASON_PROPERTY])
-        .ok()
-        .flatten()
-        .is_some_and(|v| !v.is_empty())
+    host::property(vec![REASON_PROPERTY]).is_some_and(|v| !v.is_empty())
 }
 
 /// A property Envoy serialises as a little-endian 64-bit integer (`response.code`,
 /// `request.time`, `request.duration`).
 pub fn property_u64(path: Vec<&str>) -> Option<u64> {
-    let bytes = hostcalls::get_property(path).ok()??;
+    let bytes = host::property(path)?;
     Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
 }
 
 /// A property as text (`source.address`, the fhirgate properties).
 pub fn property_text(path: Vec<&str>) -> Option<String> {
-    String::from_utf8(hostcalls::get_property(path).ok()??).ok()
+    String::from_utf8(host::property(path)?).ok()
 }

@@ -3,15 +3,15 @@
 
 use crate::root::FILTER;
 use fhirgate_core::headers;
+use fhirgate_core::pipeline::{Flow, Stage};
 use fhirgate_core::ratelimit::filter::{
     retry_after_for_envoy_429, RateLimitFilterPolicy, RateLimitRequest, Verdict,
 };
 use fhirgate_core::Rejection;
-use fhirgate_proxy::{count, mark_passed, reject, set_routing_headers, RequestHeaders, SharedData};
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use fhirgate_proxy::{
+    count, host, mark_passed, reject, set_routing_headers, RequestHeaders, SharedData,
+};
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
 pub struct RateLimitFilter {
     policy: Option<Rc<RateLimitFilterPolicy>>,
@@ -27,15 +27,12 @@ impl RateLimitFilter {
     }
 
     fn peer(&self) -> Option<String> {
-        let bytes = self.get_property(vec!["source", "address"])?;
-        String::from_utf8(bytes).ok()
+        fhirgate_proxy::property_text(vec!["source", "address"])
     }
 }
 
-impl Context for RateLimitFilter {}
-
-impl HttpContext for RateLimitFilter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+impl Stage for RateLimitFilter {
+    fn request_headers(&mut self, _end_of_stream: bool) -> Flow {
         let Some(policy) = self.policy.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
@@ -61,14 +58,11 @@ impl HttpContext for RateLimitFilter {
             break_glass,
             bundle_entries: h.get(headers::BUNDLE_ENTRIES),
         };
-        let now_ms = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = host::now_ms();
         let verdict = policy.decide(&request, &mut SharedData, now_ms);
         if let (Some(name), true) = (break_glass_header, break_glass.is_some()) {
             // The token is a credential: it never travels upstream.
-            self.set_http_request_header(name, None);
+            host::set_request_header(name, None);
         }
         match verdict {
             Verdict::Refuse { class, rejection } => {
@@ -98,27 +92,26 @@ impl HttpContext for RateLimitFilter {
                     set_routing_headers(&admitted.request_headers);
                 }
                 self.response_headers = admitted.response_headers;
-                Action::Continue
+                Flow::Continue
             }
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn response_headers(&mut self, _end_of_stream: bool) -> Flow {
         for (name, value) in std::mem::take(&mut self.response_headers) {
-            self.set_http_response_header(name, Some(&value));
+            host::set_response_header(name, Some(&value));
         }
-        let status = self.get_http_response_header(":status");
+        let status = host::response_header(":status");
         if status.as_deref() == Some("429") {
             let retry = retry_after_for_envoy_429(
                 status.as_deref(),
-                self.get_http_response_header("retry-after").as_deref(),
-                self.get_http_response_header("x-ratelimit-reset")
-                    .as_deref(),
+                host::response_header("retry-after").as_deref(),
+                host::response_header("x-ratelimit-reset").as_deref(),
             );
             if let Some(seconds) = retry {
-                self.set_http_response_header("retry-after", Some(&seconds));
+                host::set_response_header("retry-after", Some(&seconds));
             }
         }
-        Action::Continue
+        Flow::Continue
     }
 }

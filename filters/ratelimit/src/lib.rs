@@ -1,4 +1,4 @@
-//! Rate-limit filter: the Envoy side of [`fhirgate_core::ratelimit::filter`].
+//! Rate-limit stage: the Envoy side of [`fhirgate_core::ratelimit::filter`].
 //!
 //! After routing and authorization. Classifies each request (class, tenant, principal,
 //! weight), verifies break-glass tokens, takes from per-user token buckets in Envoy's shared
@@ -8,7 +8,4 @@
 mod http;
 mod root;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::RateLimitRoot::default()) });
-}}
+pub use root::{RateLimitRoot, FILTER};

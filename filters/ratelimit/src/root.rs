@@ -1,11 +1,10 @@
-//! Root context: compiles the configuration once and creates the break-glass ledger.
+//! Root: compiles the configuration once and creates the break-glass ledger.
 
 use crate::http::RateLimitFilter;
+use fhirgate_core::pipeline::Stage;
 use fhirgate_core::ratelimit::breakglass::ensure_ledger;
 use fhirgate_core::ratelimit::filter::RateLimitFilterPolicy;
-use fhirgate_proxy::SharedData;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use fhirgate_proxy::{SharedData, StageRoot};
 use std::rc::Rc;
 
 pub const FILTER: &str = "fhirgate.ratelimit";
@@ -15,10 +14,8 @@ pub struct RateLimitRoot {
     policy: Option<Rc<RateLimitFilterPolicy>>,
 }
 
-impl Context for RateLimitRoot {}
-
-impl RootContext for RateLimitRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+impl StageRoot for RateLimitRoot {
+    fn configure(&mut self, config: &[u8]) -> bool {
         fhirgate_proxy::declare(
             FILTER,
             &[
@@ -29,7 +26,7 @@ impl RootContext for RateLimitRoot {
                 ("break_glass", "refused"),
             ],
         );
-        match fhirgate_proxy::load_config(self, FILTER, RateLimitFilterPolicy::from_json) {
+        match fhirgate_proxy::load_config(config, FILTER, RateLimitFilterPolicy::from_json) {
             Some(policy) => {
                 if policy.break_glass_header().is_some() {
                     ensure_ledger(&mut SharedData);
@@ -41,11 +38,7 @@ impl RootContext for RateLimitRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(RateLimitFilter::new(self.policy.clone())))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn create(&self) -> Box<dyn Stage> {
+        Box::new(RateLimitFilter::new(self.policy.clone()))
     }
 }

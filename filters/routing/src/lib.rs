@@ -1,13 +1,10 @@
-//! FHIR routing filter: the Envoy side of [`fhirgate_core::routing`].
+//! FHIR routing stage: the Envoy side of [`fhirgate_core::routing`].
 //!
-//! First in the chain. It removes every client-supplied `x-fhirgate-*` header, parses the
+//! First in the pipeline. It removes every client-supplied `x-fhirgate-*` header, parses the
 //! request into FHIR terms, refuses malformed requests with an OperationOutcome, and sets the
-//! internal headers that Envoy routes and later filters read.
+//! internal headers that Envoy routes and later stages read.
 
 mod http;
 mod root;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::RoutingRoot::default()) });
-}}
+pub use root::{RoutingRoot, FILTER};

@@ -1,9 +1,9 @@
-//! Root context: compiles the configuration once, hands it to every request.
+//! Root: compiles the configuration once, hands it to every request.
 
 use crate::http::RoutingFilter;
+use fhirgate_core::pipeline::Stage;
 use fhirgate_core::routing::RoutingPolicy;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use fhirgate_proxy::StageRoot;
 use std::rc::Rc;
 
 pub const FILTER: &str = "fhirgate.routing";
@@ -13,12 +13,10 @@ pub struct RoutingRoot {
     policy: Option<Rc<RoutingPolicy>>,
 }
 
-impl Context for RoutingRoot {}
-
-impl RootContext for RoutingRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+impl StageRoot for RoutingRoot {
+    fn configure(&mut self, config: &[u8]) -> bool {
         fhirgate_proxy::declare(FILTER, &[("routed", ""), ("denied", "")]);
-        match fhirgate_proxy::load_config(self, FILTER, RoutingPolicy::from_json) {
+        match fhirgate_proxy::load_config(config, FILTER, RoutingPolicy::from_json) {
             Some(policy) => {
                 self.policy = Some(Rc::new(policy));
                 true
@@ -27,11 +25,7 @@ impl RootContext for RoutingRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(RoutingFilter::new(self.policy.clone())))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn create(&self) -> Box<dyn Stage> {
+        Box::new(RoutingFilter::new(self.policy.clone()))
     }
 }

@@ -1,0 +1,364 @@
+//! One HTTP context, several stages: the order in which the stages of the fused module
+//! (`fhirgate.wasm`) see a request's and a response's events.
+//!
+//! Envoy runs a filter chain by rules each fhirgate stage was written against: a filter sees a
+//! request's headers, then its body chunks; one that stops iteration holds everything after it
+//! until it continues (from a later callback or when a call it dispatched answers); responses
+//! pass the filters in reverse order; a filter that sends a local reply ends the request's
+//! journey. [`Sequencer`] keeps exactly those rules for stages that share one context, so
+//! a stage behaves the same fused or alone, and the state machine is tested here natively.
+//!
+//! Trailers end a body: a stage holding a body until its end decides it when trailers arrive
+//! (it never sees `end_of_stream` in a body callback then), so nothing held slips through.
+
+/// What a stage wants after an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// What arrived goes on to the next stage.
+    Continue,
+    /// Held: the stage waits for more of the body or for a call it dispatched.
+    Pause,
+    /// The stage sent a local reply: nothing of the request goes further.
+    Answered,
+}
+
+/// One stage of the pipeline as its host adapter presents it.
+pub trait Stage {
+    fn request_headers(&mut self, _end_of_stream: bool) -> Flow {
+        Flow::Continue
+    }
+    /// `body_size`: the body buffered so far (everything since the last chunk that went on).
+    fn request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Flow {
+        Flow::Continue
+    }
+    fn response_headers(&mut self, _end_of_stream: bool) -> Flow {
+        Flow::Continue
+    }
+    fn response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Flow {
+        Flow::Continue
+    }
+    /// A call answered. `None`: not this stage's call. `Some(Continue)`: what the stage held
+    /// goes on; `Some(Pause)`: it still waits; `Some(Answered)`: it replied.
+    fn call_response(&mut self, _token: u32, _body_size: usize) -> Option<Flow> {
+        None
+    }
+    /// The request is over (Envoy's log callback), whatever became of it.
+    fn log(&mut self) {}
+}
+
+/// Which way a held stream goes on when a stage lets go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    Nothing,
+    Request,
+    Response,
+}
+
+/// A body event: its sequence number (chunks can repeat a size), size and end.
+type BodyEvent = (u32, usize, bool);
+
+#[derive(Clone, Default)]
+struct Progress {
+    head_called: bool,
+    head_passed: bool,
+    body_called: Option<BodyEvent>,
+    body_passed: Option<BodyEvent>,
+}
+
+/// One direction's events so far and how far each stage took them.
+#[derive(Default)]
+struct Direction {
+    head: Option<bool>,
+    body: Option<BodyEvent>,
+    chunks: u32,
+    progress: Vec<Progress>,
+    /// The host was told to stop iterating: a later continue must resume it.
+    host_paused: bool,
+}
+
+impl Direction {
+    fn new(stages: usize) -> Self {
+        Direction {
+            progress: vec![Progress::default(); stages],
+            ..Default::default()
+        }
+    }
+
+    fn holds(&self, stage: usize) -> bool {
+        self.progress.get(stage).is_some_and(|p| {
+            p.head_called && (!p.head_passed || (self.body.is_some() && p.body_passed != self.body))
+        })
+    }
+
+    fn let_go(&mut self, stage: usize) {
+        let body = self.body;
+        if let Some(p) = self.progress.get_mut(stage) {
+            p.head_passed = true;
+            p.body_passed = body;
+        }
+    }
+}
+
+/// The pipeline's state for one request (see the module comment).
+pub struct Sequencer {
+    request: Direction,
+    response: Direction,
+    /// A stage answered the request itself.
+    answered: bool,
+}
+
+impl Sequencer {
+    pub fn new(stages: usize) -> Self {
+        Sequencer {
+            request: Direction::new(stages),
+            response: Direction::new(stages),
+            answered: false,
+        }
+    }
+
+    pub fn request_headers(&mut self, stages: &mut [Box<dyn Stage>], end_of_stream: bool) -> Flow {
+        self.request.head = Some(end_of_stream);
+        self.run_request(stages)
+    }
+
+    pub fn request_body(
+        &mut self,
+        stages: &mut [Box<dyn Stage>],
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
+        self.request.chunks += 1;
+        self.request.body = Some((self.request.chunks, body_size, end_of_stream));
+        self.run_request(stages)
+    }
+
+    /// Trailers end the request body: the last body (or none) is its whole.
+    pub fn request_trailers(&mut self, stages: &mut [Box<dyn Stage>]) -> Flow {
+        let size = self.request.body.map_or(0, |(_, size, _)| size);
+        self.request_body(stages, size, true)
+    }
+
+    pub fn response_headers(&mut self, stages: &mut [Box<dyn Stage>], end_of_stream: bool) -> Flow {
+        self.response.head = Some(end_of_stream);
+        self.run_response(stages)
+    }
+
+    pub fn response_body(
+        &mut self,
+        stages: &mut [Box<dyn Stage>],
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
+        self.response.chunks += 1;
+        self.response.body = Some((self.response.chunks, body_size, end_of_stream));
+        self.run_response(stages)
+    }
+
+    pub fn response_trailers(&mut self, stages: &mut [Box<dyn Stage>]) -> Flow {
+        let size = self.response.body.map_or(0, |(_, size, _)| size);
+        self.response_body(stages, size, true)
+    }
+
+    /// A call answered: the stage that dispatched it decides, and when it lets go, the rest of
+    /// the pipeline runs. Returns which way the host must resume, if at all.
+    pub fn call_response(
+        &mut self,
+        stages: &mut [Box<dyn Stage>],
+        token: u32,
+        body_size: usize,
+    ) -> Resume {
+        let Some((index, flow)) = stages
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, s)| s.call_response(token, body_size).map(|f| (i, f)))
+        else {
+            return Resume::Nothing;
+        };
+        match flow {
+            Flow::Pause => Resume::Nothing,
+            Flow::Answered => {
+                self.answered = true;
+                Resume::Nothing
+            }
+            Flow::Continue if self.response.holds(index) => {
+                self.response.let_go(index);
+                let paused = self.response.host_paused;
+                match self.run_response(stages) {
+                    Flow::Continue if paused => Resume::Response,
+                    _ => Resume::Nothing,
+                }
+            }
+            Flow::Continue if !self.answered && self.request.holds(index) => {
+                self.request.let_go(index);
+                let paused = self.request.host_paused;
+                match self.run_request(stages) {
+                    Flow::Continue if paused => Resume::Request,
+                    _ => Resume::Nothing,
+                }
+            }
+            Flow::Continue => Resume::Nothing,
+        }
+    }
+
+    pub fn log(&mut self, stages: &mut [Box<dyn Stage>]) {
+        for stage in stages.iter_mut() {
+            stage.log();
+        }
+    }
+
+    fn run_request(&mut self, stages: &mut [Box<dyn Stage>]) -> Flow {
+        if self.answered {
+            return Flow::Pause;
+        }
+        let flow = run(&mut self.request, stages, 0..stages.len(), true);
+        self.settle(flow, true)
+    }
+
+    fn run_response(&mut self, stages: &mut [Box<dyn Stage>]) -> Flow {
+        let flow = run(&mut self.response, stages, (0..stages.len()).rev(), false);
+        self.settle(flow, false)
+    }
+
+    fn settle(&mut self, flow: Flow, request: bool) -> Flow {
+        let direction = if request {
+            &mut self.request
+        } else {
+            &mut self.response
+        };
+        match flow {
+            Flow::Continue => direction.host_paused = false,
+            Flow::Pause => direction.host_paused = true,
+            Flow::Answered => {
+                direction.host_paused = true;
+                if request {
+                    self.answered = true;
+                }
+            }
+        }
+        flow
+    }
+}
+
+/// Takes one direction's events through the stages in `order` as far as they go.
+fn run(
+    direction: &mut Direction,
+    stages: &mut [Box<dyn Stage>],
+    order: impl Iterator<Item = usize>,
+    request: bool,
+) -> Flow {
+    let Some(end_with_head) = direction.head else {
+        return Flow::Pause;
+    };
+    let body = direction.body;
+    for index in order {
+        let (Some(stage), Some(p)) = (stages.get_mut(index), direction.progress.get_mut(index))
+        else {
+            return Flow::Pause;
+        };
+        if !p.head_called {
+            p.head_called = true;
+            let flow = if request {
+                stage.request_headers(end_with_head)
+            } else {
+                stage.response_headers(end_with_head)
+            };
+            match flow {
+                Flow::Continue => p.head_passed = true,
+                Flow::Pause => {}
+                Flow::Answered => return Flow::Answered,
+            }
+        }
+        if let Some(event @ (_, size, end)) = body {
+            if p.body_passed != Some(event) && p.body_called != Some(event) {
+                p.body_called = Some(event);
+                let flow = if request {
+                    stage.request_body(size, end)
+                } else {
+                    stage.response_body(size, end)
+                };
+                match flow {
+                    // A stage that lets a chunk go lets its head go too (as in Envoy).
+                    Flow::Continue => {
+                        p.head_passed = true;
+                        p.body_passed = Some(event);
+                    }
+                    Flow::Pause => {}
+                    Flow::Answered => return Flow::Answered,
+                }
+            }
+        }
+        if !p.head_passed || (body.is_some() && p.body_passed != body) {
+            return Flow::Pause;
+        }
+    }
+    Flow::Continue
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The stages of the pipeline, in order: each is a section of the module's configuration.
+pub const STAGES: [&str; 5] = ["routing", "authz", "ratelimit", "consent", "audit"];
+
+/// The configuration of one `fhirgate.wasm` filter: a section per stage it runs. All five make
+/// the fused pipeline; one makes the design card's separate filter, several a segment of the
+/// chain (Envoy's own filters in between). Stages always run in pipeline order.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModuleConfig {
+    routing: Option<serde_json::Value>,
+    authz: Option<serde_json::Value>,
+    ratelimit: Option<serde_json::Value>,
+    consent: Option<serde_json::Value>,
+    audit: Option<serde_json::Value>,
+}
+
+/// The stages a module configuration names, in pipeline order, each with its section's JSON
+/// (which that stage compiles, naming its own fields). A configuration that names no stage
+/// is refused.
+pub fn module_sections(
+    bytes: &[u8],
+) -> Result<Vec<(&'static str, Vec<u8>)>, crate::config::ConfigError> {
+    let config: ModuleConfig = crate::config::parse_json(bytes)?;
+    let sections = [
+        config.routing,
+        config.authz,
+        config.ratelimit,
+        config.consent,
+        config.audit,
+    ];
+    let named: Vec<(&'static str, Vec<u8>)> = STAGES
+        .iter()
+        .zip(sections)
+        .filter_map(|(name, section)| {
+            section.map(|value| (*name, serde_json::to_vec(&value).unwrap_or_default()))
+        })
+        .collect();
+    if named.is_empty() {
+        return Err(crate::config::ConfigError::new(
+            "",
+            format!("names no stage: give one or more of {}", STAGES.join(", ")),
+        ));
+    }
+    Ok(named)
+}
+
+/// Compiles a module configuration as `fhirgate.wasm` does, every section with its stage's
+/// own code (the CLI's `config lint --filter module`); a refusal names the field from the
+/// root (`authz.issuers[0].jwksUri`).
+pub fn check_module(bytes: &[u8]) -> Result<Vec<&'static str>, crate::config::ConfigError> {
+    let sections = module_sections(bytes)?;
+    for (name, section) in &sections {
+        let checked = match *name {
+            "routing" => crate::routing::RoutingPolicy::from_json(section).map(drop),
+            "authz" => crate::smart::filter::AuthzFilterPolicy::from_json(section).map(drop),
+            "ratelimit" => {
+                crate::ratelimit::filter::RateLimitFilterPolicy::from_json(section).map(drop)
+            }
+            "consent" => crate::consent::ConsentPolicy::from_json(section).map(drop),
+            _ => crate::audit::sink::AuditPolicy::from_json(section).map(drop),
+        };
+        checked.map_err(|e| e.within(name))?;
+    }
+    Ok(sections.into_iter().map(|(name, _)| name).collect())
+}

@@ -1,0 +1,196 @@
+//! `fhirgate.wasm`, the one module: its configuration names the stages it runs
+//! ([`fhirgate_core::pipeline::module_sections`]).
+//!
+//! - **Fused** (all five sections): one filter, one HTTP context per request; the stages run
+//!   in pipeline order inside it ([`fhirgate_core::pipeline::Sequencer`]), so a request costs
+//!   one context, one set of VM calls and one VM.
+//! - **Separate filters** (one section each, the design card): five filters of the same
+//!   module and `vm_id` share one VM per worker.
+//!
+//! This crate only translates: Envoy's callbacks go to the sequencer, the stages' roots get
+//! their configuration sections, ticks and call answers.
+
+use fhirgate_core::pipeline::{module_sections, Flow, Resume, Sequencer, Stage};
+use fhirgate_proxy::{host, StageRoot};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+use std::time::Duration;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(GatewayRoot::default()) });
+}}
+
+const MODULE: &str = "fhirgate";
+
+/// A stage's root and, when it wants ticks, its period and when it is next due (ms).
+struct Scheduled {
+    root: Box<dyn StageRoot>,
+    period: Option<Duration>,
+    due_ms: u64,
+}
+
+#[derive(Default)]
+pub struct GatewayRoot {
+    stages: Vec<Scheduled>,
+}
+
+fn stage_root(name: &str) -> Option<Box<dyn StageRoot>> {
+    Some(match name {
+        "routing" => Box::<fhirgate_routing::RoutingRoot>::default(),
+        "authz" => Box::<fhirgate_authz::AuthzRoot>::default(),
+        "ratelimit" => Box::<fhirgate_ratelimit::RateLimitRoot>::default(),
+        "consent" => Box::<fhirgate_consent::ConsentRoot>::default(),
+        "audit" => Box::<fhirgate_audit::AuditRoot>::default(),
+        _ => return None,
+    })
+}
+
+impl Context for GatewayRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        for stage in &mut self.stages {
+            if stage.root.call_response(token_id, body_size) {
+                return;
+            }
+        }
+    }
+}
+
+impl RootContext for GatewayRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let sections = match module_sections(&host::plugin_configuration()) {
+            Ok(sections) => sections,
+            Err(err) => {
+                log::error!("{MODULE}: {err}");
+                return false;
+            }
+        };
+        let mut stages = Vec::with_capacity(sections.len());
+        for (name, section) in sections {
+            let Some(mut root) = stage_root(name) else {
+                return false;
+            };
+            if !root.configure(&section) {
+                return false;
+            }
+            let period = root.tick_period();
+            stages.push(Scheduled {
+                root,
+                period,
+                due_ms: 0,
+            });
+        }
+        // One timer for every stage: the shortest period; each stage runs when it is due.
+        if let Some(shortest) = stages.iter().filter_map(|s| s.period).min() {
+            host::set_tick_period(shortest);
+        }
+        self.stages = stages;
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let now = host::now_ms();
+        for stage in &mut self.stages {
+            let Some(period) = stage.period else {
+                continue;
+            };
+            if now >= stage.due_ms {
+                // A little early rather than a whole period late when ticks jitter.
+                stage.due_ms = now + (period.as_millis() as u64).saturating_sub(50);
+                stage.root.tick();
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let stages: Vec<Box<dyn Stage>> = self.stages.iter().map(|s| s.root.create()).collect();
+        Some(Box::new(Pipeline {
+            sequencer: Sequencer::new(stages.len()),
+            stages,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// One request through the configured stages.
+struct Pipeline {
+    stages: Vec<Box<dyn Stage>>,
+    sequencer: Sequencer,
+}
+
+fn action(flow: Flow) -> Action {
+    match flow {
+        Flow::Continue => Action::Continue,
+        Flow::Pause | Flow::Answered => Action::Pause,
+    }
+}
+
+impl Context for Pipeline {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        match self
+            .sequencer
+            .call_response(&mut self.stages, token_id, body_size)
+        {
+            Resume::Request => host::resume_request(),
+            Resume::Response => host::resume_response(),
+            Resume::Nothing => {}
+        }
+    }
+}
+
+impl HttpContext for Pipeline {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        action(
+            self.sequencer
+                .request_headers(&mut self.stages, end_of_stream),
+        )
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        action(
+            self.sequencer
+                .request_body(&mut self.stages, body_size, end_of_stream),
+        )
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        action(self.sequencer.request_trailers(&mut self.stages))
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        action(
+            self.sequencer
+                .response_headers(&mut self.stages, end_of_stream),
+        )
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        action(
+            self.sequencer
+                .response_body(&mut self.stages, body_size, end_of_stream),
+        )
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        action(self.sequencer.response_trailers(&mut self.stages))
+    }
+
+    fn on_log(&mut self) {
+        self.sequencer.log(&mut self.stages);
+    }
+}

@@ -1,0 +1,158 @@
+//! Every host call fhirgate's stages make, in one place, none of which can panic.
+//!
+//! The proxy-wasm SDK's context helpers (`get_http_request_header`, `get_current_time`,
+//! `get_property`, `resume_http_request` …) `unwrap` the host's status inside the SDK, where
+//! clippy cannot see it: a host that refuses a call (a header read after the head went on, a
+//! property it does not know) would abort the VM and every stream on it. These wrappers call
+//! the SDK's raw `hostcalls` and turn a refusal into "absent" or a logged no-op. The SDK
+//! helpers are banned by `clippy.toml` (`disallowed-methods`).
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType, Status};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The host's clock (the epoch if the host cannot tell).
+pub fn now() -> SystemTime {
+    hostcalls::get_current_time().unwrap_or(UNIX_EPOCH)
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> i64 {
+    now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// Sets (or with `None` removes) a request header.
+pub fn set_request_header(name: &str, value: Option<&str>) {
+    if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
+        log::debug!("request header {name} not set: {status:?}");
+    }
+}
+
+pub fn add_request_header(name: &str, value: &str) {
+    if let Err(status) = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value) {
+        log::debug!("request header {name} not added: {status:?}");
+    }
+}
+
+/// Every request header in one host call.
+pub fn request_headers() -> Vec<(String, Vec<u8>)> {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+}
+
+pub fn response_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn set_response_header(name: &str, value: Option<&str>) {
+    if let Err(status) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value) {
+        log::debug!("response header {name} not set: {status:?}");
+    }
+}
+
+/// The response status, 0 when unknown.
+pub fn response_status() -> u16 {
+    response_header(":status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The request body buffered so far, up to `size` bytes.
+pub fn request_body(size: usize) -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+pub fn response_body(size: usize) -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Replaces the first `size` bytes of the buffered response body (all of it, as buffered).
+pub fn set_response_body(size: usize, body: &[u8]) {
+    if let Err(status) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, body) {
+        log::warn!("response body not replaced: {status:?}");
+    }
+}
+
+pub fn property(path: Vec<&str>) -> Option<Vec<u8>> {
+    hostcalls::get_property(path).ok().flatten()
+}
+
+pub fn set_property(path: Vec<&str>, value: &[u8]) {
+    if let Err(status) = hostcalls::set_property(path, Some(value)) {
+        log::debug!("property not set: {status:?}");
+    }
+}
+
+/// A header of the answer to a dispatched call (inside its callback).
+pub fn call_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// The body of the answer to a dispatched call (inside its callback).
+pub fn call_body(size: usize) -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Dispatches an HTTP call through an Envoy cluster; its answer comes to the context that
+/// was current when it was sent.
+pub fn dispatch(
+    cluster: &str,
+    headers: Vec<(&str, &str)>,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<u32, Status> {
+    hostcalls::dispatch_http_call(cluster, headers, body, vec![], timeout)
+}
+
+pub fn resume_request() {
+    if let Err(status) = hostcalls::resume_http_request() {
+        log::warn!("request not resumed: {status:?}");
+    }
+}
+
+pub fn resume_response() {
+    if let Err(status) = hostcalls::resume_http_response() {
+        log::warn!("response not resumed: {status:?}");
+    }
+}
+
+/// The plugin's configuration as Envoy passes it (empty when there is none).
+pub fn plugin_configuration() -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+pub fn set_tick_period(period: Duration) {
+    if let Err(status) = hostcalls::set_tick_period(period) {
+        log::error!("tick period not set: {status:?}");
+    }
+}
