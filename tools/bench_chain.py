@@ -123,10 +123,11 @@ def variant(chain: dict, name: str, port: int, filters: list[str]) -> dict:
     listener["address"]["socket_address"]["port_value"] = port
     hcm = hcm_of(listener)
     hcm["http_filters"] = [f for f in hcm["http_filters"] if not f["name"].startswith("fhirgate") or f["name"] in filters]
-    stages = set(FILTERS) if "fhirgate" in filters else set(filters)
-    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:  # the marks of the stages left
+    stages = FILTERS if "fhirgate" in filters else filters
+    mark = ",".join(f.removeprefix("fhirgate.") for f in stages)
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:  # the mark of the stages left
         if "filter_state" in route["match"]:
-            route["match"]["filter_state"] = [m for m in route["match"]["filter_state"] if m["key"].removeprefix("wasm.").removesuffix(".passed") in stages]
+            route["match"]["filter_state"] = [{"key": "wasm.fhirgate.passed", "string_match": {"exact": mark}}]
     if not filters:
         hcm["route_config"]["virtual_hosts"][0]["routes"] = [
             {"match": {"prefix": "/fhir/r4"}, "route": {"cluster": "fhir_api", "prefix_rewrite": "/fhir", "timeout": "30s"}}]

@@ -70,13 +70,12 @@ def test_every_forwarding_route_requires_the_mark_of_every_fhirgate_stage_in_the
     assert len(ours) == (1 if deployment == "fused" else 5)
     stages = [s for f in ours for s in json.loads(f["typed_config"]["config"]["configuration"]["value"])]
     assert stages == ["routing", "authz", "ratelimit", "consent", "audit"]
-    marks = {f"wasm.fhirgate.{s}.passed" for s in stages}
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     forwarding = [r for r in routes if "route" in r]
     assert forwarding, routes
     for r in forwarding:
-        required = {m["key"] for m in r["match"].get("filter_state", []) if m["string_match"] == {"exact": "1"}}
-        assert required == marks, r["match"]
+        required = [(m["key"], m["string_match"]) for m in r["match"].get("filter_state", [])]
+        assert required == [("wasm.fhirgate.passed", {"exact": ",".join(stages)})], r["match"]
     assert [r["direct_response"]["status"] for r in routes if "route" not in r] == [503], "the catch-all refuses"
 
 

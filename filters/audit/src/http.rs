@@ -10,8 +10,8 @@ use fhirgate_core::pipeline::{Flow, Stage};
 use fhirgate_core::ratelimit::filter::host_without_port;
 use fhirgate_core::{headers, Rejection};
 use fhirgate_proxy::{
-    count, host, mark_passed, property_text, property_u64, reject, RequestHeaders,
-    CONSENT_PROPERTY, REASON_PROPERTY,
+    count, host, property_text, property_u64, reject, RequestHeaders, CONSENT_PROPERTY,
+    REASON_PROPERTY,
 };
 use std::rc::Rc;
 use std::time::Duration;
@@ -118,7 +118,6 @@ impl Stage for AuditFilter {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
         // Marked now: in fail-closed mode the request goes on only after the acknowledgement.
-        mark_passed(FILTER);
         let (Some(fail_closed), Some(c)) = (
             worker.policy.config.fail_closed.as_ref(),
             worker.policy.config.collector.as_ref(),

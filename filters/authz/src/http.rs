@@ -6,7 +6,7 @@ use fhirgate_core::pipeline::{Flow, Stage};
 use fhirgate_core::routing::RequestHead;
 use fhirgate_core::smart::filter::{AuthzFilterPolicy, AuthzRuntime, Exchange, Step};
 use fhirgate_core::Rejection;
-use fhirgate_proxy::{host, mark_passed, reject, set_routing_headers, RequestHeaders, SharedData};
+use fhirgate_proxy::{host, reject, set_routing_headers, RequestHeaders, SharedData};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -94,7 +94,6 @@ impl AuthzFilter {
     fn apply(&mut self, step: Step) -> Flow {
         match step {
             Step::Allow { headers, path } => {
-                mark_passed(FILTER);
                 self.set_zone_purpose();
                 if let Some(path) = path {
                     host::set_request_header(":path", Some(&path));
@@ -120,7 +119,6 @@ impl AuthzFilter {
                 Flow::Pause
             }
             Step::WaitResponseBody { headers, path } => {
-                mark_passed(FILTER);
                 self.set_zone_purpose();
                 if let Some(path) = path {
                     host::set_request_header(":path", Some(&path));
@@ -154,7 +152,6 @@ impl AuthzFilter {
             Step::ReportOnly { reason, headers } => {
                 log::info!("{FILTER}: report-only, not enforced: {reason}");
                 fhirgate_proxy::count(FILTER, "report_only", reason);
-                mark_passed(FILTER);
                 set_routing_headers(&headers);
                 Flow::Continue
             }

@@ -11,7 +11,7 @@ use fhirgate_core::consent::{
 use fhirgate_core::outcome::IssueType;
 use fhirgate_core::pipeline::{Flow, Stage};
 use fhirgate_core::{headers, Rejection};
-use fhirgate_proxy::{count, host, mark_passed, reject, RequestHeaders};
+use fhirgate_proxy::{count, host, reject, RequestHeaders};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
@@ -586,7 +586,6 @@ impl Stage for ConsentFilter {
         let Some(shared) = self.shared.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
-        mark_passed(FILTER);
         let h = RequestHeaders::read();
         let interaction = h.get(headers::INTERACTION).unwrap_or_default();
         if !filters_interaction(interaction) {

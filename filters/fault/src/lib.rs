@@ -52,17 +52,13 @@ impl RootContext for FaultRoot {
             serde_json::from_slice(&fhirgate_proxy::host::plugin_configuration())
                 .unwrap_or_default();
         // Only the shipped stages' names: the mark's property name must be static.
-        let stages = [
-            "fhirgate.routing",
-            "fhirgate.authz",
-            "fhirgate.ratelimit",
-            "fhirgate.consent",
-            "fhirgate.audit",
-        ];
         let stand_in = config.get("standIn").and_then(|s| s.as_str());
-        self.stand_in = stages
+        self.stand_in = fhirgate_core::pipeline::STAGES
             .into_iter()
-            .filter(|f| stand_in == Some("fhirgate") || stand_in == Some(f))
+            .filter(|stage| {
+                stand_in == Some("fhirgate")
+                    || stand_in.and_then(|s| s.strip_prefix("fhirgate.")) == Some(stage)
+            })
             .collect();
         let fail_on_workers = config
             .get("failOnWorkers")
@@ -100,11 +96,11 @@ impl HttpContext for Fault {
             Some("trap") => core::arch::wasm32::unreachable(),
             Some("panic") => panic!("fault instrument: asked to panic"),
             _ => {
-                for filter in &self.stand_in {
-                    fhirgate_proxy::mark_passed(filter);
+                if !self.stand_in.is_empty() {
+                    fhirgate_proxy::mark_passed(&self.stand_in);
                 }
                 // Standing in for routing, it also names the pool the routes need.
-                if self.stand_in.contains(&"fhirgate.routing") {
+                if self.stand_in.contains(&"routing") {
                     fhirgate_proxy::host::set_request_header("x-fhirgate-pool", Some("fhir"));
                     fhirgate_proxy::clear_route_cache();
                 }

@@ -14,6 +14,7 @@ use fhirgate_core::pipeline::{module_sections, Flow, Resume, Sequencer, Stage};
 use fhirgate_proxy::{host, StageRoot};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
+use std::rc::Rc;
 use std::time::Duration;
 
 proxy_wasm::main! {{
@@ -33,6 +34,8 @@ struct Scheduled {
 #[derive(Default)]
 pub struct GatewayRoot {
     stages: Vec<Scheduled>,
+    /// The stages' names, in pipeline order (the pass mark names them).
+    names: Rc<[&'static str]>,
 }
 
 fn stage_root(name: &str) -> Option<Box<dyn StageRoot>> {
@@ -54,6 +57,7 @@ impl Context for GatewayRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
+        host::begin_callback();
         for stage in &mut self.stages {
             if stage.root.call_response(token_id, body_size) {
                 return;
@@ -72,6 +76,7 @@ impl RootContext for GatewayRoot {
             }
         };
         let mut stages = Vec::with_capacity(sections.len());
+        self.names = sections.iter().map(|(name, _)| *name).collect();
         for (name, section) in sections {
             let Some(mut root) = stage_root(name) else {
                 return false;
@@ -95,6 +100,7 @@ impl RootContext for GatewayRoot {
     }
 
     fn on_tick(&mut self) {
+        host::begin_callback();
         let now = host::now_ms();
         for stage in &mut self.stages {
             let Some(period) = stage.period else {
@@ -113,6 +119,9 @@ impl RootContext for GatewayRoot {
         Some(Box::new(Pipeline {
             sequencer: Sequencer::new(stages.len()),
             stages,
+            names: self.names.clone(),
+            route_stale: false,
+            passed: false,
         }))
     }
 
@@ -124,7 +133,38 @@ impl RootContext for GatewayRoot {
 /// One request through the configured stages.
 struct Pipeline {
     stages: Vec<Box<dyn Stage>>,
+    names: Rc<[&'static str]>,
     sequencer: Sequencer,
+    /// A stage changed a request header since the route was last picked.
+    route_stale: bool,
+    /// Every stage let the request go.
+    passed: bool,
+}
+
+impl Pipeline {
+    /// Ends a request callback: when every stage let the request go, the request is marked
+    /// as passed by them and the route picked again (once, whatever the stages changed).
+    fn request_flow(&mut self, flow: Flow) -> Action {
+        self.route_stale |= host::take_route_stale();
+        match flow {
+            Flow::Continue => {
+                self.let_go();
+                Action::Continue
+            }
+            Flow::Pause | Flow::Answered => Action::Pause,
+        }
+    }
+
+    fn let_go(&mut self) {
+        if self.passed {
+            return;
+        }
+        self.passed = true;
+        fhirgate_proxy::mark_passed(&self.names);
+        if std::mem::take(&mut self.route_stale) {
+            fhirgate_proxy::clear_route_cache();
+        }
+    }
 }
 
 fn action(flow: Flow) -> Action {
@@ -142,11 +182,16 @@ impl Context for Pipeline {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        match self
+        host::begin_callback();
+        let resume = self
             .sequencer
-            .call_response(&mut self.stages, token_id, body_size)
-        {
-            Resume::Request => host::resume_request(),
+            .call_response(&mut self.stages, token_id, body_size);
+        self.route_stale |= host::take_route_stale();
+        match resume {
+            Resume::Request => {
+                self.let_go();
+                host::resume_request();
+            }
             Resume::Response => host::resume_response(),
             Resume::Nothing => {}
         }
@@ -155,24 +200,29 @@ impl Context for Pipeline {
 
 impl HttpContext for Pipeline {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        action(
-            self.sequencer
-                .request_headers(&mut self.stages, end_of_stream),
-        )
+        host::begin_callback();
+        let flow = self
+            .sequencer
+            .request_headers(&mut self.stages, end_of_stream);
+        self.request_flow(flow)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.sequencer
-                .request_body(&mut self.stages, body_size, end_of_stream),
-        )
+        host::begin_callback();
+        let flow = self
+            .sequencer
+            .request_body(&mut self.stages, body_size, end_of_stream);
+        self.request_flow(flow)
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        action(self.sequencer.request_trailers(&mut self.stages))
+        host::begin_callback();
+        let flow = self.sequencer.request_trailers(&mut self.stages);
+        self.request_flow(flow)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        host::begin_callback();
         action(
             self.sequencer
                 .response_headers(&mut self.stages, end_of_stream),
@@ -180,6 +230,7 @@ impl HttpContext for Pipeline {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        host::begin_callback();
         action(
             self.sequencer
                 .response_body(&mut self.stages, body_size, end_of_stream),
@@ -187,10 +238,12 @@ impl HttpContext for Pipeline {
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        host::begin_callback();
         action(self.sequencer.response_trailers(&mut self.stages))
     }
 
     fn on_log(&mut self) {
+        host::begin_callback();
         self.sequencer.log(&mut self.stages);
     }
 }

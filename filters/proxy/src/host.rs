@@ -9,7 +9,45 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Header names and values as Envoy gives them.
+pub type HeaderPairs = Vec<(String, Vec<u8>)>;
+
+thread_local! {
+    /// The request headers as read in the current callback, kept up to date by fhirgate's own
+    /// writes: the stages of one module read them once per callback, not once each.
+    static SNAPSHOT: RefCell<Option<HeaderPairs>> = const { RefCell::new(None) };
+    /// A request header was written in the current callback: the route must be picked again.
+    static ROUTE_STALE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Starts a callback: what the last one read may have changed since (Envoy, another filter).
+pub fn begin_callback() {
+    SNAPSHOT.with(|s| s.borrow_mut().take());
+    ROUTE_STALE.with(|r| r.set(false));
+}
+
+/// Whether the current callback wrote a request header (and forgets it).
+pub fn take_route_stale() -> bool {
+    ROUTE_STALE.with(|r| r.replace(false))
+}
+
+/// Applies a write to the snapshot (`replace`: set, else add).
+fn snapshot_write(name: &str, value: Option<&str>, replace: bool) {
+    ROUTE_STALE.with(|r| r.set(true));
+    SNAPSHOT.with(|s| {
+        if let Some(pairs) = s.borrow_mut().as_mut() {
+            if replace {
+                pairs.retain(|(k, _)| k != name);
+            }
+            if let Some(value) = value {
+                pairs.push((name.to_string(), value.as_bytes().to_vec()));
+            }
+        }
+    });
+}
 
 /// The host's clock (the epoch if the host cannot tell).
 pub fn now() -> SystemTime {
@@ -30,28 +68,53 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A request header (lower-case name), from this callback's snapshot when there is one.
 pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+    let cached = SNAPSHOT.with(|s| {
+        s.borrow().as_ref().map(|pairs| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+        })
+    });
+    match cached {
+        Some(value) => value,
+        None => hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten(),
+    }
 }
 
 /// Sets (or with `None` removes) a request header.
 pub fn set_request_header(name: &str, value: Option<&str>) {
+    snapshot_write(name, value, true);
     if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
         log::debug!("request header {name} not set: {status:?}");
     }
 }
 
 pub fn add_request_header(name: &str, value: &str) {
+    snapshot_write(name, Some(value), false);
     if let Err(status) = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value) {
         log::debug!("request header {name} not added: {status:?}");
     }
 }
 
-/// Every request header in one host call.
-pub fn request_headers() -> Vec<(String, Vec<u8>)> {
-    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+/// Every request header: one host call per callback, then this callback's snapshot.
+pub fn request_headers() -> HeaderPairs {
+    SNAPSHOT.with(|s| {
+        let mut s = s.borrow_mut();
+        match s.as_ref() {
+            Some(pairs) => pairs.clone(),
+            None => {
+                let pairs =
+                    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+                *s = Some(pairs.clone());
+                pairs
+            }
+        }
+    })
 }
 
 pub fn response_header(name: &str) -> Option<String> {

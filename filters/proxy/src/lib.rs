@@ -209,15 +209,15 @@ impl RequestHeaders {
 }
 
 /// Adds internal request headers (after [`RequestHeaders::strip_internal`], so adding never
-/// duplicates), then asks Envoy to pick the route again: since Envoy 1.33 header changes
-/// from Wasm no longer clear the route cache by themselves.
+/// duplicates). The route is picked again once, when the module lets the request go (see
+/// [`host::take_route_stale`]): since Envoy 1.33 header changes from Wasm no longer clear the
+/// route cache by themselves.
 ///
 /// One host call per header: measured cheaper than rewriting the whole map in one call.
 pub fn set_routing_headers(values: &[(&'static str, String)]) {
     for (name, value) in values {
         host::add_request_header(name, value);
     }
-    clear_route_cache();
 }
 
 /// Envoy's `clear_route_cache` foreign function. Older hosts without it clear the cache on
@@ -281,20 +281,29 @@ impl SharedStore for SharedData {
     }
 }
 
-/// Marks the request as passed by `filter` (let through, or held for its response): sets the
-/// filter-state property `<filter>.passed` (Envoy's key `wasm.<filter>.passed`) to `1`.
+/// Marks the request as passed by these stages: appends their names to the filter-state
+/// property `fhirgate.passed` (Envoy's key `wasm.fhirgate.passed`), which ends as
+/// `routing,authz,ratelimit,consent,audit` when every stage let the request go.
 ///
 /// Why: Envoy skips a Wasm filter whose VM could not be created or configured on a worker
 /// thread (memory exhausted, say), whatever its `failure_policy` — it fails open. The shipped
-/// routes match only requests that carry every fhirgate filter's mark (Envoy's `filter_state`
-/// route matcher), so a request one of them never saw is answered 503 by Envoy itself instead
-/// of being forwarded. Filter state, unlike a header, cannot come from a client.
-pub fn mark_passed(filter: &'static str) {
-    host::set_property(vec![&format!("{filter}{PASSED_SUFFIX}")], b"1");
+/// routes match only requests whose mark names every stage (Envoy's `filter_state` route
+/// matcher), so a request a filter never saw is answered 503 by Envoy itself instead of being
+/// forwarded. Filter state, unlike a header, cannot come from a client. One property for all
+/// stages: the fused module sets it in one call.
+pub fn mark_passed(stages: &[&str]) {
+    let mut mark = host::property(vec![PASSED_PROPERTY]).unwrap_or_default();
+    for stage in stages {
+        if !mark.is_empty() {
+            mark.push(b',');
+        }
+        mark.extend_from_slice(stage.as_bytes());
+    }
+    host::set_property(vec![PASSED_PROPERTY], &mark);
 }
 
-/// The suffix of each filter's mark (see [`mark_passed`]).
-pub const PASSED_SUFFIX: &str = ".passed";
+/// The property every stage's name is appended to as it lets a request go (see [`mark_passed`]).
+pub const PASSED_PROPERTY: &str = "fhirgate.passed";
 
 /// The request's filter-state property naming why a fhirgate filter refused it, for the audit
 /// filter (Envoy keeps Wasm properties in the stream's filter state, shared by all filters).

@@ -8,9 +8,7 @@ use fhirgate_core::ratelimit::filter::{
     retry_after_for_envoy_429, RateLimitFilterPolicy, RateLimitRequest, Verdict,
 };
 use fhirgate_core::Rejection;
-use fhirgate_proxy::{
-    count, host, mark_passed, reject, set_routing_headers, RequestHeaders, SharedData,
-};
+use fhirgate_proxy::{count, host, reject, set_routing_headers, RequestHeaders, SharedData};
 use std::rc::Rc;
 
 pub struct RateLimitFilter {
@@ -79,7 +77,6 @@ impl Stage for RateLimitFilter {
                 reject(FILTER, &rejection)
             }
             Verdict::Admit(admitted) => {
-                mark_passed(FILTER);
                 count(FILTER, "requests", admitted.class.name());
                 if admitted.break_glass {
                     count(FILTER, "break_glass", "used");

@@ -4,7 +4,7 @@ use crate::root::FILTER;
 use fhirgate_core::pipeline::{Flow, Stage};
 use fhirgate_core::routing::{RoutedRequest, RoutingPolicy};
 use fhirgate_core::Rejection;
-use fhirgate_proxy::{host, mark_passed, reject, set_routing_headers, RequestHeaders};
+use fhirgate_proxy::{host, reject, set_routing_headers, RequestHeaders};
 use std::rc::Rc;
 
 pub struct RoutingFilter {
@@ -28,7 +28,6 @@ impl RoutingFilter {
         let body = host::request_body(body_size);
         match policy.route_body(&mut routed, &body) {
             Ok(()) => {
-                mark_passed(FILTER);
                 set_routing_headers(&routed.headers());
                 fhirgate_proxy::count(FILTER, "routed", routed.interaction.name());
                 Flow::Continue
@@ -54,7 +53,6 @@ impl Stage for RoutingFilter {
                 Flow::Pause
             }
             Ok(routed) => {
-                mark_passed(FILTER);
                 set_routing_headers(&routed.headers());
                 fhirgate_proxy::count(FILTER, "routed", routed.interaction.name());
                 Flow::Continue
