@@ -284,6 +284,9 @@ def fuse_filters(filters: list) -> list:
             sections = {}
             for entry in run:
                 sections.update(json.loads(entry["typed_config"]["config"]["configuration"]["value"]))
+            # The module gives the authz stage the routing section: one copy, not two.
+            if "routing" in sections and sections.get("authz", {}).get("routing") == sections["routing"]:
+                del sections["authz"]["routing"]
             config = {k: v for k, v in first.items() if k not in ("name", "root_id", "configuration", "allow_on_headers_stop_iteration")}
             name = "fhirgate" if len(run) == 5 else "fhirgate." + "+".join(sections)
             config = {"name": name, "root_id": name, **config,

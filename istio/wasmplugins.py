@@ -101,6 +101,7 @@ def envoy_filter(args) -> dict:
     (mounted with the sidecar.istio.io/userVolume and userVolumeMount annotations)."""
     context = "GATEWAY" if args.gateway else "SIDECAR_INBOUND"
     sections = {name: plugin_config(name) for name, _, _ in PLUGINS}
+    del sections["authz"]["routing"]  # the module gives the authz stage the routing section
     config = {"name": "fhirgate", "root_id": "fhirgate", "failure_policy": "FAIL_RELOAD",
               "reload_config": {"backoff": {"base_interval": "0.2s", "max_interval": "10s"}},
               "allow_on_headers_stop_iteration": True,

@@ -6,7 +6,7 @@ use crate::root::{Worker, FILTER};
 use fhirgate_core::audit::sink::{content_type, encode};
 use fhirgate_core::audit::{record, Facts};
 use fhirgate_core::outcome::IssueType;
-use fhirgate_core::pipeline::{Flow, Stage};
+use fhirgate_core::pipeline::{Flow, RequestState, Stage};
 use fhirgate_core::ratelimit::filter::host_without_port;
 use fhirgate_core::{headers, Rejection};
 use fhirgate_proxy::{
@@ -90,7 +90,12 @@ impl AuditFilter {
 }
 
 impl Stage for AuditFilter {
-    fn call_response(&mut self, token_id: u32, _body_size: usize) -> Option<Flow> {
+    fn call_response(
+        &mut self,
+        _state: &mut RequestState,
+        token_id: u32,
+        _body_size: usize,
+    ) -> Option<Flow> {
         if self.acknowledging != Some(token_id) {
             return None;
         }
@@ -113,7 +118,7 @@ impl Stage for AuditFilter {
         }
     }
 
-    fn request_headers(&mut self, _end_of_stream: bool) -> Flow {
+    fn request_headers(&mut self, _state: &mut RequestState, _end_of_stream: bool) -> Flow {
         let Some(worker) = self.worker.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
@@ -162,7 +167,7 @@ impl Stage for AuditFilter {
         }
     }
 
-    fn response_headers(&mut self, end_of_stream: bool) -> Flow {
+    fn response_headers(&mut self, _state: &mut RequestState, end_of_stream: bool) -> Flow {
         let status = host::response_status();
         // The FHIR server's answer, kept: a client that resets before it arrives must not
         // turn a committed write into "status 0, deny" in the record.
@@ -180,7 +185,12 @@ impl Stage for AuditFilter {
         Flow::Continue
     }
 
-    fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+    fn response_body(
+        &mut self,
+        _state: &mut RequestState,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
         if !self.reading_error {
             return Flow::Continue;
         }
@@ -194,7 +204,7 @@ impl Stage for AuditFilter {
         Flow::Continue
     }
 
-    fn log(&mut self) {
+    fn log(&mut self, _state: &mut RequestState) {
         let Some(worker) = self.worker.clone() else {
             return;
         };

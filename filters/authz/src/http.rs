@@ -2,8 +2,8 @@
 //! pauses a request whose signing key is unknown while the issuer's JWKS is fetched once.
 
 use crate::root::{dispatch_jwks_fetch, finish_jwks_fetch, FILTER};
-use fhirgate_core::pipeline::{Flow, Stage};
-use fhirgate_core::routing::RequestHead;
+use fhirgate_core::pipeline::{Flow, RequestState, Stage};
+use fhirgate_core::routing::{RequestHead, RoutedRequest};
 use fhirgate_core::smart::filter::{AuthzFilterPolicy, AuthzRuntime, Exchange, Step};
 use fhirgate_core::Rejection;
 use fhirgate_proxy::{host, reject, set_routing_headers, RequestHeaders, SharedData};
@@ -34,6 +34,8 @@ struct HeldHead {
     authorization: Option<String>,
     forwarded: Option<String>,
     peer: Option<String>,
+    /// The request as the routing stage of this module parsed it.
+    routed: Option<RoutedRequest>,
 }
 
 impl HeldHead {
@@ -246,6 +248,7 @@ impl AuthzFilter {
         head: &RequestHead,
         authorization: Option<&str>,
         forwarded: Option<&str>,
+        routed: Option<RoutedRequest>,
     ) -> Flow {
         let held = HeldHead {
             method: head.method.to_string(),
@@ -258,6 +261,7 @@ impl AuthzFilter {
             authorization: authorization.map(str::to_string),
             forwarded: forwarded.map(str::to_string),
             peer: self.peer_uri_san(),
+            routed,
         };
         self.waiting = Some((token_id, what, held));
         Flow::Pause
@@ -280,7 +284,12 @@ impl AuthzFilter {
 }
 
 impl Stage for AuthzFilter {
-    fn call_response(&mut self, token_id: u32, body_size: usize) -> Option<Flow> {
+    fn call_response(
+        &mut self,
+        _state: &mut RequestState,
+        token_id: u32,
+        body_size: usize,
+    ) -> Option<Flow> {
         let runtime = self.runtime.clone()?;
         if self.current_call == Some(token_id) {
             self.current_call = None;
@@ -326,8 +335,9 @@ impl Stage for AuthzFilter {
                 }
             }
         }
-        let (step, exchange) = runtime.borrow_mut().on_head(
+        let (step, exchange) = runtime.borrow_mut().on_routed_head(
             &held.head(),
+            held.routed.clone(),
             held.authorization.as_deref(),
             held.forwarded.as_deref(),
             held.peer.as_deref(),
@@ -343,7 +353,7 @@ impl Stage for AuthzFilter {
         Some(flow)
     }
 
-    fn request_headers(&mut self, end_of_stream: bool) -> Flow {
+    fn request_headers(&mut self, state: &mut RequestState, end_of_stream: bool) -> Flow {
         let Some(runtime) = self.runtime.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
@@ -362,10 +372,15 @@ impl Stage for AuthzFilter {
             (r.cache.hits, r.cache.misses)
         };
         let peer = self.peer_uri_san();
-        let (step, exchange) =
-            runtime
-                .borrow_mut()
-                .on_head(&head, authorization, forwarded, peer.as_deref(), now);
+        let routed = state.routed.clone();
+        let (step, exchange) = runtime.borrow_mut().on_routed_head(
+            &head,
+            routed.clone(),
+            authorization,
+            forwarded,
+            peer.as_deref(),
+            now,
+        );
         let r = runtime.borrow();
         if r.cache.hits > hits {
             fhirgate_proxy::count(FILTER, "token_cache", "hit");
@@ -392,6 +407,7 @@ impl Stage for AuthzFilter {
                     &head,
                     authorization,
                     forwarded,
+                    routed,
                 ),
                 Err(_) => {
                     let answer = runtime
@@ -418,6 +434,7 @@ impl Stage for AuthzFilter {
                         &head,
                         authorization,
                         forwarded,
+                        routed,
                     );
                 }
                 runtime.borrow_mut().fetched(fetch.0, now, None, b"");
@@ -427,7 +444,12 @@ impl Stage for AuthzFilter {
         self.settle(step, authorization)
     }
 
-    fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+    fn request_body(
+        &mut self,
+        _state: &mut RequestState,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
         if self.waiting.is_some() {
             self.held_body = (body_size, end_of_stream);
             return Flow::Pause;
@@ -441,7 +463,7 @@ impl Stage for AuthzFilter {
         self.decide_body(body_size)
     }
 
-    fn response_headers(&mut self, end_of_stream: bool) -> Flow {
+    fn response_headers(&mut self, _state: &mut RequestState, end_of_stream: bool) -> Flow {
         let watched = self
             .exchange
             .as_ref()
@@ -469,7 +491,12 @@ impl Stage for AuthzFilter {
         Flow::Continue
     }
 
-    fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+    fn response_body(
+        &mut self,
+        _state: &mut RequestState,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
         if self.reading_manifest {
             if !end_of_stream {
                 return Flow::Pause;

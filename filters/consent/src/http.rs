@@ -9,7 +9,7 @@ use fhirgate_core::consent::{
     Caller, Consents, FastPath, Filtered, Known, ReadPlan, Report, SecurityContext,
 };
 use fhirgate_core::outcome::IssueType;
-use fhirgate_core::pipeline::{Flow, Stage};
+use fhirgate_core::pipeline::{Flow, RequestState, Stage};
 use fhirgate_core::{headers, Rejection};
 use fhirgate_proxy::{count, host, reject, RequestHeaders};
 use std::collections::{HashMap, HashSet};
@@ -578,11 +578,16 @@ impl ConsentFilter {
 }
 
 impl Stage for ConsentFilter {
-    fn call_response(&mut self, token_id: u32, body_size: usize) -> Option<Flow> {
+    fn call_response(
+        &mut self,
+        _state: &mut RequestState,
+        token_id: u32,
+        body_size: usize,
+    ) -> Option<Flow> {
         self.answered(token_id, body_size)
     }
 
-    fn request_headers(&mut self, end_of_stream: bool) -> Flow {
+    fn request_headers(&mut self, _state: &mut RequestState, end_of_stream: bool) -> Flow {
         let Some(shared) = self.shared.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
@@ -636,7 +641,12 @@ impl Stage for ConsentFilter {
         self.hold_request(&shared, check, &h, end_of_stream)
     }
 
-    fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+    fn request_body(
+        &mut self,
+        _state: &mut RequestState,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
         let Some(held) = self.held_request.as_mut() else {
             return Flow::Continue;
         };
@@ -658,7 +668,7 @@ impl Stage for ConsentFilter {
         self.advance_request()
     }
 
-    fn response_headers(&mut self, end_of_stream: bool) -> Flow {
+    fn response_headers(&mut self, _state: &mut RequestState, end_of_stream: bool) -> Flow {
         if self.asked.is_none() || end_of_stream {
             return Flow::Continue;
         }
@@ -685,7 +695,12 @@ impl Stage for ConsentFilter {
         Flow::Pause
     }
 
-    fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+    fn response_body(
+        &mut self,
+        _state: &mut RequestState,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
         let (Some(shared), Some(_), true) =
             (self.shared.clone(), self.asked.as_ref(), self.reading)
         else {

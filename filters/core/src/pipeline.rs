@@ -22,28 +22,53 @@ pub enum Flow {
     Answered,
 }
 
+/// What the stages of one module tell each other about a request, typed and in one place.
+/// Stages in separate filters do not share it: each then works from the request itself (and
+/// the internal headers earlier filters set).
+#[derive(Default)]
+pub struct RequestState {
+    /// The request as the routing stage parsed it (its head, and its body once read): later
+    /// stages use it instead of parsing the request again.
+    pub routed: Option<crate::routing::RoutedRequest>,
+}
+
 /// One stage of the pipeline as its host adapter presents it.
 pub trait Stage {
-    fn request_headers(&mut self, _end_of_stream: bool) -> Flow {
+    fn request_headers(&mut self, _state: &mut RequestState, _end_of_stream: bool) -> Flow {
         Flow::Continue
     }
     /// `body_size`: the body buffered so far (everything since the last chunk that went on).
-    fn request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Flow {
+    fn request_body(
+        &mut self,
+        _state: &mut RequestState,
+        _body_size: usize,
+        _end_of_stream: bool,
+    ) -> Flow {
         Flow::Continue
     }
-    fn response_headers(&mut self, _end_of_stream: bool) -> Flow {
+    fn response_headers(&mut self, _state: &mut RequestState, _end_of_stream: bool) -> Flow {
         Flow::Continue
     }
-    fn response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Flow {
+    fn response_body(
+        &mut self,
+        _state: &mut RequestState,
+        _body_size: usize,
+        _end_of_stream: bool,
+    ) -> Flow {
         Flow::Continue
     }
     /// A call answered. `None`: not this stage's call. `Some(Continue)`: what the stage held
     /// goes on; `Some(Pause)`: it still waits; `Some(Answered)`: it replied.
-    fn call_response(&mut self, _token: u32, _body_size: usize) -> Option<Flow> {
+    fn call_response(
+        &mut self,
+        _state: &mut RequestState,
+        _token: u32,
+        _body_size: usize,
+    ) -> Option<Flow> {
         None
     }
     /// The request is over (Envoy's log callback), whatever became of it.
-    fn log(&mut self) {}
+    fn log(&mut self, _state: &mut RequestState) {}
 }
 
 /// Which way a held stream goes on when a stage lets go.
@@ -105,6 +130,7 @@ pub struct Sequencer {
     response: Direction,
     /// A stage answered the request itself.
     answered: bool,
+    state: RequestState,
 }
 
 impl Sequencer {
@@ -113,6 +139,7 @@ impl Sequencer {
             request: Direction::new(stages),
             response: Direction::new(stages),
             answered: false,
+            state: RequestState::default(),
         }
     }
 
@@ -167,11 +194,10 @@ impl Sequencer {
         token: u32,
         body_size: usize,
     ) -> Resume {
-        let Some((index, flow)) = stages
-            .iter_mut()
-            .enumerate()
-            .find_map(|(i, s)| s.call_response(token, body_size).map(|f| (i, f)))
-        else {
+        let Some((index, flow)) = stages.iter_mut().enumerate().find_map(|(i, s)| {
+            s.call_response(&mut self.state, token, body_size)
+                .map(|f| (i, f))
+        }) else {
             return Resume::Nothing;
         };
         match flow {
@@ -202,7 +228,7 @@ impl Sequencer {
 
     pub fn log(&mut self, stages: &mut [Box<dyn Stage>]) {
         for stage in stages.iter_mut() {
-            stage.log();
+            stage.log(&mut self.state);
         }
     }
 
@@ -210,12 +236,24 @@ impl Sequencer {
         if self.answered {
             return Flow::Pause;
         }
-        let flow = run(&mut self.request, stages, 0..stages.len(), true);
+        let flow = run(
+            &mut self.request,
+            &mut self.state,
+            stages,
+            0..stages.len(),
+            true,
+        );
         self.settle(flow, true)
     }
 
     fn run_response(&mut self, stages: &mut [Box<dyn Stage>]) -> Flow {
-        let flow = run(&mut self.response, stages, (0..stages.len()).rev(), false);
+        let flow = run(
+            &mut self.response,
+            &mut self.state,
+            stages,
+            (0..stages.len()).rev(),
+            false,
+        );
         self.settle(flow, false)
     }
 
@@ -242,6 +280,7 @@ impl Sequencer {
 /// Takes one direction's events through the stages in `order` as far as they go.
 fn run(
     direction: &mut Direction,
+    state: &mut RequestState,
     stages: &mut [Box<dyn Stage>],
     order: impl Iterator<Item = usize>,
     request: bool,
@@ -258,9 +297,9 @@ fn run(
         if !p.head_called {
             p.head_called = true;
             let flow = if request {
-                stage.request_headers(end_with_head)
+                stage.request_headers(state, end_with_head)
             } else {
-                stage.response_headers(end_with_head)
+                stage.response_headers(state, end_with_head)
             };
             match flow {
                 Flow::Continue => p.head_passed = true,
@@ -272,9 +311,9 @@ fn run(
             if p.body_passed != Some(event) && p.body_called != Some(event) {
                 p.body_called = Some(event);
                 let flow = if request {
-                    stage.request_body(size, end)
+                    stage.request_body(state, size, end)
                 } else {
-                    stage.response_body(size, end)
+                    stage.response_body(state, size, end)
                 };
                 match flow {
                     // A stage that lets a chunk go lets its head go too (as in Envoy).
@@ -319,7 +358,14 @@ struct ModuleConfig {
 pub fn module_sections(
     bytes: &[u8],
 ) -> Result<Vec<(&'static str, Vec<u8>)>, crate::config::ConfigError> {
-    let config: ModuleConfig = crate::config::parse_json(bytes)?;
+    let mut config: ModuleConfig = crate::config::parse_json(bytes)?;
+    // The authorization stage parses requests as the routing stage does: one routing section
+    // serves both (an authz section may still carry its own, for a filter of its own).
+    if let (Some(routing), Some(serde_json::Value::Object(authz))) =
+        (config.routing.as_ref(), config.authz.as_mut())
+    {
+        authz.entry("routing").or_insert_with(|| routing.clone());
+    }
     let sections = [
         config.routing,
         config.authz,

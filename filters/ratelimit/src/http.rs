@@ -3,7 +3,7 @@
 
 use crate::root::FILTER;
 use fhirgate_core::headers;
-use fhirgate_core::pipeline::{Flow, Stage};
+use fhirgate_core::pipeline::{Flow, RequestState, Stage};
 use fhirgate_core::ratelimit::filter::{
     retry_after_for_envoy_429, RateLimitFilterPolicy, RateLimitRequest, Verdict,
 };
@@ -30,7 +30,7 @@ impl RateLimitFilter {
 }
 
 impl Stage for RateLimitFilter {
-    fn request_headers(&mut self, _end_of_stream: bool) -> Flow {
+    fn request_headers(&mut self, _state: &mut RequestState, _end_of_stream: bool) -> Flow {
         let Some(policy) = self.policy.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
@@ -94,7 +94,7 @@ impl Stage for RateLimitFilter {
         }
     }
 
-    fn response_headers(&mut self, _end_of_stream: bool) -> Flow {
+    fn response_headers(&mut self, _state: &mut RequestState, _end_of_stream: bool) -> Flow {
         for (name, value) in std::mem::take(&mut self.response_headers) {
             host::set_response_header(name, Some(&value));
         }

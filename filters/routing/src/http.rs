@@ -1,7 +1,7 @@
 //! Per-request context: reads the head, calls the core, buffers a body when the core asks.
 
 use crate::root::FILTER;
-use fhirgate_core::pipeline::{Flow, Stage};
+use fhirgate_core::pipeline::{Flow, RequestState, Stage};
 use fhirgate_core::routing::{RoutedRequest, RoutingPolicy};
 use fhirgate_core::Rejection;
 use fhirgate_proxy::{host, reject, set_routing_headers, RequestHeaders};
@@ -21,7 +21,12 @@ impl RoutingFilter {
         }
     }
 
-    fn finish_body(&mut self, policy: &RoutingPolicy, body_size: usize) -> Flow {
+    fn finish_body(
+        &mut self,
+        state: &mut RequestState,
+        policy: &RoutingPolicy,
+        body_size: usize,
+    ) -> Flow {
         let Some(mut routed) = self.pending.take() else {
             return Flow::Continue;
         };
@@ -30,6 +35,7 @@ impl RoutingFilter {
             Ok(()) => {
                 set_routing_headers(&routed.headers());
                 fhirgate_proxy::count(FILTER, "routed", routed.interaction.name());
+                state.routed = Some(routed);
                 Flow::Continue
             }
             Err(rejection) => reject(FILTER, &rejection),
@@ -38,7 +44,7 @@ impl RoutingFilter {
 }
 
 impl Stage for RoutingFilter {
-    fn request_headers(&mut self, end_of_stream: bool) -> Flow {
+    fn request_headers(&mut self, state: &mut RequestState, end_of_stream: bool) -> Flow {
         let headers = RequestHeaders::read();
         headers.strip_internal();
         let Some(policy) = self.policy.clone() else {
@@ -55,12 +61,18 @@ impl Stage for RoutingFilter {
             Ok(routed) => {
                 set_routing_headers(&routed.headers());
                 fhirgate_proxy::count(FILTER, "routed", routed.interaction.name());
+                state.routed = Some(routed);
                 Flow::Continue
             }
         }
     }
 
-    fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+    fn request_body(
+        &mut self,
+        state: &mut RequestState,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
         let Some(policy) = self.policy.clone() else {
             return Flow::Continue;
         };
@@ -74,6 +86,6 @@ impl Stage for RoutingFilter {
         if !end_of_stream {
             return Flow::Pause;
         }
-        self.finish_body(&policy, body_size)
+        self.finish_body(state, &policy, body_size)
     }
 }

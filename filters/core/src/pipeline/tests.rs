@@ -37,7 +37,7 @@ impl Scripted {
 }
 
 impl Stage for Scripted {
-    fn request_headers(&mut self, end_of_stream: bool) -> Flow {
+    fn request_headers(&mut self, _: &mut RequestState, end_of_stream: bool) -> Flow {
         self.note(format!("req-head({end_of_stream})"));
         if self.script.head_answers {
             return Flow::Answered;
@@ -52,7 +52,12 @@ impl Stage for Scripted {
         Flow::Continue
     }
 
-    fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+    fn request_body(
+        &mut self,
+        _: &mut RequestState,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
         self.note(format!("req-body({body_size},{end_of_stream})"));
         if self.waiting.is_some() || (self.script.buffers_request && !end_of_stream) {
             return Flow::Pause;
@@ -60,7 +65,7 @@ impl Stage for Scripted {
         Flow::Continue
     }
 
-    fn response_headers(&mut self, end_of_stream: bool) -> Flow {
+    fn response_headers(&mut self, _: &mut RequestState, end_of_stream: bool) -> Flow {
         self.note(format!("resp-head({end_of_stream})"));
         if (self.script.buffers_response || self.script.response_waits_on.is_some())
             && !end_of_stream
@@ -70,7 +75,12 @@ impl Stage for Scripted {
         Flow::Continue
     }
 
-    fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+    fn response_body(
+        &mut self,
+        _: &mut RequestState,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
         self.note(format!("resp-body({body_size},{end_of_stream})"));
         if self.script.buffers_response || self.script.response_waits_on.is_some() {
             if !end_of_stream {
@@ -84,7 +94,12 @@ impl Stage for Scripted {
         Flow::Continue
     }
 
-    fn call_response(&mut self, token: u32, _body_size: usize) -> Option<Flow> {
+    fn call_response(
+        &mut self,
+        _: &mut RequestState,
+        token: u32,
+        _body_size: usize,
+    ) -> Option<Flow> {
         if self.waiting != Some(token) {
             return None;
         }
@@ -96,7 +111,7 @@ impl Stage for Scripted {
         Some(flow)
     }
 
-    fn log(&mut self) {
+    fn log(&mut self, _: &mut RequestState) {
         self.note("log".into());
     }
 }
@@ -382,7 +397,25 @@ mod module_configuration {
                 .unwrap();
         let names: Vec<&str> = sections.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["routing", "authz", "audit"]);
-        assert_eq!(sections[1].1, br#"{"x":1}"#);
+        assert_eq!(sections[1].1, br#"{"x":1,"routing":{}}"#);
+    }
+
+    #[test]
+    fn the_authz_section_parses_requests_with_the_routing_section_unless_it_has_its_own() {
+        let sections =
+            module_sections(br#"{"routing": {"basePath": "/r4"}, "authz": {"mode": "enforce"}}"#)
+                .unwrap();
+        assert_eq!(
+            sections[1].1,
+            br#"{"mode":"enforce","routing":{"basePath":"/r4"}}"#
+        );
+        let own = module_sections(
+            br#"{"routing": {"basePath": "/r4"}, "authz": {"routing": {"basePath": "/x"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(own[1].1, br#"{"routing":{"basePath":"/x"}}"#);
+        let alone = module_sections(br#"{"authz": {}}"#).unwrap();
+        assert_eq!(alone[0].1, b"{}");
     }
 
     #[test]

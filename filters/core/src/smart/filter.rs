@@ -303,9 +303,29 @@ impl AuthzRuntime {
         peer: Option<&str>,
         now: i64,
     ) -> (Step, Exchange) {
-        let (step, ex) =
-            self.policy
-                .on_head(head, authorization, forwarded, peer, now, &mut self.cache);
+        self.on_routed_head(head, None, authorization, forwarded, peer, now)
+    }
+
+    /// [`Self::on_head`] for a request the routing stage of the same module already parsed
+    /// (`routed`): it is not parsed again.
+    pub fn on_routed_head(
+        &mut self,
+        head: &RequestHead,
+        routed: Option<RoutedRequest>,
+        authorization: Option<&str>,
+        forwarded: Option<&str>,
+        peer: Option<&str>,
+        now: i64,
+    ) -> (Step, Exchange) {
+        let (step, ex) = self.policy.on_routed_head(
+            head,
+            routed,
+            authorization,
+            forwarded,
+            peer,
+            now,
+            &mut self.cache,
+        );
         if matches!(step, Step::Deny(_) | Step::RefreshKeys | Step::Introspect) {
             return (step, ex);
         }
@@ -494,7 +514,23 @@ impl AuthzFilterPolicy {
         now: i64,
         cache: &mut TokenCache,
     ) -> (Step, Exchange) {
-        let (step, ex) = self.head_step(head, authorization, forwarded, peer, now, cache);
+        self.on_routed_head(head, None, authorization, forwarded, peer, now, cache)
+    }
+
+    /// [`Self::on_head`] with the request as the routing stage parsed it, when it ran in the
+    /// same module (its body, if any, read too): not parsed a second time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_routed_head(
+        &self,
+        head: &RequestHead,
+        routed: Option<RoutedRequest>,
+        authorization: Option<&str>,
+        forwarded: Option<&str>,
+        peer: Option<&str>,
+        now: i64,
+        cache: &mut TokenCache,
+    ) -> (Step, Exchange) {
+        let (step, ex) = self.head_step(head, routed, authorization, forwarded, peer, now, cache);
         if let Step::Deny(r) = &step {
             let fetchable = r.reason == TokenError::UnknownKey.reason()
                 && bearer_token(authorization)
@@ -577,9 +613,11 @@ impl AuthzFilterPolicy {
         Step::ReportOnly { reason, headers }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn head_step(
         &self,
         head: &RequestHead,
+        pre_routed: Option<RoutedRequest>,
         authorization: Option<&str>,
         forwarded: Option<&str>,
         peer: Option<&str>,
@@ -603,7 +641,10 @@ impl AuthzFilterPolicy {
             job: None,
             cds: None,
         };
-        let routed = match self.routing.route(head) {
+        // A body the routing stage read is still this stage's to decide on (it is not parsed
+        // again as a request, only read as the resource or Bundle it is).
+        let read_body = pre_routed.as_ref().is_some_and(|r| r.has_body);
+        let routed = match pre_routed.map_or_else(|| self.routing.route(head), Ok) {
             Ok(r) => r,
             Err(rejection) => return (Step::Deny(rejection), ex),
         };
@@ -639,7 +680,7 @@ impl AuthzFilterPolicy {
         }
         // A body that can change the decision (form search parameters, a resource, a
         // Bundle) is read first.
-        let awaiting = routed.awaiting_body;
+        let awaiting = routed.awaiting_body || read_body;
         ex.routed = Some(routed);
         if awaiting {
             return (Step::WaitRequestBody, ex);
@@ -700,8 +741,10 @@ impl AuthzFilterPolicy {
         let Some(routed) = ex.routed.as_mut() else {
             return Step::Deny(Rejection::not_configured("fhirgate.authz"));
         };
-        if let Err(rejection) = self.routing.route_body(routed, body) {
-            return Step::Deny(rejection);
+        if routed.awaiting_body {
+            if let Err(rejection) = self.routing.route_body(routed, body) {
+                return Step::Deny(rejection);
+            }
         }
         let json: Option<Value> = serde_json::from_slice(body).ok();
         let step = self.decide(ex, json.as_ref());
