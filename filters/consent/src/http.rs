@@ -189,9 +189,9 @@ impl ConsentFilter {
         let withheld: u32 = report.withheld.values().sum();
         let redacted: u32 = report.redacted.values().sum();
         if withheld + redacted > 0 {
-            let _ = proxy_wasm::hostcalls::set_property(
+            host::set_property(
                 vec![fhirgate_proxy::CONSENT_PROPERTY],
-                Some(format!("{withheld},{redacted}").as_bytes()),
+                format!("{withheld},{redacted}").as_bytes(),
             );
         }
         match filtered {

@@ -1,3 +1,5 @@
+#![allow(clippy::disallowed_methods)] // a test instrument: raw host calls, no mock
+
 //! A filter that fails on request, for the failure-behaviour tests (`tests/e2e/test_failure.py`):
 //! `x-test-fault: trap` executes a Wasm `unreachable`, `x-test-fault: panic` panics (which aborts
 //! the VM: the filters are built with `panic=abort`). Anything else passes. Placed inside the

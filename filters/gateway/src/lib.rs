@@ -247,3 +247,6 @@ impl HttpContext for Pipeline {
         self.sequencer.log(&mut self.stages);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,8 +6,14 @@
 //! property it does not know) would abort the VM and every stream on it. These wrappers call
 //! the SDK's raw `hostcalls` and turn a refusal into "absent" or a logged no-op. The SDK
 //! helpers are banned by `clippy.toml` (`disallowed-methods`).
+//!
+//! Natively (tests) the same functions run on [`crate::mock`], a host a test sets up and
+//! inspects.
 
-use proxy_wasm::hostcalls;
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use crate::mock as hostcalls;
+#[cfg(target_arch = "wasm32")]
+pub(crate) use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

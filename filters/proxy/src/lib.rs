@@ -4,13 +4,15 @@
 //! through [`host`].
 
 pub mod host;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod mock;
 
 use fhirgate_core::config::ConfigError;
 use fhirgate_core::pipeline::{Flow, Stage};
 use fhirgate_core::ratelimit::bucket::SharedStore;
 use fhirgate_core::routing::RequestHead;
 use fhirgate_core::{headers, Rejection};
-use proxy_wasm::hostcalls;
+use host::hostcalls;
 use proxy_wasm::types::MetricType;
 use std::cell::RefCell;
 use std::collections::HashMap;
