@@ -134,6 +134,22 @@ def variant(chain: dict, name: str, port: int, filters: list[str]) -> dict:
     return listener
 
 
+def without_audit(listener: dict) -> dict:
+    """The fused filter of this listener without its audit section (and the routes' mark
+    without audit)."""
+    hcm = hcm_of(listener)
+    for f in hcm["http_filters"]:
+        if f["name"] == "fhirgate":
+            config = f["typed_config"]["config"]["configuration"]
+            sections = json.loads(config["value"])
+            sections.pop("audit")
+            config["value"] = json.dumps(sections, separators=(",", ":"))
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        if "filter_state" in route["match"]:
+            route["match"]["filter_state"] = [{"key": "wasm.fhirgate.passed", "string_match": {"exact": "routing,authz,ratelimit,consent"}}]
+    return listener
+
+
 def gateway(chain: dict, listeners: list[dict], admin: int) -> str:
     config = json.loads(json.dumps(chain))
     config["admin"]["address"]["socket_address"]["port_value"] = admin
@@ -214,11 +230,15 @@ def callgrind(chain: dict, fused: dict, work: pathlib.Path, tokens: dict) -> dic
     admin = free_port()
     listeners = [variant(chain, name, ports[name], filters) for name, filters in STEPS]
     listeners.append(variant(fused, "fused", ports["fused"], ["fhirgate"]))
+    # The fused module without its audit stage: comparable with the five-filter chain's
+    # routing-to-consent figure (and with earlier runs, which could not load the audit VM).
+    ports["fused-to-consent"] = free_port()
+    listeners.append(without_audit(variant(fused, "fused-to-consent", ports["fused-to-consent"], ["fhirgate"])))
     proc = start("chain-callgrind", gateway(chain, listeners, admin), work, admin, under_callgrind=True)
     pid = str(proc.proc.pid)
     counts = {}
     runs = [(name, ports[name], MIX, tokens[4] if filters else None) for name, filters in STEPS]
-    runs += [("fused", ports["fused"], MIX, tokens[4])]
+    runs += [("fused", ports["fused"], MIX, tokens[4]), ("fused-to-consent", ports["fused-to-consent"], MIX, tokens[4])]
     runs += [(f"scopes-{n}", ports["fused"], MIX, tokens[n]) for n in (16, 64)]
     runs += [("patient-1-cached", ports["fused"], ["/fhir/r4/Patient/p0"], tokens[4])]
     try:
@@ -350,6 +370,7 @@ round, {ROUNDS} rounds after a warm-up, medians. Tokens are verified once and th
 {rows}
 | **all five** | **{ir_added['five-filter']:.0f}** | **{ir_added['five-filter'] * us_per_ir:.1f} µs** | **{step_cpu['audit'] - step_cpu['baseline']:+.1f} µs** |
 | **fused, all five** | **{ir_added['fused']:.0f}** | **{ir_added['fused'] * us_per_ir:.1f} µs** | |
+| routing to consent: five filters / fused | {ir['consent'] - ir['baseline']:.0f} / {ir['fused-to-consent'] - ir['baseline']:.0f} | {(ir['consent'] - ir['baseline']) * us_per_ir:.1f} / {(ir['fused-to-consent'] - ir['baseline']) * us_per_ir:.1f} µs | |
 
 The last column comes from one Envoy (one worker) with a listener per step, {STEP_REQUESTS} requests of
 the mix per step and round, 3 rounds, the least CPU per request of each step: it sees all of
@@ -378,6 +399,8 @@ Every round (fused / five filters / baseline): {"; ".join(f"{f['cpu_us']:.1f}/{c
     write_summary({
         "chain.added_instructions": (ir_added["fused"], "instructions", "fused pipeline per request, cached token, user/ scopes (callgrind)"),
         "chain.five_filter.added_instructions": (ir_added["five-filter"], "instructions", "five filters of the one module per request (callgrind)"),
+        "chain.fused_to_consent.added_instructions": (ir["fused-to-consent"] - ir["baseline"], "instructions",
+                                                      "fused routing to consent (no audit) per request, cached token (callgrind)"),
         "chain.added_cpu_us": (added["fused"], "µs", "fused pipeline minus Envoy alone, CPU per request (schedstat, median of rounds)"),
         "chain.throughput_ratio": (ratio["fused"], "ratio", "fused / Envoy alone, requests per second"),
         "chain.p50_added_us": (added_p50["fused"], "µs", "p50 latency, fused minus Envoy alone, 8 connections"),

@@ -234,8 +234,16 @@ impl AuthzFilter {
         }
     }
 
-    /// The mTLS peer's URI SAN, which selects the trust zone.
+    /// The mTLS peer's URI SAN, which selects the trust zone (asked only when zones are
+    /// configured: a host call per request otherwise spent for nothing).
     fn peer_uri_san(&self) -> Option<String> {
+        let zoned = self
+            .runtime
+            .as_ref()
+            .is_some_and(|r| !r.borrow().policy.zones.is_empty());
+        if !zoned {
+            return None;
+        }
         fhirgate_proxy::property_text(vec!["connection", "uri_san_peer_certificate"])
             .filter(|s| !s.is_empty())
     }

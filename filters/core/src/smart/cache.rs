@@ -1,46 +1,79 @@
 //! The verified-token cache: a token verified once is not verified again until it expires.
-//! Keyed by the SHA-256 of the token (the token itself is never kept), bounded in size,
-//! entries expiring with their token. Each entry keeps the token's grant too, its scopes
-//! parsed once when the token is stored rather than on every request, and a hit shares the
-//! entry instead of copying it (a token with many scopes would cost a copy of every one).
+//! Bounded in size, entries expiring with their token. Each entry keeps the token's grant too,
+//! its scopes parsed once when the token is stored rather than on every request, and a hit
+//! shares the entry instead of copying it (a token with many scopes would cost a copy of
+//! every one).
+//!
+//! Entries are found by a keyed SipHash of the token (keys random per worker, so nobody can
+//! aim a token at another's slot) and a hit is confirmed by comparing the whole token, in
+//! constant time. It replaces a SHA-256 of the token on every request, which cost more than
+//! anything else on the cached path and grew with the token (a 64-scope token is several KB).
+//! The price: the cache holds the tokens it verified, in the worker's memory, as long as their
+//! entries live — as the worker holds every request's token while it is served.
 
 use super::authz::Grant;
 use super::token::VerifiedToken;
 use crate::bounded::BoundedMap;
 use sha2::{Digest, Sha256};
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::rc::Rc;
 
 /// A verified token and what it grants, as cached.
 pub type Verified = Rc<(VerifiedToken, Grant)>;
 
+struct Entry {
+    token: Box<[u8]>,
+    verified: Verified,
+}
+
 pub struct TokenCache {
-    entries: BoundedMap<[u8; 32], Verified>,
+    entries: BoundedMap<u64, Entry>,
+    seeds: RandomState,
     pub hits: u64,
     pub misses: u64,
+}
+
+/// Equality that takes as long whatever the first differing byte (the lengths may show).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         TokenCache {
             entries: BoundedMap::new(capacity),
+            seeds: RandomState::new(),
             hits: 0,
             misses: 0,
         }
     }
 
-    pub fn key(token: &str) -> [u8; 32] {
+    /// A SHA-256 digest of the token, where a token must be remembered without being kept
+    /// (the introspection's inactive answers).
+    pub fn digest(token: &str) -> [u8; 32] {
         Sha256::digest(token.as_bytes()).into()
     }
 
+    fn slot(&self, token: &str) -> u64 {
+        self.seeds.hash_one(token.as_bytes())
+    }
+
     /// The cached verification of `token` and its grant, if still unexpired at `now`.
-    pub fn get(&mut self, key: &[u8; 32], now: i64) -> Option<Verified> {
-        match self.entries.get(key) {
+    pub fn get(&mut self, token: &str, now: i64) -> Option<Verified> {
+        let slot = self.slot(token);
+        let found = self
+            .entries
+            .get(&slot)
+            .filter(|e| same(&e.token, token.as_bytes()))
+            .map(|e| e.verified.clone());
+        match found {
             Some(v) if v.0.expires_at > now => {
                 self.hits += 1;
-                Some(v.clone())
+                Some(v)
             }
             Some(_) => {
-                self.entries.remove(key);
+                self.entries.remove(&slot);
                 self.misses += 1;
                 None
             }
@@ -51,8 +84,15 @@ impl TokenCache {
         }
     }
 
-    pub fn put(&mut self, key: [u8; 32], verified: Verified) {
-        self.entries.insert(key, verified);
+    pub fn put(&mut self, token: &str, verified: Verified) {
+        let slot = self.slot(token);
+        self.entries.insert(
+            slot,
+            Entry {
+                token: token.as_bytes().into(),
+                verified,
+            },
+        );
     }
 
     pub fn len(&self) -> usize {
@@ -86,11 +126,11 @@ mod tests {
     #[test]
     fn returns_a_cached_token_until_it_expires() {
         let mut c = TokenCache::new(4);
-        let k = TokenCache::key("a.b.c");
-        assert_eq!(c.get(&k, 100), None);
+        let k = "a.b.c";
+        assert_eq!(c.get(k, 100), None);
         c.put(k, Rc::new((token(200), Grant::default())));
-        assert!(c.get(&k, 199).is_some());
-        assert_eq!(c.get(&k, 200), None, "expired at its exp");
+        assert!(c.get(k, 199).is_some());
+        assert_eq!(c.get(k, 200), None, "expired at its exp");
         assert!(c.is_empty(), "expired entries are dropped");
         assert_eq!((c.hits, c.misses), (1, 2));
     }
@@ -99,32 +139,29 @@ mod tests {
     fn stays_within_its_capacity_evicting_the_oldest() {
         let mut c = TokenCache::new(3);
         for i in 0..10 {
-            c.put(
-                TokenCache::key(&format!("t{i}")),
-                Rc::new((token(1000), Grant::default())),
-            );
+            c.put(&format!("t{i}"), Rc::new((token(1000), Grant::default())));
         }
         assert_eq!(c.len(), 3);
-        assert!(c.get(&TokenCache::key("t9"), 0).is_some());
-        assert!(c.get(&TokenCache::key("t0"), 0).is_none());
+        assert!(c.get("t9", 0).is_some());
+        assert!(c.get("t0", 0).is_none());
     }
 
     #[test]
     fn keeps_the_grant_with_the_token() {
         let mut c = TokenCache::new(1);
-        let k = TokenCache::key("t");
+        let k = "t";
         let t = VerifiedToken {
             scopes: "openid patient/Observation.rs".into(),
             patient: Some("p".into()),
             ..token(10)
         };
         c.put(k, Rc::new((t.clone(), Grant::of(&t))));
-        let hit = c.get(&k, 0).unwrap();
+        let hit = c.get(k, 0).unwrap();
         assert_eq!(
             (hit.1.scopes.len(), hit.1.patient.as_deref()),
             (1, Some("p"))
         );
-        let again = c.get(&k, 0).unwrap();
+        let again = c.get(k, 0).unwrap();
         assert!(
             Rc::ptr_eq(&hit, &again),
             "a hit shares the entry, it does not copy it"
@@ -134,14 +171,31 @@ mod tests {
     #[test]
     fn a_zero_capacity_cache_keeps_nothing() {
         let mut c = TokenCache::new(0);
-        let k = TokenCache::key("t");
-        c.put(k, Rc::new((token(10), Grant::default())));
-        assert!(c.get(&k, 0).is_none());
+        c.put("t", Rc::new((token(10), Grant::default())));
+        assert!(c.get("t", 0).is_none());
     }
 
     #[test]
-    fn keys_are_hashes_not_tokens() {
-        assert_ne!(TokenCache::key("a"), TokenCache::key("b"));
-        assert_eq!(TokenCache::key("a").len(), 32);
+    fn a_hit_needs_the_whole_token_not_just_its_slot() {
+        let mut c = TokenCache::new(4);
+        c.put("a.b.c", Rc::new((token(100), Grant::default())));
+        // Another token forced into the same slot (what a hash collision would be) misses.
+        let slot = c.slot("a.b.c");
+        let cached = c.entries.get(&slot).map(|e| e.verified.clone()).unwrap();
+        c.entries.insert(
+            slot,
+            Entry {
+                token: b"a.b.d".to_vec().into(),
+                verified: cached,
+            },
+        );
+        assert!(c.get("a.b.c", 0).is_none());
+        assert!(!same(b"a.b.c", b"a.b.d") && !same(b"abc", b"ab") && same(b"abc", b"abc"));
+    }
+
+    #[test]
+    fn slots_are_keyed_per_cache() {
+        let (a, b) = (TokenCache::new(1), TokenCache::new(1));
+        assert_ne!(a.slot("same.token.value"), b.slot("same.token.value"));
     }
 }

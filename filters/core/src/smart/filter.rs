@@ -179,7 +179,7 @@ impl AuthzRuntime {
 
     /// Before introspecting: a token recently found inactive is refused without asking again.
     pub fn known_inactive(&mut self, authorization: Option<&str>, now: i64) -> Option<Rejection> {
-        let key = TokenCache::key(bearer_token(authorization).ok()?);
+        let key = TokenCache::digest(bearer_token(authorization).ok()?);
         match self.inactive.get(&key) {
             Some(until) if *until > now => Some(TokenError::Inactive.rejection()),
             Some(_) => {
@@ -205,11 +205,11 @@ impl AuthzRuntime {
         ) else {
             return Err(Rejection::not_configured("fhirgate.authz"));
         };
-        let key = TokenCache::key(token);
+        let key = TokenCache::digest(token);
         match endpoint.read(status, body, now) {
             Ok(verified) => {
                 let grant = Grant::of(&verified);
-                self.cache.put(key, Rc::new((verified, grant)));
+                self.cache.put(token, Rc::new((verified, grant)));
                 Ok(())
             }
             Err(IntrospectionError::Inactive) => {
@@ -715,8 +715,7 @@ impl AuthzFilterPolicy {
         cache: &mut TokenCache,
     ) -> Result<Verified, Rejection> {
         let token = bearer_token(authorization).map_err(|e| e.rejection())?;
-        let key = TokenCache::key(token);
-        if let Some(hit) = cache.get(&key, now) {
+        if let Some(hit) = cache.get(token, now) {
             return Ok(hit);
         }
         if self.introspection.is_some() && is_opaque(token) {
@@ -733,7 +732,7 @@ impl AuthzFilterPolicy {
             .map_err(|e| e.rejection())?;
         let grant = Grant::of(&verified);
         let verified = Rc::new((verified, grant));
-        cache.put(key, verified.clone());
+        cache.put(token, verified.clone());
         Ok(verified)
     }
 
