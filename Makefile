@@ -70,6 +70,8 @@ test-native:
 	cargo test -q --workspace
 
 lint:
+	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	cargo fmt --all --check
 	cargo clippy -q --workspace --all-targets -- -D warnings
 
 # The end-to-end tests also load the fault instrument (filters/fault), built with the filters.

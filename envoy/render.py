@@ -77,8 +77,11 @@ def jwt_authn_filter(issuers: list) -> dict:
     """Envoy's jwt_authn filter for these issuers: keys from jwksUri (through jwksCluster) or inline jwks."""
     providers = {}
     for i, issuer in enumerate(issuers):
+        # jwt_cache_config: a token verified once is not verified again (RS256 is the costly
+        # part of jwt_authn), as fhirgate's own cache does on the Wasm path.
         provider = {"issuer": issuer["issuer"], "audiences": issuer["audiences"], "forward": True,
-                    "forward_payload_header": JWT_PAYLOAD_HEADER, "clock_skew_seconds": issuer.get("clockSkewSeconds", 60)}
+                    "forward_payload_header": JWT_PAYLOAD_HEADER, "clock_skew_seconds": issuer.get("clockSkewSeconds", 60),
+                    "jwt_cache_config": {"jwt_cache_size": 1000}}
         if "jwksUri" in issuer:
             provider["remote_jwks"] = {"http_uri": {"uri": issuer["jwksUri"], "cluster": issuer["jwksCluster"], "timeout": "5s"},
                                        "cache_duration": f"{issuer.get('jwksRefreshSeconds', 300)}s",

@@ -213,6 +213,7 @@ def test_the_jwt_authn_fast_path_rendering_passes_envoy_validate(tmp_path):
     rendered = render_envoy(tmp_path / "jwt-authn.yaml", PLACEHOLDERS, ENVOY_DIR / "fhirgate.yaml", issuers=issuers, jwt_authn=True, audit=AUDIT)
     text = rendered.read_text()
     assert text.index("envoy.filters.http.jwt_authn") < text.index("name: fhirgate.authz") > text.index("name: fhirgate.routing")
+    assert "jwt_cache_size" in text, "Envoy caches the tokens it verified"
     result = envoy_validate(rendered)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
