@@ -118,6 +118,21 @@ impl Stage for AuditFilter {
         }
     }
 
+    /// In fail-closed mode the request, body included, waits for the acknowledgement: letting
+    /// a body event go would let the request go with it.
+    fn request_body(
+        &mut self,
+        _state: &mut RequestState,
+        _body_size: usize,
+        _end_of_stream: bool,
+    ) -> Flow {
+        if self.acknowledging.is_some() {
+            Flow::Pause
+        } else {
+            Flow::Continue
+        }
+    }
+
     fn request_headers(&mut self, _state: &mut RequestState, _end_of_stream: bool) -> Flow {
         let Some(worker) = self.worker.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));

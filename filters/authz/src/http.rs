@@ -462,6 +462,11 @@ impl Stage for AuthzFilter {
             self.held_body = (body_size, end_of_stream);
             return Flow::Pause;
         }
+        // The write waits for the resource it changes: a body event (even an empty final one)
+        // must not let it go before that read decided it.
+        if self.current_call.is_some() {
+            return Flow::Pause;
+        }
         if !self.awaiting_request_body {
             return Flow::Continue;
         }

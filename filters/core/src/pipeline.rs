@@ -115,11 +115,12 @@ impl Direction {
         })
     }
 
+    /// The stage lets go of what it held: its head, and the body event it last saw (a newer
+    /// one that has not reached it yet still will).
     fn let_go(&mut self, stage: usize) {
-        let body = self.body;
         if let Some(p) = self.progress.get_mut(stage) {
             p.head_passed = true;
-            p.body_passed = body;
+            p.body_passed = p.body_called;
         }
     }
 }
@@ -166,6 +167,11 @@ impl Sequencer {
     }
 
     pub fn response_headers(&mut self, stages: &mut [Box<dyn Stage>], end_of_stream: bool) -> Flow {
+        // A response while the request is still held is Envoy's own reply (a timeout, a limit):
+        // the request is over, and a call answering later must not take it further.
+        if self.request.host_paused {
+            self.answered = true;
+        }
         self.response.head = Some(end_of_stream);
         self.run_response(stages)
     }

@@ -428,6 +428,56 @@ mod waiting_for_calls {
     }
 }
 
+mod writes_under_patient_scopes {
+    use super::*;
+
+    fn patient_token(scope: &str, patient: &str) -> String {
+        let custom = json!({"iss": ISS, "aud": AUD, "sub": "user-1", "client_id": "app-1", "scope": scope, "patient": patient});
+        let mut claims: Claims<Map<String, Value>> =
+            Claims::new(custom.as_object().unwrap().clone());
+        claims.expiration = chrono::DateTime::from_timestamp(NOW + 300, 0);
+        let token = Ed25519
+            .token(&Header::empty().with_key_id("k1"), &claims, &keypair().sk)
+            .unwrap();
+        format!("Bearer {token}")
+    }
+
+    #[test]
+    fn an_empty_final_body_does_not_let_a_delete_go_before_its_resource_is_read() {
+        // Without the consent stage, which would hold the delete for its own read of it.
+        let mut config = module(false);
+        config.as_object_mut().unwrap().remove("consent");
+        let root = gateway(&config);
+        let auth = patient_token("launch/patient patient/Observation.cruds", "123");
+        let mut ctx = request(
+            &root,
+            "DELETE",
+            "/fhir/r4/Observation/x",
+            &[("authorization", &auth), ("content-length", "0")],
+        );
+        assert_eq!(ctx.on_http_request_headers(4, false), Action::Pause);
+        let call = mock::with(|h| h.dispatched.last().cloned()).expect("the current resource");
+        assert!(
+            call.header(":path").unwrap().ends_with("/Observation/x"),
+            "{call:?}"
+        );
+        // HTTP/2: the stream ends with an empty DATA frame.
+        assert_eq!(ctx.on_http_request_body(0, true), Action::Pause);
+        assert!(
+            passed_mark().is_none(),
+            "not forwarded before the read decided it"
+        );
+        assert_eq!(mock::with(|h| h.dispatched.len()), 1, "authz's read alone");
+        let other = json!({"resourceType": "Observation", "id": "x", "status": "final", "code": {"text": "x"},
+                           "subject": {"reference": "Patient/999"}});
+        answer_call(200, other.to_string().as_bytes());
+        deliver(ctx.as_mut(), call.token);
+        assert_eq!(reply().map(|r| r.status), Some(403));
+        assert!(passed_mark().is_none());
+        assert_eq!(mock::with(|h| h.resumed_requests), 0);
+    }
+}
+
 mod audit_fail_closed {
     use super::*;
 
@@ -484,6 +534,35 @@ mod audit_fail_closed {
             assert_eq!(mock::with(|h| h.resumed_requests), 0);
             assert!(passed_mark().is_none());
         }
+    }
+
+    #[test]
+    fn a_write_with_a_body_waits_for_the_acknowledgement_too() {
+        let root = fail_closed();
+        let auth = bearer("user/Observation.cruds");
+        let mut ctx = request(
+            &root,
+            "POST",
+            "/fhir/r4/Observation",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/fhir+json"),
+            ],
+        );
+        let body = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}})
+            .to_string();
+        mock::with(|h| h.request_body = body.clone().into_bytes());
+        assert_eq!(ctx.on_http_request_headers(4, false), Action::Pause);
+        assert_eq!(ctx.on_http_request_body(body.len(), true), Action::Pause);
+        assert!(
+            passed_mark().is_none(),
+            "not forwarded before the record is stored"
+        );
+        let call = mock::with(|h| h.dispatched.last().cloned()).expect("the access record");
+        answer_call(204, b"");
+        deliver(ctx.as_mut(), call.token);
+        assert_eq!(mock::with(|h| h.resumed_requests), 1);
+        assert!(passed_mark().is_some());
     }
 
     #[test]

@@ -15,6 +15,8 @@ struct Script {
     head_answers: bool,
     /// Request body: hold until its end.
     buffers_request: bool,
+    /// Request body: at its end, wait for this call.
+    body_waits_on: Option<u32>,
     /// Response body: hold until its end, then wait for this call.
     response_waits_on: Option<u32>,
     /// Response: hold the body until its end.
@@ -60,6 +62,10 @@ impl Stage for Scripted {
     ) -> Flow {
         self.note(format!("req-body({body_size},{end_of_stream})"));
         if self.waiting.is_some() || (self.script.buffers_request && !end_of_stream) {
+            return Flow::Pause;
+        }
+        if let (Some(token), true) = (self.script.body_waits_on, end_of_stream) {
+            self.waiting = Some(token);
             return Flow::Pause;
         }
         Flow::Continue
@@ -328,6 +334,51 @@ mod waiting_for_a_call {
         taken(&log);
         assert_eq!(seq.request_body(&mut stages, 3, true), Flow::Pause);
         assert!(taken(&log).is_empty(), "nothing runs after a reply");
+    }
+
+    #[test]
+    fn a_stage_whose_call_answers_still_sees_the_body_an_earlier_stage_was_holding() {
+        let scripts = [
+            (
+                "routing",
+                Script {
+                    body_waits_on: Some(5),
+                    ..Default::default()
+                },
+            ),
+            (
+                "authz",
+                Script {
+                    head_waits_on: Some(7),
+                    ..Default::default()
+                },
+            ),
+        ];
+        let (mut stages, mut seq, log) = pipeline(&scripts);
+        assert_eq!(seq.request_headers(&mut stages, false), Flow::Pause);
+        assert_eq!(seq.request_body(&mut stages, 8, true), Flow::Pause);
+        assert_eq!(seq.call_response(&mut stages, 7, 0), Resume::Nothing);
+        taken(&log);
+        assert_eq!(seq.call_response(&mut stages, 5, 0), Resume::Request);
+        let log = taken(&log);
+        assert!(
+            log.contains(&"authz:req-body(8,true)".to_string()),
+            "the body reaches the stage that was waiting on its own call: {log:?}"
+        );
+    }
+
+    #[test]
+    fn a_reply_from_envoy_while_a_stage_waits_ends_the_request() {
+        let (mut stages, mut seq, log) = pipeline(&authz_waits());
+        seq.request_headers(&mut stages, true);
+        // Envoy answers the client itself (a timeout) while authz waits.
+        seq.response_headers(&mut stages, true);
+        taken(&log);
+        assert_eq!(seq.call_response(&mut stages, 7, 0), Resume::Nothing);
+        assert!(
+            !taken(&log).iter().any(|e| e.contains("req-head")),
+            "no later stage runs for a request that is over"
+        );
     }
 
     #[test]
