@@ -118,6 +118,14 @@ fn passed_mark() -> Option<String> {
     mock::with(|h| h.property("fhirgate.passed").map(str::to_string))
 }
 
+/// The request is marked as passed by all five stages.
+fn assert_every_stage_passed() {
+    assert_eq!(
+        passed_mark().as_deref(),
+        Some("routing,authz,ratelimit,consent,audit")
+    );
+}
+
 fn reply() -> Option<mock::LocalReply> {
     mock::with(|h| h.local_reply.clone())
 }
@@ -137,10 +145,7 @@ mod one_pass {
         );
         assert_eq!(ctx.on_http_request_headers(4, true), Action::Continue);
         assert!(reply().is_none(), "{:?}", reply());
-        assert_eq!(
-            passed_mark().as_deref(),
-            Some("routing,authz,ratelimit,consent,audit")
-        );
+        assert_every_stage_passed();
         mock::with(|h| {
             assert_eq!(h.route_cache_clears, 1);
             assert_eq!(h.request_header("x-fhirgate-pool"), Some("fhir"));
@@ -270,10 +275,7 @@ mod bodies_in_chunks {
         mock::with(|h| h.request_body = body.clone().into_bytes());
         assert_eq!(ctx.on_http_request_body(body.len(), true), Action::Continue);
         assert!(reply().is_none(), "{:?}", reply());
-        assert_eq!(
-            passed_mark().as_deref(),
-            Some("routing,authz,ratelimit,consent,audit")
-        );
+        assert_every_stage_passed();
         assert_eq!(
             mock::with(|h| h.metric("fhirgate.ratelimit.requests.write")),
             1
@@ -331,10 +333,7 @@ mod waiting_for_calls {
             assert_eq!(h.request_header("x-fhirgate-subject"), Some("user-1"));
         });
         assert!(reply().is_none(), "{:?}", reply());
-        assert_eq!(
-            passed_mark().as_deref(),
-            Some("routing,authz,ratelimit,consent,audit")
-        );
+        assert_every_stage_passed();
         assert_eq!(
             mock::with(|h| h.metric("fhirgate.ratelimit.requests.read")),
             1
@@ -509,10 +508,7 @@ mod audit_fail_closed {
         answer_call(204, b"");
         deliver(ctx.as_mut(), call.token);
         assert_eq!(mock::with(|h| h.resumed_requests), 1);
-        assert_eq!(
-            passed_mark().as_deref(),
-            Some("routing,authz,ratelimit,consent,audit")
-        );
+        assert_every_stage_passed();
     }
 
     #[test]
