@@ -128,6 +128,22 @@ def global_ratelimit_actions() -> list:
         {"request_headers": {"header_name": "x-fhirgate-rl-principal", "descriptor_key": "principal", "skip_if_absent": True}}]}]
 
 
+STAGES = ["routing", "authz", "ratelimit", "consent", "audit"]
+
+
+def pass_guard_filter() -> dict:
+    """Envoy's RBAC filter, after the fhirgate filter(s), allowing only requests whose pass
+    mark names every stage: where routes cannot require the mark (Istio builds them from
+    VirtualServices), a request the module never saw (its VM did not load on that worker) is
+    refused here instead of forwarded."""
+    return {"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "ALLOW", "policies": {"fhirgate-passed": {
+            "permissions": [{"any": True}],
+            "principals": [{"filter_state": {"key": "wasm.fhirgate.passed",
+                                             "string_match": {"exact": ",".join(STAGES)}}}]}}}}}
+
+
 def hits_addend_filter() -> dict:
     """Envoy's set_filter_state filter: the request's FHIR cost (x-fhirgate-rl-weight) becomes
     `envoy.ratelimit.hits_addend`, which the global rate-limit filter sends as the request's

@@ -98,7 +98,8 @@ def envoy_filter(args) -> dict:
     router), for where the WasmPlugin API falls short: it cannot set Envoy's
     `allow_on_headers_stop_iteration`, without which a filter that holds a request or response
     head while it reads the body stalls. The module is read from `--wasm-path` in the proxy
-    (mounted with the sidecar.istio.io/userVolume and userVolumeMount annotations)."""
+    (mounted with the sidecar.istio.io/userVolume and userVolumeMount annotations). An RBAC
+    filter after it requires the pass mark, the guard Istio's routes cannot hold."""
     context = "GATEWAY" if args.gateway else "SIDECAR_INBOUND"
     sections = {name: plugin_config(name) for name, _, _ in PLUGINS}
     del sections["authz"]["routing"]  # the module gives the authz stage the routing section
@@ -113,9 +114,14 @@ def envoy_filter(args) -> dict:
         "name": "envoy.filters.network.http_connection_manager", "subFilter": {"name": "envoy.filters.http.router"}}}}}
     if not args.gateway:
         match["listener"]["portNumber"] = 8080
+    sys.path.insert(0, str(ENVOY))
+    import render  # the guard the Envoy configs would use where routes cannot require the mark
     patches = [{"applyTo": "HTTP_FILTER", "match": match, "patch": {"operation": "INSERT_BEFORE", "value": {
         "name": "fhirgate",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config}}}}]
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config}}}},
+        # Istio's routes cannot match filter state: the pass mark is required here instead,
+        # so a request the module never saw (its VM did not load) is refused, not forwarded.
+        {"applyTo": "HTTP_FILTER", "match": match, "patch": {"operation": "INSERT_BEFORE", "value": render.pass_guard_filter()}}]
     if args.global_ratelimit:
         patches += global_ratelimit_patches(context, args)
     spec = {"configPatches": patches}

@@ -3,6 +3,7 @@ services the chain depends on (JWKS, introspection, Consent, audit collector) ou
 follows its documented setting: fail closed, with a FHIR OperationOutcome, nothing forwarded;
 and the gateway recovers when the fault goes away."""
 import json
+import sys
 import socket
 import threading
 import time
@@ -11,7 +12,7 @@ import uuid
 import pytest
 import yaml
 
-from stack import BASE, WASM_DIR, free_port, http_get, wait_until
+from stack import BASE, ROOT, WASM_DIR, free_port, http_get, wait_until
 from test_routing import received
 
 
@@ -92,7 +93,8 @@ def test_a_filter_failing_mid_request_fails_that_request_closed_and_the_vm_is_re
 
 
 # -- a filter whose VM cannot be loaded on a worker -------------------------------------------
-def start_with_stand_in(stack, name: str, filter_name: str, fail_on_workers: bool, require_marks: bool = True) -> int:
+def start_with_stand_in(stack, name: str, filter_name: str, fail_on_workers: bool, require_marks: bool = True,
+                        guard: bool = False) -> int:
     """The chain as shipped, one worker, with `filter_name`'s module replaced by the fault
     instrument standing in for it (marking what it passes as that filter does; `fhirgate` is
     the fused filter, every stage, and the others the five-filter deployment's); with
@@ -112,6 +114,11 @@ def start_with_stand_in(stack, name: str, filter_name: str, fail_on_workers: boo
         [listener] = config["static_resources"]["listeners"]
         for route in listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]:
             route["match"].pop("filter_state", None)
+    if guard:
+        # The Istio EnvoyFilter's guard: Envoy's RBAC filter right after the fhirgate filter.
+        sys.path.insert(0, str(ROOT / "envoy"))
+        import render
+        filters.insert([f["name"] for f in filters].index(filter_name) + 1, render.pass_guard_filter())
     path.write_text(yaml.safe_dump(config))
     stack.run_envoy(name, path, admin, concurrency=1)
     return listen
@@ -133,6 +140,19 @@ def test_a_filter_that_cannot_load_on_a_worker_stops_every_request_there(stack, 
     loading = start_with_stand_in(stack, f"envoy-loaded-{short}", filter_name, fail_on_workers=False)
     status, _, _, seen = get(stack, loading)
     assert status == 200 and len(seen) == 1, "the stand-in passes requests when it loads"
+
+
+def test_under_istio_the_rbac_guard_refuses_what_an_unloaded_module_never_saw(stack):
+    """Istio's routes cannot require the pass mark, so the EnvoyFilter delivery puts Envoy's
+    RBAC filter after the module: the same routes without their matchers, the fused module
+    not loading on the worker, and the request is refused (403) without reaching the server;
+    the module loading, it passes."""
+    failing = start_with_stand_in(stack, "envoy-istio-unloaded", "fhirgate", fail_on_workers=True, require_marks=False, guard=True)
+    status, _, body, seen = get(stack, failing)
+    assert (status, seen) == (403, []), body[:300]
+    loading = start_with_stand_in(stack, "envoy-istio-loaded", "fhirgate", fail_on_workers=False, require_marks=False, guard=True)
+    status, _, _, seen = get(stack, loading)
+    assert status == 200 and len(seen) == 1
 
 
 def test_without_the_marks_envoy_forwards_what_an_unloaded_filter_never_saw(stack):

@@ -79,6 +79,13 @@ def test_the_envoyfilter_chain_is_a_valid_envoy_filter_chain(name, tmp_path):
     assert config["failure_policy"] == "FAIL_RELOAD" and config["allow_on_headers_stop_iteration"]
     sections = json.loads(config["configuration"]["value"])
     assert list(sections) == ORDER
+    # Right after it, the guard Istio's routes cannot hold: only requests marked by every stage.
+    names = [f["name"] for f in filters]
+    guard = filters[names.index("fhirgate") + 1]
+    assert guard["name"] == "envoy.filters.http.rbac"
+    [policy] = guard["typed_config"]["rules"]["policies"].values()
+    assert guard["typed_config"]["rules"]["action"] == "ALLOW"
+    assert policy["principals"] == [{"filter_state": {"key": "wasm.fhirgate.passed", "string_match": {"exact": ",".join(ORDER)}}}]
     assert all(p["patch"]["operation"] == "INSERT_BEFORE" for p in patches if p["applyTo"] == "HTTP_FILTER")
     # Apply the patches as Istio would, to the chain Envoy runs in the tests.
     rendered = yaml.safe_load(render_envoy(tmp_path / "base.yaml", PLACEHOLDERS, ROOT / "envoy" / "fhirgate.yaml", audit=AUDIT).read_text())
