@@ -25,6 +25,10 @@ pub struct AuditFilter {
     upstream_outcome: Option<String>,
     /// The response status as it passed this filter (0 before any).
     upstream_status: u16,
+    /// The request headers as this stage saw them when the request passed it (every earlier
+    /// stage's headers set): the record is built from them, not from a second copy read from
+    /// Envoy at the end. None for a request an earlier stage refused.
+    seen: Option<RequestHeaders>,
 }
 
 impl AuditFilter {
@@ -35,12 +39,13 @@ impl AuditFilter {
             reading_error: false,
             upstream_outcome: None,
             upstream_status: 0,
+            seen: None,
         }
     }
 
     /// The record of this request as things stand (`status` 0: not answered yet).
     fn facts_record(&self, worker: &Worker, status: u16) -> fhirgate_core::audit::Record {
-        let h = RequestHeaders::read();
+        let h = self.seen.clone().unwrap_or_else(RequestHeaders::read);
         let now_ms = host::now_ms();
         let started_ms = property_u64(vec!["request", "time"]).map_or(now_ms, |ns| ns / 1_000_000);
         let duration_ms = property_u64(vec!["request", "duration"])
@@ -137,7 +142,7 @@ impl Stage for AuditFilter {
         let Some(worker) = self.worker.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
-        // Marked now: in fail-closed mode the request goes on only after the acknowledgement.
+        self.seen = Some(RequestHeaders::read());
         let (Some(fail_closed), Some(c)) = (
             worker.policy.config.fail_closed.as_ref(),
             worker.policy.config.collector.as_ref(),

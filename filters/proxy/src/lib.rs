@@ -159,6 +159,7 @@ pub fn replace_response(filter: &'static str, rejection: &Rejection, body_size: 
 /// Every request header, read from Envoy in one host call. Each separate header lookup
 /// costs a round trip into the VM to allocate its value, so filters read this snapshot
 /// instead of asking header by header.
+#[derive(Clone)]
 pub struct RequestHeaders {
     pairs: Vec<(String, Vec<u8>)>,
 }
