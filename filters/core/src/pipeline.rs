@@ -366,11 +366,24 @@ pub fn module_sections(
 ) -> Result<Vec<(&'static str, Vec<u8>)>, crate::config::ConfigError> {
     let mut config: ModuleConfig = crate::config::parse_json(bytes)?;
     // The authorization stage parses requests as the routing stage does: one routing section
-    // serves both (an authz section may still carry its own, for a filter of its own).
+    // serves both. In one module the authz stage decides on the routing stage's parse, so a
+    // different routing of its own (its bulk pool, its CDS path) would disagree with it:
+    // refused. (A filter running the authz stage alone may carry its own.)
     if let (Some(routing), Some(serde_json::Value::Object(authz))) =
         (config.routing.as_ref(), config.authz.as_mut())
     {
-        authz.entry("routing").or_insert_with(|| routing.clone());
+        match authz.get("routing") {
+            Some(own) if own != routing => {
+                return Err(crate::config::ConfigError::new(
+                    "authz.routing",
+                    "differs from the routing section: the stages of one module parse requests alike (leave it out)",
+                ))
+            }
+            Some(_) => {}
+            None => {
+                authz.insert("routing".into(), routing.clone());
+            }
+        }
     }
     let sections = [
         config.routing,

@@ -460,11 +460,17 @@ mod module_configuration {
             sections[1].1,
             br#"{"mode":"enforce","routing":{"basePath":"/r4"}}"#
         );
-        let own = module_sections(
-            br#"{"routing": {"basePath": "/r4"}, "authz": {"routing": {"basePath": "/x"}}}"#,
+        let same = module_sections(
+            br#"{"routing": {"basePath": "/r4"}, "authz": {"routing": {"basePath": "/r4"}}}"#,
         )
         .unwrap();
-        assert_eq!(own[1].1, br#"{"routing":{"basePath":"/x"}}"#);
+        assert_eq!(same[1].1, br#"{"routing":{"basePath":"/r4"}}"#);
+        // A different one would make the authz stage disagree with the parse it decides on.
+        let err = module_sections(
+            br#"{"routing": {"basePath": "/r4"}, "authz": {"routing": {"basePath": "/x"}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "authz.routing", "{err}");
         let alone = module_sections(br#"{"authz": {}}"#).unwrap();
         assert_eq!(alone[0].1, b"{}");
     }

@@ -95,6 +95,18 @@ impl TokenCache {
         );
     }
 
+    /// Forgets `token`'s entry (an introspection that now calls it inactive).
+    pub fn forget(&mut self, token: &str) {
+        let slot = self.slot(token);
+        if self
+            .entries
+            .get(&slot)
+            .is_some_and(|e| same(&e.token, token.as_bytes()))
+        {
+            self.entries.remove(&slot);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -191,6 +203,16 @@ mod tests {
         );
         assert!(c.get("a.b.c", 0).is_none());
         assert!(!same(b"a.b.c", b"a.b.d") && !same(b"abc", b"ab") && same(b"abc", b"abc"));
+    }
+
+    #[test]
+    fn a_forgotten_token_is_verified_again() {
+        let mut c = TokenCache::new(4);
+        c.put("a.b.c", Rc::new((token(100), Grant::default())));
+        c.forget("x.y.z");
+        assert!(c.get("a.b.c", 0).is_some(), "another token forgets nothing");
+        c.forget("a.b.c");
+        assert!(c.get("a.b.c", 0).is_none());
     }
 
     #[test]

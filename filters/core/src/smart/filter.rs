@@ -213,6 +213,8 @@ impl AuthzRuntime {
                 Ok(())
             }
             Err(IntrospectionError::Inactive) => {
+                // An earlier answer may have cached it as active: inactive wins.
+                self.cache.forget(token);
                 if self.inactive.len() >= self.policy.token_cache_size.max(1) {
                     self.inactive.retain(|_, until| *until > now);
                 }
