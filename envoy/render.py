@@ -43,7 +43,8 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parent
 
 def filter_config(key: str, issuers: pathlib.Path | None, jwt_authn: bool = False,
                   ratelimit: pathlib.Path | None = None, global_ratelimit: bool = False,
-                  consent: pathlib.Path | None = None, audit: pathlib.Path | None = None) -> dict:
+                  consent: pathlib.Path | None = None, audit: pathlib.Path | None = None,
+                  routing: dict | None = None) -> dict:
     config = json.loads((CONFIG_DIR / FILTER_CONFIGS[key]).read_text())
     if key == "AUDIT_CONFIG" and audit is not None:
         config.update(json.loads(audit.read_text()))
@@ -55,7 +56,10 @@ def filter_config(key: str, issuers: pathlib.Path | None, jwt_authn: bool = Fals
         if ratelimit is not None:
             config.update(json.loads(ratelimit.read_text()))
     if key == "AUTHZ_CONFIG":
-        config.setdefault("routing", json.loads((CONFIG_DIR / FILTER_CONFIGS["ROUTING_CONFIG"]).read_text()))
+        # The authz stage parses requests as the routing stage does: the same routing config
+        # (a ROUTING_CONFIG given on the command line, else routing.json).
+        config.setdefault("routing", routing if routing is not None else
+                          json.loads((CONFIG_DIR / FILTER_CONFIGS["ROUTING_CONFIG"]).read_text()))
         if issuers is not None:
             config.update(deployment_settings(issuers))
         if jwt_authn:
@@ -185,7 +189,10 @@ def render(template: pathlib.Path, values: dict, issuers: pathlib.Path | None = 
     text = template.read_text()
     for key in FILTER_CONFIGS:
         if "{{%s}}" % key in text and key not in values:
-            compact = json.dumps(filter_config(key, issuers, jwt_authn, ratelimit, global_ratelimit, consent, audit), separators=(",", ":"))
+            given = values.get("ROUTING_CONFIG")
+            routing = json.loads(given) if isinstance(given, str) else None
+            compact = json.dumps(filter_config(key, issuers, jwt_authn, ratelimit, global_ratelimit, consent, audit, routing),
+                                 separators=(",", ":"))
             if "'" in compact:
                 raise SystemExit(f"{FILTER_CONFIGS[key]}: single quotes cannot be inlined into YAML")
             values[key] = compact
