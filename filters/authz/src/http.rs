@@ -380,10 +380,9 @@ impl Stage for AuthzFilter {
             (r.cache.hits, r.cache.misses)
         };
         let peer = self.peer_uri_san();
-        let routed = state.routed.clone();
         let (step, exchange) = runtime.borrow_mut().on_routed_head(
             &head,
-            routed.clone(),
+            state.routed.clone(),
             authorization,
             forwarded,
             peer.as_deref(),
@@ -415,7 +414,7 @@ impl Stage for AuthzFilter {
                     &head,
                     authorization,
                     forwarded,
-                    routed,
+                    state.routed.clone(),
                 ),
                 Err(_) => {
                     let answer = runtime
@@ -442,7 +441,7 @@ impl Stage for AuthzFilter {
                         &head,
                         authorization,
                         forwarded,
-                        routed,
+                        state.routed.clone(),
                     );
                 }
                 runtime.borrow_mut().fetched(fetch.0, now, None, b"");

@@ -109,6 +109,17 @@ impl Direction {
         }
     }
 
+    /// A new body event: the body buffered so far, and whether it ended.
+    fn push_body(&mut self, body_size: usize, end_of_stream: bool) {
+        self.chunks += 1;
+        self.body = Some((self.chunks, body_size, end_of_stream));
+    }
+
+    /// The body size last seen (what a trailers event ends).
+    fn last_body_size(&self) -> usize {
+        self.body.map_or(0, |(_, size, _)| size)
+    }
+
     fn holds(&self, stage: usize) -> bool {
         self.progress.get(stage).is_some_and(|p| {
             p.head_called && (!p.head_passed || (self.body.is_some() && p.body_passed != self.body))
@@ -155,14 +166,13 @@ impl Sequencer {
         body_size: usize,
         end_of_stream: bool,
     ) -> Flow {
-        self.request.chunks += 1;
-        self.request.body = Some((self.request.chunks, body_size, end_of_stream));
+        self.request.push_body(body_size, end_of_stream);
         self.run_request(stages)
     }
 
     /// Trailers end the request body: the last body (or none) is its whole.
     pub fn request_trailers(&mut self, stages: &mut [Box<dyn Stage>]) -> Flow {
-        let size = self.request.body.map_or(0, |(_, size, _)| size);
+        let size = self.request.last_body_size();
         self.request_body(stages, size, true)
     }
 
@@ -182,13 +192,12 @@ impl Sequencer {
         body_size: usize,
         end_of_stream: bool,
     ) -> Flow {
-        self.response.chunks += 1;
-        self.response.body = Some((self.response.chunks, body_size, end_of_stream));
+        self.response.push_body(body_size, end_of_stream);
         self.run_response(stages)
     }
 
     pub fn response_trailers(&mut self, stages: &mut [Box<dyn Stage>]) -> Flow {
-        let size = self.response.body.map_or(0, |(_, size, _)| size);
+        let size = self.response.last_body_size();
         self.response_body(stages, size, true)
     }
 

@@ -136,6 +136,13 @@ impl MockHost {
         self.metrics.get(name).copied().unwrap_or(0)
     }
 
+    fn metric_name(&self, id: u32) -> Result<String, Status> {
+        self.metric_names
+            .get(id as usize)
+            .cloned()
+            .ok_or(Status::NotFound)
+    }
+
     fn map(&mut self, map: MapType) -> Result<&mut Vec<(String, String)>, Status> {
         match map {
             MapType::HttpRequestHeaders => Ok(&mut self.request_headers),
@@ -293,11 +300,7 @@ pub fn define_metric(_kind: MetricType, name: &str) -> Result<u32, Status> {
 
 pub fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
     with(|h| {
-        let name = h
-            .metric_names
-            .get(id as usize)
-            .cloned()
-            .ok_or(Status::NotFound)?;
+        let name = h.metric_name(id)?;
         *h.metrics.entry(name).or_default() += offset.max(0) as u64;
         Ok(())
     })
@@ -305,11 +308,7 @@ pub fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
 
 pub fn record_metric(id: u32, value: u64) -> Result<(), Status> {
     with(|h| {
-        let name = h
-            .metric_names
-            .get(id as usize)
-            .cloned()
-            .ok_or(Status::NotFound)?;
+        let name = h.metric_name(id)?;
         h.metrics.insert(name, value);
         Ok(())
     })
