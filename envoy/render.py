@@ -123,6 +123,12 @@ def global_ratelimit_filter() -> dict:
         "rate_limit_service": {"transport_api_version": "V3", "grpc_service": {"envoy_grpc": {"cluster_name": "ratelimit_service"}}}}}
 
 
+# fhirgate's headers only Envoy reads (its rate limiters' descriptors, jwt_authn's payload for
+# the authz stage): routes remove them before the upstream (envoy/fhirgate.yaml does the same).
+ENVOY_ONLY_HEADERS = ["x-fhirgate-rl-class", "x-fhirgate-rl-tenant", "x-fhirgate-rl-principal", "x-fhirgate-rl-weight",
+                      JWT_PAYLOAD_HEADER]
+
+
 def global_ratelimit_actions() -> list:
     """The virtual host's descriptor: class, tenant, principal (absent for bulk). The request's
     FHIR cost goes as hits_addend (hits_addend_filter)."""

@@ -88,7 +88,8 @@ def global_ratelimit_patches(context: str, args) -> list:
         {"applyTo": "HTTP_FILTER", "match": router, "patch": {"operation": "INSERT_BEFORE", "value": render.hits_addend_filter()}},
         {"applyTo": "HTTP_FILTER", "match": router, "patch": {"operation": "INSERT_BEFORE", "value": render.global_ratelimit_filter()}},
         {"applyTo": "VIRTUAL_HOST", "match": {"context": context}, "patch": {"operation": "MERGE",
-                                                                             "value": {"rate_limits": render.global_ratelimit_actions()}}},
+                                                                             "value": {"rate_limits": render.global_ratelimit_actions(),
+                                                                                       "request_headers_to_remove": render.ENVOY_ONLY_HEADERS}}},
         {"applyTo": "CLUSTER", "match": {"context": context}, "patch": {"operation": "ADD", "value": cluster}},
     ]
 

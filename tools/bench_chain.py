@@ -270,6 +270,16 @@ def callgrind(chain: dict, fused: dict, work: pathlib.Path, tokens: dict) -> dic
 DEPLOYMENTS = {"baseline": [], "fused": ["fhirgate"], "five-filter": FILTERS}
 
 
+def host_calls() -> list[dict]:
+    """Host calls per request (each a crossing of the VM boundary, log lines included), counted
+    exactly on the mock host the gateway's native tests use: it sees the calls the Wasm build
+    makes, stage by stage (each stage alone as its own filter) and fused."""
+    out = subprocess.run(["cargo", "test", "-q", "--release", "-p", "fhirgate-gateway", "--lib", "--",
+                          "--ignored", "--nocapture", "prints_host_calls_per_request_by_stage"],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("HOST_CALLS ")]
+
+
 def main() -> int:
     ensure("h2load", "nghttp2-client")
     ensure("valgrind", "valgrind")
@@ -280,6 +290,7 @@ def main() -> int:
     subprocess.run(["cargo", "build", "-q", "--release", "-p", "fhirgate-core", "--example", "verify_bench"], cwd=ROOT, check=True)
     subprocess.run([str(ROOT / "target" / "release" / "examples" / "verify_bench"), "prepare", str(tokens_dir)], check=True, capture_output=True)
     tokens = {n: (tokens_dir / f"token-scopes-{n}").read_text() for n in (4, 16, 64)}
+    calls = host_calls()
     ports = {k: free_port() for k in ("ORIGIN", "ORIGIN_ADMIN", "CHAIN", "CHAIN_ADMIN")}
     chain = render_chain(work, ports, tokens_dir, "five-filter")
     fused = render_chain(work, ports, tokens_dir, "fused")
@@ -379,6 +390,16 @@ Instructions are turned into time with the baseline gateway's own ratio ({us_per
 instruction). Every filter is the one module, so all of them run in one VM per worker (five
 different modules used to need ten VMs, which did not fit under valgrind).
 
+### Host calls per request (exact, counted on the mock host)
+
+| request | routing | authz | ratelimit | consent | audit | five filters | fused |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(f"| {c['request']} | " + " | ".join(str(c['by_stage'][s]) for s in steps) + f" | {c['five_filter']} | **{c['fused']}** |" for c in calls)}
+
+Each is a call into Envoy from the VM (headers, properties, bodies, metrics, log lines, calls
+dispatched) for a whole cached-token request: head, answer, log. Envoy's own callbacks into the
+VM are not counted.
+
 ### Flat in the number of scopes and cached Consents (callgrind, fused)
 
 | | instructions per request |
@@ -404,6 +425,10 @@ Every round (fused / five filters / baseline): {"; ".join(f"{f['cpu_us']:.1f}/{c
         "chain.added_cpu_us": (added["fused"], "µs", "fused pipeline minus Envoy alone, CPU per request (schedstat, median of rounds)"),
         "chain.throughput_ratio": (ratio["fused"], "ratio", "fused / Envoy alone, requests per second"),
         "chain.p50_added_us": (added_p50["fused"], "µs", "p50 latency, fused minus Envoy alone, 8 connections"),
+        **{f"chain.host_calls.{c['request']}.fused": (c["fused"], "calls", "host calls per cached-token request, fused (mock host)")
+           for c in calls},
+        **{f"chain.host_calls.{c['request']}.five_filter": (c["five_filter"], "calls", "host calls per cached-token request, five filters (mock host)")
+           for c in calls},
     })
     write_deployments({g: {"added_cpu_us": round(added.get(g, 0.0), 1), "throughput_ratio": round(ratio.get(g, 1.0), 3),
                            "rss_one_worker_mib": round(rss[g] - (rss["baseline"] if g != "baseline" else 0), 1)}

@@ -74,8 +74,13 @@ def test_every_forwarding_route_requires_the_mark_of_every_fhirgate_stage_in_the
     forwarding = [r for r in routes if "route" in r]
     assert forwarding, routes
     for r in forwarding:
-        required = [(m["key"], m["string_match"]) for m in r["match"].get("filter_state", [])]
-        assert required == [("wasm.fhirgate.passed", {"exact": ",".join(stages)})], r["match"]
+        required = dict((m["key"], m["string_match"]) for m in r["match"].get("filter_state", []))
+        assert required["wasm.fhirgate.passed"] == {"exact": ",".join(stages)}, r["match"]
+        assert set(required) == {"wasm.fhirgate.passed", "wasm.fhirgate.pool"}, r["match"]
+        assert "headers" not in r["match"], "routes match filter state, not headers a client could send"
+    removed = set(hcm["route_config"]["virtual_hosts"][0]["request_headers_to_remove"])
+    assert removed == {"x-fhirgate-rl-class", "x-fhirgate-rl-tenant", "x-fhirgate-rl-principal", "x-fhirgate-rl-weight",
+                       "x-fhirgate-jwt-payload"}, "Envoy-only headers never reach the upstream"
     assert [r["direct_response"]["status"] for r in routes if "route" not in r] == [503], "the catch-all refuses"
 
 

@@ -99,7 +99,7 @@ def start_with_stand_in(stack, name: str, filter_name: str, fail_on_workers: boo
     instrument standing in for it (marking what it passes as that filter does; `fhirgate` is
     the fused filter, every stage, and the others the five-filter deployment's); with
     `fail_on_workers` its configuration fails on the worker, as a VM that cannot be created
-    there (memory exhausted) does. `require_marks` False takes the routes' filter-state matchers
+    there (memory exhausted) does. `require_marks` False takes the routes' pass-mark matchers
     out, to show what Envoy does without them. Returns the listen port."""
     listen, admin = free_port(), free_port()
     deployment = "fused" if filter_name == "fhirgate" else "five-filter"
@@ -113,7 +113,11 @@ def start_with_stand_in(stack, name: str, filter_name: str, fail_on_workers: boo
     if not require_marks:
         [listener] = config["static_resources"]["listeners"]
         for route in listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]:
-            route["match"].pop("filter_state", None)
+            # Only the pass mark goes: the pool the routing stage chose still picks the cluster.
+            kept = [m for m in route["match"].get("filter_state", []) if m["key"] != "wasm.fhirgate.passed"]
+            route["match"]["filter_state"] = kept
+            if not kept:
+                del route["match"]["filter_state"]
     if guard:
         # The Istio EnvoyFilter's guard: Envoy's RBAC filter right after the fhirgate filter.
         sys.path.insert(0, str(ROOT / "envoy"))

@@ -1,7 +1,8 @@
 """The FHIR routing filter in a real Envoy, in front of a real FHIR server.
 
-Every assertion about routing is made on what an upstream recorder received, never on what
-the filter meant to do."""
+Every assertion about routing is made on what an upstream recorder received (which cluster,
+path and body, and that none of the routing stage's parse travelled with it) and on the audit
+record the gateway wrote for that request, never on what the filter meant to do."""
 import json
 import subprocess
 import time
@@ -9,7 +10,7 @@ import uuid
 
 import pytest
 
-from stack import BASE, ROOT
+from stack import BASE, ROOT, wait_until
 
 FHIR_JSON = {"content-type": "application/fhir+json"}
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -33,12 +34,56 @@ def internal(record) -> dict:
     return {k[len("x-fhirgate-"):]: v for k, v in record["headers"].items() if k.startswith("x-fhirgate-")}
 
 
-# What the routing filter sets; the authorization filter after it adds its own.
-ROUTING_HEADERS = {"interaction", "pool", "resource-type", "id", "version-id", "operation", "compartment", "patient", "bundle-type", "bundle-entries"}
+# What the routing stage parses: facts the later stages read, never sent upstream.
+ROUTING_FACTS = {"interaction", "pool", "resource-type", "id", "version-id", "operation", "compartment", "patient", "bundle-type", "bundle-entries"}
+# The only fhirgate headers an upstream may receive (README, "What the upstream sees").
+UPSTREAM_HEADERS = {"subject", "client-id", "tenant", "fhir-user", "launch-patient", "scopes", "purpose-of-use",
+                    "authz-decision", "authz-reason", "break-glass", "break-glass-user"}
 
 
-def routing_part(record) -> dict:
-    return {k: v for k, v in internal(record).items() if k in ROUTING_HEADERS}
+def assert_only_identity_upstream(record):
+    leaked = set(internal(record)) - UPSTREAM_HEADERS
+    assert not leaked, f"reached the upstream: {leaked}"
+
+
+def audit_of(stack, record) -> dict:
+    """The audit record (outcome phase) of the request the upstream received as `record`,
+    found by its x-request-id."""
+    rid = record["headers"]["x-request-id"][0]
+    found = []
+
+    def arrived():
+        found[:] = [r for r in stack.collector.snapshot() if r.get("request_id") == rid and r.get("phase") == "outcome"]
+        return found
+    wait_until("the request's audit record", arrived, timeout=10)
+    return found[-1]
+
+
+def parsed(audit: dict) -> dict:
+    """The routing stage's parse as the audit record carries it, in the facts' names."""
+    view = {"interaction": audit["fhir_interaction"], "resource-type": audit["fhir_resource_type"],
+            "id": audit["fhir_resource_id"], "patient": audit["patient_id"]}
+    return {k: v for k, v in view.items() if v is not None}
+
+
+def assert_parsed(audit: dict, expected: dict):
+    """Each expected fact, read from the audit record (version ids, operations and compartments
+    through its route template; the pool through the cluster, checked by the caller)."""
+    route = audit["gateway_route"]
+    for name, value in expected.items():
+        if name in ("interaction", "resource-type", "id", "patient"):
+            assert parsed(audit).get(name) == value, f"{name}: {audit}"
+        elif name == "operation":
+            assert route.endswith(value), route
+        elif name == "compartment":
+            assert route.startswith(f"{BASE}/{value.split('/')[0]}/{{id}}/"), route
+            assert audit["patient_id"] == value.split("/")[1], audit
+        elif name == "version-id":
+            assert route.endswith("/_history/{vid}"), route
+        elif name == "bundle-type":
+            assert audit["fhir_interaction"] == value, audit
+        elif name != "pool":
+            raise AssertionError(f"unexpected fact {name}")
 
 
 def outcome_reason(body: bytes) -> str:
@@ -120,9 +165,8 @@ def test_upstream_receives_the_parsed_interaction(stack, method, path, headers, 
     assert got_cluster == cluster
     assert record["method"] == method
     assert record["path"] == upstream_path
-    seen = internal(record)
-    for name, value in expected.items():
-        assert seen.get(name) == [value], f"x-fhirgate-{name}: {seen}"
+    assert_only_identity_upstream(record)
+    assert_parsed(audit_of(stack, record), expected)
     if body is not None:
         assert record["body"] == body.encode(), "the body reached the upstream unchanged"
 
@@ -181,20 +225,23 @@ class TestInternalHeadersCannotBeForged:
         [(cluster, record)] = received(stack, tid)
         assert cluster == "fhir_api"
         seen = internal(record)
-        assert seen == {"interaction": ["read"], "pool": ["fhir"], "resource-type": ["Patient"], "id": ["example"],
-                        "patient": ["example"], "authz-decision": ["allow"], "subject": ["e2e-system-client"],
-                        "scopes": ["system/*.cruds"]}
+        assert seen == {"authz-decision": ["allow"], "subject": ["e2e-system-client"], "scopes": ["system/*.cruds"]}
+        assert parsed(audit_of(stack, record)) == {"interaction": "read", "resource-type": "Patient", "id": "example",
+                                                   "patient": "example"}
 
     def test_forged_headers_on_a_request_naming_no_patient_leave_no_patient(self, stack):
         tid, status, _, _ = send(stack, "GET", f"{BASE}/Observation?code=x", headers=self.FORGED)
         [(_, record)] = received(stack, tid)
         assert "x-fhirgate-patient" not in record["headers"]
         assert "x-fhirgate-decision" not in record["headers"]
+        assert "patient" not in parsed(audit_of(stack, record))
 
     def test_forged_headers_on_a_buffered_request_are_stripped_too(self, stack):
         tid, status, _, _ = send(stack, "POST", f"{BASE}/Patient", PATIENT, {**FHIR_JSON, **self.FORGED})
-        [(_, record)] = received(stack, tid)
-        assert routing_part(record) == {"interaction": ["create"], "pool": ["fhir"], "resource-type": ["Patient"]}
+        [(cluster, record)] = received(stack, tid)
+        assert cluster == "fhir_api"
+        assert_only_identity_upstream(record)
+        assert parsed(audit_of(stack, record)) == {"interaction": "create", "resource-type": "Patient"}
 
 
 LONG = "a" * 2100
@@ -306,10 +353,10 @@ class TestCdsHooks:
 @pytest.mark.parametrize("method,path,headers,body,cluster,upstream_path,expected", INTERACTIONS,
                          ids=[f"{r[0]} {r[1]}" for r in INTERACTIONS])
 def test_cli_route_agrees_with_the_filter_in_envoy(stack, tmp_path, method, path, headers, body, cluster, upstream_path, expected):
-    """`fhirgate route` runs the same core code as the filter: same headers, same request."""
+    """`fhirgate route` runs the same core code as the filter: same facts, same request."""
     token = stack.cds_token(path.rsplit("/", 1)[1]) if method == "POST" and path.startswith("/cds-services/") else "default"
     tid, _, _, _ = send(stack, method, path, body, headers, token=token)
-    [(_, record)] = received(stack, tid)
+    [(got_cluster, record)] = received(stack, tid)
     argv = [str(ROOT / "target" / "debug" / "fhirgate"), "route", method, path, "--config", str(ROOT / "envoy" / "routing.json")]
     for k, v in headers.items():
         argv += ["-H", f"{k}: {v}"]
@@ -318,8 +365,14 @@ def test_cli_route_agrees_with_the_filter_in_envoy(stack, tmp_path, method, path
         argv += ["--body", str(tmp_path / "body")]
     out = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
     assert out["decision"] == "allow"
-    cli_headers = {k[len("x-fhirgate-"):]: [v] for k, v in out["request"]["headers"].items()}
-    assert cli_headers == routing_part(record)
+    cli_facts = {k[len("x-fhirgate-"):]: v for k, v in out["request"]["facts"].items()}
+    assert {k: v for k, v in cli_facts.items() if k in ("interaction", "resource-type", "id", "patient")} == \
+        parsed(audit_of(stack, record))
+    for name, value in expected.items():
+        assert cli_facts.get(name) == value, f"{name}: {cli_facts}"
+    clusters = {"fhir": "fhir_api", "bulk": "fhir_bulk", "validate": "fhir_validate", "prior-auth": "fhir_prior_auth",
+                "device": "fhir_device", "cds-hooks": "cds_hooks"}
+    assert clusters[cli_facts["pool"]] == got_cluster
 
 
 class TestHttp2:
@@ -338,7 +391,8 @@ class TestHttp2:
         assert (version, status) == ("2", 200)
         [(cluster, record)] = received(stack, tid)
         assert cluster == "fhir_api"
-        assert internal(record)["patient"] == ["example"] and internal(record)["pool"] == ["fhir"]
+        assert_only_identity_upstream(record)
+        assert parsed(audit_of(stack, record))["patient"] == "example"
 
     def test_refuses_malformed_requests_over_http2(self, stack):
         tid, version, status = self.curl(stack, "-X", "POST", f"http://127.0.0.1:{stack.listen_port}{BASE}/Patient/example")

@@ -1,6 +1,6 @@
 //! Per-request context: in fail-closed mode, holds the request until the collector has its
-//! access record; at the end of every request, builds the outcome record from what the request
-//! headers and the other filters' properties say.
+//! access record; at the end of every request, builds the outcome record from the facts the
+//! stages recorded, the request's own headers and the other stages' properties.
 
 use crate::root::{Worker, FILTER};
 use fhirgate_core::audit::sink::{content_type, encode};
@@ -25,9 +25,9 @@ pub struct AuditFilter {
     upstream_outcome: Option<String>,
     /// The response status as it passed this filter (0 before any).
     upstream_status: u16,
-    /// The request headers as this stage saw them when the request passed it (every earlier
-    /// stage's headers set): the record is built from them, not from a second copy read from
-    /// Envoy at the end. None for a request an earlier stage refused.
+    /// The request headers as this stage saw them when the request passed it: the record is
+    /// built from them, not from a second copy read from Envoy at the end. None for a request
+    /// an earlier stage refused.
     seen: Option<RequestHeaders>,
 }
 
@@ -44,7 +44,12 @@ impl AuditFilter {
     }
 
     /// The record of this request as things stand (`status` 0: not answered yet).
-    fn facts_record(&self, worker: &Worker, status: u16) -> fhirgate_core::audit::Record {
+    fn facts_record(
+        &self,
+        worker: &Worker,
+        known: &fhirgate_core::pipeline::Facts,
+        status: u16,
+    ) -> fhirgate_core::audit::Record {
         let h = self.seen.clone().unwrap_or_else(RequestHeaders::read);
         let now_ms = host::now_ms();
         let started_ms = property_u64(vec!["request", "time"]).map_or(now_ms, |ns| ns / 1_000_000);
@@ -63,26 +68,26 @@ impl AuditFilter {
             started_ms,
             duration_ms,
             method: h.get(":method"),
-            interaction: h.get(headers::INTERACTION),
-            resource_type: h.get(headers::RESOURCE_TYPE),
-            resource_id: h.get(headers::ID),
-            operation: h.get(headers::OPERATION),
-            compartment: h.get(headers::COMPARTMENT),
-            patient: h.get(headers::PATIENT),
-            subject: h.get(headers::SUBJECT),
-            client_id: h.get(headers::CLIENT_ID),
-            fhir_user: h.get(headers::FHIR_USER),
-            tenant: h.get(headers::TENANT),
-            scopes: h.get(headers::SCOPES),
+            interaction: known.get(headers::INTERACTION),
+            resource_type: known.get(headers::RESOURCE_TYPE),
+            resource_id: known.get(headers::ID),
+            operation: known.get(headers::OPERATION),
+            compartment: known.get(headers::COMPARTMENT),
+            patient: known.get(headers::PATIENT),
+            subject: known.get(headers::SUBJECT),
+            client_id: known.get(headers::CLIENT_ID),
+            fhir_user: known.get(headers::FHIR_USER),
+            tenant: known.get(headers::TENANT),
+            scopes: known.get(headers::SCOPES),
             source_ip: source.as_deref().map(host_without_port),
             user_agent: h.get("user-agent"),
             status,
             reason: reason.as_deref(),
             upstream_outcome: self.upstream_outcome.as_deref(),
-            purpose: h
+            purpose: known
                 .get(headers::PURPOSE_OF_USE)
-                .or(h.get(headers::BREAK_GLASS)),
-            break_glass: h.get(headers::BREAK_GLASS),
+                .or(known.get(headers::BREAK_GLASS)),
+            break_glass: known.get(headers::BREAK_GLASS),
             consent_withheld: withheld,
             consent_redacted: redacted,
         };
@@ -138,7 +143,7 @@ impl Stage for AuditFilter {
         }
     }
 
-    fn request_headers(&mut self, _state: &mut RequestState, _end_of_stream: bool) -> Flow {
+    fn request_headers(&mut self, state: &mut RequestState, _end_of_stream: bool) -> Flow {
         let Some(worker) = self.worker.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
@@ -149,7 +154,7 @@ impl Stage for AuditFilter {
         ) else {
             return Flow::Continue;
         };
-        let mut access = self.facts_record(&worker, 0);
+        let mut access = self.facts_record(&worker, &state.facts, 0);
         access.phase = "access".into();
         access.decision = "pending".into();
         access.fhir_outcome = "pending".into();
@@ -224,7 +229,7 @@ impl Stage for AuditFilter {
         Flow::Continue
     }
 
-    fn log(&mut self, _state: &mut RequestState) {
+    fn log(&mut self, state: &mut RequestState) {
         let Some(worker) = self.worker.clone() else {
             return;
         };
@@ -232,7 +237,7 @@ impl Stage for AuditFilter {
             .map(|c| c as u16)
             .filter(|c| *c != 0)
             .unwrap_or(self.upstream_status);
-        let outcome = self.facts_record(&worker, status);
+        let outcome = self.facts_record(&worker, &state.facts, status);
         worker.emit(outcome, true);
     }
 }

@@ -2,11 +2,11 @@
 //! pauses a request whose signing key is unknown while the issuer's JWKS is fetched once.
 
 use crate::root::{dispatch_jwks_fetch, finish_jwks_fetch, FILTER};
-use fhirgate_core::pipeline::{Flow, RequestState, Stage};
+use fhirgate_core::pipeline::{Facts, Flow, RequestState, Stage};
 use fhirgate_core::routing::{RequestHead, RoutedRequest};
 use fhirgate_core::smart::filter::{AuthzFilterPolicy, AuthzRuntime, Exchange, Step};
 use fhirgate_core::Rejection;
-use fhirgate_proxy::{host, reject, set_routing_headers, RequestHeaders, SharedData};
+use fhirgate_proxy::{host, reject, RequestHeaders, SharedData};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -83,27 +83,27 @@ impl AuthzFilter {
 
     /// Applies a step, turning a key refresh that cannot happen (or did not find the key)
     /// into the core's refusal for it.
-    fn settle(&mut self, step: Step, authorization: Option<&str>) -> Flow {
+    fn settle(&mut self, facts: &mut Facts, step: Step, authorization: Option<&str>) -> Flow {
         let step = match (step, &self.runtime, &self.exchange) {
             (Step::RefreshKeys, Some(runtime), Some(exchange)) => {
                 runtime.borrow().unknown_key_step(authorization, exchange)
             }
             (step, _, _) => step,
         };
-        self.apply(step)
+        self.apply(facts, step)
     }
 
-    fn apply(&mut self, step: Step) -> Flow {
+    fn apply(&mut self, facts: &mut Facts, step: Step) -> Flow {
         match step {
             Step::Allow { headers, path } => {
-                self.set_zone_purpose();
+                self.set_zone_purpose(facts);
                 if let Some(path) = path {
                     host::set_request_header(":path", Some(&path));
                     fhirgate_proxy::count(FILTER, "allowed", "narrowed");
                 } else {
                     fhirgate_proxy::count(FILTER, "allowed", "");
                 }
-                set_routing_headers(&headers);
+                facts.extend(&headers);
                 Flow::Continue
             }
             Step::Deny(rejection) => {
@@ -111,7 +111,7 @@ impl AuthzFilter {
                 if let (Some(runtime), Some(exchange)) = (&self.runtime, &self.exchange) {
                     let identity = runtime.borrow().policy.refusal_identity(exchange);
                     if !identity.is_empty() {
-                        set_routing_headers(&identity);
+                        facts.extend(&identity);
                     }
                 }
                 reject(FILTER, &rejection)
@@ -121,12 +121,12 @@ impl AuthzFilter {
                 Flow::Pause
             }
             Step::WaitResponseBody { headers, path } => {
-                self.set_zone_purpose();
+                self.set_zone_purpose(facts);
                 if let Some(path) = path {
                     host::set_request_header(":path", Some(&path));
                     fhirgate_proxy::count(FILTER, "allowed", "narrowed");
                 }
-                set_routing_headers(&headers);
+                facts.extend(&headers);
                 // The response must come whole and readable: no 304 for a resource never
                 // checked, no compressed body.
                 for name in fhirgate_core::headers::CONDITIONAL_READ
@@ -141,20 +141,22 @@ impl AuthzFilter {
             // Only returned for a held response.
             Step::Reduce(rejection) => reject(FILTER, &rejection),
             Step::FetchCurrent { path } => self.fetch_current(&path),
-            Step::CheckCdsReplay => {
-                self.with_shared_data("cds_client", ("verified", "replayed"), |policy, ex, now| {
-                    policy.check_cds_replay(ex, &mut SharedData, now)
-                })
-            }
-            Step::CheckJob => {
-                self.with_shared_data("bulk_job", ("bound", "refused"), |policy, ex, now| {
-                    policy.check_job(ex, &SharedData, now)
-                })
-            }
+            Step::CheckCdsReplay => self.with_shared_data(
+                facts,
+                "cds_client",
+                ("verified", "replayed"),
+                |policy, ex, now| policy.check_cds_replay(ex, &mut SharedData, now),
+            ),
+            Step::CheckJob => self.with_shared_data(
+                facts,
+                "bulk_job",
+                ("bound", "refused"),
+                |policy, ex, now| policy.check_job(ex, &SharedData, now),
+            ),
             Step::ReportOnly { reason, headers } => {
                 log::info!("{FILTER}: report-only, not enforced: {reason}");
                 fhirgate_proxy::count(FILTER, "report_only", reason);
-                set_routing_headers(&headers);
+                facts.extend(&headers);
                 Flow::Continue
             }
             // Settled before apply (see `settle`).
@@ -165,8 +167,8 @@ impl AuthzFilter {
     }
 
     /// A purpose of use asserted in the header of a trust zone that allows it (when the token
-    /// asserts none), as the internal header the consent and audit filters read.
-    fn set_zone_purpose(&self) {
+    /// asserts none), as the fact the consent and audit stages read.
+    fn set_zone_purpose(&self, facts: &mut Facts) {
         let (Some(runtime), Some(exchange)) = (&self.runtime, &self.exchange) else {
             return;
         };
@@ -175,8 +177,8 @@ impl AuthzFilter {
             return;
         };
         let value = host::request_header(name);
-        if let Some((header, code)) = runtime.policy.zone_purpose(exchange, value.as_deref()) {
-            host::set_request_header(header, Some(&code));
+        if let Some((name, code)) = runtime.policy.zone_purpose(exchange, value.as_deref()) {
+            facts.set(name, code);
         }
     }
 
@@ -184,6 +186,7 @@ impl AuthzFilter {
     /// decided, counted under `event` as passed or refused, then applied.
     fn with_shared_data(
         &mut self,
+        facts: &mut Facts,
         event: &'static str,
         (passed, refused): (&'static str, &'static str),
         decide: impl FnOnce(&AuthzFilterPolicy, &mut Exchange, i64) -> Step,
@@ -202,7 +205,7 @@ impl AuthzFilter {
                 passed
             },
         );
-        self.apply(step)
+        self.apply(facts, step)
     }
 
     /// Reads the resource a write changes through the `currentResource` cluster; the request
@@ -275,7 +278,7 @@ impl AuthzFilter {
         Flow::Pause
     }
 
-    fn decide_body(&mut self, body_size: usize) -> Flow {
+    fn decide_body(&mut self, facts: &mut Facts, body_size: usize) -> Flow {
         self.awaiting_request_body = false;
         let (Some(runtime), Some(mut exchange)) = (self.runtime.clone(), self.exchange.take())
         else {
@@ -287,14 +290,14 @@ impl AuthzFilter {
             .policy
             .on_request_body(&mut exchange, &body);
         self.exchange = Some(exchange);
-        self.apply(step)
+        self.apply(facts, step)
     }
 }
 
 impl Stage for AuthzFilter {
     fn call_response(
         &mut self,
-        _state: &mut RequestState,
+        state: &mut RequestState,
         token_id: u32,
         body_size: usize,
     ) -> Option<Flow> {
@@ -315,7 +318,7 @@ impl Stage for AuthzFilter {
                 "current_resource",
                 if status == 200 { "read" } else { "missing" },
             );
-            return Some(self.apply(step));
+            return Some(self.apply(&mut state.facts, step));
         }
         let (token, what, held) = self.waiting.take()?;
         if token != token_id {
@@ -353,9 +356,11 @@ impl Stage for AuthzFilter {
         );
         self.exchange = Some(exchange);
         let (size, complete) = self.held_body;
-        let flow = match self.settle(step, held.authorization.as_deref()) {
+        let flow = match self.settle(&mut state.facts, step, held.authorization.as_deref()) {
             // The body arrived while the key was fetched: decide on it now.
-            Flow::Pause if self.awaiting_request_body && complete => self.decide_body(size),
+            Flow::Pause if self.awaiting_request_body && complete => {
+                self.decide_body(&mut state.facts, size)
+            }
             other => other,
         };
         Some(flow)
@@ -374,6 +379,12 @@ impl Stage for AuthzFilter {
             .jwt_authn_header
             .as_deref()
             .and_then(|h| headers.get(h));
+        if forwarded.is_some() {
+            // jwt_authn's copy of the token's payload is for this stage only.
+            if let Some(name) = runtime.borrow().policy.jwt_authn_header.as_deref() {
+                host::set_request_header(name, None);
+            }
+        }
         let now = host::now_secs();
         let (hits, misses) = {
             let r = runtime.borrow();
@@ -448,12 +459,12 @@ impl Stage for AuthzFilter {
             }
         }
         self.exchange = Some(exchange);
-        self.settle(step, authorization)
+        self.settle(&mut state.facts, step, authorization)
     }
 
     fn request_body(
         &mut self,
-        _state: &mut RequestState,
+        state: &mut RequestState,
         body_size: usize,
         end_of_stream: bool,
     ) -> Flow {
@@ -472,7 +483,7 @@ impl Stage for AuthzFilter {
         if !end_of_stream {
             return Flow::Pause;
         }
-        self.decide_body(body_size)
+        self.decide_body(&mut state.facts, body_size)
     }
 
     fn response_headers(&mut self, _state: &mut RequestState, end_of_stream: bool) -> Flow {

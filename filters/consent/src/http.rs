@@ -9,7 +9,7 @@ use fhirgate_core::consent::{
     Caller, Consents, FastPath, Filtered, Known, ReadPlan, Report, SecurityContext,
 };
 use fhirgate_core::outcome::IssueType;
-use fhirgate_core::pipeline::{Flow, RequestState, Stage};
+use fhirgate_core::pipeline::{Facts, Flow, RequestState, Stage};
 use fhirgate_core::{headers, Rejection};
 use fhirgate_proxy::{count, host, reject, RequestHeaders};
 use std::collections::{HashMap, HashSet};
@@ -372,7 +372,8 @@ impl ConsentFilter {
         &mut self,
         shared: &Shared,
         check: RequestCheck,
-        h: &RequestHeaders,
+        facts: &Facts,
+        content_type: Option<&str>,
         end_of_stream: bool,
     ) -> Flow {
         let (bundle, path, wants_body) = match check {
@@ -382,11 +383,14 @@ impl ConsentFilter {
             RequestCheck::Current { path, body } => (false, Some(path), body),
         };
         let mut held = HeldRequest {
-            interaction: h.get(headers::INTERACTION).unwrap_or_default().to_string(),
-            operation: h.get(headers::OPERATION).map(str::to_string),
-            resource_type: h.get(headers::RESOURCE_TYPE).map(str::to_string),
-            id: h.get(headers::ID).map(str::to_string),
-            content_type: h.get("content-type").unwrap_or_default().to_string(),
+            interaction: facts
+                .get(headers::INTERACTION)
+                .unwrap_or_default()
+                .to_string(),
+            operation: facts.get(headers::OPERATION).map(str::to_string),
+            resource_type: facts.get(headers::RESOURCE_TYPE).map(str::to_string),
+            id: facts.get(headers::ID).map(str::to_string),
+            content_type: content_type.unwrap_or_default().to_string(),
             bundle,
             awaiting_body: wants_body && !end_of_stream,
             body: (wants_body && end_of_stream).then(Vec::new),
@@ -587,22 +591,22 @@ impl Stage for ConsentFilter {
         self.answered(token_id, body_size)
     }
 
-    fn request_headers(&mut self, _state: &mut RequestState, end_of_stream: bool) -> Flow {
+    fn request_headers(&mut self, state: &mut RequestState, end_of_stream: bool) -> Flow {
         let Some(shared) = self.shared.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
-        let h = RequestHeaders::read();
-        let interaction = h.get(headers::INTERACTION).unwrap_or_default();
+        let facts = &state.facts;
+        let interaction = facts.get(headers::INTERACTION).unwrap_or_default();
         if !filters_interaction(interaction) {
             return Flow::Continue;
         }
-        let break_glass = h.get(headers::BREAK_GLASS);
+        let break_glass = facts.get(headers::BREAK_GLASS);
         // Only from a verified source: the authorization filter's header (a token claim, or
         // a trusted zone's header). A client's own purpose header means nothing here.
-        let purpose_header = h.get(headers::PURPOSE_OF_USE);
+        let purpose_header = facts.get(headers::PURPOSE_OF_USE);
         let asked = Asked {
-            subject: h.get(headers::SUBJECT).map(str::to_string),
-            client_id: h.get(headers::CLIENT_ID).map(str::to_string),
+            subject: facts.get(headers::SUBJECT).map(str::to_string),
+            client_id: facts.get(headers::CLIENT_ID).map(str::to_string),
             purpose: shared
                 .policy
                 .purpose_of(purpose_header, break_glass)
@@ -611,6 +615,7 @@ impl Stage for ConsentFilter {
             single_read: is_single_read(interaction),
             write: is_write(interaction),
         };
+        let h = RequestHeaders::read();
         // What no answer could be filtered into shape is refused before it is asked.
         let query = h
             .get(":path")
@@ -619,9 +624,9 @@ impl Stage for ConsentFilter {
         let caller = asked.caller("");
         let acting = Acting {
             interaction,
-            operation: h.get(headers::OPERATION),
-            resource_type: h.get(headers::RESOURCE_TYPE),
-            id: h.get(headers::ID),
+            operation: facts.get(headers::OPERATION),
+            resource_type: facts.get(headers::RESOURCE_TYPE),
+            id: facts.get(headers::ID),
             raw_query: query,
         };
         let check = shared.policy.check_request(&acting, &caller);
@@ -638,7 +643,7 @@ impl Stage for ConsentFilter {
         if h.contains("accept-encoding") {
             host::set_request_header("accept-encoding", None);
         }
-        self.hold_request(&shared, check, &h, end_of_stream)
+        self.hold_request(&shared, check, facts, h.get("content-type"), end_of_stream)
     }
 
     fn request_body(

@@ -1,8 +1,12 @@
-//! The internal header contract between fhirgate filters and Envoy's routes.
+//! The names of what fhirgate's stages tell each other about a request, and which of them
+//! leave the gateway as request headers.
 //!
-//! Every header fhirgate sets on a request starts with [`PREFIX`]. The routing filter, first in
-//! the chain, removes every client-supplied header with that prefix before setting its own, so
-//! later filters and Envoy's route table can trust them.
+//! Stages hand each other these facts in memory ([`crate::pipeline::Facts`]); between separate
+//! filters they travel as one filter-state value, which a client cannot set. Only two kinds
+//! become request headers (all starting with [`PREFIX`]): [`FOR_ENVOY`], which Envoy's own rate
+//! limiters read and the routes remove before the upstream, and [`FOR_UPSTREAM`], the identity
+//! the upstream FHIR server sees. The routing stage, first, removes every client-supplied header
+//! with the prefix, so whatever carries it upstream is the gateway's.
 
 /// The one prefix of every internal header. Clients can never set these.
 pub const PREFIX: &str = "x-fhirgate-";
@@ -61,6 +65,62 @@ pub const RL_TENANT: &str = "x-fhirgate-rl-tenant";
 pub const RL_PRINCIPAL: &str = "x-fhirgate-rl-principal";
 pub const RL_WEIGHT: &str = "x-fhirgate-rl-weight";
 
+/// Every fact a stage may record, in the order a record lists them.
+pub const FACTS: &[&str] = &[
+    INTERACTION,
+    RESOURCE_TYPE,
+    ID,
+    VERSION_ID,
+    OPERATION,
+    COMPARTMENT,
+    PATIENT,
+    POOL,
+    BUNDLE_TYPE,
+    BUNDLE_ENTRIES,
+    AUTHZ_DECISION,
+    AUTHZ_REASON,
+    SUBJECT,
+    CLIENT_ID,
+    TENANT,
+    LAUNCH_PATIENT,
+    SCOPES,
+    FHIR_USER,
+    PURPOSE_OF_USE,
+    BREAK_GLASS,
+    BREAK_GLASS_USER,
+    RL_CLASS,
+    RL_TENANT,
+    RL_PRINCIPAL,
+    RL_WEIGHT,
+];
+
+/// Facts Envoy itself reads from request headers (its rate-limit descriptors and the weight
+/// its `set_filter_state` filter copies): set as headers, and removed by the shipped routes
+/// (`request_headers_to_remove`) before the request goes upstream.
+pub const FOR_ENVOY: &[&str] = &[RL_CLASS, RL_TENANT, RL_PRINCIPAL, RL_WEIGHT];
+
+/// Facts the upstream receives as request headers: who is asking, with what grant, and how the
+/// gateway decided (report-only rollouts and emergency access included). The routing stage's
+/// parse stays inside the gateway: the upstream parses its own requests.
+pub const FOR_UPSTREAM: &[&str] = &[
+    SUBJECT,
+    CLIENT_ID,
+    TENANT,
+    FHIR_USER,
+    LAUNCH_PATIENT,
+    SCOPES,
+    PURPOSE_OF_USE,
+    AUTHZ_DECISION,
+    AUTHZ_REASON,
+    BREAK_GLASS,
+    BREAK_GLASS_USER,
+];
+
+/// Whether a fact leaves the gateway as a request header.
+pub fn is_exported(name: &str) -> bool {
+    FOR_ENVOY.contains(&name) || FOR_UPSTREAM.contains(&name)
+}
+
 /// Request headers that ask a server to treat a request as another method. fhirgate never
 /// honours them: a request carrying one is refused (lower case, as Envoy keeps header names).
 pub const METHOD_OVERRIDE: &[&str] = &[
@@ -86,5 +146,28 @@ mod tests {
         assert!(!is_internal("x-fhirgat"));
         assert!(!is_internal("x-forwarded-for"));
         assert!(!is_internal("fhirgate-pool"));
+    }
+
+    #[test]
+    fn exports_only_envoys_descriptors_and_the_upstream_identity() {
+        for name in FACTS {
+            assert!(is_internal(name), "{name}");
+        }
+        let exported: Vec<_> = FACTS.iter().filter(|n| is_exported(n)).collect();
+        assert_eq!(exported.len(), FOR_ENVOY.len() + FOR_UPSTREAM.len());
+        for name in [
+            INTERACTION,
+            RESOURCE_TYPE,
+            ID,
+            VERSION_ID,
+            OPERATION,
+            COMPARTMENT,
+            PATIENT,
+            POOL,
+            BUNDLE_TYPE,
+            BUNDLE_ENTRIES,
+        ] {
+            assert!(!is_exported(name), "{name}");
+        }
     }
 }

@@ -22,14 +22,18 @@ pub enum Flow {
     Answered,
 }
 
-/// What the stages of one module tell each other about a request, typed and in one place.
-/// Stages in separate filters do not share it: each then works from the request itself (and
-/// the internal headers earlier filters set).
+mod facts;
+pub use facts::Facts;
+
+/// What the stages of one module tell each other about a request, in one place.
 #[derive(Default)]
 pub struct RequestState {
     /// The request as the routing stage parsed it (its head, and its body once read): later
-    /// stages use it instead of parsing the request again.
+    /// stages in the same module use it instead of parsing the request again.
     pub routed: Option<crate::routing::RoutedRequest>,
+    /// What the stages learnt (interaction, identity, grant, break-glass…). Separate filters
+    /// hand these on as one filter-state value (see [`Facts`]).
+    pub facts: Facts,
 }
 
 /// One stage of the pipeline as its host adapter presents it.
@@ -153,6 +157,11 @@ impl Sequencer {
             answered: false,
             state: RequestState::default(),
         }
+    }
+
+    /// The request's state, for the host between events (handing facts on, exporting them).
+    pub fn state_mut(&mut self) -> &mut RequestState {
+        &mut self.state
     }
 
     pub fn request_headers(&mut self, stages: &mut [Box<dyn Stage>], end_of_stream: bool) -> Flow {

@@ -103,7 +103,12 @@ impl HttpContext for Fault {
                 }
                 // Standing in for routing, it also names the pool the routes need.
                 if self.stand_in.contains(&"routing") {
-                    fhirgate_proxy::host::set_request_header("x-fhirgate-pool", Some("fhir"));
+                    fhirgate_proxy::host::set_property(
+                        vec![fhirgate_proxy::POOL_PROPERTY],
+                        b"fhir",
+                    );
+                }
+                if !self.stand_in.is_empty() {
                     fhirgate_proxy::clear_route_cache();
                 }
                 Action::Continue

@@ -8,9 +8,12 @@
 //!   module and `vm_id` share one VM per worker.
 //!
 //! This crate only translates: Envoy's callbacks go to the sequencer, the stages' roots get
-//! their configuration sections, ticks and call answers.
+//! their configuration sections, ticks and call answers. Between filters of the module it
+//! hands the stages' facts on (one filter-state value) and sets the few facts that leave as
+//! headers ([`fhirgate_core::headers::FOR_ENVOY`], [`fhirgate_core::headers::FOR_UPSTREAM`]).
 
-use fhirgate_core::pipeline::{module_sections, Flow, Resume, Sequencer, Stage};
+use fhirgate_core::headers;
+use fhirgate_core::pipeline::{module_sections, Facts, Flow, Resume, Sequencer, Stage};
 use fhirgate_proxy::{host, StageRoot};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -119,8 +122,11 @@ impl RootContext for GatewayRoot {
         Some(Box::new(Pipeline {
             sequencer: Sequencer::new(stages.len()),
             stages,
+            takes_facts: !self.names.contains(&"routing"),
+            hands_facts_on: !self.names.contains(&"audit"),
             names: self.names.clone(),
-            route_stale: false,
+            facts_taken: false,
+            pool_marked: false,
             passed: false,
         }))
     }
@@ -135,8 +141,14 @@ struct Pipeline {
     stages: Vec<Box<dyn Stage>>,
     names: Rc<[&'static str]>,
     sequencer: Sequencer,
-    /// A stage changed a request header since the route was last picked.
-    route_stale: bool,
+    /// No routing stage here: an earlier filter of the module routed the request, and its
+    /// facts are in filter state.
+    takes_facts: bool,
+    /// An audit stage (always last) is not here: a later filter needs the facts.
+    hands_facts_on: bool,
+    facts_taken: bool,
+    /// The routing stage's pool is in filter state, where the routes match it.
+    pool_marked: bool,
     /// Every stage let the request go.
     passed: bool,
 }
@@ -145,7 +157,7 @@ impl Pipeline {
     /// Ends a request callback: when every stage let the request go, the request is marked
     /// as passed by them and the route picked again (once, whatever the stages changed).
     fn request_flow(&mut self, flow: Flow) -> Action {
-        self.route_stale |= host::take_route_stale();
+        self.hand_on_facts();
         match flow {
             Flow::Continue => {
                 self.let_go();
@@ -161,8 +173,47 @@ impl Pipeline {
         }
         self.passed = true;
         fhirgate_proxy::mark_passed(&self.names);
-        if std::mem::take(&mut self.route_stale) {
-            fhirgate_proxy::clear_route_cache();
+        // Envoy picked a route before the first filter ran; the pass mark, the pool and any
+        // header a stage changed (a narrowed path) are read by the routes.
+        fhirgate_proxy::clear_route_cache();
+    }
+
+    /// Before the first event: the facts of the filters of this module before this one.
+    fn take_facts(&mut self) {
+        if !self.takes_facts || std::mem::replace(&mut self.facts_taken, true) {
+            return;
+        }
+        if let Some(bytes) = host::property(vec![fhirgate_proxy::FACTS_PROPERTY]) {
+            self.sequencer.state_mut().facts = Facts::decode(&bytes);
+        }
+    }
+
+    /// After a request event: the facts that leave as headers go on the request, the pool to
+    /// the routes' filter state, and everything to the filters of this module after this one
+    /// (written even when a stage refused: the audit filter records who was refused).
+    fn hand_on_facts(&mut self) {
+        let facts = &mut self.sequencer.state_mut().facts;
+        for (name, value) in facts.take_exports() {
+            host::set_request_header(name, Some(value));
+        }
+        if !self.pool_marked {
+            if let Some(pool) = facts.get(headers::POOL) {
+                host::set_property(vec![fhirgate_proxy::POOL_PROPERTY], pool.as_bytes());
+                // Envoy's access log names what was asked, never ids (filter state too).
+                for (name, property) in [
+                    (headers::INTERACTION, "fhirgate.interaction"),
+                    (headers::RESOURCE_TYPE, "fhirgate.resource_type"),
+                    (headers::OPERATION, "fhirgate.operation"),
+                ] {
+                    if let Some(value) = facts.get(name) {
+                        host::set_property(vec![property], value.as_bytes());
+                    }
+                }
+                self.pool_marked = true;
+            }
+        }
+        if facts.take_changed() && self.hands_facts_on {
+            host::set_property(vec![fhirgate_proxy::FACTS_PROPERTY], &facts.encode());
         }
     }
 }
@@ -186,7 +237,7 @@ impl Context for Pipeline {
         let resume = self
             .sequencer
             .call_response(&mut self.stages, token_id, body_size);
-        self.route_stale |= host::take_route_stale();
+        self.hand_on_facts();
         match resume {
             Resume::Request => {
                 self.let_go();
@@ -201,6 +252,7 @@ impl Context for Pipeline {
 impl HttpContext for Pipeline {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         host::begin_callback();
+        self.take_facts();
         let flow = self
             .sequencer
             .request_headers(&mut self.stages, end_of_stream);
@@ -244,6 +296,8 @@ impl HttpContext for Pipeline {
 
     fn on_log(&mut self) {
         host::begin_callback();
+        // A request an earlier filter refused never reached this one's headers callback.
+        self.take_facts();
         self.sequencer.log(&mut self.stages);
     }
 }

@@ -15,7 +15,7 @@ pub(crate) use crate::mock as hostcalls;
 #[cfg(target_arch = "wasm32")]
 pub(crate) use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Header names and values as Envoy gives them.
@@ -25,24 +25,15 @@ thread_local! {
     /// The request headers as read in the current callback, kept up to date by fhirgate's own
     /// writes: the stages of one module read them once per callback, not once each.
     static SNAPSHOT: RefCell<Option<HeaderPairs>> = const { RefCell::new(None) };
-    /// A request header was written in the current callback: the route must be picked again.
-    static ROUTE_STALE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Starts a callback: what the last one read may have changed since (Envoy, another filter).
 pub fn begin_callback() {
     SNAPSHOT.with(|s| s.borrow_mut().take());
-    ROUTE_STALE.with(|r| r.set(false));
-}
-
-/// Whether the current callback wrote a request header (and forgets it).
-pub fn take_route_stale() -> bool {
-    ROUTE_STALE.with(|r| r.replace(false))
 }
 
 /// Applies a write to the snapshot (`replace`: set, else add).
 fn snapshot_write(name: &str, value: Option<&str>, replace: bool) {
-    ROUTE_STALE.with(|r| r.set(true));
     SNAPSHOT.with(|s| {
         if let Some(pairs) = s.borrow_mut().as_mut() {
             if replace {

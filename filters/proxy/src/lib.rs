@@ -211,18 +211,6 @@ impl RequestHeaders {
     }
 }
 
-/// Adds internal request headers (after [`RequestHeaders::strip_internal`], so adding never
-/// duplicates). The route is picked again once, when the module lets the request go (see
-/// [`host::take_route_stale`]): since Envoy 1.33 header changes from Wasm no longer clear the
-/// route cache by themselves.
-///
-/// One host call per header: measured cheaper than rewriting the whole map in one call.
-pub fn set_routing_headers(values: &[(&'static str, String)]) {
-    for (name, value) in values {
-        host::add_request_header(name, value);
-    }
-}
-
 /// Envoy's `clear_route_cache` foreign function. Older hosts without it clear the cache on
 /// every header change, so a failure here is harmless.
 pub fn clear_route_cache() {
@@ -294,8 +282,14 @@ impl SharedStore for SharedData {
 /// matcher), so a request a filter never saw is answered 503 by Envoy itself instead of being
 /// forwarded. Filter state, unlike a header, cannot come from a client. One property for all
 /// stages: the fused module sets it in one call.
+///
+/// A routing stage is always the first to mark: it starts the mark instead of reading it.
 pub fn mark_passed(stages: &[&str]) {
-    let mut mark = host::property(vec![PASSED_PROPERTY]).unwrap_or_default();
+    let mut mark = if stages.first() == Some(&"routing") {
+        Vec::new()
+    } else {
+        host::property(vec![PASSED_PROPERTY]).unwrap_or_default()
+    };
     for stage in stages {
         if !mark.is_empty() {
             mark.push(b',');
@@ -307,6 +301,13 @@ pub fn mark_passed(stages: &[&str]) {
 
 /// The property every stage's name is appended to as it lets a request go (see [`mark_passed`]).
 pub const PASSED_PROPERTY: &str = "fhirgate.passed";
+
+/// What the stages of one filter tell the stages of the filters after it (the core's
+/// `Facts`, encoded): filter state, so no client can speak for a stage.
+pub const FACTS_PROPERTY: &str = "fhirgate.facts";
+/// The upstream pool the routing stage chose: the shipped routes match it (filter state
+/// `wasm.fhirgate.pool`), so it never travels as a header.
+pub const POOL_PROPERTY: &str = "fhirgate.pool";
 
 /// The request's filter-state property naming why a fhirgate filter refused it, for the audit
 /// filter (Envoy keeps Wasm properties in the stream's filter state, shared by all filters).

@@ -73,6 +73,9 @@ pub struct MockHost {
     pub shared: HashMap<String, (Vec<u8>, u32)>,
     metric_names: Vec<String>,
     pub metrics: HashMap<String, u64>,
+    /// Host calls made since the last reset (what each crosses the VM boundary for: the
+    /// benchmark's "host calls per request").
+    pub host_calls: u64,
     next_token: u32,
 }
 
@@ -160,16 +163,24 @@ fn header<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// One host call as Envoy would count it: tallied, then run on the host.
+fn call<R>(f: impl FnOnce(&mut MockHost) -> R) -> R {
+    with(|h| {
+        h.host_calls += 1;
+        f(h)
+    })
+}
+
 pub fn get_current_time() -> Result<SystemTime, Status> {
-    Ok(UNIX_EPOCH + with(|h| h.now))
+    Ok(UNIX_EPOCH + call(|h| h.now))
 }
 
 pub fn get_map_value(map: MapType, key: &str) -> Result<Option<String>, Status> {
-    with(|h| Ok(header(h.map(map)?, key).map(str::to_string)))
+    call(|h| Ok(header(h.map(map)?, key).map(str::to_string)))
 }
 
 pub fn set_map_value(map: MapType, key: &str, value: Option<&str>) -> Result<(), Status> {
-    with(|h| {
+    call(|h| {
         let pairs = h.map(map)?;
         pairs.retain(|(k, _)| k != key);
         if let Some(value) = value {
@@ -180,14 +191,14 @@ pub fn set_map_value(map: MapType, key: &str, value: Option<&str>) -> Result<(),
 }
 
 pub fn add_map_value(map: MapType, key: &str, value: &str) -> Result<(), Status> {
-    with(|h| {
+    call(|h| {
         h.map(map)?.push((key.to_string(), value.to_string()));
         Ok(())
     })
 }
 
 pub fn get_map_bytes(map: MapType) -> Result<Vec<(String, Bytes)>, Status> {
-    with(|h| {
+    call(|h| {
         Ok(h.map(map)?
             .iter()
             .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
@@ -200,7 +211,7 @@ pub fn get_buffer(
     start: usize,
     max_size: usize,
 ) -> Result<Option<Bytes>, Status> {
-    with(|h| {
+    call(|h| {
         let bytes = match buffer {
             BufferType::HttpRequestBody => &h.request_body,
             BufferType::HttpResponseBody => &h.response_body,
@@ -219,7 +230,7 @@ pub fn set_buffer(
     size: usize,
     value: &[u8],
 ) -> Result<(), Status> {
-    with(|h| {
+    call(|h| {
         let bytes = match buffer {
             BufferType::HttpRequestBody => &mut h.request_body,
             BufferType::HttpResponseBody => &mut h.response_body,
@@ -235,11 +246,11 @@ pub fn set_buffer(
 }
 
 pub fn get_property(path: Vec<&str>) -> Result<Option<Bytes>, Status> {
-    with(|h| Ok(h.properties.get(&path.join(".")).cloned()))
+    call(|h| Ok(h.properties.get(&path.join(".")).cloned()))
 }
 
 pub fn set_property(path: Vec<&str>, value: Option<&[u8]>) -> Result<(), Status> {
-    with(|h| {
+    call(|h| {
         match value {
             Some(v) => h.properties.insert(path.join("."), v.to_vec()),
             None => h.properties.remove(&path.join(".")),
@@ -255,7 +266,7 @@ pub fn dispatch_http_call(
     _trailers: Vec<(&str, &str)>,
     timeout: Duration,
 ) -> Result<u32, Status> {
-    with(|h| {
+    call(|h| {
         if h.refuse_dispatch {
             return Err(Status::BadArgument);
         }
@@ -276,22 +287,22 @@ pub fn dispatch_http_call(
 }
 
 pub fn resume_http_request() -> Result<(), Status> {
-    with(|h| h.resumed_requests += 1);
+    call(|h| h.resumed_requests += 1);
     Ok(())
 }
 
 pub fn resume_http_response() -> Result<(), Status> {
-    with(|h| h.resumed_responses += 1);
+    call(|h| h.resumed_responses += 1);
     Ok(())
 }
 
 pub fn set_tick_period(period: Duration) -> Result<(), Status> {
-    with(|h| h.tick_period = Some(period));
+    call(|h| h.tick_period = Some(period));
     Ok(())
 }
 
 pub fn define_metric(_kind: MetricType, name: &str) -> Result<u32, Status> {
-    with(|h| {
+    call(|h| {
         let id = h.metric_names.len() as u32;
         h.metric_names.push(name.to_string());
         Ok(id)
@@ -299,7 +310,7 @@ pub fn define_metric(_kind: MetricType, name: &str) -> Result<u32, Status> {
 }
 
 pub fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
-    with(|h| {
+    call(|h| {
         let name = h.metric_name(id)?;
         *h.metrics.entry(name).or_default() += offset.max(0) as u64;
         Ok(())
@@ -307,7 +318,7 @@ pub fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
 }
 
 pub fn record_metric(id: u32, value: u64) -> Result<(), Status> {
-    with(|h| {
+    call(|h| {
         let name = h.metric_name(id)?;
         h.metrics.insert(name, value);
         Ok(())
@@ -319,7 +330,7 @@ pub fn send_http_response(
     headers: Vec<(&str, &str)>,
     body: Option<&[u8]>,
 ) -> Result<(), Status> {
-    with(|h| {
+    call(|h| {
         h.local_reply = Some(LocalReply {
             status,
             headers: headers
@@ -336,7 +347,7 @@ pub fn call_foreign_function(
     name: &str,
     _arguments: Option<&[u8]>,
 ) -> Result<Option<Bytes>, Status> {
-    with(|h| match name {
+    call(|h| match name {
         "clear_route_cache" => {
             h.route_cache_clears += 1;
             Ok(None)
@@ -346,7 +357,7 @@ pub fn call_foreign_function(
 }
 
 pub fn get_shared_data(key: &str) -> Result<(Option<Bytes>, Option<u32>), Status> {
-    with(|h| {
+    call(|h| {
         Ok(h.shared
             .get(key)
             .map_or((None, None), |(v, cas)| (Some(v.clone()), Some(*cas))))
@@ -354,7 +365,7 @@ pub fn get_shared_data(key: &str) -> Result<(Option<Bytes>, Option<u32>), Status
 }
 
 pub fn set_shared_data(key: &str, value: Option<&[u8]>, cas: Option<u32>) -> Result<(), Status> {
-    with(|h| {
+    call(|h| {
         let current = h.shared.get(key).map(|(_, c)| *c);
         if cas.is_some_and(|c| c != 0 && Some(c) != current) {
             return Err(Status::CasMismatch);

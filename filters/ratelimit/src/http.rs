@@ -8,7 +8,7 @@ use fhirgate_core::ratelimit::filter::{
     retry_after_for_envoy_429, RateLimitFilterPolicy, RateLimitRequest, Verdict,
 };
 use fhirgate_core::Rejection;
-use fhirgate_proxy::{count, host, reject, set_routing_headers, RequestHeaders, SharedData};
+use fhirgate_proxy::{count, host, reject, RequestHeaders, SharedData};
 use std::rc::Rc;
 
 pub struct RateLimitFilter {
@@ -30,7 +30,7 @@ impl RateLimitFilter {
 }
 
 impl Stage for RateLimitFilter {
-    fn request_headers(&mut self, _state: &mut RequestState, _end_of_stream: bool) -> Flow {
+    fn request_headers(&mut self, state: &mut RequestState, _end_of_stream: bool) -> Flow {
         let Some(policy) = self.policy.clone() else {
             return reject(FILTER, &Rejection::not_configured(FILTER));
         };
@@ -38,23 +38,24 @@ impl Stage for RateLimitFilter {
         let break_glass_header = policy.break_glass_header();
         let break_glass = break_glass_header.and_then(|name| h.get(name));
         // Anonymous traffic is limited per peer address; identified traffic never needs it.
-        let peer = if h.contains(headers::SUBJECT) || h.contains(headers::CLIENT_ID) {
+        let facts = &state.facts;
+        let peer = if facts.contains(headers::SUBJECT) || facts.contains(headers::CLIENT_ID) {
             None
         } else {
             self.peer()
         };
         let request = RateLimitRequest {
-            interaction: h.get(headers::INTERACTION),
-            operation: h.get(headers::OPERATION),
+            interaction: facts.get(headers::INTERACTION),
+            operation: facts.get(headers::OPERATION),
             path: h.get(":path").unwrap_or_default(),
-            subject: h.get(headers::SUBJECT),
-            client_id: h.get(headers::CLIENT_ID),
-            token_tenant: h.get(headers::TENANT),
+            subject: facts.get(headers::SUBJECT),
+            client_id: facts.get(headers::CLIENT_ID),
+            token_tenant: facts.get(headers::TENANT),
             tenant_header: policy.tenant_header().and_then(|name| h.get(name)),
             host: h.get(":authority"),
             peer: peer.as_deref(),
             break_glass,
-            bundle_entries: h.get(headers::BUNDLE_ENTRIES),
+            bundle_entries: facts.get(headers::BUNDLE_ENTRIES),
         };
         let now_ms = host::now_ms();
         let verdict = policy.decide(&request, &mut SharedData, now_ms);
@@ -85,9 +86,7 @@ impl Stage for RateLimitFilter {
                         admitted.class.name()
                     );
                 }
-                if !admitted.request_headers.is_empty() {
-                    set_routing_headers(&admitted.request_headers);
-                }
+                state.facts.extend(&admitted.request_headers);
                 self.response_headers = admitted.response_headers;
                 Flow::Continue
             }

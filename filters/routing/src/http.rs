@@ -4,7 +4,7 @@ use crate::root::FILTER;
 use fhirgate_core::pipeline::{Flow, RequestState, Stage};
 use fhirgate_core::routing::{RoutedRequest, RoutingPolicy};
 use fhirgate_core::Rejection;
-use fhirgate_proxy::{host, reject, set_routing_headers, RequestHeaders};
+use fhirgate_proxy::{host, reject, RequestHeaders};
 use std::rc::Rc;
 
 pub struct RoutingFilter {
@@ -33,7 +33,7 @@ impl RoutingFilter {
         let body = host::request_body(body_size);
         match policy.route_body(&mut routed, &body) {
             Ok(()) => {
-                set_routing_headers(&routed.headers());
+                state.facts.extend(&routed.facts());
                 fhirgate_proxy::count(FILTER, "routed", routed.interaction.name());
                 state.routed = Some(routed);
                 Flow::Continue
@@ -59,7 +59,7 @@ impl Stage for RoutingFilter {
                 Flow::Pause
             }
             Ok(routed) => {
-                set_routing_headers(&routed.headers());
+                state.facts.extend(&routed.facts());
                 fhirgate_proxy::count(FILTER, "routed", routed.interaction.name());
                 state.routed = Some(routed);
                 Flow::Continue

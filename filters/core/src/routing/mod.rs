@@ -280,9 +280,8 @@ impl RoutedRequest {
         }
     }
 
-    /// The internal headers to set on the request, after every `x-fhirgate-*` header the
-    /// client sent has been removed.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
+    /// What the routing stage tells the stages after it (see [`crate::pipeline::Facts`]).
+    pub fn facts(&self) -> Vec<(&'static str, String)> {
         let mut h = Vec::with_capacity(8);
         h.push((headers::INTERACTION, self.interaction.name().to_string()));
         h.push((headers::POOL, self.pool.clone()));
@@ -326,7 +325,7 @@ impl RoutedRequest {
             "pool": self.pool,
             "bundleType": self.bundle_type,
             "params": self.params.iter().map(|p| json!([p.name, p.value])).collect::<Vec<_>>(),
-            "headers": self.headers().into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect::<serde_json::Map<_, _>>(),
+            "facts": self.facts().into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect::<serde_json::Map<_, _>>(),
         })
     }
 }

@@ -769,7 +769,7 @@ mod recognises_interactions {
             (Interaction::Transaction, Some("transaction"))
         );
         assert!(r
-            .headers()
+            .facts()
             .contains(&(headers::BUNDLE_TYPE, "transaction".to_string())));
     }
 
@@ -1740,7 +1740,7 @@ mod names_the_patient {
             let r = route("GET", path).unwrap_or_else(|e| panic!("{path}: {e:?}"));
             assert_eq!(r.patient.as_deref(), *patient, "{path}");
             let header = r
-                .headers()
+                .facts()
                 .into_iter()
                 .find(|(k, _)| *k == headers::PATIENT)
                 .map(|(_, v)| v);
@@ -1749,13 +1749,13 @@ mod names_the_patient {
     }
 }
 
-mod sets_headers {
+mod sets_facts {
     use super::*;
 
     #[test]
     fn sets_only_prefixed_headers_with_the_parsed_values() {
         let r = route("GET", "/fhir/r4/Patient/123/_history/4").unwrap();
-        let h = r.headers();
+        let h = r.facts();
         assert!(h.iter().all(|(k, _)| headers::is_internal(k)));
         let get = |name: &str| h.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str());
         assert_eq!(get(headers::INTERACTION), Some("vread"));
@@ -1774,7 +1774,7 @@ mod sets_headers {
             "/fhir/r4/Patient/1/Observation",
             "/fhir/r4/Group/1/$export",
         ] {
-            for (_, v) in route("GET", path).unwrap().headers() {
+            for (_, v) in route("GET", path).unwrap().facts() {
                 assert!(v.bytes().all(|b| (0x21..0x7f).contains(&b)), "{v:?}");
             }
         }
@@ -1800,6 +1800,6 @@ mod sets_headers {
         assert_eq!(v["interaction"], "search-compartment");
         assert_eq!(v["compartment"], "Patient/1");
         assert_eq!(v["params"][0][1], "a");
-        assert_eq!(v["headers"]["x-fhirgate-patient"], "1");
+        assert_eq!(v["facts"]["x-fhirgate-patient"], "1");
     }
 }
