@@ -146,6 +146,10 @@ def main(argv=None) -> int:
     ap.add_argument("--global-ratelimit", action="store_true", help="with --envoyfilter: Envoy's global rate limiting (one budget across replicas)")
     ap.add_argument("--ratelimit-service", default="ratelimit.ratelimit.svc.cluster.local", help="the rate-limit service's host (port 8081)")
     args = ap.parse_args(argv)
+    if args.global_ratelimit and not args.envoyfilter:
+        # WasmPlugins cannot add Envoy's rate-limit filter or remove its descriptor headers:
+        # the limit would go unenforced and the descriptors would reach the upstream.
+        ap.error("--global-ratelimit needs --envoyfilter")
     global GLOBAL_RATELIMIT
     GLOBAL_RATELIMIT = args.global_ratelimit
     import yaml  # PyYAML, in the project's virtualenv (tools/requirements.txt)

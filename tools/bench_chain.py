@@ -126,12 +126,18 @@ def variant(chain: dict, name: str, port: int, filters: list[str]) -> dict:
     stages = FILTERS if "fhirgate" in filters else filters
     mark = ",".join(f.removeprefix("fhirgate.") for f in stages)
     for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:  # the mark of the stages left
-        if "filter_state" in route["match"]:
-            route["match"]["filter_state"] = [{"key": "wasm.fhirgate.passed", "string_match": {"exact": mark}}]
+        require_mark(route, mark)
     if not filters:
         hcm["route_config"]["virtual_hosts"][0]["routes"] = [
             {"match": {"prefix": "/fhir/r4"}, "route": {"cluster": "fhir_api", "prefix_rewrite": "/fhir", "timeout": "30s"}}]
     return listener
+
+
+def require_mark(route: dict, mark: str):
+    """The route's pass-mark matcher asks for `mark`; its other matchers (the pool) stay."""
+    for matcher in route["match"].get("filter_state", []):
+        if matcher["key"] == "wasm.fhirgate.passed":
+            matcher["string_match"] = {"exact": mark}
 
 
 def without_audit(listener: dict) -> dict:
@@ -145,8 +151,7 @@ def without_audit(listener: dict) -> dict:
             sections.pop("audit")
             config["value"] = json.dumps(sections, separators=(",", ":"))
     for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
-        if "filter_state" in route["match"]:
-            route["match"]["filter_state"] = [{"key": "wasm.fhirgate.passed", "string_match": {"exact": "routing,authz,ratelimit,consent"}}]
+        require_mark(route, "routing,authz,ratelimit,consent")
     return listener
 
 

@@ -19,6 +19,13 @@ PHASES = ["AUTHN", "AUTHZ", "STATS"]
 SECRET = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, test only
 
 
+def test_global_rate_limiting_is_refused_without_the_envoyfilter():
+    """WasmPlugins cannot add Envoy's rate-limit filter nor remove its descriptor headers."""
+    out = subprocess.run([sys.executable, str(ISTIO / "wasmplugins.py"), "--registry", "r.example/f", "--global-ratelimit"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "--global-ratelimit needs --envoyfilter" in out.stderr
+
+
 def plugins(name):
     return [d for d in yaml.safe_load_all((ISTIO / name).read_text()) if d]
 

@@ -38,7 +38,7 @@ def internal(record) -> dict:
 ROUTING_FACTS = {"interaction", "pool", "resource-type", "id", "version-id", "operation", "compartment", "patient", "bundle-type", "bundle-entries"}
 # The only fhirgate headers an upstream may receive (README, "What the upstream sees").
 UPSTREAM_HEADERS = {"subject", "client-id", "tenant", "fhir-user", "launch-patient", "scopes", "purpose-of-use",
-                    "authz-decision", "authz-reason", "break-glass", "break-glass-user"}
+                    "authz-decision", "authz-reason", "break-glass"}
 
 
 def assert_only_identity_upstream(record):

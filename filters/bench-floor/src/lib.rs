@@ -24,7 +24,7 @@ struct Floor;
 impl Context for Floor {}
 impl HttpContext for Floor {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        fhirgate_proxy::host::add_request_header("x-fhirgate-pool", "fhir");
+        fhirgate_proxy::host::set_property(vec![fhirgate_proxy::POOL_PROPERTY], b"fhir");
         fhirgate_proxy::clear_route_cache();
         Action::Continue
     }

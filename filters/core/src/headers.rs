@@ -100,7 +100,8 @@ pub const FACTS: &[&str] = &[
 pub const FOR_ENVOY: &[&str] = &[RL_CLASS, RL_TENANT, RL_PRINCIPAL, RL_WEIGHT];
 
 /// Facts the upstream receives as request headers: who is asking, with what grant, and how the
-/// gateway decided (report-only rollouts and emergency access included). The routing stage's
+/// gateway decided (report-only rollouts and emergency access included; the break-glass user
+/// is always the subject, so it stays inside). The routing stage's
 /// parse stays inside the gateway: the upstream parses its own requests.
 pub const FOR_UPSTREAM: &[&str] = &[
     SUBJECT,
@@ -113,7 +114,6 @@ pub const FOR_UPSTREAM: &[&str] = &[
     AUTHZ_DECISION,
     AUTHZ_REASON,
     BREAK_GLASS,
-    BREAK_GLASS_USER,
 ];
 
 /// Whether a fact leaves the gateway as a request header.
