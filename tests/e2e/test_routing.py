@@ -36,7 +36,7 @@ def internal(record) -> dict:
 
 # What the routing stage parses: facts the later stages read, never sent upstream.
 ROUTING_FACTS = {"interaction", "pool", "resource-type", "id", "version-id", "operation", "compartment", "patient", "bundle-type", "bundle-entries"}
-# The only fhirgate headers an upstream may receive (README, "What the upstream sees").
+# The only fhirgate headers an upstream may receive (docs/routing.md, "What the upstream sees").
 UPSTREAM_HEADERS = {"subject", "client-id", "tenant", "fhir-user", "launch-patient", "scopes", "purpose-of-use",
                     "authz-decision", "authz-reason", "break-glass"}
 

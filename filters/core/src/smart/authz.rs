@@ -10,7 +10,7 @@
 //! 3. else a granular scope (`?category=…`) allows a search narrowed to its constraints;
 //! 4. else the request is refused with 403.
 //!
-//! Decisions made here, documented in the README:
+//! Decisions made here, documented in docs/authorization.md:
 //! - `patient/` scopes are unusable without a launch patient in the token.
 //! - `user/` scopes beside a patient context are not confined to that patient (the user's
 //!   own access rights are the FHIR server's to enforce); SMART v1 and v2 scopes mix freely.
