@@ -726,7 +726,7 @@ mod separate_filters {
         mock::with(|h| {
             assert_eq!(h.property("fhirgate.pool"), Some("fhir"));
             assert_eq!(h.request_header("x-fhirgate-subject"), Some("user-1"));
-            let facts = Facts::decode(h.property("fhirgate.facts").unwrap().as_bytes());
+            let facts = Facts::decode(&h.properties["fhirgate.facts"]);
             assert_eq!(facts.get(headers::INTERACTION), Some("read"));
             assert_eq!(facts.get(headers::PATIENT), Some("123"));
             assert_eq!(facts.get(headers::SUBJECT), Some("user-1"));
@@ -779,7 +779,7 @@ mod separate_filters {
         }
         mock::with(|h| {
             assert!(h.request_header("x-fhirgate-patient").is_none());
-            let facts = Facts::decode(h.property("fhirgate.facts").unwrap().as_bytes());
+            let facts = Facts::decode(&h.properties["fhirgate.facts"]);
             assert_eq!(facts.get(headers::PATIENT), Some("123"));
         });
     }

@@ -8,6 +8,9 @@
 
 use crate::headers;
 
+// A fact's index in the filter-state form is one byte.
+const _: () = assert!(headers::FACTS.len() <= u8::MAX as usize);
+
 /// A request's facts, in the order they were first set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Facts {
@@ -66,31 +69,48 @@ impl Facts {
         std::mem::take(&mut self.changed)
     }
 
-    /// The filter-state form: a JSON object of name to value.
+    /// The filter-state form, compact because every filter of the module after the first
+    /// reads it: per fact, its index in [`headers::FACTS`] (one byte), the value's length (two
+    /// bytes, little-endian) and the value.
     pub fn encode(&self) -> Vec<u8> {
-        let map: serde_json::Map<String, serde_json::Value> = self
-            .pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
-            .collect();
-        serde_json::to_vec(&map).unwrap_or_default()
+        let mut out = Vec::with_capacity(self.pairs.iter().map(|(_, v)| 3 + v.len()).sum());
+        for (name, value) in &self.pairs {
+            let Some(index) = headers::FACTS.iter().position(|n| n == name) else {
+                continue;
+            };
+            let Ok(len) = u16::try_from(value.len()) else {
+                // Nothing rather than a part: the filters after this one then fail closed.
+                return Vec::new();
+            };
+            out.push(index as u8);
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        out
     }
 
-    /// Reads the filter-state form back. Only names of the contract are kept; anything
-    /// malformed gives no facts (a later stage then acts on none, and fails closed where it
-    /// needs them). Facts read back are already where they belong: none is due for export.
+    /// Reads the filter-state form back. Anything malformed (an unknown index, a length past
+    /// the end, a value that is not UTF-8) gives no facts at all: a later stage then acts on
+    /// none, and fails closed where it needs them. Facts read back are already where they
+    /// belong: none is due for export.
     pub fn decode(bytes: &[u8]) -> Facts {
-        let Ok(map) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes)
-        else {
+        let mut pairs = Vec::new();
+        let mut rest = bytes;
+        while let [index, lo, hi, tail @ ..] = rest {
+            let len = u16::from_le_bytes([*lo, *hi]) as usize;
+            let (Some(name), Some(value)) = (headers::FACTS.get(*index as usize), tail.get(..len))
+            else {
+                return Facts::default();
+            };
+            let Ok(value) = std::str::from_utf8(value) else {
+                return Facts::default();
+            };
+            pairs.push((*name, value.to_string()));
+            rest = &tail[len..];
+        }
+        if !rest.is_empty() {
             return Facts::default();
-        };
-        let pairs = map
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let name = headers::FACTS.iter().find(|n| **n == k)?;
-                Some((*name, v.as_str()?.to_string()))
-            })
-            .collect();
+        }
         Facts {
             pairs,
             ..Facts::default()
@@ -109,7 +129,7 @@ mod tests {
         f.set(SUBJECT, "a".into());
         f.set(SUBJECT, "b".into());
         assert_eq!(f.get(SUBJECT), Some("b"));
-        assert_eq!(f.encode(), br#"{"x-fhirgate-subject":"b"}"#.to_vec());
+        assert_eq!(Facts::decode(&f.encode()).get(SUBJECT), Some("b"));
     }
 
     #[test]
@@ -145,7 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn decoding_keeps_the_contracts_names_and_drops_the_rest() {
+    fn facts_come_back_from_the_filter_state_and_anything_malformed_gives_none() {
         let mut f = Facts::default();
         f.extend(&[
             (INTERACTION, "read".into()),
@@ -163,11 +183,52 @@ mod tests {
         );
         assert!(!back.take_changed());
 
-        let odd = Facts::decode(br#"{"x-fhirgate-patient":"p","x-other":"y","x-fhirgate-id":7}"#);
-        assert_eq!(odd.get(PATIENT), Some("p"));
-        assert!(!odd.contains("x-other") && !odd.contains(ID));
-        for junk in [&b""[..], b"[]", b"{", b"null", b"\xff"] {
-            assert!(Facts::decode(junk).is_empty());
+        let mut bytes = f.encode();
+        bytes.pop();
+        assert!(Facts::decode(&bytes).is_empty(), "a cut value");
+        let mut unknown = f.encode();
+        unknown[0] = FACTS.len() as u8;
+        assert!(Facts::decode(&unknown).is_empty(), "an unknown fact");
+        let mut trailing = f.encode();
+        trailing.push(0);
+        assert!(
+            Facts::decode(&trailing).is_empty(),
+            "bytes after the last fact"
+        );
+        let bad_utf8 = [0u8, 1, 0, 0xff];
+        assert!(Facts::decode(&bad_utf8).is_empty());
+        assert!(Facts::decode(b"").is_empty());
+        let mut huge = Facts::default();
+        huge.set(INTERACTION, "read".into());
+        huge.set(SCOPES, "x".repeat(70_000));
+        assert!(huge.encode().is_empty(), "all or nothing");
+    }
+}
+
+#[cfg(test)]
+mod property_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the facts, they come back as they were; whatever the bytes, decoding
+        /// never panics and keeps only names of the contract.
+        #[test]
+        fn facts_survive_the_filter_state_and_junk_decodes_to_contract_names(
+            values in proptest::collection::vec((0..headers::FACTS.len(), "\\PC{0,80}"), 0..12),
+            junk in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut facts = Facts::default();
+            for (index, value) in &values {
+                facts.set(headers::FACTS[*index], value.clone());
+            }
+            let back = Facts::decode(&facts.encode());
+            for name in headers::FACTS {
+                prop_assert_eq!(back.get(name), facts.get(name));
+            }
+            for (name, _) in &Facts::decode(&junk).pairs {
+                prop_assert!(headers::FACTS.contains(name));
+            }
         }
     }
 }
