@@ -709,6 +709,17 @@ mod separate_filters {
         all
     }
 
+    /// Ends the request in every filter (Envoy logs in each, whatever became of the request)
+    /// and returns the one audit record the last one wrote.
+    fn the_one_record(ctxs: &mut [Box<dyn HttpContext>], audit: &mut GatewayRoot) -> Value {
+        for ctx in ctxs.iter_mut() {
+            ctx.on_log();
+        }
+        let records = collected(audit);
+        assert_eq!(records.len(), 1, "{records:?}");
+        records[0].clone()
+    }
+
     #[test]
     fn the_facts_travel_in_filter_state_and_only_the_identity_as_headers() {
         let mut roots = five_filters();
@@ -732,12 +743,7 @@ mod separate_filters {
             assert_eq!(facts.get(headers::SUBJECT), Some("user-1"));
         });
         assert_only_identity_leaves_as_headers();
-        for ctx in ctxs.iter_mut() {
-            ctx.on_log();
-        }
-        let records = collected(&mut roots[4]);
-        assert_eq!(records.len(), 1, "{records:?}");
-        let r = &records[0];
+        let r = &the_one_record(&mut ctxs, &mut roots[4]);
         assert_eq!(r["fhir_interaction"], "read");
         assert_eq!(r["fhir_resource_id"], "123");
         assert_eq!(r["patient_id"], "123");
@@ -753,12 +759,7 @@ mod separate_filters {
         assert_eq!(ctxs[1].on_http_request_headers(4, true), Action::Pause);
         assert_eq!(reply().map(|r| r.status), Some(403));
         // Envoy runs no later filter's request callbacks, but every filter's log.
-        for ctx in ctxs.iter_mut() {
-            ctx.on_log();
-        }
-        let records = collected(&mut roots[4]);
-        assert_eq!(records.len(), 1, "{records:?}");
-        let r = &records[0];
+        let r = &the_one_record(&mut ctxs, &mut roots[4]);
         assert_eq!(r["fhir_interaction"], "read");
         assert_eq!(r["principal_id"], "user-1");
         assert_eq!(r["reason"], "insufficient-scope");
