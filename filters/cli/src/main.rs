@@ -405,7 +405,7 @@ fn breakglass_sign(
         user: user.into(),
         reason: reason.into(),
         exp: now + ttl,
-        nonce: nonce.iter().map(|b| format!("{b:02x}")).collect(),
+        nonce: fhirgate_core::hex::lower(&nonce),
     };
     breakglass::sign(&claims, key)
 }

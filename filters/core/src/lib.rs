@@ -11,6 +11,7 @@ pub mod consent;
 pub mod decision;
 pub mod fhir;
 pub mod headers;
+pub mod hex;
 pub mod outcome;
 pub mod pipeline;
 pub mod ratelimit;

@@ -1,6 +1,6 @@
 //! Audit records: one PHI-free event per request, as a JSON line and as a FHIR R4 AuditEvent
-//! (IHE Basic Audit Log Patterns), chained with HMAC-SHA256 so a log's gaps, reorders and edits
-//! show. The filter crate gathers the facts; everything here is pure.
+//! (IHE Basic Audit Log Patterns), chained with keyed BLAKE3 MACs so a log's gaps, reorders and
+//! edits show. The filter crate gathers the facts; everything here is pure.
 //!
 //! PHI-free by construction: the record holds reason codes, ids of the actors (pseudonymous or
 //! as the token gives them), the resource type and (optionally keyed-hashed) id, a templated
@@ -113,9 +113,7 @@ impl IdHasher {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::hex::lower as hex;
 
 /// `/fhir/r4/Patient/{id}/$everything`: the route with every value replaced by its role.
 pub fn route_template(base: &str, f: &Facts) -> String {

@@ -405,6 +405,7 @@ mod audit_events {
 
 mod chain_verification {
     use super::*;
+    use base64::Engine;
 
     fn log(n: usize) -> Vec<String> {
         let mut a = Chain::new("w1", "k1", KEY.to_vec());
@@ -432,6 +433,67 @@ mod chain_verification {
     #[test]
     fn an_untouched_log_verifies() {
         assert_eq!(verify(&log(20).join("\n"), &keys()), Ok(20));
+    }
+
+    /// A record sealed the way fhirgate sealed them before BLAKE3: HMAC-SHA256 with the key
+    /// over the previous MAC and the record with an empty `mac`.
+    fn hmac_sealed(seq: u64, prev: &[u8]) -> (Record, Vec<u8>) {
+        use hmac::{Hmac, Mac};
+        let mut r = record(&facts(), "/fhir/r4", None);
+        (r.stream, r.seq, r.kid) = ("old".into(), seq, "k1".into());
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(KEY).unwrap();
+        m.update(prev);
+        m.update(&serde_json::to_vec(&r).unwrap());
+        let mac = m.finalize().into_bytes().to_vec();
+        r.mac = base64::engine::general_purpose::STANDARD.encode(&mac);
+        (r, mac)
+    }
+
+    #[test]
+    fn records_are_sealed_with_keyed_blake3() {
+        let r = Chain::new("w1", "k1", KEY.to_vec()).seal(record(&facts(), "/fhir/r4", None));
+        let mac = r.mac.strip_prefix("b3:").expect("the algorithm is named");
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(mac)
+                .unwrap()
+                .len(),
+            32
+        );
+    }
+
+    #[test]
+    fn logs_sealed_with_hmac_sha256_before_still_verify_and_edits_still_show() {
+        let (first, mac) = hmac_sealed(1, &[0; 32]);
+        let (second, _) = hmac_sealed(2, &mac);
+        let lines = [first, second].map(|r| serde_json::to_string(&r).unwrap());
+        assert_eq!(verify(&lines.join("\n"), &keys()), Ok(2));
+        let edited = lines[1].replace("\"http_status\":200", "\"http_status\":201");
+        let e = verify(&[lines[0].clone(), edited].join("\n"), &keys()).unwrap_err();
+        assert_eq!(
+            (e.line, matches!(e.kind, BreakKind::Edited { .. })),
+            (2, true)
+        );
+    }
+
+    #[test]
+    fn a_blake3_mac_relabelled_as_hmac_or_the_other_way_round_is_an_edit() {
+        let r = Chain::new("w1", "k1", KEY.to_vec()).seal(record(&facts(), "/fhir/r4", None));
+        let mut stripped = r.clone();
+        stripped.mac = r.mac.trim_start_matches("b3:").to_string();
+        let line = serde_json::to_string(&stripped).unwrap();
+        assert!(matches!(
+            verify(&line, &keys()).unwrap_err().kind,
+            BreakKind::Edited { .. }
+        ));
+        let (old, _) = hmac_sealed(1, &[0; 32]);
+        let mut relabelled = old.clone();
+        relabelled.mac = format!("b3:{}", old.mac);
+        let line = serde_json::to_string(&relabelled).unwrap();
+        assert!(matches!(
+            verify(&line, &keys()).unwrap_err().kind,
+            BreakKind::Edited { .. }
+        ));
     }
 
     /// The filter logs the line `seal_line` builds from its one serialisation: it must be the
@@ -619,4 +681,21 @@ mod config {
             );
         }
     }
+}
+
+#[test]
+fn the_user_agent_hash_is_its_sha256_in_hex() {
+    // The user agent's hash, as `sha256sum` prints it.
+    let r = record(
+        &Facts {
+            user_agent: Some("abc"),
+            ..facts()
+        },
+        "/fhir/r4",
+        None,
+    );
+    assert_eq!(
+        r.user_agent_hash.as_deref(),
+        Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    );
 }

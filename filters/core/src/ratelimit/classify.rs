@@ -106,7 +106,7 @@ pub struct Caller<'a> {
 /// leave the gateway (to the rate-limit service), ids should not.
 pub(crate) fn pseudonym(kind: &str, id: &str) -> String {
     let digest = Sha256::digest(format!("{kind}:{id}").as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    crate::hex::lower(&digest[..8])
 }
 
 /// Whose budget within the tenant: `user=<pseudonym>`, `client=<pseudonym>` for Backend

@@ -52,9 +52,7 @@ pub fn url_path(url: &str) -> Option<&str> {
     (!path.is_empty()).then_some(path)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::hex::lower as hex;
 
 impl JobBinding {
     pub fn store(&self, store: &mut dyn SharedStore, url: &str) -> bool {

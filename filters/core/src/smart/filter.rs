@@ -893,13 +893,7 @@ impl AuthzFilterPolicy {
         let digest = <sha2::Sha256 as sha2::Digest>::digest(
             format!("{}\u{0}{}", claims.issuer, claims.jti).as_bytes(),
         );
-        let key = format!(
-            "fhirgate.cds.jti.{}",
-            digest[..16]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        let key = format!("fhirgate.cds.jti.{}", crate::hex::lower(&digest[..16]));
         let (seen, cas) = store.get(&key);
         let still_valid = seen
             .and_then(|v| String::from_utf8(v).ok())
