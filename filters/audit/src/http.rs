@@ -50,7 +50,14 @@ impl AuditFilter {
         known: &fhirgate_core::pipeline::Facts,
         status: u16,
     ) -> fhirgate_core::audit::Record {
-        let h = self.seen.clone().unwrap_or_else(RequestHeaders::read);
+        let read;
+        let h = match &self.seen {
+            Some(seen) => seen,
+            None => {
+                read = RequestHeaders::read();
+                &read
+            }
+        };
         let now_ms = host::now_ms();
         let started_ms = property_u64(vec!["request", "time"]).map_or(now_ms, |ns| ns / 1_000_000);
         let duration_ms = property_u64(vec!["request", "duration"])

@@ -201,9 +201,12 @@ impl Pipeline {
                 host::set_property(vec![fhirgate_proxy::POOL_PROPERTY], pool.as_bytes());
                 // Envoy's access log names what was asked, never ids (filter state too).
                 for (name, property) in [
-                    (headers::INTERACTION, "fhirgate.interaction"),
-                    (headers::RESOURCE_TYPE, "fhirgate.resource_type"),
-                    (headers::OPERATION, "fhirgate.operation"),
+                    (headers::INTERACTION, fhirgate_proxy::INTERACTION_PROPERTY),
+                    (
+                        headers::RESOURCE_TYPE,
+                        fhirgate_proxy::RESOURCE_TYPE_PROPERTY,
+                    ),
+                    (headers::OPERATION, fhirgate_proxy::OPERATION_PROPERTY),
                 ] {
                     if let Some(value) = facts.get(name) {
                         host::set_property(vec![property], value.as_bytes());

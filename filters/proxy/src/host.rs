@@ -32,13 +32,11 @@ pub fn begin_callback() {
     SNAPSHOT.with(|s| s.borrow_mut().take());
 }
 
-/// Applies a write to the snapshot (`replace`: set, else add).
-fn snapshot_write(name: &str, value: Option<&str>, replace: bool) {
+/// Applies a write (set, or remove with `None`) to the snapshot.
+fn snapshot_write(name: &str, value: Option<&str>) {
     SNAPSHOT.with(|s| {
         if let Some(pairs) = s.borrow_mut().as_mut() {
-            if replace {
-                pairs.retain(|(k, _)| k != name);
-            }
+            pairs.retain(|(k, _)| k != name);
             if let Some(value) = value {
                 pairs.push((name.to_string(), value.as_bytes().to_vec()));
             }
@@ -85,16 +83,9 @@ pub fn request_header(name: &str) -> Option<String> {
 
 /// Sets (or with `None` removes) a request header.
 pub fn set_request_header(name: &str, value: Option<&str>) {
-    snapshot_write(name, value, true);
+    snapshot_write(name, value);
     if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
         log::debug!("request header {name} not set: {status:?}");
-    }
-}
-
-pub fn add_request_header(name: &str, value: &str) {
-    snapshot_write(name, Some(value), false);
-    if let Err(status) = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value) {
-        log::debug!("request header {name} not added: {status:?}");
     }
 }
 

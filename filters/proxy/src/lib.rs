@@ -159,7 +159,6 @@ pub fn replace_response(filter: &'static str, rejection: &Rejection, body_size: 
 /// Every request header, read from Envoy in one host call. Each separate header lookup
 /// costs a round trip into the VM to allocate its value, so filters read this snapshot
 /// instead of asking header by header.
-#[derive(Clone)]
 pub struct RequestHeaders {
     pairs: Vec<(String, Vec<u8>)>,
 }
@@ -308,6 +307,11 @@ pub const FACTS_PROPERTY: &str = "fhirgate.facts";
 /// The upstream pool the routing stage chose: the shipped routes match it (filter state
 /// `wasm.fhirgate.pool`), so it never travels as a header.
 pub const POOL_PROPERTY: &str = "fhirgate.pool";
+/// What was asked, for Envoy's access log (`%FILTER_STATE(wasm.fhirgate.interaction:PLAIN)%`…):
+/// names and types, never ids.
+pub const INTERACTION_PROPERTY: &str = "fhirgate.interaction";
+pub const RESOURCE_TYPE_PROPERTY: &str = "fhirgate.resource_type";
+pub const OPERATION_PROPERTY: &str = "fhirgate.operation";
 
 /// The request's filter-state property naming why a fhirgate filter refused it, for the audit
 /// filter (Envoy keeps Wasm properties in the stream's filter state, shared by all filters).

@@ -190,13 +190,6 @@ pub fn set_map_value(map: MapType, key: &str, value: Option<&str>) -> Result<(),
     })
 }
 
-pub fn add_map_value(map: MapType, key: &str, value: &str) -> Result<(), Status> {
-    call(|h| {
-        h.map(map)?.push((key.to_string(), value.to_string()));
-        Ok(())
-    })
-}
-
 pub fn get_map_bytes(map: MapType) -> Result<Vec<(String, Bytes)>, Status> {
     call(|h| {
         Ok(h.map(map)?
