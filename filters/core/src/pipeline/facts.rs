@@ -15,8 +15,9 @@ const _: () = assert!(headers::FACTS.len() <= u8::MAX as usize);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Facts {
     pairs: Vec<(&'static str, String)>,
-    /// Set or changed since the last [`Facts::take_exports`] or [`Facts::take_changed`].
+    /// Exported facts set or changed since the last [`Facts::take_exports`].
     exports_due: Vec<&'static str>,
+    /// Anything set or changed since the last [`Facts::take_changed`].
     changed: bool,
 }
 
@@ -38,6 +39,8 @@ impl Facts {
 
     /// Sets one fact, replacing an earlier value.
     pub fn set(&mut self, name: &'static str, value: String) {
+        // A name outside the contract would not survive the filter-state form.
+        debug_assert!(headers::FACTS.contains(&name), "{name} is not in headers::FACTS");
         match self.pairs.iter_mut().find(|(k, _)| *k == name) {
             Some((_, old)) if *old == value => return,
             Some((_, old)) => *old = value,
