@@ -40,7 +40,10 @@ impl Facts {
     /// Sets one fact, replacing an earlier value.
     pub fn set(&mut self, name: &'static str, value: String) {
         // A name outside the contract would not survive the filter-state form.
-        debug_assert!(headers::FACTS.contains(&name), "{name} is not in headers::FACTS");
+        debug_assert!(
+            headers::FACTS.contains(&name),
+            "{name} is not in headers::FACTS"
+        );
         match self.pairs.iter_mut().find(|(k, _)| *k == name) {
             Some((_, old)) if *old == value => return,
             Some((_, old)) => *old = value,
