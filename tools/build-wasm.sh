@@ -17,6 +17,9 @@ OUT=build/wasm
 mode=${FHIRGATE_WASM_TOOLCHAIN:-auto}
 pkgs=()
 for f in "${FILTERS[@]}"; do pkgs+=(-p "$f"); done
+# Wasm's 128-bit vectors (simd128, in V8 since 2021): memchr and the compiler use them for the
+# byte scans over response bodies.
+WASM_FLAGS="-C target-feature=+simd128"
 
 have_rustup_target() {
   command -v rustup >/dev/null 2>&1 || return 1
@@ -42,12 +45,12 @@ ensure_debian_toolchain() {
 if [ "$mode" = rustup ] || { [ "$mode" = auto ] && have_rustup_target; }; then
   [ "$mode" = rustup ] && have_rustup_target
   echo "build-wasm: using rustup's wasm32-wasip1 target" >&2
-  cargo build --release --target wasm32-wasip1 "${pkgs[@]}" --target-dir target/wasm-rustup
+  RUSTFLAGS="$WASM_FLAGS" cargo build --release --target wasm32-wasip1 "${pkgs[@]}" --target-dir target/wasm-rustup
   dir=target/wasm-rustup/wasm32-wasip1/release
 else
   ensure_debian_toolchain
   echo "build-wasm: using Debian's rustc-web with -Zbuild-std" >&2
-  PATH=/usr/bin:$PATH RUSTC_BOOTSTRAP=1 RUSTFLAGS="-L /usr/lib/wasm32-wasi" \
+  PATH=/usr/bin:$PATH RUSTC_BOOTSTRAP=1 RUSTFLAGS="-L /usr/lib/wasm32-wasi $WASM_FLAGS" \
     cargo build --release --target wasm32-wasip1 -Zbuild-std=std,panic_abort "${pkgs[@]}" --target-dir target/wasm-debian
   dir=target/wasm-debian/wasm32-wasip1/release
 fi

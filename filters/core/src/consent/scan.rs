@@ -21,37 +21,6 @@ pub enum Scan<'a> {
 /// documents the full parse refuses.
 const MAX_DEPTH: usize = 127;
 
-/// Byte classes inside a string.
-const PLAIN: u8 = 0;
-const QUOTE: u8 = 1;
-const BACKSLASH: u8 = 2;
-const CONTROL: u8 = 3;
-const NON_ASCII: u8 = 4;
-const CAPITAL_P: u8 = 5;
-const SLASH: u8 = 6;
-
-const fn string_classes() -> [u8; 256] {
-    let mut table = [PLAIN; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = if b < 0x20 {
-            CONTROL
-        } else if b >= 0x80 {
-            NON_ASCII
-        } else {
-            PLAIN
-        };
-        b += 1;
-    }
-    table[b'"' as usize] = QUOTE;
-    table[b'\\' as usize] = BACKSLASH;
-    table[b'P' as usize] = CAPITAL_P;
-    table[b'/' as usize] = SLASH;
-    table
-}
-
-static STRING_CLASSES: [u8; 256] = string_classes();
-
 /// Scans `body`. `want_patients`: collect `Patient/<id>` ids (only needed when Consents are
 /// configured).
 pub fn scan(body: &[u8], want_patients: bool) -> Scan<'_> {
@@ -303,19 +272,23 @@ impl<'a> Scanner<'a> {
         let start = self.at + 1;
         let mut i = start;
         loop {
-            // Most of a body is plain text inside strings: skip it eight bytes at a time.
-            while let Some(word) = word_at(body, i) {
-                if needs_a_look(word) {
-                    break;
-                }
-                i += 8;
-            }
-            let b = *body.get(i)?;
-            match STRING_CLASSES[usize::from(b)] {
-                PLAIN | SLASH => i += 1,
-                QUOTE => break,
-                CAPITAL_P => {
-                    if self.want_patients && body[i..].starts_with(b"Patient") {
+            // Most of a body is plain text inside strings: jump to the next byte worth a look
+            // (memchr compares a vector at a time where the target has them), then check the
+            // text passed over as a whole.
+            let rest = body.get(i..)?;
+            let next = if self.want_patients {
+                memchr::memchr3(b'"', b'\\', b'P', rest)
+            } else {
+                memchr::memchr2(b'"', b'\\', rest)
+            }?;
+            plain_text(&rest[..next])?;
+            i += next;
+            match body[i] {
+                b'"' => break,
+                b'\\' => i = escape_end(body, i)?,
+                _ => {
+                    // A `P` (only looked for when patients are wanted).
+                    if body[i..].starts_with(b"Patient") {
                         let after = body.get(i + "Patient".len());
                         if self.last_key == b"reference" {
                             // Only a whole local reference (`Patient/<id>`, maybe with
@@ -337,9 +310,6 @@ impl<'a> Scanner<'a> {
                     }
                     i += 1;
                 }
-                BACKSLASH => i = escape_end(body, i)?,
-                NON_ASCII => i += utf8_sequence_len(body.get(i..)?)?,
-                _ => return None, // CONTROL: a raw control character is not JSON
             }
         }
         self.at = i + 1;
@@ -391,23 +361,21 @@ impl<'a> Scanner<'a> {
     }
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
-
-/// Eight bytes from `at`, as one little-endian word.
-fn word_at(body: &[u8], at: usize) -> Option<u64> {
-    let bytes: [u8; 8] = body.get(at..at.checked_add(8)?)?.try_into().ok()?;
-    Some(u64::from_le_bytes(bytes))
-}
-
-/// Whether any of the eight bytes is one the string loop must look at: a quote, a backslash,
-/// a `P`, a control character or a non-ASCII byte. The classic word-at-a-time tests; they may
-/// flag a plain byte (then the loop looks and moves on), never miss a special one.
-fn needs_a_look(word: u64) -> bool {
-    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH_BITS;
-    let equal_to = |b: u8| zero_byte(word ^ (ONES * u64::from(b)));
-    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH_BITS;
-    (equal_to(b'"') | equal_to(b'\\') | equal_to(b'P') | below_space | (word & HIGH_BITS)) != 0
+/// Text inside a string between the bytes the string loop stops at: no raw control character
+/// (not JSON) and valid UTF-8. Two reductions with no early exit, which compile to vector
+/// minimum and maximum; the UTF-8 check only runs where a byte is not ASCII. The text starts
+/// and ends at ASCII bytes, so checking it alone judges the sequences in it whole.
+fn plain_text(text: &[u8]) -> Option<()> {
+    let (lowest, highest) = text
+        .iter()
+        .fold((u8::MAX, 0u8), |(lo, hi), &b| (lo.min(b), hi.max(b)));
+    if lowest < 0x20 {
+        return None;
+    }
+    if highest >= 0x80 {
+        std::str::from_utf8(text).ok()?;
+    }
+    Some(())
 }
 
 /// Where an escape starting at `at` (the backslash) ends, if it is one the fast path may
@@ -427,18 +395,6 @@ fn escape_end(body: &[u8], at: usize) -> Option<usize> {
         }
         _ => None,
     }
-}
-
-/// The length of the UTF-8 sequence `bytes` starts with, if it is a valid one.
-fn utf8_sequence_len(bytes: &[u8]) -> Option<usize> {
-    let len = match bytes.first()? {
-        0xC2..=0xDF => 2,
-        0xE0..=0xEF => 3,
-        0xF0..=0xF4 => 4,
-        _ => return None,
-    };
-    // The standard library judges overlong forms, surrogates and the upper bound.
-    std::str::from_utf8(bytes.get(..len)?).ok().map(|_| len)
 }
 
 #[cfg(test)]
@@ -636,5 +592,50 @@ mod tests {
             accepted > 100,
             "the edits exercise the accepting path ({accepted})"
         );
+    }
+
+    /// A body whose one string value is `text`, as bytes.
+    fn with_text(text: &[u8]) -> Vec<u8> {
+        let mut body = br#"{"resourceType":"Observation","note":""#.to_vec();
+        body.extend_from_slice(text);
+        body.extend_from_slice(br#""}"#);
+        body
+    }
+
+    #[test]
+    fn a_raw_control_character_anywhere_in_a_long_string_goes_to_the_parse() {
+        for len in [1, 15, 16, 17, 40, 100] {
+            let plain = vec![b'a'; len];
+            assert!(matches!(scan(&with_text(&plain), true), Scan::Clean(_)));
+            for at in 0..len {
+                for control in [0x00, b'\n', b'\t', 0x1f] {
+                    let mut text = plain.clone();
+                    text[at] = control;
+                    let body = with_text(&text);
+                    assert_eq!(scan(&body, true), Scan::Parse, "len {len} at {at}");
+                    assert_eq!(scan(&body, false), Scan::Parse, "len {len} at {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_anywhere_in_a_long_string_goes_to_the_parse() {
+        for len in [4, 16, 33, 100] {
+            for at in 0..len {
+                let mut text = vec![b'a'; len];
+                text.splice(at..at, "é".bytes());
+                assert!(matches!(scan(&with_text(&text), true), Scan::Clean(_)));
+                for bad in [&[0xC3, b'a'][..], &[0x80], &[0xED, 0xA0, 0x80], &[0xFF]] {
+                    let mut text = vec![b'a'; len];
+                    text.splice(at..at, bad.iter().copied());
+                    assert_eq!(
+                        scan(&with_text(&text), true),
+                        Scan::Parse,
+                        "len {len} at {at}"
+                    );
+                }
+            }
+        }
     }
 }
