@@ -10,12 +10,13 @@ WASM_DIR  := build/wasm
 CLI       := target/debug/fhirgate
 PORT      ?= 8080
 
-.PHONY: help tools wasm cli images compose test test-native lint test-e2e fuzz fuzz-smoke soak run bench bench-chain clean
+.PHONY: help tools wasm cli native images compose test test-native lint test-e2e fuzz fuzz-smoke soak run bench bench-chain clean
 
 help:
 	@echo "make run     start the demo gateway (Envoy + fhirgate + a FHIR server with example data)"
 	@echo "make test    build everything and run every test (native, clippy, end-to-end)"
 	@echo "make wasm    build the module into $(WASM_DIR)/fhirgate.wasm"
+	@echo "make native build the native Envoy module into build/native/libfhirgate.so"
 	@echo "make soak    ten minutes of mixed traffic through the chain (SOAK_SECONDS)"
 	@echo "make fuzz    fuzz the core, FUZZ_SECONDS per target (default 600)"
 	@echo "make bench   measure the filters' cost against Envoy without them"
@@ -52,6 +53,14 @@ wasm:
 
 cli:
 	cargo build -q -p fhirgate-cli
+
+# The same pipeline as an Envoy dynamic module (filters/native): build/native/libfhirgate.so,
+# which Envoy 1.40 finds through ENVOY_DYNAMIC_MODULES_SEARCH_PATH=build/native.
+native:
+	cargo build -q --profile native -p fhirgate-native
+	mkdir -p build/native
+	cp target/native/libfhirgate_native.so build/native/libfhirgate.so.tmp
+	mv build/native/libfhirgate.so.tmp build/native/libfhirgate.so
 
 # The module as an OCI image (Wasm OCI layout, no Docker) in build/images/fhirgate, tag
 # $(IMAGE_TAG); prints the manifest and module digests (the module's is a WasmPlugin's sha256).
@@ -100,12 +109,12 @@ soak: tools cli
 run: tools wasm cli
 	$(PY) tests/e2e/demo.py --port $(PORT)
 
-bench: tools wasm
+bench: tools wasm native
 	$(PY) tools/bench.py
 	$(PY) tools/bench_chain.py
 
 # The whole-chain part alone (bench/chain.md).
-bench-chain: tools wasm
+bench-chain: tools wasm native
 	$(PY) tools/bench_chain.py
 
 clean:

@@ -339,9 +339,27 @@ def fuse_filters(filters: list) -> list:
     return fused
 
 
+NATIVE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+# libfhirgate.so (`make native`), found in ENVOY_DYNAMIC_MODULES_SEARCH_PATH (build/native).
+NATIVE_MODULE = "fhirgate"
+
+
+def native_filter(entry: dict) -> dict:
+    """A fused fhirgate Wasm filter as the same pipeline in the native module: the same
+    configuration, the same filter name."""
+    if not is_fhirgate_filter(entry) and entry.get("name") != "fhirgate":
+        return entry
+    config = entry["typed_config"]["config"]
+    return {"name": entry["name"], "typed_config": {
+        "@type": NATIVE_TYPE,
+        "dynamic_module_config": {"name": NATIVE_MODULE, "do_not_close": True},
+        "filter_name": entry["name"],
+        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config["configuration"]["value"]}}}
+
+
 def with_deployment(text: str, deployment: str) -> str:
     """`fused`: neighbouring fhirgate filters become one (see fuse_filters); `five-filter`: as
-    the template has them."""
+    the template has them; `native`: fused, in the native module instead of Wasm."""
     if deployment == "five-filter":
         return text
     import yaml  # PyYAML, in the project's virtualenv
@@ -352,6 +370,8 @@ def with_deployment(text: str, deployment: str) -> str:
                 hcm = network_filter.get("typed_config", {})
                 if "http_filters" in hcm:
                     hcm["http_filters"] = fuse_filters(hcm["http_filters"])
+                    if deployment == "native":
+                        hcm["http_filters"] = [native_filter(f) for f in hcm["http_filters"]]
     return yaml.safe_dump(bootstrap, sort_keys=False, width=1 << 20)
 
 
@@ -377,8 +397,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fhir-replica", type=int, metavar="PORT", help="with --tls: a second FHIR endpoint, health checks, round-robin balancing")
     ap.add_argument("--lds", type=pathlib.Path, help="put the listeners in this LDS file Envoy watches (hot reload)")
     ap.add_argument("--global-ratelimit", action="store_true", help="add Envoy's global rate-limit filter and its service cluster")
-    ap.add_argument("--deployment", choices=["fused", "five-filter"], default="fused",
-                    help="fused: one fhirgate filter running every stage (default); five-filter: one filter per stage")
+    ap.add_argument("--deployment", choices=["fused", "five-filter", "native"], default="fused",
+                    help="fused: one fhirgate filter running every stage (default); five-filter: one filter per stage; "
+                         "native: fused, as the Envoy dynamic module (libfhirgate.so) instead of Wasm")
     args = ap.parse_args(argv)
     values = {}
     for item in args.set:

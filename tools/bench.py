@@ -252,7 +252,7 @@ def write_summary(figures: dict):
 
 def write_deployments(rows: dict):
     """bench/summary.jsonl's deployment lines: one per deployment measured in this run,
-    `{"deployment": "none"|"fused"|"five-filter", "added_cpu_us", "throughput_ratio",
+    `{"deployment": "none"|"fused"|"five-filter"|"native", "added_cpu_us", "throughput_ratio",
     "rss_one_worker_mib", "date", "commit"}` (RSS added over Envoy alone; Envoy alone's own),
     replacing the previous run's."""
     out = ROOT / "bench" / "summary.jsonl"

@@ -10,7 +10,8 @@ cluster), the `fused` gateway (the shipped chain as rendered for deployment: fhi
 running every stage in one filter — routing, SMART authorization with an inline JWKS and a
 cached RS256 token, rate limiting with every request taking from a bucket, consent filtering
 with Consents fetched from the origin and cached, audit to the origin's collector) and the
-`five-filter` gateway (the same stages as five filters of the one module). h2load (HTTP/1.1,
+`five-filter` gateway (the same stages as five filters of the one module) and the `native`
+gateway (the fused pipeline as the Envoy dynamic module, build/native/libfhirgate.so). h2load (HTTP/1.1,
 8 connections, loopback) sends the same request mix to each in alternating rounds; CPU per
 request is the gateway's CPU time (schedstat) over the round / requests; p50 latency from
 h2load's per-request log; RSS after the rounds, and for a fused gateway with two workers. Then
@@ -49,7 +50,9 @@ MIX = ["/fhir/r4/Patient/example", "/fhir/r4/Observation?patient=example&_count=
        "/fhir/r4/Observation?patient=example&code=http%3A%2F%2Floinc.org%7C29463-7&_sort=-date",
        "/fhir/r4/Encounter?subject=Patient/example&date=ge2024-01-01", "/fhir/r4/metadata"]
 # Issue 16's targets for the fused pipeline and the five-filter deployment.
-TARGETS = {"min": 0.65, "fused_cpu_us": 40, "five_cpu_us": 120, "rss_mib": 30}
+TARGETS = {"min": 0.65, "fused_cpu_us": 40, "five_cpu_us": 120, "rss_mib": 30,
+           # Issue 17's, for the native module.
+           "native_cpu_us": 15, "native_min": 0.85, "native_rss_mib": 10}
 
 
 def fhir_answers() -> dict:
@@ -225,7 +228,7 @@ def cpu_by_step(chain: dict, work: pathlib.Path, token: str) -> dict:
     return least
 
 
-def callgrind(chain: dict, fused: dict, work: pathlib.Path, tokens: dict) -> dict:
+def callgrind(chain: dict, fused: dict, native: dict, work: pathlib.Path, tokens: dict) -> dict:
     """Instructions per request: the five-filter chain built up one filter at a time, the fused
     chain, then the fused chain with 16 and 64 scopes, then with CACHED_PATIENTS patients'
     Consents cached. Every filter is the one module, so valgrind's address space holds its VMs
@@ -235,6 +238,8 @@ def callgrind(chain: dict, fused: dict, work: pathlib.Path, tokens: dict) -> dic
     admin = free_port()
     listeners = [variant(chain, name, ports[name], filters) for name, filters in STEPS]
     listeners.append(variant(fused, "fused", ports["fused"], ["fhirgate"]))
+    ports["native"] = free_port()  # the same pipeline as the native module, in the same Envoy
+    listeners.append(variant(native, "native", ports["native"], ["fhirgate"]))
     # The fused module without its audit stage: comparable with the five-filter chain's
     # routing-to-consent figure (and with earlier runs, which could not load the audit VM).
     ports["fused-to-consent"] = free_port()
@@ -243,7 +248,8 @@ def callgrind(chain: dict, fused: dict, work: pathlib.Path, tokens: dict) -> dic
     pid = str(proc.proc.pid)
     counts = {}
     runs = [(name, ports[name], MIX, tokens[4] if filters else None) for name, filters in STEPS]
-    runs += [("fused", ports["fused"], MIX, tokens[4]), ("fused-to-consent", ports["fused-to-consent"], MIX, tokens[4])]
+    runs += [("fused", ports["fused"], MIX, tokens[4]), ("fused-to-consent", ports["fused-to-consent"], MIX, tokens[4]),
+             ("native", ports["native"], MIX, tokens[4])]
     runs += [(f"scopes-{n}", ports["fused"], MIX, tokens[n]) for n in (16, 64)]
     runs += [("patient-1-cached", ports["fused"], ["/fhir/r4/Patient/p0"], tokens[4])]
     try:
@@ -272,7 +278,7 @@ def callgrind(chain: dict, fused: dict, work: pathlib.Path, tokens: dict) -> dic
     return counts
 
 
-DEPLOYMENTS = {"baseline": [], "fused": ["fhirgate"], "five-filter": FILTERS}
+DEPLOYMENTS = {"baseline": [], "fused": ["fhirgate"], "five-filter": FILTERS, "native": ["fhirgate"]}
 
 
 def host_calls() -> list[dict]:
@@ -299,13 +305,14 @@ def main() -> int:
     ports = {k: free_port() for k in ("ORIGIN", "ORIGIN_ADMIN", "CHAIN", "CHAIN_ADMIN")}
     chain = render_chain(work, ports, tokens_dir, "five-filter")
     fused = render_chain(work, ports, tokens_dir, "fused")
+    native = render_chain(work, ports, tokens_dir, "native")
     processes = []
     try:
         processes.append(start("origin", origin_config(ports["ORIGIN"], ports["ORIGIN_ADMIN"]), work, ports["ORIGIN_ADMIN"], concurrency=2))
         gateways = {}
         for g, filters in DEPLOYMENTS.items():
             port, admin = free_port(), free_port()
-            source = fused if g == "fused" else chain
+            source = {"fused": fused, "native": native}.get(g, chain)
             proc = start(g, gateway(source, [variant(source, g, port, filters)], admin), work, admin)
             processes.append(proc)
             gateways[g] = (proc, port, tokens[4] if filters else None)
@@ -334,18 +341,19 @@ def main() -> int:
             p.stop()
     try:
         print("Envoy under callgrind ...", flush=True)
-        ir = callgrind(chain, fused, work, tokens)
+        ir = callgrind(chain, fused, native, work, tokens)
     finally:
         processes[0].stop()
 
     med = {g: {k: statistics.median(run[k] for run in runs) for k in runs[0]} for g, runs in results.items()}
-    added = {g: med[g]["cpu_us"] - med["baseline"]["cpu_us"] for g in ("fused", "five-filter")}
-    ratio = {g: med[g]["rps"] / med["baseline"]["rps"] for g in ("fused", "five-filter")}
-    added_p50 = {g: med[g]["p50_us"] - med["baseline"]["p50_us"] for g in ("fused", "five-filter")}
-    added_rss = {g: rss[g] - rss["baseline"] for g in ("fused", "five-filter")}
+    measured = ("fused", "five-filter", "native")
+    added = {g: med[g]["cpu_us"] - med["baseline"]["cpu_us"] for g in measured}
+    ratio = {g: med[g]["rps"] / med["baseline"]["rps"] for g in measured}
+    added_p50 = {g: med[g]["p50_us"] - med["baseline"]["p50_us"] for g in measured}
+    added_rss = {g: rss[g] - rss["baseline"] for g in measured}
     per_worker = rss["fused-2-workers"] - rss["fused"]
     us_per_ir = med["baseline"]["cpu_us"] / ir["baseline"]
-    ir_added = {"fused": ir["fused"] - ir["baseline"], "five-filter": ir["audit"] - ir["baseline"]}
+    ir_added = {"fused": ir["fused"] - ir["baseline"], "five-filter": ir["audit"] - ir["baseline"], "native": ir["native"] - ir["baseline"]}
     steps = ["routing", "authz", "ratelimit", "consent", "audit"]
     previous = ["baseline", *steps[:-1]]
     verdict = lambda ok: "**meets**" if ok else "**misses**"
@@ -370,14 +378,14 @@ round, {ROUNDS} rounds after a warm-up, medians. Tokens are verified once and th
 
 ## Results
 
-| | Envoy, no filters | fused (one filter) | five filters (one module) | target |
-|---|---|---|---|---|
-| CPU per request (schedstat) | {med['baseline']['cpu_us']:.1f} µs | {med['fused']['cpu_us']:.1f} µs (**+{added['fused']:.1f}**) | {med['five-filter']['cpu_us']:.1f} µs (**+{added['five-filter']:.1f}**) | fused ≤ +{TARGETS['fused_cpu_us']} µs: {verdict(added['fused'] <= TARGETS['fused_cpu_us'])}; five ≤ +{TARGETS['five_cpu_us']} µs: {verdict(added['five-filter'] <= TARGETS['five_cpu_us'])} |
-| instructions per request (callgrind) | {ir['baseline']:.0f} | {ir['fused']:.0f} (**+{ir_added['fused']:.0f}**, ≈ {ir_added['fused'] * us_per_ir:.1f} µs) | {ir['audit']:.0f} (**+{ir_added['five-filter']:.0f}**, ≈ {ir_added['five-filter'] * us_per_ir:.1f} µs) | |
-| throughput | {med['baseline']['rps']:.0f} req/s | {med['fused']['rps']:.0f} req/s (ratio **{ratio['fused']:.2f}**) | {med['five-filter']['rps']:.0f} req/s (ratio **{ratio['five-filter']:.2f}**) | fused ≥ {TARGETS['min']}: {verdict(ratio['fused'] >= TARGETS['min'])} |
-| p50 latency (h2load, {CONNECTIONS} connections) | {med['baseline']['p50_us']:.0f} µs | {med['fused']['p50_us']:.0f} µs (+{added_p50['fused']:.0f}) | {med['five-filter']['p50_us']:.0f} µs (+{added_p50['five-filter']:.0f}) | |
-| RSS, one worker | {rss['baseline']:.1f} MiB | {rss['fused']:.1f} MiB (**+{added_rss['fused']:.1f}**) | {rss['five-filter']:.1f} MiB (+{added_rss['five-filter']:.1f}) | fused ≤ +{TARGETS['rss_mib']} MiB: {verdict(added_rss['fused'] <= TARGETS['rss_mib'])} |
-| RSS, each further worker (2 workers − 1) | | {rss['fused-2-workers']:.1f} MiB (2 workers): **+{per_worker:.1f} MiB** | | |
+| | Envoy, no filters | fused (one filter) | five filters (one module) | native module (fused) | target |
+|---|---|---|---|---|---|
+| CPU per request (schedstat) | {med['baseline']['cpu_us']:.1f} µs | {med['fused']['cpu_us']:.1f} µs (**+{added['fused']:.1f}**) | {med['five-filter']['cpu_us']:.1f} µs (**+{added['five-filter']:.1f}**) | {med['native']['cpu_us']:.1f} µs (**+{added['native']:.1f}**) | fused ≤ +{TARGETS['fused_cpu_us']} µs: {verdict(added['fused'] <= TARGETS['fused_cpu_us'])}; five ≤ +{TARGETS['five_cpu_us']} µs: {verdict(added['five-filter'] <= TARGETS['five_cpu_us'])}; native ≤ +{TARGETS['native_cpu_us']} µs: {verdict(added['native'] <= TARGETS['native_cpu_us'])} |
+| instructions per request (callgrind) | {ir['baseline']:.0f} | {ir['fused']:.0f} (**+{ir_added['fused']:.0f}**, ≈ {ir_added['fused'] * us_per_ir:.1f} µs) | {ir['audit']:.0f} (**+{ir_added['five-filter']:.0f}**, ≈ {ir_added['five-filter'] * us_per_ir:.1f} µs) | {ir['native']:.0f} (**+{ir_added['native']:.0f}**, ≈ {ir_added['native'] * us_per_ir:.1f} µs) | |
+| throughput | {med['baseline']['rps']:.0f} req/s | {med['fused']['rps']:.0f} req/s (ratio **{ratio['fused']:.2f}**) | {med['five-filter']['rps']:.0f} req/s (ratio **{ratio['five-filter']:.2f}**) | {med['native']['rps']:.0f} req/s (ratio **{ratio['native']:.2f}**) | fused ≥ {TARGETS['min']}: {verdict(ratio['fused'] >= TARGETS['min'])}; native ≥ {TARGETS['native_min']}: {verdict(ratio['native'] >= TARGETS['native_min'])} |
+| p50 latency (h2load, {CONNECTIONS} connections) | {med['baseline']['p50_us']:.0f} µs | {med['fused']['p50_us']:.0f} µs (+{added_p50['fused']:.0f}) | {med['five-filter']['p50_us']:.0f} µs (+{added_p50['five-filter']:.0f}) | {med['native']['p50_us']:.0f} µs (+{added_p50['native']:.0f}) | |
+| RSS, one worker | {rss['baseline']:.1f} MiB | {rss['fused']:.1f} MiB (**+{added_rss['fused']:.1f}**) | {rss['five-filter']:.1f} MiB (+{added_rss['five-filter']:.1f}) | {rss['native']:.1f} MiB (**+{added_rss['native']:.1f}**) | fused ≤ +{TARGETS['rss_mib']} MiB: {verdict(added_rss['fused'] <= TARGETS['rss_mib'])}; native ≤ +{TARGETS['native_rss_mib']} MiB: {verdict(added_rss['native'] <= TARGETS['native_rss_mib'])} |
+| RSS, each further worker (2 workers − 1) | | {rss['fused-2-workers']:.1f} MiB (2 workers): **+{per_worker:.1f} MiB** | | | |
 
 ### Where the time goes (the five-filter chain built up one filter at a time)
 
@@ -415,7 +423,7 @@ VM are not counted.
 | Patient read, 1 patient's Consents cached | {ir['patient-1-cached']:.0f} |
 | Patient read, {CACHED_PATIENTS} patients' Consents cached | {ir[f'patient-{CACHED_PATIENTS}-cached']:.0f} ({(ir[f'patient-{CACHED_PATIENTS}-cached'] / ir['patient-1-cached'] - 1):+.1%}) |
 
-Every round (fused / five filters / baseline): {"; ".join(f"{f['cpu_us']:.1f}/{c['cpu_us']:.1f}/{b['cpu_us']:.1f} µs, {f['rps']:.0f}/{c['rps']:.0f}/{b['rps']:.0f} rps" for f, c, b in zip(results['fused'], results['five-filter'], results['baseline']))}
+Every round (fused / five filters / native / baseline): {"; ".join(f"{f['cpu_us']:.1f}/{c['cpu_us']:.1f}/{n['cpu_us']:.1f}/{b['cpu_us']:.1f} µs, {f['rps']:.0f}/{c['rps']:.0f}/{n['rps']:.0f}/{b['rps']:.0f} rps" for f, c, n, b in zip(results['fused'], results['five-filter'], results['native'], results['baseline']))}
 """
     out = ROOT / "bench" / "chain.md"
     out.write_text(report)
@@ -437,7 +445,7 @@ Every round (fused / five filters / baseline): {"; ".join(f"{f['cpu_us']:.1f}/{c
     })
     write_deployments({g: {"added_cpu_us": round(added.get(g, 0.0), 1), "throughput_ratio": round(ratio.get(g, 1.0), 3),
                            "rss_one_worker_mib": round(rss[g] - (rss["baseline"] if g != "baseline" else 0), 1)}
-                       for g in ("baseline", "fused", "five-filter")})
+                       for g in ("baseline", "fused", "five-filter", "native")})
     print(report)
     return 0
 

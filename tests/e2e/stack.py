@@ -26,13 +26,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv"
 WASM_DIR = ROOT / "build" / "wasm"
+# The native module (libfhirgate_native.so, `make native`): Envoy finds it on this path.
+NATIVE_DIR = ROOT / "build" / "native"
+os.environ.setdefault("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", str(NATIVE_DIR))
 NODE_MODULES = ROOT / ".tools" / "node_modules"
 EXAMPLES = NODE_MODULES / "hl7.fhir.r4.examples"
 ISSUER_SCRIPT = ROOT / "tests" / "e2e" / "issuer.mjs"
 ENVOY_TEMPLATE = ROOT / "envoy" / "fhirgate.yaml"
 RENDER = ROOT / "envoy" / "render.py"
 # How the stack deploys the module: `fused` (the shipped default) or `five-filter`
-# (FHIRGATE_DEPLOYMENT=five-filter runs the whole suite against the separate filters).
+# (FHIRGATE_DEPLOYMENT=five-filter runs the whole suite against the separate filters,
+# FHIRGATE_DEPLOYMENT=native against the native module).
 DEPLOYMENT = os.environ.get("FHIRGATE_DEPLOYMENT", "fused")
 CLI = ROOT / "target" / "debug" / "fhirgate"
 

@@ -7,11 +7,11 @@
 //! the SDK's raw `hostcalls` and turn a refusal into "absent" or a logged no-op. The SDK
 //! helpers are banned by `clippy.toml` (`disallowed-methods`).
 //!
-//! Natively (tests) the same functions run on [`crate::mock`], a host a test sets up and
-//! inspects.
+//! Natively the same functions run on Envoy through the native module, or (tests, the CLI)
+//! on [`crate::mock`], a host a test sets up and inspects ([`crate::native`]).
 
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) use crate::mock as hostcalls;
+pub(crate) use crate::native as hostcalls;
 #[cfg(target_arch = "wasm32")]
 pub(crate) use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};

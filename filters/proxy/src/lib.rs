@@ -6,6 +6,8 @@
 pub mod host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mock;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
 
 use fhirgate_core::config::ConfigError;
 use fhirgate_core::pipeline::{Flow, Stage};
@@ -89,6 +91,11 @@ pub trait StageRoot {
         None
     }
     fn tick(&mut self) {}
+    /// Whether the stage's next tick has work that should not wait for it (records to send).
+    /// A host without timers (the native module) asks after each request, and ticks it then.
+    fn flush_due(&self) -> bool {
+        false
+    }
     /// A call the root dispatched answered: true when it was this stage's.
     fn call_response(&mut self, _token: u32, _body_size: usize) -> bool {
         false

@@ -1,0 +1,451 @@
+//! The native module's state: configurations, each worker's pipeline root, streams.
+//!
+//! Envoy creates a configuration on its main thread and runs streams on its workers. The
+//! pipeline's roots (the stages' caches, chains and queues) are single-threaded, as in the Wasm
+//! module's one-VM-per-worker: each worker builds its own root from the configuration the
+//! first time it sees a stream of it. What Wasm shared between workers through host calls
+//! (rate-limit buckets, break-glass nonces) is process-wide shared data ([`crate::host`]).
+//!
+//! A root's own calls (JWKS refresh, audit batches, Consent prefetch) are not tied to a
+//! request: the worker hands them to the main thread, which sends them as configuration-level
+//! callouts and puts the answers in the worker's inbox; the worker delivers them, and runs its
+//! root's due ticks, at the start of its next hook. Envoy has no timer for HTTP filters, so a
+//! worker with no traffic neither ticks nor takes answers until its next request.
+
+use crate::abi::{self, ConfigHandle, Filter, LogLevel, Scheduler, Status};
+use crate::guard;
+use crate::host::{self, CallAnswer, Current, InBody, Inbox, Metrics, NativeHost, Owner, Relayed};
+use fhirgate::GatewayRoot;
+use fhirgate_core::{IssueType, Rejection};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::Action;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+/// Once, when Envoy loads the module: the host, the logger, the panic hook.
+pub fn program_init() -> bool {
+    fhirgate_proxy::native::install(&NativeHost);
+    guard::install_panic_hook();
+    if log::set_logger(&EnvoyLogger).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    abi::log(
+        LogLevel::Info,
+        &format!(
+            "fhirgate native module {} for Envoy's dynamic-module ABI {}",
+            env!("CARGO_PKG_VERSION"),
+            abi::ABI_VERSION
+        ),
+    );
+    true
+}
+
+struct EnvoyLogger;
+
+impl log::Log for EnvoyLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        let level = match record.level() {
+            log::Level::Error => LogLevel::Error,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Trace => LogLevel::Trace,
+        };
+        abi::log(level, &record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+/// One filter configuration, shared by the main thread and the workers.
+pub struct Config {
+    id: u64,
+    configuration: Vec<u8>,
+    metrics: Arc<Metrics>,
+    handle: ConfigHandle,
+    scheduler: Option<Scheduler>,
+    /// Root calls waiting for the main thread.
+    pending: Mutex<Vec<Relayed>>,
+    /// Root calls under way: Envoy's callout id → the pipeline's token and the worker's inbox.
+    in_flight: Mutex<HashMap<u64, (u32, Arc<Inbox>)>>,
+}
+
+pub type ConfigRef = Arc<Config>;
+
+/// Envoy creates a configuration (main thread): the pipeline configures once here, so a bad
+/// configuration is refused at load with the field named (the stages log it), and the
+/// metrics it declares are defined while Envoy still allows it.
+pub fn config_new(handle: ConfigHandle, _name: &[u8], configuration: &[u8]) -> Option<ConfigRef> {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let metrics = Arc::new(Metrics::default());
+    let current = Current {
+        configuration: configuration.to_vec(),
+        defining: Some(handle),
+        metrics: Some(metrics.clone()),
+        owner: Owner::Root,
+        ..Current::default()
+    };
+    let (configured, _) = host::with_current(current, || {
+        let mut root = GatewayRoot::default();
+        root.on_configure(configuration.len())
+    });
+    if !configured {
+        abi::log(LogLevel::Error, "fhirgate: configuration refused");
+        return None;
+    }
+    Some(Arc::new(Config {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        configuration: configuration.to_vec(),
+        metrics,
+        handle,
+        scheduler: handle.scheduler(),
+        pending: Mutex::default(),
+        in_flight: Mutex::default(),
+    }))
+}
+
+/// Main thread: sends the root calls the workers handed over.
+pub fn relay_calls(config: &Config) {
+    let calls = std::mem::take(&mut *lock(&config.pending));
+    for call in calls {
+        let headers: Vec<(&str, &str)> = call
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match config
+            .handle
+            .callout(&call.cluster, &headers, &call.body, call.timeout_ms)
+        {
+            Some(id) => {
+                lock(&config.in_flight).insert(id, (call.token, call.inbox));
+            }
+            // Not sent: answered as a failed call, as a Wasm host would.
+            None => lock(&call.inbox).push((call.token, CallAnswer::default())),
+        }
+    }
+}
+
+/// Main thread: a relayed call's answer, to its worker's inbox.
+pub fn relayed_answer(config: &Config, callout_id: u64, answer: CallAnswer) {
+    if let Some((token, inbox)) = lock(&config.in_flight).remove(&callout_id) {
+        lock(&inbox).push((token, answer));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A worker's pipeline root for one configuration.
+struct Worker {
+    root: GatewayRoot,
+    inbox: Arc<Inbox>,
+    tick_period: Option<Duration>,
+    next_tick: SystemTime,
+}
+
+thread_local! {
+    /// This worker's roots, by configuration id.
+    static WORKERS: RefCell<HashMap<u64, Rc<RefCell<Worker>>>> = RefCell::new(HashMap::new());
+}
+
+fn worker_for(config: &Config, filter: Filter) -> Option<Rc<RefCell<Worker>>> {
+    if let Some(worker) = WORKERS.with(|w| w.borrow().get(&config.id).cloned()) {
+        return Some(worker);
+    }
+    let inbox: Arc<Inbox> = Arc::default();
+    let current = Current {
+        filter: Some(filter),
+        configuration: config.configuration.clone(),
+        metrics: Some(config.metrics.clone()),
+        owner: Owner::Root,
+        inbox: Some(inbox.clone()),
+        ..Current::default()
+    };
+    let mut root = GatewayRoot::default();
+    let (configured, after) =
+        host::with_current(current, || root.on_configure(config.configuration.len()));
+    if !configured {
+        return None;
+    }
+    let worker = Rc::new(RefCell::new(Worker {
+        root,
+        inbox,
+        tick_period: after.tick_period,
+        next_tick: SystemTime::now(),
+    }));
+    hand_over(config, after.root_calls);
+    WORKERS.with(|w| w.borrow_mut().insert(config.id, worker.clone()));
+    Some(worker)
+}
+
+/// Root calls to the main thread.
+fn hand_over(config: &Config, calls: Vec<Relayed>) {
+    if calls.is_empty() {
+        return;
+    }
+    lock(&config.pending).extend(calls);
+    if let Some(scheduler) = &config.scheduler {
+        scheduler.commit(0);
+    }
+}
+
+pub fn stream_new(config: &ConfigRef, filter: Filter) -> Option<Stream> {
+    let worker = worker_for(config, filter);
+    let context = worker
+        .as_ref()
+        .and_then(|w| w.borrow().root.create_http_context(0));
+    Some(Stream {
+        inner: RefCell::new(Inner {
+            config: config.clone(),
+            worker,
+            filter,
+            context,
+            calls: HashMap::new(),
+            started: SystemTime::now(),
+            failed: false,
+            completed: false,
+        }),
+        complete_pending: Cell::new(false),
+    })
+}
+
+/// One request. Envoy may call `stream_complete` while another of its hooks is still running
+/// (a local reply completes the stream); that call only marks the completion, which the
+/// running hook finishes.
+pub struct Stream {
+    inner: RefCell<Inner>,
+    complete_pending: Cell<bool>,
+}
+
+struct Inner {
+    config: ConfigRef,
+    /// `None`: the worker's root could not configure; the stream is refused (503).
+    worker: Option<Rc<RefCell<Worker>>>,
+    filter: Filter,
+    context: Option<Box<dyn HttpContext>>,
+    /// The stream's calls under way: Envoy's callout id → the pipeline's token.
+    calls: HashMap<u64, u32>,
+    started: SystemTime,
+    /// The pipeline failed (a panic, no root): the stream was answered 503 and is let be.
+    failed: bool,
+    completed: bool,
+}
+
+fn status(action: Action) -> Status {
+    match action {
+        Action::Continue => Status::Continue,
+        _ => Status::Stop,
+    }
+}
+
+impl Stream {
+    pub fn request_headers(&self, end_of_stream: bool) -> Status {
+        self.hook(None, |c, _| {
+            status(c.on_http_request_headers(0, end_of_stream))
+        })
+    }
+
+    pub fn request_body(&self, end_of_stream: bool) -> Status {
+        self.hook(Some(InBody::Request), |c, filter| {
+            let size = host::body_size(filter, InBody::Request);
+            status(c.on_http_request_body(size, end_of_stream))
+        })
+    }
+
+    pub fn request_trailers(&self) -> Status {
+        self.hook(None, |c, _| status(c.on_http_request_trailers(0)))
+    }
+
+    pub fn response_headers(&self, end_of_stream: bool) -> Status {
+        self.hook(None, |c, _| {
+            status(c.on_http_response_headers(0, end_of_stream))
+        })
+    }
+
+    pub fn response_body(&self, end_of_stream: bool) -> Status {
+        self.hook(Some(InBody::Response), |c, filter| {
+            let size = host::body_size(filter, InBody::Response);
+            status(c.on_http_response_body(size, end_of_stream))
+        })
+    }
+
+    pub fn response_trailers(&self) -> Status {
+        self.hook(None, |c, _| status(c.on_http_response_trailers(0)))
+    }
+
+    pub fn callout_done(&self, callout_id: u64, answer: CallAnswer) {
+        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+            return;
+        };
+        let Some(token) = inner.calls.remove(&callout_id) else {
+            return;
+        };
+        let headers = answer.headers.len();
+        let body = answer.body.len();
+        drop(inner);
+        self.run(None, Some(answer), |c, _| {
+            c.on_http_call_response(token, headers, body, 0);
+            Status::Continue
+        });
+    }
+
+    /// The stream is done (before Envoy's access log): the pipeline's log callback.
+    pub fn complete(&self) {
+        match self.inner.try_borrow_mut() {
+            Ok(inner) => {
+                drop(inner);
+                self.finish();
+            }
+            // Inside another of this stream's hooks: it finishes when that hook returns.
+            Err(_) => self.complete_pending.set(true),
+        }
+    }
+
+    fn finish(&self) {
+        let done = match self.inner.try_borrow_mut() {
+            Ok(mut inner) => std::mem::replace(&mut inner.completed, true),
+            Err(_) => return,
+        };
+        if !done {
+            self.run(None, None, |c, _| {
+                c.on_log();
+                Status::Continue
+            });
+            // What the request left to send (its audit record) goes now: no timer would.
+            if let Ok(inner) = self.inner.try_borrow() {
+                if let Some(worker) = &inner.worker {
+                    let flushed =
+                        guard::catching(|| serve_root(&inner.config, worker, inner.filter, true));
+                    if flushed.is_none() {
+                        abi::log(LogLevel::Error, "fhirgate: the root failed after a request");
+                    }
+                }
+            }
+        }
+    }
+
+    fn hook(
+        &self,
+        in_body: Option<InBody>,
+        f: impl FnOnce(&mut dyn HttpContext, Filter) -> Status,
+    ) -> Status {
+        let status = self.run(in_body, None, f);
+        if self.complete_pending.replace(false) {
+            self.finish();
+        }
+        status
+    }
+
+    /// Runs the pipeline for one hook: the worker's root first (relayed answers, due ticks),
+    /// then `f` with this stream as the host's context; a panic answers 503.
+    fn run(
+        &self,
+        in_body: Option<InBody>,
+        answer: Option<CallAnswer>,
+        f: impl FnOnce(&mut dyn HttpContext, Filter) -> Status,
+    ) -> Status {
+        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+            return Status::Continue;
+        };
+        if inner.failed {
+            return Status::Continue;
+        }
+        let inner = &mut *inner;
+        let filter = inner.filter;
+        let (Some(worker), Some(context)) = (inner.worker.clone(), inner.context.as_mut()) else {
+            inner.failed = true;
+            refuse(
+                filter,
+                "the gateway's pipeline could not start on this worker",
+            );
+            return Status::Stop;
+        };
+        let config = inner.config.clone();
+        let current = Current {
+            filter: Some(filter),
+            in_body,
+            owner: Owner::Stream,
+            metrics: Some(config.metrics.clone()),
+            answer,
+            inbox: Some(worker.borrow().inbox.clone()),
+            started: Some(inner.started),
+            ..Current::default()
+        };
+        let (result, after) = host::with_current(current, || {
+            guard::catching(|| {
+                serve_root(&config, &worker, filter, false);
+                f(context.as_mut(), filter)
+            })
+        });
+        inner.calls.extend(after.stream_calls);
+        hand_over(&config, after.root_calls);
+        match result {
+            Some(status) => status,
+            None => {
+                inner.failed = true;
+                refuse(filter, "the gateway failed on this request");
+                Status::Stop
+            }
+        }
+    }
+}
+
+/// The worker's root, before a stream's hook: answers relayed to it, then its due tick; with
+/// `flush`, also the stages with work that should not wait for a tick.
+fn serve_root(config: &Config, worker: &Rc<RefCell<Worker>>, filter: Filter, flush: bool) {
+    let Ok(mut worker) = worker.try_borrow_mut() else {
+        return;
+    };
+    let worker = &mut *worker;
+    let answers = std::mem::take(&mut *lock(&worker.inbox));
+    let now = SystemTime::now();
+    let tick_due = worker.tick_period.is_some() && now >= worker.next_tick;
+    if answers.is_empty() && !tick_due && !flush {
+        return;
+    }
+    let root_context = |answer: Option<CallAnswer>| Current {
+        filter: Some(filter),
+        owner: Owner::Root,
+        metrics: Some(config.metrics.clone()),
+        answer,
+        inbox: Some(worker.inbox.clone()),
+        ..Current::default()
+    };
+    let mut calls = Vec::new();
+    for (token, answer) in answers {
+        let (headers, body) = (answer.headers.len(), answer.body.len());
+        let (_, after) = host::with_current(root_context(Some(answer)), || {
+            worker.root.on_http_call_response(token, headers, body, 0)
+        });
+        calls.extend(after.root_calls);
+    }
+    if let (true, Some(period)) = (tick_due, worker.tick_period) {
+        worker.next_tick = now + period;
+        let (_, after) = host::with_current(root_context(None), || worker.root.on_tick());
+        calls.extend(after.root_calls);
+    }
+    if flush {
+        let (_, after) = host::with_current(root_context(None), || worker.root.flush());
+        calls.extend(after.root_calls);
+    }
+    hand_over(config, calls);
+}
+
+/// Answers 503 with an OperationOutcome; the reason is logged, never the request.
+fn refuse(filter: Filter, why: &str) {
+    abi::log(LogLevel::Error, &format!("fhirgate: {why}; answered 503"));
+    let rejection = Rejection::new(503, "gateway-failure", IssueType::Exception, why);
+    let headers = rejection.response_headers();
+    let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    filter.send_response(503, &pairs, &rejection.body(), "fhirgate_failure");
+}
