@@ -84,7 +84,7 @@ lint:
 	cargo clippy -q --workspace --all-targets -- -D warnings
 
 # The end-to-end tests also load the fault instrument (filters/fault), built with the filters.
-test-e2e: tools cli
+test-e2e: tools cli native
 	FHIRGATE_EXTRA_FILTERS=fhirgate-fault tools/build-wasm.sh
 	$(PY) -m pytest tests/e2e -q -p no:cacheprovider
 
@@ -106,8 +106,9 @@ soak: tools cli
 	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/e2e/test_soak.py -q -p no:cacheprovider -s
 
 # -- demo and benchmarks --------------------------------------------------------------------
-run: tools wasm cli
-	$(PY) tests/e2e/demo.py --port $(PORT)
+# NATIVE=1: the same demo on the native module (build/native/libfhirgate.so) instead of Wasm.
+run: tools wasm cli $(if $(NATIVE),native)
+	$(if $(NATIVE),FHIRGATE_DEPLOYMENT=native) $(PY) tests/e2e/demo.py --port $(PORT)
 
 bench: tools wasm native
 	$(PY) tools/bench.py

@@ -149,8 +149,8 @@ pub enum BodyKind {
 #[derive(Clone, Copy)]
 pub enum Attribute {
     ResponseCode = 15,
-    ResponseCodeDetails = 16,
     SourceAddress = 24,
+    UpstreamAddress = 41,
     ConnectionUriSanPeerCertificate = 37,
 }
 
@@ -232,6 +232,12 @@ extern "C" {
         filter: FilterEnvoyPtr,
         kind: u32,
         bytes: usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_received_buffered_request_body(
+        filter: FilterEnvoyPtr,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_received_buffered_response_body(
+        filter: FilterEnvoyPtr,
     ) -> bool;
     fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterEnvoyPtr);
     fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: FilterEnvoyPtr);
@@ -429,6 +435,19 @@ impl Filter {
                 kind as u32,
                 ModuleBuffer::of(data),
             )
+        }
+    }
+
+    /// Whether the body this hook received is an earlier filter's buffered body (then the
+    /// buffered and received bodies are the same bytes).
+    pub fn received_is_buffered(self, request: bool) -> bool {
+        // SAFETY: `self.0` is live.
+        unsafe {
+            if request {
+                envoy_dynamic_module_callback_http_received_buffered_request_body(self.0)
+            } else {
+                envoy_dynamic_module_callback_http_received_buffered_response_body(self.0)
+            }
         }
     }
 
@@ -762,22 +781,25 @@ extern "C" fn envoy_dynamic_module_on_http_filter_new(
 
 /// The stream behind a filter module pointer.
 ///
-/// SAFETY (for callers): `ptr` came from `filter_new` above and `destroy` has not run; Envoy
-/// calls a stream's hooks on one thread, one at a time (a re-entrant `stream_complete` only
-/// sets a flag, see [`crate::module::Stream`]).
-unsafe fn stream_of<'a>(ptr: FilterModulePtr) -> Option<&'a mut crate::module::Stream> {
-    ptr.cast_mut().cast::<crate::module::Stream>().as_mut()
+/// SAFETY (for callers): `ptr` came from `filter_new` above and `destroy` has not run (Envoy
+/// destroys a filter from its deferred-deletion list, never inside one of its hooks); hooks
+/// of a stream run on one thread. Shared, because `stream_complete` may arrive inside another
+/// of the stream's hooks: the stream's state is behind a `RefCell` ([`crate::module::Stream`]).
+unsafe fn stream_of<'a>(ptr: FilterModulePtr) -> Option<&'a crate::module::Stream> {
+    ptr.cast::<crate::module::Stream>().as_ref()
 }
 
 macro_rules! stream_hook {
     ($name:ident, $method:ident $(, $eos:ident)?) => {
         #[no_mangle]
-        extern "C" fn $name(_filter: FilterEnvoyPtr, ptr: FilterModulePtr $(, $eos: bool)?) -> u32 {
+        extern "C" fn $name(filter: FilterEnvoyPtr, ptr: FilterModulePtr $(, $eos: bool)?) -> u32 {
             // SAFETY: see `stream_of`.
-            match unsafe { stream_of(ptr) } {
-                Some(stream) => stream.$method($($eos)?) as u32,
-                None => Status::Continue as u32,
-            }
+            let status = match unsafe { stream_of(ptr) } {
+                Some(stream) => crate::guard::quietly(|| stream.$method($($eos)?)),
+                // No stream (its creation failed): nothing passes.
+                None => crate::guard::quietly(|| crate::module::refuse_unbuilt(Filter(filter))),
+            };
+            status.unwrap_or(Status::Stop) as u32
         }
     };
 }
@@ -818,7 +840,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
 ) {
     // SAFETY: see `stream_of`.
     if let Some(stream) = unsafe { stream_of(ptr) } {
-        stream.complete();
+        crate::guard::quietly(|| stream.complete());
     }
 }
 
@@ -846,7 +868,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     let answer = callout_answer(result, headers, headers_size, chunks, chunks_size);
     // SAFETY: see `stream_of`.
     if let Some(stream) = unsafe { stream_of(ptr) } {
-        stream.callout_done(callout_id, answer);
+        crate::guard::quietly(|| stream.callout_done(callout_id, answer));
     }
 }
 

@@ -87,8 +87,24 @@ thread_local! {
 
 /// Runs `f` with `current` as this thread's context, and gives back what it became.
 pub fn with_current<R>(current: Current, f: impl FnOnce() -> R) -> (R, Current) {
+    /// Puts the previous context back even when `f` unwinds, so no stream's handle outlives
+    /// its hook in the thread's context.
+    struct Restore(Option<Current>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(previous) = self.0.take() {
+                let _ = CURRENT.try_with(|c| {
+                    if let Ok(mut c) = c.try_borrow_mut() {
+                        *c = previous;
+                    }
+                });
+            }
+        }
+    }
     let previous = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), current));
+    let mut restore = Restore(Some(previous));
     let result = f();
+    let previous = restore.0.take().unwrap_or_default();
     let after = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous));
     (result, after)
 }
@@ -153,7 +169,7 @@ fn body_bytes(which: InBody) -> Result<Vec<u8>, Status> {
     };
     let mut out = Vec::new();
     filter.read_body(buffered, &mut out);
-    if in_body == Some(which) {
+    if in_body == Some(which) && !filter.received_is_buffered(which == InBody::Request) {
         filter.read_body(received, &mut out);
     }
     Ok(out)
@@ -161,16 +177,15 @@ fn body_bytes(which: InBody) -> Result<Vec<u8>, Status> {
 
 /// The size [`body_bytes`] would have.
 pub fn body_size(filter: Filter, which: InBody) -> usize {
-    match which {
-        InBody::Request => {
-            filter.body_size(BodyKind::BufferedRequest)
-                + filter.body_size(BodyKind::ReceivedRequest)
-        }
-        InBody::Response => {
-            filter.body_size(BodyKind::BufferedResponse)
-                + filter.body_size(BodyKind::ReceivedResponse)
-        }
+    let (buffered, received) = match which {
+        InBody::Request => (BodyKind::BufferedRequest, BodyKind::ReceivedRequest),
+        InBody::Response => (BodyKind::BufferedResponse, BodyKind::ReceivedResponse),
+    };
+    // When an earlier filter buffered the body, what this hook "received" is that buffer.
+    if filter.received_is_buffered(which == InBody::Request) {
+        return filter.body_size(buffered);
     }
+    filter.body_size(buffered) + filter.body_size(received)
 }
 
 pub struct NativeHost;
@@ -258,7 +273,7 @@ impl Host for NativeHost {
         };
         let in_this_body = current(|c| c.in_body).flatten() == Some(which);
         filter.drain_body(buffered, usize::MAX);
-        let target = if in_this_body {
+        let target = if in_this_body && !filter.received_is_buffered(which == InBody::Request) {
             filter.drain_body(received, usize::MAX);
             received
         } else {
@@ -287,7 +302,13 @@ impl Host for NativeHost {
             ["response", "code"] => filter
                 .attribute_int(Attribute::ResponseCode)
                 .map(|c| c.to_le_bytes().to_vec()),
-            ["response", "code_details"] => filter.attribute_string(Attribute::ResponseCodeDetails),
+            // Envoy has no string form of `response.code_details` for dynamic modules. What the
+            // consent stage asks it for is whether the answer came from the upstream: it did
+            // when an upstream host was picked (an upstream error's body is then reduced).
+            ["response", "code_details"] => filter
+                .attribute_string(Attribute::UpstreamAddress)
+                .filter(|a| !a.is_empty())
+                .map(|_| b"via_upstream".to_vec()),
             ["connection", "uri_san_peer_certificate"] => {
                 filter.attribute_string(Attribute::ConnectionUriSanPeerCertificate)
             }
@@ -314,14 +335,7 @@ impl Host for NativeHost {
     ) -> Result<u32, Status> {
         let timeout_ms = timeout.as_millis() as u64;
         let body = body.unwrap_or_default();
-        // Envoy's callouts require `host`; proxy-wasm calls name the authority instead.
-        let mut headers = headers;
-        if let Some((_, authority)) = headers.iter().find(|(k, _)| *k == ":authority") {
-            if !headers.iter().any(|(k, _)| *k == "host") {
-                let authority = *authority;
-                headers.push(("host", authority));
-            }
-        }
+        // Envoy's callouts need a host: `:authority` is it (a `host` added would double it).
         let owner = current(|c| c.owner).unwrap_or_default();
         let token = next_token();
         if owner == Owner::Root {

@@ -12,7 +12,7 @@
 //! root's due ticks, at the start of its next hook. Envoy has no timer for HTTP filters, so a
 //! worker with no traffic neither ticks nor takes answers until its next request.
 
-use crate::abi::{self, ConfigHandle, Filter, LogLevel, Scheduler, Status};
+use crate::abi::{self, ConfigHandle, Filter, HeaderKind, LogLevel, Scheduler, Status};
 use crate::guard;
 use crate::host::{self, CallAnswer, Current, InBody, Inbox, Metrics, NativeHost, Owner, Relayed};
 use fhirgate::GatewayRoot;
@@ -23,7 +23,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 /// Once, when Envoy loads the module: the host, the logger, the panic hook.
@@ -71,7 +71,7 @@ pub struct Config {
     configuration: Vec<u8>,
     metrics: Arc<Metrics>,
     handle: ConfigHandle,
-    scheduler: Option<Scheduler>,
+    scheduler: Scheduler,
     /// Root calls waiting for the main thread.
     pending: Mutex<Vec<Relayed>>,
     /// Root calls under way: Envoy's callout id → the pipeline's token and the worker's inbox.
@@ -101,12 +101,20 @@ pub fn config_new(handle: ConfigHandle, _name: &[u8], configuration: &[u8]) -> O
         abi::log(LogLevel::Error, "fhirgate: configuration refused");
         return None;
     }
+    // Without it the roots' calls (JWKS, audit batches) could never be sent.
+    let Some(scheduler) = handle.scheduler() else {
+        abi::log(
+            LogLevel::Error,
+            "fhirgate: configuration refused: Envoy gave no scheduler",
+        );
+        return None;
+    };
     Some(Arc::new(Config {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         configuration: configuration.to_vec(),
         metrics,
         handle,
-        scheduler: handle.scheduler(),
+        scheduler,
         pending: Mutex::default(),
         in_flight: Mutex::default(),
     }))
@@ -147,6 +155,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A worker's pipeline root for one configuration.
 struct Worker {
+    /// Its configuration: gone once Envoy destroyed it (then the worker is dropped).
+    config: Weak<Config>,
     root: GatewayRoot,
     inbox: Arc<Inbox>,
     tick_period: Option<Duration>,
@@ -158,10 +168,15 @@ thread_local! {
     static WORKERS: RefCell<HashMap<u64, Rc<RefCell<Worker>>>> = RefCell::new(HashMap::new());
 }
 
-fn worker_for(config: &Config, filter: Filter) -> Option<Rc<RefCell<Worker>>> {
+fn worker_for(config: &ConfigRef, filter: Filter) -> Option<Rc<RefCell<Worker>>> {
     if let Some(worker) = WORKERS.with(|w| w.borrow().get(&config.id).cloned()) {
         return Some(worker);
     }
+    // A new configuration on this worker: the roots of replaced ones go.
+    WORKERS.with(|w| {
+        w.borrow_mut()
+            .retain(|_, worker| worker.borrow().config.strong_count() > 0)
+    });
     let inbox: Arc<Inbox> = Arc::default();
     let current = Current {
         filter: Some(filter),
@@ -178,6 +193,7 @@ fn worker_for(config: &Config, filter: Filter) -> Option<Rc<RefCell<Worker>>> {
         return None;
     }
     let worker = Rc::new(RefCell::new(Worker {
+        config: Arc::downgrade(config),
         root,
         inbox,
         tick_period: after.tick_period,
@@ -194,9 +210,7 @@ fn hand_over(config: &Config, calls: Vec<Relayed>) {
         return;
     }
     lock(&config.pending).extend(calls);
-    if let Some(scheduler) = &config.scheduler {
-        scheduler.commit(0);
-    }
+    config.scheduler.commit(0);
 }
 
 pub fn stream_new(config: &ConfigRef, filter: Filter) -> Option<Stream> {
@@ -293,7 +307,7 @@ impl Stream {
         let headers = answer.headers.len();
         let body = answer.body.len();
         drop(inner);
-        self.run(None, Some(answer), |c, _| {
+        self.hook_with(None, Some(answer), |c, _| {
             c.on_http_call_response(token, headers, body, 0);
             Status::Continue
         });
@@ -317,7 +331,8 @@ impl Stream {
             Err(_) => return,
         };
         if !done {
-            self.run(None, None, |c, _| {
+            // Every request is logged, a failed one too (its record says how it ended).
+            self.run_with(None, None, true, |c, _| {
                 c.on_log();
                 Status::Continue
             });
@@ -339,7 +354,17 @@ impl Stream {
         in_body: Option<InBody>,
         f: impl FnOnce(&mut dyn HttpContext, Filter) -> Status,
     ) -> Status {
-        let status = self.run(in_body, None, f);
+        self.hook_with(in_body, None, f)
+    }
+
+    /// A hook of this stream; a completion Envoy announced inside it runs after it.
+    fn hook_with(
+        &self,
+        in_body: Option<InBody>,
+        answer: Option<CallAnswer>,
+        f: impl FnOnce(&mut dyn HttpContext, Filter) -> Status,
+    ) -> Status {
+        let status = self.run_with(in_body, answer, false, f);
         if self.complete_pending.replace(false) {
             self.finish();
         }
@@ -348,26 +373,30 @@ impl Stream {
 
     /// Runs the pipeline for one hook: the worker's root first (relayed answers, due ticks),
     /// then `f` with this stream as the host's context; a panic answers 503.
-    fn run(
+    /// `logging`: the log callback, which runs on a failed stream too and answers nothing.
+    fn run_with(
         &self,
         in_body: Option<InBody>,
         answer: Option<CallAnswer>,
+        logging: bool,
         f: impl FnOnce(&mut dyn HttpContext, Filter) -> Status,
     ) -> Status {
+        // Held (a hook inside a hook) or failed: nothing more passes.
         let Ok(mut inner) = self.inner.try_borrow_mut() else {
-            return Status::Continue;
+            return Status::Stop;
         };
-        if inner.failed {
-            return Status::Continue;
+        if inner.failed && !logging {
+            return Status::Stop;
         }
         let inner = &mut *inner;
         let filter = inner.filter;
         let (Some(worker), Some(context)) = (inner.worker.clone(), inner.context.as_mut()) else {
-            inner.failed = true;
-            refuse(
-                filter,
-                "the gateway's pipeline could not start on this worker",
-            );
+            if !std::mem::replace(&mut inner.failed, true) {
+                refuse(
+                    filter,
+                    "the gateway's pipeline could not start on this worker",
+                );
+            }
             return Status::Stop;
         };
         let config = inner.config.clone();
@@ -392,8 +421,12 @@ impl Stream {
         match result {
             Some(status) => status,
             None => {
-                inner.failed = true;
-                refuse(filter, "the gateway failed on this request");
+                let failed_before = std::mem::replace(&mut inner.failed, true);
+                // This worker's root may be half-updated: the next stream builds a new one.
+                WORKERS.with(|w| w.borrow_mut().remove(&config.id));
+                if !failed_before && !logging {
+                    refuse(filter, "the gateway failed on this request");
+                }
                 Status::Stop
             }
         }
@@ -439,6 +472,18 @@ fn serve_root(config: &Config, worker: &Rc<RefCell<Worker>>, filter: Filter, flu
         calls.extend(after.root_calls);
     }
     hand_over(config, calls);
+}
+
+/// A hook of a stream whose creation failed: the request is answered 503 (once: not when a
+/// response is already under way), and nothing passes.
+pub fn refuse_unbuilt(filter: Filter) -> Status {
+    if filter.header(HeaderKind::Response, ":status").is_none() {
+        refuse(
+            filter,
+            "the gateway's pipeline could not start for this request",
+        );
+    }
+    Status::Stop
 }
 
 /// Answers 503 with an OperationOutcome; the reason is logged, never the request.

@@ -1,0 +1,91 @@
+"""The native module (build/native/libfhirgate.so, `make native`): the same pipeline as the Wasm
+module, loaded by Envoy as a dynamic module, in front of the same FHIR server, issuer and audit
+collector as the rest of the suite. An Envoy of its own, two workers, the chain as deployed
+with `render.py --deployment native`."""
+import pytest
+
+from stack import BASE, NATIVE_DIR, free_port, wait_until
+from test_authz import call
+from test_ratelimit import fresh_user, throttled, user_token
+from test_routing import assert_only_identity_upstream, assert_parsed, audit_of, outcome_reason, received
+
+
+@pytest.fixture(scope="module")
+def native(stack):
+    if not (NATIVE_DIR / "libfhirgate.so").exists():
+        raise RuntimeError(f"{NATIVE_DIR / 'libfhirgate.so'} is missing: run `make native`")
+    listen, admin = free_port(), free_port()
+    path = stack.render_variant("envoy-native", stack.variant_values("envoy-native", listen, admin), deployment="native")
+    stack.run_envoy("envoy-native", path, admin, concurrency=2)
+    [process] = [p for p in stack.processes if p.name == "envoy-native"]
+    return listen, process
+
+
+def test_a_read_passes_every_stage_reaches_the_upstream_with_identity_only_and_is_audited(stack, native):
+    port, _ = native
+    tid, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", stack.default_token, port=port)
+    assert status == 200, body[:300]
+    [(cluster, record)] = received(stack, tid)
+    assert cluster == "fhir_api"
+    assert_only_identity_upstream(record)
+    assert record["headers"]["x-fhirgate-authz-decision"] == ["allow"]
+    assert_parsed(audit_of(stack, record), {"interaction": "read", "resource-type": "Patient", "id": "example"})
+
+
+def test_the_module_states_the_abi_it_was_built_for(native):
+    _, process = native
+    wait_until("the module's load line", lambda: b"for Envoy's dynamic-module ABI v0.2.0" in process.log_path.read_bytes(), timeout=5)
+
+
+def test_a_request_without_a_token_is_refused_with_an_outcome_and_never_forwarded(stack, native):
+    port, _ = native
+    tid, status, headers, body = call(stack, "GET", f"{BASE}/Patient/example", port=port)
+    assert status == 401
+    assert headers["www-authenticate"].startswith("Bearer")
+    assert outcome_reason(body) == "missing-token"
+    assert received(stack, tid) == []
+
+
+def test_a_scope_that_does_not_grant_the_interaction_is_refused(stack, native):
+    port, _ = native
+    token = stack.token("user/Observation.rs")
+    tid, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", token, port=port)
+    assert status == 403, body[:300]
+    assert received(stack, tid) == []
+
+
+def test_one_write_budget_holds_exactly_across_both_workers(stack, native):
+    """A new connection per request spreads the writes over both workers; the buckets are the
+    process's, so the budget of three admits three and refuses the fourth."""
+    port, _ = native
+    token = user_token(stack, fresh_user())
+    statuses = [call(stack, "POST", f"{BASE}/Patient", token, '{"resourceType":"Patient"}',
+                     {"content-type": "application/fhir+json"}, port=port)[1:4] for _ in range(5)]
+    assert [s for s, _, _ in statuses] == [201, 201, 201, 429, 429], [s for s, _, _ in statuses]
+    assert all(throttled(b) for s, _, b in statuses if s == 429)
+
+
+def test_a_malformed_path_is_refused_by_the_routing_stage(stack, native):
+    port, _ = native
+    tid, status, _, body = call(stack, "GET", f"{BASE}/Patient/1%2F..%2F..%2Fadmin", stack.default_token, port=port)
+    assert status == 400, body[:300]
+    assert outcome_reason(body) == "invalid-path"
+    assert received(stack, tid) == []
+
+
+def test_an_upstream_error_body_is_reduced_to_its_status(stack, native):
+    """The FHIR server's own 404 body can quote what the policies withhold: only its status
+    passes (Envoy gives dynamic modules no response code details; the module tells an upstream
+    answer by its upstream host)."""
+    port, _ = native
+    missing = f"missing-{fresh_user()}"
+    _, status, _, body = call(stack, "GET", f"{BASE}/Observation/{missing}", stack.default_token, port=port)
+    assert (status, outcome_reason(body)) == (404, "upstream-error")
+    assert missing.encode() not in body
+
+
+def test_the_gateways_own_refusal_is_not_taken_for_an_upstream_error(stack, native):
+    port, _ = native
+    token = stack.token("user/Observation.rs")
+    _, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", token, port=port)
+    assert status == 403 and outcome_reason(body) != "upstream-error"
