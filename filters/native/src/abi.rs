@@ -518,50 +518,89 @@ impl Filter {
         body: &[u8],
         timeout_ms: u64,
     ) -> Option<u64> {
-        let mut headers = module_headers(headers);
-        let mut id = 0u64;
-        // SAFETY: `self.0` is live; everything passed is borrowed for the call.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_http_callout(
+        // SAFETY: `self.0` is live (module invariants).
+        unsafe {
+            callout(
+                envoy_dynamic_module_callback_http_filter_http_callout,
                 self.0,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                headers.as_mut_ptr(),
-                headers.len(),
-                ModuleBuffer::of(body),
+                cluster,
+                headers,
+                body,
                 timeout_ms,
             )
-        };
-        (result == CALLOUT_INIT_SUCCESS).then_some(id)
+        }
     }
 
     pub fn increment_counter(self, id: usize, value: u64) -> bool {
-        // SAFETY: `self.0` is live; no labels are passed.
-        let r = unsafe {
-            envoy_dynamic_module_callback_http_filter_increment_counter(
+        // SAFETY: `self.0` is live (module invariants).
+        unsafe {
+            set_metric(
+                envoy_dynamic_module_callback_http_filter_increment_counter,
                 self.0,
                 id,
-                std::ptr::null_mut(),
-                0,
                 value,
             )
-        };
-        r == METRICS_SUCCESS
+        }
     }
 
     pub fn set_gauge(self, id: usize, value: u64) -> bool {
-        // SAFETY: `self.0` is live; no labels are passed.
-        let r = unsafe {
-            envoy_dynamic_module_callback_http_filter_set_gauge(
+        // SAFETY: `self.0` is live (module invariants).
+        unsafe {
+            set_metric(
+                envoy_dynamic_module_callback_http_filter_set_gauge,
                 self.0,
                 id,
-                std::ptr::null_mut(),
-                0,
                 value,
             )
-        };
-        r == METRICS_SUCCESS
+        }
     }
+}
+
+/// The shape Envoy's stream-level and configuration-level callouts share.
+type CalloutFn = unsafe extern "C" fn(
+    *mut c_void,
+    *mut u64,
+    ModuleBuffer,
+    *mut ModuleHeader,
+    usize,
+    ModuleBuffer,
+    u64,
+) -> u32;
+
+/// Starts a call through `start` on `owner` (a stream or a configuration).
+///
+/// SAFETY (for callers): `owner` is live for `start`'s kind and used on its thread.
+unsafe fn callout(
+    start: CalloutFn,
+    owner: *mut c_void,
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout_ms: u64,
+) -> Option<u64> {
+    let mut headers = module_headers(headers);
+    let mut id = 0u64;
+    // Everything passed is borrowed for the call; `id` is valid for writes.
+    let result = start(
+        owner,
+        &mut id,
+        ModuleBuffer::of(cluster.as_bytes()),
+        headers.as_mut_ptr(),
+        headers.len(),
+        ModuleBuffer::of(body),
+        timeout_ms,
+    );
+    (result == CALLOUT_INIT_SUCCESS).then_some(id)
+}
+
+/// The shape of Envoy's stream-level metric updates (counters and gauges).
+type MetricFn = unsafe extern "C" fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> u32;
+
+/// Updates metric `id` of the stream `filter` (no labels).
+///
+/// SAFETY (for callers): `filter` is live.
+unsafe fn set_metric(update: MetricFn, filter: *mut c_void, id: usize, value: u64) -> bool {
+    update(filter, id, std::ptr::null_mut(), 0, value) == METRICS_SUCCESS
 }
 
 /// A filter configuration's handle on Envoy (see the module's invariants).
@@ -577,27 +616,21 @@ unsafe impl Sync for ConfigHandle {}
 impl ConfigHandle {
     /// Defines a metric (only while Envoy creates the configuration); its id.
     pub fn define(self, name: &str, gauge: bool) -> Option<usize> {
+        let define = if gauge {
+            envoy_dynamic_module_callback_http_filter_config_define_gauge
+        } else {
+            envoy_dynamic_module_callback_http_filter_config_define_counter
+        };
         let mut id = 0usize;
-        let name = ModuleBuffer::of(name.as_bytes());
         // SAFETY: `self.0` is live (inside config_new); no labels; `id` is valid for writes.
         let r = unsafe {
-            if gauge {
-                envoy_dynamic_module_callback_http_filter_config_define_gauge(
-                    self.0,
-                    name,
-                    std::ptr::null_mut(),
-                    0,
-                    &mut id,
-                )
-            } else {
-                envoy_dynamic_module_callback_http_filter_config_define_counter(
-                    self.0,
-                    name,
-                    std::ptr::null_mut(),
-                    0,
-                    &mut id,
-                )
-            }
+            define(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                std::ptr::null_mut(),
+                0,
+                &mut id,
+            )
         };
         (r == METRICS_SUCCESS).then_some(id)
     }
@@ -610,21 +643,17 @@ impl ConfigHandle {
         body: &[u8],
         timeout_ms: u64,
     ) -> Option<u64> {
-        let mut headers = module_headers(headers);
-        let mut id = 0u64;
         // SAFETY: `self.0` is live and this runs on the main thread (module invariants).
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_http_callout(
+        unsafe {
+            callout(
+                envoy_dynamic_module_callback_http_filter_config_http_callout,
                 self.0,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                headers.as_mut_ptr(),
-                headers.len(),
-                ModuleBuffer::of(body),
+                cluster,
+                headers,
+                body,
                 timeout_ms,
             )
-        };
-        (result == CALLOUT_INIT_SUCCESS).then_some(id)
+        }
     }
 
     pub fn scheduler(self) -> Option<Scheduler> {
