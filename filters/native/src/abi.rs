@@ -150,8 +150,8 @@ pub enum BodyKind {
 pub enum Attribute {
     ResponseCode = 15,
     SourceAddress = 24,
-    UpstreamAddress = 41,
     ConnectionUriSanPeerCertificate = 37,
+    UpstreamAddress = 41,
 }
 
 /// `envoy_dynamic_module_type_log_level`.
@@ -724,7 +724,7 @@ static ABI_VERSION_C: &[u8] = b"v0.2.0\0";
 
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
-    if crate::guard::quietly(crate::module::program_init) == Some(true) {
+    if crate::guard::catching(crate::module::program_init) == Some(true) {
         ABI_VERSION_C.as_ptr()
     } else {
         std::ptr::null()
@@ -739,7 +739,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 ) -> ConfigModulePtr {
     let (name, config) = (name.to_vec(), config.to_vec());
     let handle = ConfigHandle(config_envoy);
-    match crate::guard::quietly(|| crate::module::config_new(handle, &name, &config)).flatten() {
+    match crate::guard::catching(|| crate::module::config_new(handle, &name, &config)).flatten() {
         Some(config) => Box::into_raw(Box::new(config)).cast_const().cast(),
         None => std::ptr::null(),
     }
@@ -759,7 +759,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(ptr: ConfigModu
     }
     // SAFETY: `ptr` is the box `config_new` leaked; Envoy destroys it once.
     let config = unsafe { Box::from_raw(ptr.cast_mut().cast::<crate::module::ConfigRef>()) };
-    crate::guard::quietly(move || drop(config));
+    crate::guard::catching(move || drop(config));
 }
 
 #[no_mangle]
@@ -770,7 +770,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
 ) {
     // SAFETY: the configuration outlives its scheduler's events.
     if let Some(config) = unsafe { config_of(ptr) } {
-        crate::guard::quietly(|| crate::module::relay_calls(config));
+        crate::guard::catching(|| crate::module::relay_calls(config));
     }
 }
 
@@ -788,7 +788,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     let answer = callout_answer(result, headers, headers_size, chunks, chunks_size);
     // SAFETY: the configuration outlives its calls.
     if let Some(config) = unsafe { config_of(ptr) } {
-        crate::guard::quietly(|| crate::module::relayed_answer(config, callout_id, answer));
+        crate::guard::catching(|| crate::module::relayed_answer(config, callout_id, answer));
     }
 }
 
@@ -802,7 +802,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_new(
         return std::ptr::null();
     };
     let filter = Filter(filter);
-    match crate::guard::quietly(|| crate::module::stream_new(config, filter)).flatten() {
+    match crate::guard::catching(|| crate::module::stream_new(config, filter)).flatten() {
         Some(stream) => Box::into_raw(Box::new(stream)).cast_const().cast(),
         None => std::ptr::null(),
     }
@@ -824,9 +824,9 @@ macro_rules! stream_hook {
         extern "C" fn $name(filter: FilterEnvoyPtr, ptr: FilterModulePtr $(, $eos: bool)?) -> u32 {
             // SAFETY: see `stream_of`.
             let status = match unsafe { stream_of(ptr) } {
-                Some(stream) => crate::guard::quietly(|| stream.$method($($eos)?)),
+                Some(stream) => crate::guard::catching(|| stream.$method($($eos)?)),
                 // No stream (its creation failed): nothing passes.
-                None => crate::guard::quietly(|| crate::module::refuse_unbuilt(Filter(filter))),
+                None => crate::guard::catching(|| crate::module::refuse_unbuilt(Filter(filter))),
             };
             status.unwrap_or(Status::Stop) as u32
         }
@@ -869,7 +869,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
 ) {
     // SAFETY: see `stream_of`.
     if let Some(stream) = unsafe { stream_of(ptr) } {
-        crate::guard::quietly(|| stream.complete());
+        crate::guard::catching(|| stream.complete());
     }
 }
 
@@ -880,7 +880,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_destroy(ptr: FilterModulePtr) 
     }
     // SAFETY: `ptr` is the box `filter_new` leaked; Envoy destroys it once, after its hooks.
     let stream = unsafe { Box::from_raw(ptr.cast_mut().cast::<crate::module::Stream>()) };
-    crate::guard::quietly(move || drop(stream));
+    crate::guard::catching(move || drop(stream));
 }
 
 #[no_mangle]
@@ -897,7 +897,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     let answer = callout_answer(result, headers, headers_size, chunks, chunks_size);
     // SAFETY: see `stream_of`.
     if let Some(stream) = unsafe { stream_of(ptr) } {
-        crate::guard::quietly(|| stream.callout_done(callout_id, answer));
+        crate::guard::catching(|| stream.callout_done(callout_id, answer));
     }
 }
 

@@ -1,4 +1,4 @@
-//! No panic crosses into Envoy: every hook runs inside [`catching`] or [`quietly`], and a
+//! No panic crosses into Envoy: every hook runs inside [`catching`], and a
 //! panic is logged by where it happened (never its message, which could quote a request).
 
 use crate::abi::{self, LogLevel};
@@ -18,9 +18,4 @@ pub fn install_panic_hook() {
 /// failed stream is answered and let be), which is what makes unwinding out of it sound.
 pub fn catching<R>(f: impl FnOnce() -> R) -> Option<R> {
     catch_unwind(AssertUnwindSafe(f)).ok()
-}
-
-/// As [`catching`], for hooks with nothing to answer: the panic hook has logged it.
-pub fn quietly<R>(f: impl FnOnce() -> R) -> Option<R> {
-    catching(f)
 }

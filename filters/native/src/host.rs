@@ -77,7 +77,7 @@ pub struct Current {
 /// so these are the ones the stages declared when they configured.
 #[derive(Default)]
 pub struct Metrics {
-    pub by_name: Mutex<HashMap<String, (usize, bool)>>,
+    pub by_name: Mutex<HashMap<String, usize>>,
 }
 
 thread_local! {
@@ -233,7 +233,7 @@ impl Host for NativeHost {
         start: usize,
         max_size: usize,
     ) -> Result<Option<Bytes>, Status> {
-        let bytes = match buffer {
+        let mut bytes = match buffer {
             BufferType::HttpRequestBody => body_bytes(InBody::Request)?,
             BufferType::HttpResponseBody => body_bytes(InBody::Response)?,
             BufferType::HttpCallResponseBody => {
@@ -246,8 +246,13 @@ impl Host for NativeHost {
             }
             _ => return Err(Status::NotFound),
         };
-        let end = start.saturating_add(max_size).min(bytes.len());
-        Ok(bytes.get(start..end).map(<[u8]>::to_vec))
+        // The bytes were copied out of Envoy already: cut them to the range, no second copy.
+        if start > bytes.len() {
+            return Ok(None);
+        }
+        bytes.truncate(start.saturating_add(max_size));
+        bytes.drain(..start);
+        Ok(Some(bytes))
     }
 
     /// Replaces the whole body (the only replacement the stages make: from 0, all of it).
@@ -387,13 +392,13 @@ impl Host for NativeHost {
             .by_name
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((id, _)) = by_name.get(name) {
+        if let Some(id) = by_name.get(name) {
             return Ok(*id as u32);
         }
         let id = defining
             .and_then(|config| config.define(name, gauge))
             .ok_or(Status::NotFound)?;
-        by_name.insert(name.to_string(), (id, gauge));
+        by_name.insert(name.to_string(), id);
         Ok(id as u32)
     }
 
