@@ -14,6 +14,7 @@ import uuid
 import os
 import pathlib
 import random
+import re
 import shutil
 import signal
 import socket
@@ -363,12 +364,20 @@ def render_envoy(out: pathlib.Path, values: dict, template: pathlib.Path = ENVOY
     return out
 
 
+# A labelled counter's name as Envoy's text stats spell it: the family, the label, its value
+# (the native module's `fhirgate.authz.denied.reason.token-expired`).
+LABELLED = re.compile(r"\.(?:reason|interaction|class|outcome|detail)\.([^.]+)$")
+
+
 class Counters(dict):
-    """Envoy's counters whose names match a filter (name → value as text)."""
+    """Envoy's counters whose names match a filter (name → value as text). A labelled
+    counter is named as the Wasm module's are, the detail last: `fhirgate.authz.denied.<reason>`
+    (both builds scrape as fhirgate_authz_denied{reason=...})."""
 
     def __init__(self, admin_port: int, name_filter: str = "fhirgate"):
         _, text = http_get(admin_port, f"/stats?filter={name_filter}")
-        super().__init__(line.split(": ", 1) for line in text.decode().splitlines() if ": " in line)
+        pairs = (line.split(": ", 1) for line in text.decode().splitlines() if ": " in line)
+        super().__init__((LABELLED.sub(r".\1", k), v) for k, v in pairs)
 
     def total(self, suffix: str) -> int:
         """The sum of every counter whose name ends with `suffix` (over the filter's plugin

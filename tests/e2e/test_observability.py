@@ -4,6 +4,8 @@ outcome) holding fixed codes only, and the counters move with traffic."""
 import json
 import re
 
+import yaml
+
 from stack import BASE, ROOT, http_get
 from test_authz import call
 
@@ -11,14 +13,33 @@ DASHBOARD = ROOT / "envoy" / "observability" / "grafana-dashboard.json"
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)$")
 
 
+SCRAPE_JOB = ROOT / "envoy" / "observability" / "prometheus-scrape.yaml"
+
+
+def renames() -> list[tuple[re.Pattern, str]]:
+    """The shipped scrape job's metric renames (`metric_relabel_configs` on `__name__`), as
+    Prometheus applies them: the regex anchored, `$1` for its group."""
+    job = yaml.safe_load(SCRAPE_JOB.read_text())["scrape_configs"][0]
+    rules = []
+    for rule in job["metric_relabel_configs"]:
+        assert rule["source_labels"] == ["__name__"] and rule["target_label"] == "__name__", rule
+        rules.append((re.compile(f"^(?:{rule['regex']})$"), rule["replacement"].replace("$1", r"\1")))
+    return rules
+
+
 def scrape(stack) -> list[tuple[str, dict, float]]:
     _, text = http_get(stack.admin_port, "/stats/prometheus")
+    rules = renames()
     samples = []
     for line in text.decode().splitlines():
         m = SAMPLE.match(line)
         if m and not line.startswith("#"):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-            samples.append((m.group(1), labels, float(m.group(4))))
+            name = m.group(1)
+            for regex, replacement in rules:
+                if regex.match(name):
+                    name = regex.sub(replacement, name)
+            samples.append((name, labels, float(m.group(4))))
     return samples
 
 

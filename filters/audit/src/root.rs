@@ -132,6 +132,9 @@ impl StageRoot for AuditRoot {
                 ("denied", ""),
             ],
         );
+        // Defined now, so it exists from the start (and in a host that defines metrics only
+        // at configuration).
+        fhirgate_proxy::gauge(FILTER, "queue_depth", 0);
         let Some(policy) = fhirgate_proxy::load_config(config, FILTER, AuditPolicy::from_json)
         else {
             return false;

@@ -94,6 +94,7 @@ impl StageRoot for AuthzRoot {
                 ("allowed", ""),
                 ("allowed", "narrowed"),
                 ("denied", ""),
+                ("reduced", ""),
                 ("report_only", ""),
                 ("token_cache", "hit"),
                 ("token_cache", "miss"),

@@ -531,25 +531,29 @@ impl Filter {
         }
     }
 
-    pub fn increment_counter(self, id: usize, value: u64) -> bool {
+    /// Adds `value` to counter `id`, with one value per label it was defined with.
+    pub fn increment_counter(self, id: usize, labels: &[&str], value: u64) -> bool {
         // SAFETY: `self.0` is live (module invariants).
         unsafe {
             set_metric(
                 envoy_dynamic_module_callback_http_filter_increment_counter,
                 self.0,
                 id,
+                labels,
                 value,
             )
         }
     }
 
-    pub fn set_gauge(self, id: usize, value: u64) -> bool {
+    /// Sets gauge `id`, with one value per label it was defined with.
+    pub fn set_gauge(self, id: usize, labels: &[&str], value: u64) -> bool {
         // SAFETY: `self.0` is live (module invariants).
         unsafe {
             set_metric(
                 envoy_dynamic_module_callback_http_filter_set_gauge,
                 self.0,
                 id,
+                labels,
                 value,
             )
         }
@@ -596,11 +600,28 @@ unsafe fn callout(
 /// The shape of Envoy's stream-level metric updates (counters and gauges).
 type MetricFn = unsafe extern "C" fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> u32;
 
-/// Updates metric `id` of the stream `filter` (no labels).
+/// Updates metric `id` of the stream `filter`. Envoy refuses (InvalidLabels) a number of
+/// label values other than the metric was defined with.
 ///
 /// SAFETY (for callers): `filter` is live.
-unsafe fn set_metric(update: MetricFn, filter: *mut c_void, id: usize, value: u64) -> bool {
-    update(filter, id, std::ptr::null_mut(), 0, value) == METRICS_SUCCESS
+unsafe fn set_metric(
+    update: MetricFn,
+    filter: *mut c_void,
+    id: usize,
+    labels: &[&str],
+    value: u64,
+) -> bool {
+    let mut values: Vec<ModuleBuffer> = labels
+        .iter()
+        .map(|v| ModuleBuffer::of(v.as_bytes()))
+        .collect();
+    let values_ptr = if values.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        values.as_mut_ptr()
+    };
+    // `values` and the label bytes are borrowed for the call only.
+    update(filter, id, values_ptr, values.len(), value) == METRICS_SUCCESS
 }
 
 /// A filter configuration's handle on Envoy (see the module's invariants).
@@ -614,21 +635,32 @@ unsafe impl Send for ConfigHandle {}
 unsafe impl Sync for ConfigHandle {}
 
 impl ConfigHandle {
-    /// Defines a metric (only while Envoy creates the configuration); its id.
-    pub fn define(self, name: &str, gauge: bool) -> Option<usize> {
+    /// Defines a metric, with one label or none (only while Envoy creates the
+    /// configuration); its id.
+    pub fn define(self, name: &str, gauge: bool, label: Option<&str>) -> Option<usize> {
         let define = if gauge {
             envoy_dynamic_module_callback_http_filter_config_define_gauge
         } else {
             envoy_dynamic_module_callback_http_filter_config_define_counter
         };
+        let mut labels: Vec<ModuleBuffer> = label
+            .iter()
+            .map(|l| ModuleBuffer::of(l.as_bytes()))
+            .collect();
+        let labels_ptr = if labels.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            labels.as_mut_ptr()
+        };
         let mut id = 0usize;
-        // SAFETY: `self.0` is live (inside config_new); no labels; `id` is valid for writes.
+        // SAFETY: `self.0` is live (inside config_new); the name and labels are borrowed for
+        // the call (Envoy copies them into its symbol table); `id` is valid for writes.
         let r = unsafe {
             define(
                 self.0,
                 ModuleBuffer::of(name.as_bytes()),
-                std::ptr::null_mut(),
-                0,
+                labels_ptr,
+                labels.len(),
                 &mut id,
             )
         };

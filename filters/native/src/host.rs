@@ -4,6 +4,7 @@
 //! every hook it hands to the pipeline.
 
 use crate::abi::{Attribute, BodyKind, ConfigHandle, Filter, HeaderKind};
+pub use crate::metrics::Metrics;
 use fhirgate_proxy::native::Host;
 use proxy_wasm::types::{BufferType, Bytes, MapType, MetricType, Status};
 use std::cell::RefCell;
@@ -73,13 +74,6 @@ pub struct Current {
     pub started: Option<SystemTime>,
 }
 
-/// Metric ids by name. Envoy lets a configuration define metrics only while it is created,
-/// so these are the ones the stages declared when they configured.
-#[derive(Default)]
-pub struct Metrics {
-    pub by_name: Mutex<HashMap<String, usize>>,
-}
-
 thread_local! {
     static CURRENT: RefCell<Current> = RefCell::new(Current::default());
     static NEXT_TOKEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
@@ -116,6 +110,32 @@ fn current<R>(f: impl FnOnce(&mut Current) -> R) -> Option<R> {
 
 fn filter() -> Result<Filter, Status> {
     current(|c| c.filter).flatten().ok_or(Status::NotFound)
+}
+
+/// Adds to a counter or sets a gauge of the running stream's configuration.
+fn update_metric(id: u32, value: u64) -> Result<(), Status> {
+    let filter = filter()?;
+    let metrics = current(|c| c.metrics.clone())
+        .flatten()
+        .ok_or(Status::NotFound)?;
+    let target = metrics.target(id).ok_or(Status::NotFound)?;
+    let labels: Vec<&str> = target.label_value.as_deref().into_iter().collect();
+    let updated = if target.gauge {
+        filter.set_gauge(target.envoy_id, &labels, value)
+    } else {
+        filter.increment_counter(target.envoy_id, &labels, value)
+    };
+    if updated {
+        Ok(())
+    } else {
+        Err(Status::NotFound)
+    }
+}
+
+impl crate::metrics::Define for ConfigHandle {
+    fn define(&self, name: &str, gauge: bool, label: Option<&str>) -> Option<usize> {
+        ConfigHandle::define(*self, name, gauge, label)
+    }
 }
 
 fn next_token() -> u32 {
@@ -384,38 +404,21 @@ impl Host for NativeHost {
     }
 
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
-        let gauge = matches!(kind, MetricType::Gauge);
         let (metrics, defining) =
             current(|c| (c.metrics.clone(), c.defining)).ok_or(Status::NotFound)?;
-        let metrics = metrics.ok_or(Status::NotFound)?;
-        let mut by_name = metrics
-            .by_name
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(id) = by_name.get(name) {
-            return Ok(*id as u32);
-        }
-        let id = defining
-            .and_then(|config| config.define(name, gauge))
-            .ok_or(Status::NotFound)?;
-        by_name.insert(name.to_string(), id);
-        Ok(id as u32)
+        let defining = defining.as_ref().map(|c| c as &dyn crate::metrics::Define);
+        metrics
+            .ok_or(Status::NotFound)?
+            .define(defining, name, matches!(kind, MetricType::Gauge))
+            .ok_or(Status::NotFound)
     }
 
     fn increment_metric(&self, id: u32, offset: i64) -> Result<(), Status> {
-        if filter()?.increment_counter(id as usize, offset.max(0) as u64) {
-            Ok(())
-        } else {
-            Err(Status::NotFound)
-        }
+        update_metric(id, offset.max(0) as u64)
     }
 
     fn record_metric(&self, id: u32, value: u64) -> Result<(), Status> {
-        if filter()?.set_gauge(id as usize, value) {
-            Ok(())
-        } else {
-            Err(Status::NotFound)
-        }
+        update_metric(id, value)
     }
 
     fn send_http_response(

@@ -43,6 +43,22 @@ pub fn declare(filter: &'static str, counters: &[(&'static str, &'static str)]) 
     }
 }
 
+/// The label a counter family's detail becomes in Prometheus, by the family's event: the
+/// names the bootstrap's tag extractors give it (`envoy/fhirgate.yaml`, `stats_tags`), and the
+/// label the native module defines its labelled counters with. Families of other events keep
+/// the detail in the name (`fhirgate.authz.allowed.narrowed`) in the Wasm build and label it
+/// `detail` natively.
+pub fn detail_label(event: &str) -> &'static str {
+    match event {
+        "denied" | "withheld" | "redacted" | "report_only" | "reduced" => "reason",
+        "routed" => "interaction",
+        "requests" | "limited" => "class",
+        "token_cache" | "consent_cache" | "jwks" | "introspection" | "break_glass" | "dropped"
+        | "fail_closed" | "released" => "outcome",
+        _ => "detail",
+    }
+}
+
 fn metric_id(filter: &'static str, event: &'static str, detail: &'static str) -> Option<u32> {
     METRICS.with(|m| {
         let mut m = m.borrow_mut();
@@ -346,4 +362,61 @@ pub fn property_u64(path: Vec<&str>) -> Option<u64> {
 /// A property as text (`source.address`, the fhirgate properties).
 pub fn property_text(path: Vec<&str>) -> Option<String> {
     String::from_utf8(host::property(path)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::detail_label;
+
+    /// The bootstrap's `stats_tags` (tag name, regex), read from the shipped file.
+    fn bootstrap_tags() -> Vec<(String, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../envoy/fhirgate.yaml");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut tags = Vec::new();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            if let Some(name) = line.trim().strip_prefix("- tag_name: ") {
+                let regex = lines.next().unwrap_or_default().trim();
+                let regex = regex.strip_prefix("regex: ").unwrap_or_default();
+                tags.push((name.to_string(), regex.to_string()));
+            }
+        }
+        tags
+    }
+
+    #[test]
+    fn every_event_the_bootstrap_tags_is_labelled_alike_natively() {
+        let tags = bootstrap_tags();
+        assert_eq!(tags.len(), 4, "{tags:?}");
+        for (label, regex) in &tags {
+            // The events are the last name part before the detail: `(?:a|b)` or a literal.
+            let family = regex.split("(\\.([^.]+))$").next().unwrap_or_default();
+            let last = family.rsplit("\\.").next().unwrap_or_default();
+            let events: Vec<&str> = last
+                .trim_start_matches("(?:")
+                .trim_end_matches(')')
+                .split('|')
+                .collect();
+            assert!(!events.is_empty());
+            for event in events {
+                assert_eq!(detail_label(event), label, "{event} in {regex}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_bootstrap_tags_both_builds_metric_namespaces() {
+        for (label, regex) in bootstrap_tags() {
+            assert!(
+                regex.contains("(?:wasm|dynamicmodules)custom"),
+                "{label}: {regex}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_families_keep_a_neutral_label() {
+        assert_eq!(detail_label("allowed"), "detail");
+        assert_eq!(detail_label("reduced"), "reason");
+    }
 }
