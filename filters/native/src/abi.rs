@@ -316,6 +316,20 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
 }
 
 /// Writes a log line through Envoy's logger.
@@ -600,13 +614,13 @@ unsafe fn callout(
 /// The shape of Envoy's stream-level metric updates (counters and gauges).
 type MetricFn = unsafe extern "C" fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> u32;
 
-/// Updates metric `id` of the stream `filter`. Envoy refuses (InvalidLabels) a number of
-/// label values other than the metric was defined with.
+/// Updates metric `id` through `owner` (a stream or a configuration). Envoy refuses
+/// (InvalidLabels) a number of label values other than the metric was defined with.
 ///
-/// SAFETY (for callers): `filter` is live.
+/// SAFETY (for callers): `owner` is live for `update`'s kind.
 unsafe fn set_metric(
     update: MetricFn,
-    filter: *mut c_void,
+    owner: *mut c_void,
     id: usize,
     labels: &[&str],
     value: u64,
@@ -621,7 +635,7 @@ unsafe fn set_metric(
         values.as_mut_ptr()
     };
     // `values` and the label bytes are borrowed for the call only.
-    update(filter, id, values_ptr, values.len(), value) == METRICS_SUCCESS
+    update(owner, id, values_ptr, values.len(), value) == METRICS_SUCCESS
 }
 
 /// A filter configuration's handle on Envoy (see the module's invariants).
@@ -665,6 +679,34 @@ impl ConfigHandle {
             )
         };
         (r == METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Adds `value` to counter `id` outside any stream (main thread).
+    pub fn increment_counter(self, id: usize, labels: &[&str], value: u64) -> bool {
+        // SAFETY: `self.0` is live and this runs on the main thread (module invariants).
+        unsafe {
+            set_metric(
+                envoy_dynamic_module_callback_http_filter_config_increment_counter,
+                self.0,
+                id,
+                labels,
+                value,
+            )
+        }
+    }
+
+    /// Sets gauge `id` outside any stream (main thread).
+    pub fn set_gauge(self, id: usize, labels: &[&str], value: u64) -> bool {
+        // SAFETY: as above.
+        unsafe {
+            set_metric(
+                envoy_dynamic_module_callback_http_filter_config_set_gauge,
+                self.0,
+                id,
+                labels,
+                value,
+            )
+        }
     }
 
     /// Starts a call answered in `on_http_filter_config_http_callout_done` (main thread).
@@ -715,6 +757,120 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         // SAFETY: deleted exactly once, here.
         unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
+    }
+}
+
+/// The lock of one worker thread's pipeline roots, which the main thread also serves while
+/// the worker is idle (Envoy gives HTTP-filter modules no timer on workers): a root's due
+/// ticks and its calls' answers must not wait for the worker's next request.
+///
+/// Re-entrant on the thread that holds it: Envoy runs hooks inside hooks (resuming a stream
+/// runs the next filter's hooks at once, which may be another fhirgate filter on the same
+/// worker), and an inner hook must not wait for its own thread.
+pub struct ThreadLock {
+    mutex: std::sync::Mutex<()>,
+    /// The holding thread's number (0: none).
+    holder: std::sync::atomic::AtomicU64,
+}
+
+thread_local! {
+    static THREAD_NUMBER: u64 = {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    };
+}
+
+fn thread_number() -> u64 {
+    THREAD_NUMBER.with(|n| *n)
+}
+
+impl Default for ThreadLock {
+    fn default() -> Self {
+        ThreadLock {
+            mutex: std::sync::Mutex::new(()),
+            holder: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl ThreadLock {
+    fn held_here(&self) -> bool {
+        self.holder.load(std::sync::atomic::Ordering::Acquire) == thread_number()
+    }
+}
+
+/// This thread holds a [`ThreadLock`]: the holder is cleared before the guard unlocks, also
+/// when the holder unwinds.
+struct Held<'a>(&'a ThreadLock, Option<std::sync::MutexGuard<'a, ()>>);
+
+impl<'a> Held<'a> {
+    fn new(lock: &'a ThreadLock, guard: std::sync::MutexGuard<'a, ()>) -> Held<'a> {
+        lock.holder
+            .store(thread_number(), std::sync::atomic::Ordering::Release);
+        Held(lock, Some(guard))
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.holder.store(0, std::sync::atomic::Ordering::Release);
+        drop(self.1.take());
+    }
+}
+
+/// A value of a worker thread — a pipeline root, single-threaded state (`Rc`, `RefCell`)
+/// shared by reference count with the contexts of that worker's streams — reachable only
+/// while holding the worker thread's [`ThreadLock`].
+///
+/// It may cross threads because of this invariant, kept by [`crate::module`]: the root and
+/// every stream context made from it are touched (used, cloned from or dropped) only inside
+/// [`WorkerLock::hold`] or [`WorkerLock::try_hold`] of that worker, so the lock orders every
+/// access and no two threads ever see the shared counts or cells at once.
+pub struct WorkerLock<T> {
+    thread: std::sync::Arc<ThreadLock>,
+    value: std::cell::RefCell<T>,
+}
+
+// SAFETY: see the invariant above: the value is only reached under the thread's lock.
+unsafe impl<T> Send for WorkerLock<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for WorkerLock<T> {}
+
+impl<T> WorkerLock<T> {
+    pub fn new(thread: std::sync::Arc<ThreadLock>, value: T) -> WorkerLock<T> {
+        WorkerLock {
+            thread,
+            value: std::cell::RefCell::new(value),
+        }
+    }
+
+    /// Runs `f` under the worker thread's lock (waiting while the main thread serves it).
+    pub fn hold<R>(&self, f: impl FnOnce(&std::cell::RefCell<T>) -> R) -> R {
+        if self.thread.held_here() {
+            return f(&self.value);
+        }
+        let guard = self
+            .thread
+            .mutex
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _held = Held::new(&self.thread, guard);
+        f(&self.value)
+    }
+
+    /// Runs `f` if the worker thread's lock is free now (the main thread: a busy worker
+    /// serves its own root).
+    pub fn try_hold<R>(&self, f: impl FnOnce(&std::cell::RefCell<T>) -> R) -> Option<R> {
+        if self.thread.held_here() {
+            return Some(f(&self.value));
+        }
+        let guard = match self.thread.mutex.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let _held = Held::new(&self.thread, guard);
+        Some(f(&self.value))
     }
 }
 
@@ -798,11 +954,11 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(ptr: ConfigModu
 extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     _config_envoy: ConfigEnvoyPtr,
     ptr: ConfigModulePtr,
-    _event: u64,
+    event: u64,
 ) {
     // SAFETY: the configuration outlives its scheduler's events.
     if let Some(config) = unsafe { config_of(ptr) } {
-        crate::guard::catching(|| crate::module::relay_calls(config));
+        crate::guard::catching(|| crate::module::scheduled(config, event));
     }
 }
 

@@ -62,6 +62,8 @@ pub struct Current {
     pub defining: Option<ConfigHandle>,
     /// Metric ids by name: being defined, or the configuration's.
     pub metrics: Option<Arc<Metrics>>,
+    /// The configuration, for metrics counted outside any stream (a root on the main thread).
+    pub config: Option<ConfigHandle>,
     pub tick_period: Option<Duration>,
     /// The answer being delivered to the pipeline.
     pub answer: Option<CallAnswer>,
@@ -76,7 +78,6 @@ pub struct Current {
 
 thread_local! {
     static CURRENT: RefCell<Current> = RefCell::new(Current::default());
-    static NEXT_TOKEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Runs `f` with `current` as this thread's context, and gives back what it became.
@@ -113,17 +114,19 @@ fn filter() -> Result<Filter, Status> {
 }
 
 /// Adds to a counter or sets a gauge of the running stream's configuration.
+/// Through the stream when there is one, else through the configuration (main thread).
 fn update_metric(id: u32, value: u64) -> Result<(), Status> {
-    let filter = filter()?;
-    let metrics = current(|c| c.metrics.clone())
-        .flatten()
-        .ok_or(Status::NotFound)?;
-    let target = metrics.target(id).ok_or(Status::NotFound)?;
+    let (filter, config, metrics) =
+        current(|c| (c.filter, c.config, c.metrics.clone())).ok_or(Status::NotFound)?;
+    let target = metrics.and_then(|m| m.target(id)).ok_or(Status::NotFound)?;
     let labels: Vec<&str> = target.label_value.as_deref().into_iter().collect();
-    let updated = if target.gauge {
-        filter.set_gauge(target.envoy_id, &labels, value)
-    } else {
-        filter.increment_counter(target.envoy_id, &labels, value)
+    let (id, gauge) = (target.envoy_id, target.gauge);
+    let updated = match (filter, config) {
+        (Some(filter), _) if gauge => filter.set_gauge(id, &labels, value),
+        (Some(filter), _) => filter.increment_counter(id, &labels, value),
+        (None, Some(config)) if gauge => config.set_gauge(id, &labels, value),
+        (None, Some(config)) => config.increment_counter(id, &labels, value),
+        (None, None) => false,
     };
     if updated {
         Ok(())
@@ -138,12 +141,16 @@ impl crate::metrics::Define for ConfigHandle {
     }
 }
 
+/// Tokens are process-wide: a worker's root makes calls on its worker and, while the worker
+/// is idle, on the main thread; their answers are matched by token.
 fn next_token() -> u32 {
-    NEXT_TOKEN.with(|t| {
-        let next = t.get().wrapping_add(1).max(1);
-        t.set(next);
-        next
-    })
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    loop {
+        let token = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if token != 0 {
+            return token;
+        }
+    }
 }
 
 /// Values by key, each with the version its compare-and-swap checks.

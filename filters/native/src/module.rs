@@ -8,11 +8,16 @@
 //!
 //! A root's own calls (JWKS refresh, audit batches, Consent prefetch) are not tied to a
 //! request: the worker hands them to the main thread, which sends them as configuration-level
-//! callouts and puts the answers in the worker's inbox; the worker delivers them, and runs its
-//! root's due ticks, at the start of its next hook. Envoy has no timer for HTTP filters, so a
-//! worker with no traffic neither ticks nor takes answers until its next request.
+//! callouts and puts the answers in the worker's inbox. The worker delivers them, and runs its
+//! root's due ticks, at the start of its next hook. Envoy gives HTTP-filter modules no timer on
+//! workers, so a thread of the module wakes the main thread every [`IDLE_PERIOD`] through each
+//! configuration's scheduler; the main thread then serves the roots of idle workers itself
+//! (their answers, their due ticks), under the worker thread's lock, which keeps a root and
+//! its streams on one thread at a time ([`abi::WorkerLock`]). A busy worker serves its own.
 
-use crate::abi::{self, ConfigHandle, Filter, HeaderKind, LogLevel, Scheduler, Status};
+use crate::abi::{
+    self, ConfigHandle, Filter, HeaderKind, LogLevel, Scheduler, Status, ThreadLock, WorkerLock,
+};
 use crate::guard;
 use crate::host::{self, CallAnswer, Current, InBody, Inbox, Metrics, NativeHost, Owner, Relayed};
 use fhirgate::GatewayRoot;
@@ -21,9 +26,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::Action;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 /// Once, when Envoy loads the module: the host, the logger, the panic hook.
@@ -71,7 +75,9 @@ pub struct Config {
     configuration: Vec<u8>,
     metrics: Arc<Metrics>,
     handle: ConfigHandle,
-    scheduler: Scheduler,
+    scheduler: Arc<Scheduler>,
+    /// The workers' roots, for the main thread to serve while they are idle.
+    workers: Mutex<Vec<Weak<WorkerLock<Worker>>>>,
     /// Root calls waiting for the main thread.
     pending: Mutex<Vec<Relayed>>,
     /// Root calls under way: Envoy's callout id → the pipeline's token and the worker's inbox.
@@ -109,15 +115,89 @@ pub fn config_new(handle: ConfigHandle, _name: &[u8], configuration: &[u8]) -> O
         );
         return None;
     };
-    Some(Arc::new(Config {
+    let config = Arc::new(Config {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         configuration: configuration.to_vec(),
         metrics,
         handle,
-        scheduler,
+        scheduler: Arc::new(scheduler),
+        workers: Mutex::default(),
         pending: Mutex::default(),
         in_flight: Mutex::default(),
-    }))
+    });
+    lock(waking()).insert(config.id, config.scheduler.clone());
+    start_idle_timer();
+    Some(config)
+}
+
+/// A scheduler event: root calls to send.
+const RELAY: u64 = 0;
+/// A scheduler event: the idle timer's, to serve idle workers' roots.
+const IDLE: u64 = 1;
+/// How often the main thread serves idle workers' roots: the granularity of their ticks
+/// (JWKS and revocation refreshes, audit batches, Consent change polls) with no traffic.
+pub const IDLE_PERIOD: Duration = Duration::from_millis(200);
+
+/// The schedulers the idle timer wakes, by configuration. A configuration removes its own on
+/// the main thread when Envoy destroys it, so the timer (which commits only while holding this
+/// lock) never commits a deleted scheduler, and the last reference drops on the main thread.
+fn waking() -> &'static Mutex<HashMap<u64, Arc<Scheduler>>> {
+    static WAKING: OnceLock<Mutex<HashMap<u64, Arc<Scheduler>>>> = OnceLock::new();
+    WAKING.get_or_init(Mutex::default)
+}
+
+fn start_idle_timer() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("fhirgate-idle".to_string())
+            .spawn(|| loop {
+                std::thread::sleep(IDLE_PERIOD);
+                for scheduler in lock(waking()).values() {
+                    scheduler.commit(IDLE);
+                }
+            });
+        if spawned.is_err() {
+            abi::log(
+                LogLevel::Error,
+                "fhirgate: no idle timer thread; roots progress only with traffic",
+            );
+        }
+    });
+}
+
+impl Drop for Config {
+    fn drop(&mut self) {
+        let waker = lock(waking()).remove(&self.id);
+        drop(waker);
+    }
+}
+
+/// Main thread: a scheduler event.
+pub fn scheduled(config: &Config, event: u64) {
+    if event == IDLE {
+        serve_idle(config);
+    }
+    relay_calls(config);
+}
+
+/// Main thread: serves the roots of the workers that are idle now (a busy worker serves its
+/// own at its next hook).
+fn serve_idle(config: &Config) {
+    let workers: Vec<Arc<WorkerLock<Worker>>> = {
+        let mut workers = lock(&config.workers);
+        workers.retain(|w| w.strong_count() > 0);
+        workers.iter().filter_map(Weak::upgrade).collect()
+    };
+    for worker in workers {
+        // Busy (None): it serves its root at its next hook.
+        let _ = worker.try_hold(|cell| {
+            if guard::catching(|| serve_root(config, cell, None, false)).is_none() {
+                mark_broken(cell);
+                abi::log(LogLevel::Error, "fhirgate: an idle root failed");
+            }
+        });
+    }
 }
 
 /// Main thread: sends the root calls the workers handed over.
@@ -142,10 +222,13 @@ pub fn relay_calls(config: &Config) {
     }
 }
 
-/// Main thread: a relayed call's answer, to its worker's inbox.
+/// Main thread: a relayed call's answer, to its worker's inbox; delivered now if the worker
+/// is idle (an audit batch's acknowledgement lets the next go at once).
 pub fn relayed_answer(config: &Config, callout_id: u64, answer: CallAnswer) {
     if let Some((token, inbox)) = lock(&config.in_flight).remove(&callout_id) {
         lock(&inbox).push((token, answer));
+        // What the root sends next goes with the scheduler's next event.
+        serve_idle(config);
     }
 }
 
@@ -154,28 +237,45 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A worker's pipeline root for one configuration.
-struct Worker {
-    /// Its configuration: gone once Envoy destroyed it (then the worker is dropped).
-    config: Weak<Config>,
+pub struct Worker {
     root: GatewayRoot,
     inbox: Arc<Inbox>,
     tick_period: Option<Duration>,
     next_tick: SystemTime,
+    /// A panic left the root half-updated: the worker's next stream builds a new one.
+    broken: bool,
 }
+
+type SharedWorker = Arc<WorkerLock<Worker>>;
 
 thread_local! {
-    /// This worker's roots, by configuration id.
-    static WORKERS: RefCell<HashMap<u64, Rc<RefCell<Worker>>>> = RefCell::new(HashMap::new());
+    /// This worker's roots, by configuration id, with their configuration (gone once Envoy
+    /// destroyed it: then the root goes).
+    static WORKERS: RefCell<HashMap<u64, (Weak<Config>, SharedWorker)>> = RefCell::new(HashMap::new());
+    /// The lock of this worker thread's roots.
+    static THREAD_LOCK: Arc<ThreadLock> = Arc::default();
 }
 
-fn worker_for(config: &ConfigRef, filter: Filter) -> Option<Rc<RefCell<Worker>>> {
-    if let Some(worker) = WORKERS.with(|w| w.borrow().get(&config.id).cloned()) {
-        return Some(worker);
+/// A root a panic left half-updated: the worker's next stream builds a new one.
+fn mark_broken(cell: &RefCell<Worker>) {
+    if let Ok(mut worker) = cell.try_borrow_mut() {
+        worker.broken = true;
     }
-    // A new configuration on this worker: the roots of replaced ones go.
+}
+
+fn worker_for(config: &ConfigRef, filter: Filter) -> Option<SharedWorker> {
+    let known = WORKERS.with(|w| w.borrow().get(&config.id).map(|(_, w)| w.clone()));
+    if let Some(worker) = known {
+        let broken = worker.hold(|cell| cell.try_borrow().is_ok_and(|w| w.broken));
+        if !broken {
+            return Some(worker);
+        }
+    }
+    // A new configuration on this worker (or a broken root): the roots of replaced ones go.
     WORKERS.with(|w| {
-        w.borrow_mut()
-            .retain(|_, worker| worker.borrow().config.strong_count() > 0)
+        let mut workers = w.borrow_mut();
+        workers.remove(&config.id);
+        workers.retain(|_, (config, _)| config.strong_count() > 0)
     });
     let inbox: Arc<Inbox> = Arc::default();
     let current = Current {
@@ -192,15 +292,22 @@ fn worker_for(config: &ConfigRef, filter: Filter) -> Option<Rc<RefCell<Worker>>>
     if !configured {
         return None;
     }
-    let worker = Rc::new(RefCell::new(Worker {
-        config: Arc::downgrade(config),
-        root,
-        inbox,
-        tick_period: after.tick_period,
-        next_tick: SystemTime::now(),
-    }));
+    let worker = Arc::new(WorkerLock::new(
+        THREAD_LOCK.with(Arc::clone),
+        Worker {
+            root,
+            inbox,
+            tick_period: after.tick_period,
+            next_tick: SystemTime::now(),
+            broken: false,
+        },
+    ));
     hand_over(config, after.root_calls);
-    WORKERS.with(|w| w.borrow_mut().insert(config.id, worker.clone()));
+    lock(&config.workers).push(Arc::downgrade(&worker));
+    WORKERS.with(|w| {
+        w.borrow_mut()
+            .insert(config.id, (Arc::downgrade(config), worker.clone()))
+    });
     Some(worker)
 }
 
@@ -210,14 +317,18 @@ fn hand_over(config: &Config, calls: Vec<Relayed>) {
         return;
     }
     lock(&config.pending).extend(calls);
-    config.scheduler.commit(0);
+    config.scheduler.commit(RELAY);
 }
 
 pub fn stream_new(config: &ConfigRef, filter: Filter) -> Option<Stream> {
     let worker = worker_for(config, filter);
-    let context = worker
-        .as_ref()
-        .and_then(|w| w.borrow().root.create_http_context(0));
+    let context = worker.as_ref().and_then(|w| {
+        w.hold(|cell| {
+            cell.try_borrow()
+                .ok()
+                .and_then(|w| w.root.create_http_context(0))
+        })
+    });
     Some(Stream {
         inner: RefCell::new(Inner {
             config: config.clone(),
@@ -244,7 +355,7 @@ pub struct Stream {
 struct Inner {
     config: ConfigRef,
     /// `None`: the worker's root could not configure; the stream is refused (503).
-    worker: Option<Rc<RefCell<Worker>>>,
+    worker: Option<SharedWorker>,
     filter: Filter,
     context: Option<Box<dyn HttpContext>>,
     /// The stream's calls under way: Envoy's callout id → the pipeline's token.
@@ -253,6 +364,16 @@ struct Inner {
     /// The pipeline failed (a panic, no root): the stream was answered 503 and is let be.
     failed: bool,
     completed: bool,
+}
+
+impl Drop for Inner {
+    /// The context shares the root's state: it goes under the worker's lock.
+    fn drop(&mut self) {
+        let (Some(worker), Some(context)) = (self.worker.take(), self.context.take()) else {
+            return;
+        };
+        worker.hold(|_| drop(context));
+    }
 }
 
 fn status(action: Action) -> Status {
@@ -339,8 +460,15 @@ impl Stream {
             // What the request left to send (its audit record) goes now: no timer would.
             if let Ok(inner) = self.inner.try_borrow() {
                 if let Some(worker) = &inner.worker {
-                    let flushed =
-                        guard::catching(|| serve_root(&inner.config, worker, inner.filter, true));
+                    let (config, filter) = (&inner.config, inner.filter);
+                    let flushed = worker.hold(|cell| {
+                        let flushed =
+                            guard::catching(|| serve_root(config, cell, Some(filter), true));
+                        if flushed.is_none() {
+                            mark_broken(cell);
+                        }
+                        flushed
+                    });
                     if flushed.is_none() {
                         abi::log(LogLevel::Error, "fhirgate: the root failed after a request");
                     }
@@ -400,21 +528,28 @@ impl Stream {
             return Status::Stop;
         };
         let config = inner.config.clone();
-        let current = Current {
-            filter: Some(filter),
-            in_body,
-            owner: Owner::Stream,
-            metrics: Some(config.metrics.clone()),
-            answer,
-            inbox: Some(worker.borrow().inbox.clone()),
-            started: Some(inner.started),
-            ..Current::default()
-        };
-        let (result, after) = host::with_current(current, || {
-            guard::catching(|| {
-                serve_root(&config, &worker, filter, false);
-                f(context.as_mut(), filter)
-            })
+        let started = inner.started;
+        let (result, after) = worker.hold(|cell| {
+            let current = Current {
+                filter: Some(filter),
+                in_body,
+                owner: Owner::Stream,
+                metrics: Some(config.metrics.clone()),
+                answer,
+                inbox: cell.try_borrow().ok().map(|w| w.inbox.clone()),
+                started: Some(started),
+                ..Current::default()
+            };
+            let (result, after) = host::with_current(current, || {
+                guard::catching(|| {
+                    serve_root(&config, cell, Some(filter), false);
+                    f(context.as_mut(), filter)
+                })
+            });
+            if result.is_none() {
+                mark_broken(cell);
+            }
+            (result, after)
         });
         inner.calls.extend(after.stream_calls);
         hand_over(&config, after.root_calls);
@@ -422,8 +557,6 @@ impl Stream {
             Some(status) => status,
             None => {
                 let failed_before = std::mem::replace(&mut inner.failed, true);
-                // This worker's root may be half-updated: the next stream builds a new one.
-                WORKERS.with(|w| w.borrow_mut().remove(&config.id));
                 if !failed_before && !logging {
                     refuse(filter, "the gateway failed on this request");
                 }
@@ -433,10 +566,12 @@ impl Stream {
     }
 }
 
-/// The worker's root, before a stream's hook: answers relayed to it, then its due tick; with
-/// `flush`, also the stages with work that should not wait for a tick.
-fn serve_root(config: &Config, worker: &Rc<RefCell<Worker>>, filter: Filter, flush: bool) {
-    let Ok(mut worker) = worker.try_borrow_mut() else {
+/// A worker's root, before a stream's hook (`filter`) or while the worker is idle (main
+/// thread, no stream): answers relayed to it, then its due tick; with `flush`, also the stages
+/// with work that should not wait for a tick.
+fn serve_root(config: &Config, cell: &RefCell<Worker>, filter: Option<Filter>, flush: bool) {
+    // Borrowed: a hook inside a hook, whose outer hook served it.
+    let Ok(mut worker) = cell.try_borrow_mut() else {
         return;
     };
     let worker = &mut *worker;
@@ -447,7 +582,9 @@ fn serve_root(config: &Config, worker: &Rc<RefCell<Worker>>, filter: Filter, flu
         return;
     }
     let root_context = |answer: Option<CallAnswer>| Current {
-        filter: Some(filter),
+        filter,
+        // Without a stream (main thread) metrics are counted through the configuration.
+        config: filter.is_none().then_some(config.handle),
         owner: Owner::Root,
         metrics: Some(config.metrics.clone()),
         answer,
