@@ -10,7 +10,7 @@ WASM_DIR  := build/wasm
 CLI       := target/debug/fhirgate
 PORT      ?= 8080
 
-.PHONY: help tools wasm cli native images compose test test-native lint test-e2e fuzz fuzz-smoke soak run bench bench-chain clean
+.PHONY: help tools wasm cli native native-abi-probe images compose test test-native lint test-e2e fuzz fuzz-smoke soak run bench bench-chain clean
 
 help:
 	@echo "make run     start the demo gateway (Envoy + fhirgate + a FHIR server with example data)"
@@ -62,6 +62,12 @@ native:
 	cp target/native/libfhirgate_native.so build/native/libfhirgate.so.tmp
 	mv build/native/libfhirgate.so.tmp build/native/libfhirgate.so
 
+# The module as built for an ABI this Envoy lacks (one callback more), for the refusal test.
+native-abi-probe:
+	cargo build -q -p fhirgate-native --features abi-probe-test
+	mkdir -p build/native-abi-probe
+	cp target/debug/libfhirgate_native.so build/native-abi-probe/libfhirgate.so
+
 # The module as an OCI image (Wasm OCI layout, no Docker) in build/images/fhirgate, tag
 # $(IMAGE_TAG); prints the manifest and module digests (the module's is a WasmPlugin's sha256).
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -84,9 +90,11 @@ lint:
 	cargo clippy -q --workspace --all-targets -- -D warnings
 
 # The end-to-end tests also load the fault instrument (filters/fault), built with the filters.
-test-e2e: tools cli native
+# Then the whole suite once more against the native module (every test passes on either).
+test-e2e: tools cli native native-abi-probe
 	FHIRGATE_EXTRA_FILTERS=fhirgate-fault tools/build-wasm.sh
 	$(PY) -m pytest tests/e2e -q -p no:cacheprovider
+	FHIRGATE_DEPLOYMENT=native $(PY) -m pytest tests/e2e -q -p no:cacheprovider
 
 # Coverage-guided fuzzing of the core (fuzz/, libFuzzer + AddressSanitizer): every target for
 # FUZZ_SECONDS each, starting from the committed corpora; a crash stops with its input kept.

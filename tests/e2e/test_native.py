@@ -2,9 +2,12 @@
 module, loaded by Envoy as a dynamic module, in front of the same FHIR server, issuer and audit
 collector as the rest of the suite. An Envoy of its own, two workers, the chain as deployed
 with `render.py --deployment native`."""
+import os
+import subprocess
+
 import pytest
 
-from stack import BASE, NATIVE_DIR, free_port, wait_until
+from stack import BASE, NATIVE_DIR, ROOT, Process, binary, free_port, wait_until
 from test_authz import call
 from test_ratelimit import fresh_user, throttled, user_token
 from test_routing import assert_only_identity_upstream, assert_parsed, audit_of, outcome_reason, received
@@ -89,3 +92,30 @@ def test_the_gateways_own_refusal_is_not_taken_for_an_upstream_error(stack, nati
     token = stack.token("user/Observation.rs")
     _, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", token, port=port)
     assert status == 403 and outcome_reason(body) != "upstream-error"
+
+
+# The module built with `--features abi-probe-test` (`make native-abi-probe`): it also requires a
+# callback no Envoy exports, as a module built for another ABI would.
+ABI_PROBE_DIR = ROOT / "build" / "native-abi-probe"
+
+
+def test_a_module_for_another_abi_refuses_to_load_and_says_why(stack):
+    if not (ABI_PROBE_DIR / "libfhirgate.so").exists():
+        raise RuntimeError(f"{ABI_PROBE_DIR / 'libfhirgate.so'} is missing: run `make native-abi-probe`")
+    listen, admin = free_port(), free_port()
+    path = stack.render_variant("envoy-abi-probe", stack.variant_values("envoy-abi-probe", listen, admin), deployment="native")
+    env = {**os.environ, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(ABI_PROBE_DIR)}
+    log = stack.log_dir / "envoy-abi-probe.log"
+    process = Process("envoy-abi-probe", [binary("envoy"), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "info"],
+                      log, env=env)
+    stack.processes.append(process)
+    try:
+        process.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("Envoy started with a module built for another ABI")
+    assert process.proc.returncode != 0
+    text = log.read_text(errors="replace")
+    assert "built for Envoy's dynamic-module ABI v0.2.0 (Envoy 1.40), but this Envoy does not export " \
+           "envoy_dynamic_module_callback_fhirgate_abi_probe_test: refusing to load" in text, text[-2000:]
+    # Refused at load: no stage configured, nothing served.
+    assert "fhirgate.routing: configuration accepted" not in text

@@ -179,7 +179,20 @@ const CALLOUT_INIT_SUCCESS: u32 = 0;
 /// `envoy_dynamic_module_type_metrics_result`: 0 is success.
 const METRICS_SUCCESS: u32 = 0;
 
-extern "C" {
+/// Declares Envoy's callbacks, and lists their names: the module probes for each when it
+/// loads ([`missing_callback`]).
+macro_rules! envoy_callbacks {
+    ($(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?;)*) => {
+        extern "C" {
+            $(fn $name($($arg: $ty),*) $(-> $ret)?;)*
+        }
+
+        /// The callbacks this module calls, NUL-terminated for `dlsym`.
+        const CALLBACKS: &[&str] = &[$(concat!(stringify!($name), "\0")),*];
+    };
+}
+
+envoy_callbacks! {
     fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
     fn envoy_dynamic_module_callback_http_get_header(
         filter: FilterEnvoyPtr,
@@ -330,6 +343,36 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+}
+
+extern "C" {
+    /// glibc's `dlsym`; with `RTLD_DEFAULT` (null) it searches the process's global symbols,
+    /// where the Envoy binary exports its callbacks.
+    fn dlsym(handle: *mut c_void, symbol: *const std::ffi::c_char) -> *mut c_void;
+}
+
+/// A callback built in only for the test of the refusal (`--features abi-probe-test`): no
+/// Envoy exports it, as an Envoy of another ABI would lack one this module calls.
+#[cfg(feature = "abi-probe-test")]
+const PROBE_TEST: &[&str] = &["envoy_dynamic_module_callback_fhirgate_abi_probe_test\0"];
+#[cfg(not(feature = "abi-probe-test"))]
+const PROBE_TEST: &[&str] = &[];
+
+/// The first callback of the ABI this module was built for that the hosting Envoy does not
+/// export (without its `\0`), if any. Envoy 1.40 does not check a module's ABI version
+/// itself, and the module is linked for lazy binding (build.rs), so a missing callback would
+/// otherwise surface as a crash at its first call.
+pub fn missing_callback() -> Option<&'static str> {
+    CALLBACKS
+        .iter()
+        .chain(PROBE_TEST)
+        .copied()
+        .find(|name| {
+            // SAFETY: `name` is NUL-terminated; dlsym only reads it.
+            let found = unsafe { dlsym(std::ptr::null_mut(), name.as_ptr().cast()) };
+            found.is_null()
+        })
+        .map(|name| name.trim_end_matches('\0'))
 }
 
 /// Writes a log line through Envoy's logger.

@@ -32,6 +32,21 @@ use std::time::{Duration, SystemTime};
 
 /// Once, when Envoy loads the module: the host, the logger, the panic hook.
 pub fn program_init() -> bool {
+    if let Some(missing) = abi::missing_callback() {
+        let line = format!(
+            "fhirgate native module {}: built for Envoy's dynamic-module ABI {} (Envoy 1.40), \
+             but this Envoy does not export {missing}: refusing to load",
+            env!("CARGO_PKG_VERSION"),
+            abi::ABI_VERSION
+        );
+        if missing == "envoy_dynamic_module_callback_log" {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "{line}");
+        } else {
+            abi::log(LogLevel::Error, &line);
+        }
+        return false;
+    }
     fhirgate_proxy::native::install(&NativeHost);
     guard::install_panic_hook();
     if log::set_logger(&EnvoyLogger).is_ok() {
