@@ -10,7 +10,7 @@ WASM_DIR  := build/wasm
 CLI       := target/debug/fhirgate
 PORT      ?= 8080
 
-.PHONY: help tools wasm cli native native-abi-probe images compose test test-native lint test-e2e fuzz fuzz-smoke soak run bench bench-chain clean
+.PHONY: help tools wasm cli native native-test images compose test test-native lint test-e2e fuzz fuzz-smoke soak run bench bench-chain clean
 
 help:
 	@echo "make run     start the demo gateway (Envoy + fhirgate + a FHIR server with example data)"
@@ -62,11 +62,11 @@ native:
 	cp target/native/libfhirgate_native.so build/native/libfhirgate.so.tmp
 	mv build/native/libfhirgate.so.tmp build/native/libfhirgate.so
 
-# The module as built for an ABI this Envoy lacks (one callback more), for the refusal test.
-native-abi-probe:
-	cargo build -q -p fhirgate-native --features abi-probe-test
-	mkdir -p build/native-abi-probe
-	cp target/debug/libfhirgate_native.so build/native-abi-probe/libfhirgate.so
+# The module with test hooks (a panic on request, an ABI it cannot find), for test_native.py.
+native-test:
+	cargo build -q -p fhirgate-native --features test-hooks
+	mkdir -p build/native-test
+	cp target/debug/libfhirgate_native.so build/native-test/libfhirgate.so
 
 # The module as an OCI image (Wasm OCI layout, no Docker) in build/images/fhirgate, tag
 # $(IMAGE_TAG); prints the manifest and module digests (the module's is a WasmPlugin's sha256).
@@ -91,7 +91,7 @@ lint:
 
 # The end-to-end tests also load the fault instrument (filters/fault), built with the filters.
 # Then the whole suite once more against the native module (every test passes on either).
-test-e2e: tools cli native native-abi-probe
+test-e2e: tools cli native native-test
 	FHIRGATE_EXTRA_FILTERS=fhirgate-fault tools/build-wasm.sh
 	$(PY) -m pytest tests/e2e -q -p no:cacheprovider
 	FHIRGATE_DEPLOYMENT=native $(PY) -m pytest tests/e2e -q -p no:cacheprovider

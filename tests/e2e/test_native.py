@@ -2,12 +2,13 @@
 module, loaded by Envoy as a dynamic module, in front of the same FHIR server, issuer and audit
 collector as the rest of the suite. An Envoy of its own, two workers, the chain as deployed
 with `render.py --deployment native`."""
+import json
 import os
 import subprocess
 
 import pytest
 
-from stack import BASE, NATIVE_DIR, ROOT, Process, binary, free_port, wait_until
+from stack import BASE, NATIVE_DIR, ROOT, Process, binary, free_port, http_get, wait_until
 from test_authz import call
 from test_ratelimit import fresh_user, throttled, user_token
 from test_routing import assert_only_identity_upstream, assert_parsed, audit_of, outcome_reason, received
@@ -94,28 +95,53 @@ def test_the_gateways_own_refusal_is_not_taken_for_an_upstream_error(stack, nati
     assert status == 403 and outcome_reason(body) != "upstream-error"
 
 
-# The module built with `--features abi-probe-test` (`make native-abi-probe`): it also requires a
-# callback no Envoy exports, as a module built for another ABI would.
-ABI_PROBE_DIR = ROOT / "build" / "native-abi-probe"
+# The module built with `--features test-hooks` (`make native-test`).
+TEST_BUILD_DIR = ROOT / "build" / "native-test"
+
+
+def start_test_build(stack, name: str, env: dict | None = None, wait_ready: bool = True):
+    """An Envoy of its own on the test build of the module: (port, process)."""
+    if not (TEST_BUILD_DIR / "libfhirgate.so").exists():
+        raise RuntimeError(f"{TEST_BUILD_DIR / 'libfhirgate.so'} is missing: run `make native-test`")
+    listen, admin = free_port(), free_port()
+    path = stack.render_variant(name, stack.variant_values(name, listen, admin), deployment="native")
+    env = {**os.environ, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(TEST_BUILD_DIR), **(env or {})}
+    process = Process(name, [binary("envoy"), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "info"],
+                      stack.log_dir / f"{name}.log", env=env)
+    stack.processes.append(process)
+    if wait_ready:
+        wait_until(name, lambda: http_get(admin, "/ready")[0] == 200, timeout=60, process=process)
+    return listen, process
 
 
 def test_a_module_for_another_abi_refuses_to_load_and_says_why(stack):
-    if not (ABI_PROBE_DIR / "libfhirgate.so").exists():
-        raise RuntimeError(f"{ABI_PROBE_DIR / 'libfhirgate.so'} is missing: run `make native-abi-probe`")
-    listen, admin = free_port(), free_port()
-    path = stack.render_variant("envoy-abi-probe", stack.variant_values("envoy-abi-probe", listen, admin), deployment="native")
-    env = {**os.environ, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(ABI_PROBE_DIR)}
-    log = stack.log_dir / "envoy-abi-probe.log"
-    process = Process("envoy-abi-probe", [binary("envoy"), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "info"],
-                      log, env=env)
-    stack.processes.append(process)
+    _, process = start_test_build(stack, "envoy-abi-probe", {"FHIRGATE_TEST_ABI_PROBE": "1"}, wait_ready=False)
     try:
         process.proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail("Envoy started with a module built for another ABI")
     assert process.proc.returncode != 0
-    text = log.read_text(errors="replace")
+    text = process.log_path.read_text(errors="replace")
     assert "built for Envoy's dynamic-module ABI v0.2.0 (Envoy 1.40), but this Envoy does not export " \
            "envoy_dynamic_module_callback_fhirgate_abi_probe_test: refusing to load" in text, text[-2000:]
     # Refused at load: no stage configured, nothing served.
     assert "fhirgate.routing: configuration accepted" not in text
+
+
+def test_a_panic_in_the_pipeline_answers_503_with_an_outcome_logs_only_where_and_the_next_request_is_served(stack):
+    port, process = start_test_build(stack, "envoy-native-panic")
+    token = stack.default_token
+    tid, status, headers, body = call(stack, "GET", f"{BASE}/Patient/example", token, port=port,
+                                      headers={"x-fhirgate-test-panic": "1"})
+    assert status == 503, body[:300]
+    outcome = json.loads(body)
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["code"] == "exception"
+    assert received(stack, tid) == [], "a request the pipeline failed on reached the upstream"
+    text = process.log_path.read_text(errors="replace")
+    assert "fhirgate: panic at filters/native/src/module.rs:" in text
+    assert "x-fhirgate-test-panic" not in text.split("fhirgate: panic at", 1)[1].splitlines()[0]
+    assert token not in text
+    # The worker's root is rebuilt: the next request is served.
+    _, status, _, body = call(stack, "GET", f"{BASE}/Patient/example", token, port=port)
+    assert status == 200, body[:300]

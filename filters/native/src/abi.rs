@@ -351,12 +351,15 @@ extern "C" {
     fn dlsym(handle: *mut c_void, symbol: *const std::ffi::c_char) -> *mut c_void;
 }
 
-/// A callback built in only for the test of the refusal (`--features abi-probe-test`): no
-/// Envoy exports it, as an Envoy of another ABI would lack one this module calls.
-#[cfg(feature = "abi-probe-test")]
-const PROBE_TEST: &[&str] = &["envoy_dynamic_module_callback_fhirgate_abi_probe_test\0"];
-#[cfg(not(feature = "abi-probe-test"))]
-const PROBE_TEST: &[&str] = &[];
+/// A callback no Envoy exports, probed for only by the test build (`--features test-hooks`)
+/// when FHIRGATE_TEST_ABI_PROBE=1: as an Envoy of another ABI would lack one this module calls.
+fn probe_test() -> &'static [&'static str] {
+    if cfg!(feature = "test-hooks") && std::env::var_os("FHIRGATE_TEST_ABI_PROBE").is_some() {
+        &["envoy_dynamic_module_callback_fhirgate_abi_probe_test\0"]
+    } else {
+        &[]
+    }
+}
 
 /// The first callback of the ABI this module was built for that the hosting Envoy does not
 /// export (without its `\0`), if any. Envoy 1.40 does not check a module's ABI version
@@ -365,7 +368,7 @@ const PROBE_TEST: &[&str] = &[];
 pub fn missing_callback() -> Option<&'static str> {
     CALLBACKS
         .iter()
-        .chain(PROBE_TEST)
+        .chain(probe_test())
         .copied()
         .find(|name| {
             // SAFETY: `name` is NUL-terminated; dlsym only reads it.

@@ -558,6 +558,10 @@ impl Stream {
             let (result, after) = host::with_current(current, || {
                 guard::catching(|| {
                     serve_root(&config, cell, Some(filter), false);
+                    #[cfg(feature = "test-hooks")]
+                    if !logging {
+                        test_panic(filter);
+                    }
                     f(context.as_mut(), filter)
                 })
             });
@@ -578,6 +582,19 @@ impl Stream {
                 Status::Stop
             }
         }
+    }
+}
+
+/// The test build's panic trigger: a request with `x-fhirgate-test-panic` panics inside the
+/// pipeline, as a bug would (the 503 and the rebuilt root are tested end to end).
+#[cfg(feature = "test-hooks")]
+#[allow(clippy::panic)]
+fn test_panic(filter: Filter) {
+    if filter
+        .header(HeaderKind::Request, "x-fhirgate-test-panic")
+        .is_some()
+    {
+        panic!("x-fhirgate-test-panic");
     }
 }
 
