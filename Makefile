@@ -71,8 +71,11 @@ native-test:
 # The module as an OCI image (Wasm OCI layout, no Docker) in build/images/fhirgate, tag
 # $(IMAGE_TAG); prints the manifest and module digests (the module's is a WasmPlugin's sha256).
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-images: wasm
+# The native module too, as a plain image (one tar layer holding libfhirgate.so) in
+# build/images/fhirgate-native, for a Kubernetes image volume (envoy-gateway/).
+images: wasm native
 	python3 tools/oci-image.py $(WASM_DIR)/fhirgate.wasm build/images/fhirgate --tag $(IMAGE_TAG) --title fhirgate
+	python3 tools/oci-image.py build/native/libfhirgate.so build/images/fhirgate-native --tag $(IMAGE_TAG) --title fhirgate-native
 
 # The docker-compose stack's gateway configuration (envoy/compose/compose.yaml mounts it).
 compose: tools

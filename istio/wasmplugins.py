@@ -30,23 +30,38 @@ SECRET = "REPLACE_ME"
 GLOBAL_RATELIMIT = False
 
 
-def plugin_config(name: str) -> dict:
+# The Envoy clusters the stages call, by role: Istio's names for the services.
+ISTIO_CLUSTERS = {"issuer": "outbound|443||issuer.example.org",
+                  "fhir": "outbound|8080||fhir-server.fhir.svc.cluster.local",
+                  "audit": "outbound|8080||audit-collector.fhir.svc.cluster.local"}
+
+
+def plugin_config(name: str, clusters: dict = ISTIO_CLUSTERS) -> dict:
+    """A stage's section of envoy/*.json for a cluster deployment: the example issuer, the
+    clusters by role (`clusters`), the secrets left REPLACE_ME."""
     config = json.loads((ENVOY / f"{name}.json").read_text())
     if name == "authz":
         config["routing"] = json.loads((ENVOY / "routing.json").read_text())
         config["issuers"] = [{"issuer": "https://issuer.example.org", "audiences": ["https://fhir.example.org/fhir/r4"],
-                              "jwksUri": "https://issuer.example.org/jwks", "jwksCluster": "outbound|443||issuer.example.org"}]
-        config["currentResource"]["cluster"] = "outbound|8080||fhir-server.fhir.svc.cluster.local"
+                              "jwksUri": "https://issuer.example.org/jwks", "jwksCluster": clusters["issuer"]}]
+        config["currentResource"]["cluster"] = clusters["fhir"]
     if name == "ratelimit":
         config["breakGlass"] = {"header": "x-break-glass", "keys": {"2026-q4": SECRET}}
         if GLOBAL_RATELIMIT:
             config["enforcement"] = "envoy"
     if name == "consent":
-        config["consents"]["cluster"] = "outbound|8080||fhir-server.fhir.svc.cluster.local"
+        config["consents"]["cluster"] = clusters["fhir"]
     if name == "audit":
         config["chain"] = {"kid": "2026-q4", "key": SECRET}
-        config["collector"]["cluster"] = "outbound|8080||audit-collector.fhir.svc.cluster.local"
+        config["collector"]["cluster"] = clusters["audit"]
     return config
+
+
+def fused_sections(clusters: dict = ISTIO_CLUSTERS) -> dict:
+    """Every stage's section, as the fused module reads its configuration."""
+    sections = {name: plugin_config(name, clusters) for name, _, _ in PLUGINS}
+    del sections["authz"]["routing"]  # the module gives the authz stage the routing section
+    return sections
 
 
 def manifest(name, phase, priority, args) -> dict:
@@ -102,8 +117,7 @@ def envoy_filter(args) -> dict:
     (mounted with the sidecar.istio.io/userVolume and userVolumeMount annotations). An RBAC
     filter after it requires the pass mark, the guard Istio's routes cannot hold."""
     context = "GATEWAY" if args.gateway else "SIDECAR_INBOUND"
-    sections = {name: plugin_config(name) for name, _, _ in PLUGINS}
-    del sections["authz"]["routing"]  # the module gives the authz stage the routing section
+    sections = fused_sections()
     config = {"name": "fhirgate", "root_id": "fhirgate", "failure_policy": "FAIL_RELOAD",
               "reload_config": {"backoff": {"base_interval": "0.2s", "max_interval": "10s"}},
               "allow_on_headers_stop_iteration": True,

@@ -770,7 +770,7 @@ impl Stage for ConsentFilter {
                     count(FILTER, "released", "unparsed");
                     return Flow::Continue;
                 }
-                FastPath::NeedConsents(patients) => (Held::Raw(body), patients),
+                FastPath::NeedConsents(patients) => (Held::Raw(body.into_owned()), patients),
                 FastPath::Parse => match shared.policy.parse(&body) {
                     Ok(response) => {
                         let contexts = shared.policy.contexts_needed(&response);

@@ -36,6 +36,16 @@ impl EnvoyBuffer {
         length: 0,
     };
 
+    /// Appends a copy of the bytes to `out` (none for a null buffer).
+    fn append_to(self, out: &mut Vec<u8>) {
+        if self.ptr.is_null() || self.length == 0 {
+            return;
+        }
+        // SAFETY: as in `to_vec`: valid for `length` bytes until the hook returns or the next
+        // mutating call; copied before either.
+        out.extend_from_slice(unsafe { std::slice::from_raw_parts(self.ptr, self.length) });
+    }
+
     /// A copy of the bytes (none for a null buffer).
     fn to_vec(self) -> Vec<u8> {
         if self.ptr.is_null() || self.length == 0 {
@@ -476,8 +486,9 @@ impl Filter {
             )
         };
         if ok {
+            out.reserve(buffers.iter().map(|b| b.length).sum());
             for b in buffers {
-                out.extend_from_slice(&b.to_vec());
+                b.append_to(out);
             }
         }
     }

@@ -20,7 +20,8 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 pub struct Target {
     pub envoy_id: usize,
     pub gauge: bool,
-    pub label_value: Option<String>,
+    /// Shared: every count of this id clones the target.
+    pub label_value: Option<std::sync::Arc<str>>,
 }
 
 /// Defines metrics in Envoy while it creates a configuration: (name, gauge, label) → id.
@@ -121,7 +122,7 @@ impl Metrics {
             families.get(family).map(|envoy_id| Target {
                 envoy_id: *envoy_id,
                 gauge: false,
-                label_value: Some(detail.to_string()),
+                label_value: Some(detail.into()),
             })
         });
         self.remember(id, target.clone());
@@ -201,7 +202,7 @@ mod tests {
             Some(Target {
                 envoy_id: 1,
                 gauge: false,
-                label_value: Some("token-expired".to_string())
+                label_value: Some("token-expired".into())
             })
         );
     }

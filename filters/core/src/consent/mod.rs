@@ -382,11 +382,11 @@ impl ConsentPolicy {
     }
 
     /// The response body to parse, decoded: identity, gzip or deflate (refused otherwise).
-    pub fn decode(
+    pub fn decode<'a>(
         &self,
         content_encoding: Option<&str>,
-        body: &[u8],
-    ) -> Result<Vec<u8>, Rejection> {
+        body: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>, Rejection> {
         let limit = self.config.max_body_bytes;
         if body.len() > limit {
             return Err(too_large(limit));
@@ -396,7 +396,8 @@ impl ConsentPolicy {
             .map(|e| e.trim().to_ascii_lowercase())
             .as_deref()
         {
-            None | Some("") | Some("identity") => return Ok(body.to_vec()),
+            // Read in place: a 50 KB search page is not copied to be scanned.
+            None | Some("") | Some("identity") => return Ok(std::borrow::Cow::Borrowed(body)),
             Some("gzip") | Some("x-gzip") => flate2::read::GzDecoder::new(body)
                 .take(limit as u64 + 1)
                 .read_to_end(&mut out),
@@ -414,7 +415,7 @@ impl ConsentPolicy {
         };
         match read {
             Ok(n) if n > limit => Err(too_large(limit)),
-            Ok(_) => Ok(out),
+            Ok(_) => Ok(std::borrow::Cow::Owned(out)),
             Err(_) => Err(Rejection::new(
                 502,
                 "response-unreadable",

@@ -541,12 +541,17 @@ mod bodies {
         gz.write_all(body).unwrap();
         let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         zl.write_all(body).unwrap();
-        assert_eq!(p.decode(Some("gzip"), &gz.finish().unwrap()).unwrap(), body);
         assert_eq!(
-            p.decode(Some("deflate"), &zl.finish().unwrap()).unwrap(),
+            &*p.decode(Some("gzip"), &gz.finish().unwrap()).unwrap(),
             body
         );
-        assert_eq!(p.decode(None, body).unwrap(), body);
+        assert_eq!(
+            &*p.decode(Some("deflate"), &zl.finish().unwrap()).unwrap(),
+            body
+        );
+        // An identity body is read in place, not copied.
+        let identity = p.decode(None, body).unwrap();
+        assert!(matches!(identity, std::borrow::Cow::Borrowed(b) if b.as_ptr() == body.as_ptr()));
         assert_eq!(
             p.decode(Some("br"), body).unwrap_err().reason,
             "response-encoding-unsupported"
