@@ -7,15 +7,51 @@ use fhirgate_core::consent::cache::{changes_path, read_changes, ConsentCache};
 use fhirgate_core::consent::ConsentPolicy;
 use fhirgate_core::pipeline::Stage;
 use fhirgate_proxy::{host, StageRoot};
-use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 pub const FILTER: &str = "fhirgate.consent";
 
 pub struct Shared {
     pub policy: ConsentPolicy,
-    pub cache: RefCell<ConsentCache>,
+    pub cache: SharedCache,
+}
+
+/// The Consent cache of roots configured alike: one per configuration in this process. The
+/// native module's workers are threads of one process and share it (a patient's Consents
+/// fetched on one worker serve all, and a change poll's invalidation reaches all); each Wasm VM
+/// has its own statics, so its worker keeps its own, as before.
+pub struct SharedCache(Arc<Mutex<ConsentCache>>);
+
+impl SharedCache {
+    fn for_config(config: &[u8], size: usize, ttl: u32) -> SharedCache {
+        type Caches = Mutex<HashMap<Vec<u8>, Weak<Mutex<ConsentCache>>>>;
+        static CACHES: OnceLock<Caches> = OnceLock::new();
+        let mut caches = CACHES
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(cache) = caches.get(config).and_then(Weak::upgrade) {
+            return SharedCache(cache);
+        }
+        caches.retain(|_, cache| cache.strong_count() > 0);
+        let cache = Arc::new(Mutex::new(ConsentCache::new(size, ttl)));
+        caches.insert(config.to_vec(), Arc::downgrade(&cache));
+        SharedCache(cache)
+    }
+
+    /// The cache, held until the guard drops (never while another of its guards lives on this
+    /// thread: each use takes it once, for one decision).
+    pub fn borrow(&self) -> MutexGuard<'_, ConsentCache> {
+        // A panic while held left entries that are each whole: still usable.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn borrow_mut(&self) -> MutexGuard<'_, ConsentCache> {
+        self.borrow()
+    }
 }
 
 #[derive(Default)]
@@ -90,7 +126,7 @@ impl StageRoot for ConsentRoot {
                     .and_then(|c| c.changes_poll_seconds);
                 self.shared = Some(Rc::new(Shared {
                     policy,
-                    cache: RefCell::new(ConsentCache::new(size, ttl)),
+                    cache: SharedCache::for_config(config, size, ttl),
                 }));
                 if let Some(seconds) = poll {
                     self.since = Some(host::now_secs());

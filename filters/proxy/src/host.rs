@@ -16,6 +16,7 @@ pub(crate) use crate::native as hostcalls;
 pub(crate) use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Header names and values as Envoy gives them.
@@ -24,7 +25,9 @@ pub type HeaderPairs = Vec<(String, Vec<u8>)>;
 thread_local! {
     /// The request headers as read in the current callback, kept up to date by fhirgate's own
     /// writes: the stages of one module read them once per callback, not once each.
-    static SNAPSHOT: RefCell<Option<HeaderPairs>> = const { RefCell::new(None) };
+    /// Shared: each stage that reads them holds the same pairs (a write copies them only
+    /// while a stage still holds the older ones).
+    static SNAPSHOT: RefCell<Option<Rc<HeaderPairs>>> = const { RefCell::new(None) };
 }
 
 /// Starts a callback: what the last one read may have changed since (Envoy, another filter).
@@ -36,6 +39,7 @@ pub fn begin_callback() {
 fn snapshot_write(name: &str, value: Option<&str>) {
     SNAPSHOT.with(|s| {
         if let Some(pairs) = s.borrow_mut().as_mut() {
+            let pairs = Rc::make_mut(pairs);
             pairs.retain(|(k, _)| k != name);
             if let Some(value) = value {
                 pairs.push((name.to_string(), value.as_bytes().to_vec()));
@@ -90,14 +94,15 @@ pub fn set_request_header(name: &str, value: Option<&str>) {
 }
 
 /// Every request header: one host call per callback, then this callback's snapshot.
-pub fn request_headers() -> HeaderPairs {
+pub fn request_headers() -> Rc<HeaderPairs> {
     SNAPSHOT.with(|s| {
         let mut s = s.borrow_mut();
         match s.as_ref() {
             Some(pairs) => pairs.clone(),
             None => {
-                let pairs =
-                    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+                let pairs = Rc::new(
+                    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default(),
+                );
                 *s = Some(pairs.clone());
                 pairs
             }

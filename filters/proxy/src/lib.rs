@@ -183,7 +183,7 @@ pub fn replace_response(filter: &'static str, rejection: &Rejection, body_size: 
 /// costs a round trip into the VM to allocate its value, so filters read this snapshot
 /// instead of asking header by header.
 pub struct RequestHeaders {
-    pairs: Vec<(String, Vec<u8>)>,
+    pairs: std::rc::Rc<Vec<(String, Vec<u8>)>>,
 }
 
 impl RequestHeaders {

@@ -4,12 +4,15 @@
 //! shares the entry instead of copying it (a token with many scopes would cost a copy of
 //! every one).
 //!
-//! Entries are found by a keyed SipHash of the token (keys random per worker, so nobody can
+//! Entries are found by a keyed SipHash of the token (keys random per store, so nobody can
 //! aim a token at another's slot) and a hit is confirmed by comparing the whole token, in
 //! constant time. It replaces a SHA-256 of the token on every request, which cost more than
 //! anything else on the cached path and grew with the token (a 64-scope token is several KB).
-//! The price: the cache holds the tokens it verified, in the worker's memory, as long as their
-//! entries live — as the worker holds every request's token while it is served.
+//! The price: the cache holds the tokens it verified, in the gateway's memory, as long as their
+//! entries live — as a worker holds every request's token while it is served.
+//!
+//! The entries are a [`TokenStore`] that the native module's workers share (one per
+//! configuration and process): a token verified on one worker is a hit on every other.
 
 use super::authz::Grant;
 use super::token::VerifiedToken;
@@ -17,19 +20,42 @@ use crate::bounded::BoundedMap;
 use sha2::{Digest, Sha256};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// A verified token and what it grants, as cached.
-pub type Verified = Rc<(VerifiedToken, Grant)>;
+pub type Verified = Arc<(VerifiedToken, Grant)>;
 
 struct Entry {
     token: Box<[u8]>,
     verified: Verified,
 }
 
-pub struct TokenCache {
+/// The cache's entries. A host whose workers share memory (the native module) gives every
+/// worker's cache the same store, so a token verified on one worker is a hit on all; a Wasm VM
+/// has its own.
+pub struct TokenStore {
     entries: BoundedMap<u64, Entry>,
     seeds: RandomState,
+}
+
+pub type SharedTokenStore = Arc<Mutex<TokenStore>>;
+
+impl TokenStore {
+    pub fn shared(capacity: usize) -> SharedTokenStore {
+        Arc::new(Mutex::new(TokenStore {
+            entries: BoundedMap::new(capacity),
+            seeds: RandomState::new(),
+        }))
+    }
+
+    fn slot(&self, token: &str) -> u64 {
+        self.seeds.hash_one(token.as_bytes())
+    }
+}
+
+/// One worker's view of a [`TokenStore`], with its own hit and miss counts.
+pub struct TokenCache {
+    store: SharedTokenStore,
     pub hits: u64,
     pub misses: u64,
 }
@@ -40,10 +66,15 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl TokenCache {
+    /// A cache over a store of its own.
     pub fn new(capacity: usize) -> Self {
+        TokenCache::over(TokenStore::shared(capacity))
+    }
+
+    /// A cache over `store`, which other workers' caches may share.
+    pub fn over(store: SharedTokenStore) -> Self {
         TokenCache {
-            entries: BoundedMap::new(capacity),
-            seeds: RandomState::new(),
+            store,
             hits: 0,
             misses: 0,
         }
@@ -55,27 +86,33 @@ impl TokenCache {
         Sha256::digest(token.as_bytes()).into()
     }
 
-    fn slot(&self, token: &str) -> u64 {
-        self.seeds.hash_one(token.as_bytes())
+    fn store(&self) -> MutexGuard<'_, TokenStore> {
+        // A panic while the lock was held left entries that are each whole: still usable.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The cached verification of `token` and its grant, if still unexpired at `now`.
     pub fn get(&mut self, token: &str, now: i64) -> Option<Verified> {
-        let slot = self.slot(token);
-        let found = self
+        let mut store = self.store();
+        let slot = store.slot(token);
+        let found = store
             .entries
             .get(&slot)
             .filter(|e| same(&e.token, token.as_bytes()))
             .map(|e| e.verified.clone());
-        match found {
-            Some(v) if v.0.expires_at > now => {
+        let result = match found {
+            Some(v) if v.0.expires_at > now => Some(v),
+            Some(_) => {
+                store.entries.remove(&slot);
+                None
+            }
+            None => None,
+        };
+        drop(store);
+        match result {
+            Some(v) => {
                 self.hits += 1;
                 Some(v)
-            }
-            Some(_) => {
-                self.entries.remove(&slot);
-                self.misses += 1;
-                None
             }
             None => {
                 self.misses += 1;
@@ -85,8 +122,9 @@ impl TokenCache {
     }
 
     pub fn put(&mut self, token: &str, verified: Verified) {
-        let slot = self.slot(token);
-        self.entries.insert(
+        let mut store = self.store();
+        let slot = store.slot(token);
+        store.entries.insert(
             slot,
             Entry {
                 token: token.as_bytes().into(),
@@ -97,22 +135,28 @@ impl TokenCache {
 
     /// Forgets `token`'s entry (an introspection that now calls it inactive).
     pub fn forget(&mut self, token: &str) {
-        let slot = self.slot(token);
-        if self
+        let mut store = self.store();
+        let slot = store.slot(token);
+        if store
             .entries
             .get(&slot)
             .is_some_and(|e| same(&e.token, token.as_bytes()))
         {
-            self.entries.remove(&slot);
+            store.entries.remove(&slot);
         }
     }
 
+    /// Forgets every entry, for every worker sharing the store (an issuer's keys went stale).
+    pub fn clear(&mut self) {
+        self.store().entries.clear();
+    }
+
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.store().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.store().entries.is_empty()
     }
 }
 
@@ -140,7 +184,7 @@ mod tests {
         let mut c = TokenCache::new(4);
         let k = "a.b.c";
         assert_eq!(c.get(k, 100), None);
-        c.put(k, Rc::new((token(200), Grant::default())));
+        c.put(k, Arc::new((token(200), Grant::default())));
         assert!(c.get(k, 199).is_some());
         assert_eq!(c.get(k, 200), None, "expired at its exp");
         assert!(c.is_empty(), "expired entries are dropped");
@@ -151,7 +195,7 @@ mod tests {
     fn stays_within_its_capacity_evicting_the_oldest() {
         let mut c = TokenCache::new(3);
         for i in 0..10 {
-            c.put(&format!("t{i}"), Rc::new((token(1000), Grant::default())));
+            c.put(&format!("t{i}"), Arc::new((token(1000), Grant::default())));
         }
         assert_eq!(c.len(), 3);
         assert!(c.get("t9", 0).is_some());
@@ -167,7 +211,7 @@ mod tests {
             patient: Some("p".into()),
             ..token(10)
         };
-        c.put(k, Rc::new((t.clone(), Grant::of(&t))));
+        c.put(k, Arc::new((t.clone(), Grant::of(&t))));
         let hit = c.get(k, 0).unwrap();
         assert_eq!(
             (hit.1.scopes.len(), hit.1.patient.as_deref()),
@@ -175,7 +219,7 @@ mod tests {
         );
         let again = c.get(k, 0).unwrap();
         assert!(
-            Rc::ptr_eq(&hit, &again),
+            Arc::ptr_eq(&hit, &again),
             "a hit shares the entry, it does not copy it"
         );
     }
@@ -183,24 +227,31 @@ mod tests {
     #[test]
     fn a_zero_capacity_cache_keeps_nothing() {
         let mut c = TokenCache::new(0);
-        c.put("t", Rc::new((token(10), Grant::default())));
+        c.put("t", Arc::new((token(10), Grant::default())));
         assert!(c.get("t", 0).is_none());
     }
 
     #[test]
     fn a_hit_needs_the_whole_token_not_just_its_slot() {
         let mut c = TokenCache::new(4);
-        c.put("a.b.c", Rc::new((token(100), Grant::default())));
+        c.put("a.b.c", Arc::new((token(100), Grant::default())));
         // Another token forced into the same slot (what a hash collision would be) misses.
-        let slot = c.slot("a.b.c");
-        let cached = c.entries.get(&slot).map(|e| e.verified.clone()).unwrap();
-        c.entries.insert(
-            slot,
-            Entry {
-                token: b"a.b.d".to_vec().into(),
-                verified: cached,
-            },
-        );
+        {
+            let mut store = c.store();
+            let slot = store.slot("a.b.c");
+            let cached = store
+                .entries
+                .get(&slot)
+                .map(|e| e.verified.clone())
+                .unwrap();
+            store.entries.insert(
+                slot,
+                Entry {
+                    token: b"a.b.d".to_vec().into(),
+                    verified: cached,
+                },
+            );
+        }
         assert!(c.get("a.b.c", 0).is_none());
         assert!(!same(b"a.b.c", b"a.b.d") && !same(b"abc", b"ab") && same(b"abc", b"abc"));
     }
@@ -208,7 +259,7 @@ mod tests {
     #[test]
     fn a_forgotten_token_is_verified_again() {
         let mut c = TokenCache::new(4);
-        c.put("a.b.c", Rc::new((token(100), Grant::default())));
+        c.put("a.b.c", Arc::new((token(100), Grant::default())));
         c.forget("x.y.z");
         assert!(c.get("a.b.c", 0).is_some(), "another token forgets nothing");
         c.forget("a.b.c");
@@ -216,8 +267,49 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_keyed_per_cache() {
+    fn slots_are_keyed_per_store() {
         let (a, b) = (TokenCache::new(1), TokenCache::new(1));
-        assert_ne!(a.slot("same.token.value"), b.slot("same.token.value"));
+        assert_ne!(
+            a.store().slot("same.token.value"),
+            b.store().slot("same.token.value")
+        );
+    }
+
+    #[test]
+    fn caches_over_one_store_share_entries_and_count_their_own_hits() {
+        let store = TokenStore::shared(4);
+        let (mut one, mut other) = (TokenCache::over(store.clone()), TokenCache::over(store));
+        one.put("a.b.c", Arc::new((token(100), Grant::default())));
+        assert!(
+            other.get("a.b.c", 0).is_some(),
+            "verified on one worker, a hit on another"
+        );
+        assert_eq!((one.hits, other.hits), (0, 1));
+        other.clear();
+        assert!(
+            one.get("a.b.c", 0).is_none(),
+            "a clear reaches every worker"
+        );
+    }
+
+    #[test]
+    fn caches_over_one_store_stay_exact_under_threads() {
+        let store = TokenStore::shared(1000);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let mut cache = TokenCache::over(store.clone());
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let key = format!("t{t}.{i}");
+                        cache.put(&key, Arc::new((token(100), Grant::default())));
+                        assert!(cache.get(&key, 0).is_some());
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(TokenCache::over(store).len(), 800);
     }
 }

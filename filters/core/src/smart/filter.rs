@@ -16,7 +16,7 @@ use crate::routing::{RequestHead, RoutedRequest, RoutingPolicy};
 use crate::Rejection;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// Everything the authorization filter runs on, compiled once in `on_configure`.
 pub struct AuthzFilterPolicy {
@@ -209,7 +209,7 @@ impl AuthzRuntime {
         match endpoint.read(status, body, now) {
             Ok(verified) => {
                 let grant = Grant::of(&verified);
-                self.cache.put(token, Rc::new((verified, grant)));
+                self.cache.put(token, Arc::new((verified, grant)));
                 Ok(())
             }
             Err(IntrospectionError::Inactive) => {
@@ -291,8 +291,8 @@ impl AuthzRuntime {
                 && !issuer.keys.is_empty()
             {
                 issuer.keys.clear();
-                // Cached verifications of its tokens go too.
-                self.cache = TokenCache::new(self.policy.token_cache_size);
+                // Cached verifications of its tokens go too (for every worker sharing them).
+                self.cache.clear();
             }
         }
     }
@@ -707,7 +707,7 @@ impl AuthzFilterPolicy {
             .from_forwarded_payload(payload, now)
             .map_err(|e| e.rejection())?;
         let grant = Grant::of(&token);
-        Ok(Rc::new((token, grant)))
+        Ok(Arc::new((token, grant)))
     }
 
     fn verify(
@@ -733,7 +733,7 @@ impl AuthzFilterPolicy {
             .verify(token, now)
             .map_err(|e| e.rejection())?;
         let grant = Grant::of(&verified);
-        let verified = Rc::new((verified, grant));
+        let verified = Arc::new((verified, grant));
         cache.put(token, verified.clone());
         Ok(verified)
     }
