@@ -158,6 +158,22 @@ def without_audit(listener: dict) -> dict:
     return listener
 
 
+def native_up_to(listener: dict, stage: str) -> dict:
+    """The native module's listener running the stages up to `stage` only (its configuration's
+    sections up to it, the routes' mark of those stages): the native per-stage figures."""
+    stages = [f.removeprefix("fhirgate.") for f in FILTERS]
+    kept = stages[:stages.index(stage) + 1]
+    hcm = hcm_of(listener)
+    for f in hcm["http_filters"]:
+        if f["name"] == "fhirgate":
+            config = f["typed_config"]["filter_config"]
+            sections = json.loads(config["value"])
+            config["value"] = json.dumps({k: v for k, v in sections.items() if k in kept}, separators=(",", ":"))
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        require_mark(route, ",".join(kept))
+    return listener
+
+
 def gateway(chain: dict, listeners: list[dict], admin: int) -> str:
     config = json.loads(json.dumps(chain))
     config["admin"]["address"]["socket_address"]["port_value"] = admin
@@ -240,6 +256,11 @@ def callgrind(chain: dict, fused: dict, native: dict, work: pathlib.Path, tokens
     listeners.append(variant(fused, "fused", ports["fused"], ["fhirgate"]))
     ports["native"] = free_port()  # the same pipeline as the native module, in the same Envoy
     listeners.append(variant(native, "native", ports["native"], ["fhirgate"]))
+    # The native module built up a stage at a time (its last step is `native`).
+    native_steps = [f"native-{f.removeprefix('fhirgate.')}" for f in FILTERS[:-1]]
+    for name in native_steps:
+        ports[name] = free_port()
+        listeners.append(native_up_to(variant(native, name, ports[name], ["fhirgate"]), name.removeprefix("native-")))
     # The fused module without its audit stage: comparable with the five-filter chain's
     # routing-to-consent figure (and with earlier runs, which could not load the audit VM).
     ports["fused-to-consent"] = free_port()
@@ -250,6 +271,7 @@ def callgrind(chain: dict, fused: dict, native: dict, work: pathlib.Path, tokens
     runs = [(name, ports[name], MIX, tokens[4] if filters else None) for name, filters in STEPS]
     runs += [("fused", ports["fused"], MIX, tokens[4]), ("fused-to-consent", ports["fused-to-consent"], MIX, tokens[4]),
              ("native", ports["native"], MIX, tokens[4])]
+    runs += [(name, ports[name], MIX, tokens[4]) for name in native_steps]
     runs += [(f"scopes-{n}", ports["fused"], MIX, tokens[n]) for n in (16, 64)]
     runs += [("patient-1-cached", ports["fused"], ["/fhir/r4/Patient/p0"], tokens[4])]
     try:
@@ -357,7 +379,10 @@ def main() -> int:
     steps = ["routing", "authz", "ratelimit", "consent", "audit"]
     previous = ["baseline", *steps[:-1]]
     verdict = lambda ok: "**meets**" if ok else "**misses**"
-    rows = "\n".join(f"| {s} | {ir[s] - ir[p]:.0f} | {(ir[s] - ir[p]) * us_per_ir:.1f} µs | {step_cpu[s] - step_cpu[p]:+.1f} µs |"
+    native_ir = {s: ir["native" if s == "audit" else f"native-{s}"] for s in steps}
+    native_ir["baseline"] = ir["baseline"]
+    rows = "\n".join(f"| {s} | {ir[s] - ir[p]:.0f} | {(ir[s] - ir[p]) * us_per_ir:.1f} µs | {step_cpu[s] - step_cpu[p]:+.1f} µs "
+                     f"| {native_ir[s] - native_ir[p]:.0f} ({(native_ir[s] - native_ir[p]) * us_per_ir:.1f} µs) |"
                      for s, p in zip(steps, previous))
     scopes64 = ir["scopes-64"] / ir["fused"] - 1
     report = f"""# Whole-chain benchmark
@@ -387,13 +412,13 @@ round, {ROUNDS} rounds after a warm-up, medians. Tokens are verified once and th
 | RSS, one worker | {rss['baseline']:.1f} MiB | {rss['fused']:.1f} MiB (**+{added_rss['fused']:.1f}**) | {rss['five-filter']:.1f} MiB (+{added_rss['five-filter']:.1f}) | {rss['native']:.1f} MiB (**+{added_rss['native']:.1f}**) | fused ≤ +{TARGETS['rss_mib']} MiB: {verdict(added_rss['fused'] <= TARGETS['rss_mib'])}; native ≤ +{TARGETS['native_rss_mib']} MiB: {verdict(added_rss['native'] <= TARGETS['native_rss_mib'])} |
 | RSS, each further worker (2 workers − 1) | | {rss['fused-2-workers']:.1f} MiB (2 workers): **+{per_worker:.1f} MiB** | | | |
 
-### Where the time goes (the five-filter chain built up one filter at a time)
+### Where the time goes, stage by stage (Wasm: the five-filter chain built up one filter at a time; native: the native module built up one stage at a time)
 
-| filter added | instructions per request (callgrind) | ≈ time | CPU per request (schedstat) |
-|---|---|---|---|
+| stage added | Wasm: instructions per request (callgrind) | ≈ time | CPU per request (schedstat) | native: instructions per request (≈ time) |
+|---|---|---|---|---|
 {rows}
-| **all five** | **{ir_added['five-filter']:.0f}** | **{ir_added['five-filter'] * us_per_ir:.1f} µs** | **{step_cpu['audit'] - step_cpu['baseline']:+.1f} µs** |
-| **fused, all five** | **{ir_added['fused']:.0f}** | **{ir_added['fused'] * us_per_ir:.1f} µs** | |
+| **all five** | **{ir_added['five-filter']:.0f}** | **{ir_added['five-filter'] * us_per_ir:.1f} µs** | **{step_cpu['audit'] - step_cpu['baseline']:+.1f} µs** | **{ir_added['native']:.0f} ({ir_added['native'] * us_per_ir:.1f} µs)** |
+| **fused, all five** | **{ir_added['fused']:.0f}** | **{ir_added['fused'] * us_per_ir:.1f} µs** | | |
 | routing to consent: five filters / fused | {ir['consent'] - ir['baseline']:.0f} / {ir['fused-to-consent'] - ir['baseline']:.0f} | {(ir['consent'] - ir['baseline']) * us_per_ir:.1f} / {(ir['fused-to-consent'] - ir['baseline']) * us_per_ir:.1f} µs | |
 
 The last column comes from one Envoy (one worker) with a listener per step, {STEP_REQUESTS} requests of
