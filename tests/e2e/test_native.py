@@ -114,8 +114,12 @@ def start_test_build(stack, name: str, env: dict | None = None, wait_ready: bool
     return listen, process
 
 
+# A callback the module calls (it creates each configuration's scheduler), taken for missing.
+HIDDEN = "envoy_dynamic_module_callback_http_filter_config_scheduler_new"
+
+
 def test_a_module_for_another_abi_refuses_to_load_and_says_why(stack):
-    _, process = start_test_build(stack, "envoy-abi-probe", {"FHIRGATE_TEST_ABI_PROBE": "1"}, wait_ready=False)
+    _, process = start_test_build(stack, "envoy-abi-probe", {"FHIRGATE_TEST_ABI_PROBE": HIDDEN}, wait_ready=False)
     try:
         process.proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
@@ -123,9 +127,20 @@ def test_a_module_for_another_abi_refuses_to_load_and_says_why(stack):
     assert process.proc.returncode != 0
     text = process.log_path.read_text(errors="replace")
     assert "built for Envoy's dynamic-module ABI v0.2.0 (Envoy 1.40), but this Envoy does not export " \
-           "envoy_dynamic_module_callback_fhirgate_abi_probe_test: refusing to load" in text, text[-2000:]
+           f"{HIDDEN}: refusing to load" in text, text[-2000:]
     # Refused at load: no stage configured, nothing served.
     assert "fhirgate.routing: configuration accepted" not in text
+
+
+def test_the_module_links_no_envoy_callback_so_a_missing_one_cannot_fail_in_the_loader():
+    """Every callback is looked up when Envoy loads the module: a relocation against one would be
+    resolved by the dynamic loader first, and an Envoy lacking it would fail there instead."""
+    for module in (NATIVE_DIR / "libfhirgate.so", TEST_BUILD_DIR / "libfhirgate.so"):
+        relocations = subprocess.run(["readelf", "--relocs", "--wide", str(module)], capture_output=True, text=True, check=True).stdout
+        assert "R_X86_64" in relocations, "readelf read the relocations"
+        assert "envoy_dynamic_module_callback_" not in relocations, module
+        symbols = subprocess.run(["readelf", "--dyn-syms", "--wide", str(module)], capture_output=True, text=True, check=True).stdout
+        assert " UND envoy_dynamic_module_callback_" not in symbols, module
 
 
 def test_a_panic_in_the_pipeline_answers_503_with_an_outcome_logs_only_where_and_the_next_request_is_served(stack):

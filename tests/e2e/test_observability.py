@@ -84,3 +84,33 @@ def test_counters_move_and_details_are_labels_with_codes_only(stack):
             for k, v in labels.items():
                 assert re.fullmatch(r"[a-z0-9_-]*", v), (name, k, v)
                 assert "obs-user" not in v and "example" not in v
+
+
+STAGES = ["routing", "authz", "ratelimit", "consent", "audit"]
+COUNT = re.compile(r'count\(\s*FILTER,\s*"([a-z0-9_]+)",\s*([^;]*?)\s*,?\s*\)\s*[;,}]', re.S)
+DECLARED = re.compile(r'\(\s*"([a-z0-9_]+)",\s*"([a-z0-9_-]*)"\s*\)')
+
+
+def test_every_counter_a_stage_counts_is_declared_at_configuration():
+    """The native module can define metrics only while Envoy creates its configuration: a
+    counter counted but never declared (as itself, or as its family with a variable detail)
+    would exist in the Wasm build and silently not in the native one."""
+    filters = ROOT / "filters"
+    for stage in STAGES:
+        root = (filters / stage / "src" / "root.rs").read_text()
+        declare = root[root.index("declare("):]
+        declared = set(DECLARED.findall(declare[:declare.index("]")]))
+        counted = set()
+        for source in sorted((filters / stage / "src").glob("*.rs")):
+            for event, detail in COUNT.findall(source.read_text()):
+                counted.add((event, detail.strip()))
+        assert counted, stage
+        for event, detail in sorted(counted):
+            # A literal, or a choice between literals (`if … { "read" } else { "missing" }`):
+            # each declared; any other expression: its family.
+            choice = re.fullmatch(r'"[a-z0-9_-]*"', detail) or detail.startswith("if ")
+            literals = re.findall(r'"([a-z0-9_-]*)"', detail) if choice else []
+            ok = bool(literals) and all((event, d) in declared for d in literals)
+            assert ok or (event, "") in declared, f"{stage}: count({event}, {detail}) is not declared"
+        # Every stage refuses through fhirgate_proxy::reject, which counts `denied`.
+        assert ("denied", "") in declared, stage

@@ -165,14 +165,6 @@ impl StageRoot for AuditRoot {
         Some(Duration::from_millis(c.flush_interval_ms))
     }
 
-    fn flush_due(&self) -> bool {
-        self.in_flight.is_none()
-            && self
-                .worker
-                .as_ref()
-                .is_some_and(|w| w.queue.borrow().depth() > 0)
-    }
-
     fn tick(&mut self) {
         let Some(worker) = self.worker.clone() else {
             return;

@@ -3,13 +3,12 @@
 
 use crate::http::AuthzFilter;
 use fhirgate_core::pipeline::Stage;
-use fhirgate_core::smart::cache::{SharedTokenStore, TokenCache, TokenStore};
+use fhirgate_core::smart::cache::{TokenCache, TokenStore};
 use fhirgate_core::smart::filter::{AuthzFilterPolicy, AuthzRuntime, JwksFetch};
 use fhirgate_proxy::{host, StageRoot};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 pub const FILTER: &str = "fhirgate.authz";
@@ -24,27 +23,6 @@ pub struct AuthzRoot {
     revocation_call: Option<u32>,
     /// JWKS or a revocation list are fetched on a timer.
     fetches_keys: bool,
-}
-
-/// The verified-token store of roots configured with `config`: one per configuration in this
-/// process. The native module's workers are threads of one process, so they share it (a token
-/// verified on one worker is a hit on all, as the issue asks of native state); each Wasm VM
-/// has its own statics, so its worker keeps its own, as before.
-fn shared_store(config: &[u8], capacity: usize) -> SharedTokenStore {
-    type Stores = Mutex<HashMap<Vec<u8>, Weak<Mutex<TokenStore>>>>;
-    static STORES: OnceLock<Stores> = OnceLock::new();
-    let mut stores = STORES
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if let Some(store) = stores.get(config).and_then(Weak::upgrade) {
-        return store;
-    }
-    // Configurations gone (their roots dropped) free their entries.
-    stores.retain(|_, store| store.strong_count() > 0);
-    let store = TokenStore::shared(capacity);
-    stores.insert(config.to_vec(), Arc::downgrade(&store));
-    store
 }
 
 /// Dispatches a JWKS fetch from any context; returns its call token.
@@ -127,6 +105,10 @@ impl StageRoot for AuthzRoot {
                 ("introspection", "refused"),
                 ("revocation_list", "refreshed"),
                 ("revocation_list", "failed"),
+                ("current_resource", "unavailable"),
+                ("current_resource", "read"),
+                ("current_resource", "missing"),
+                ("bulk_job", "started"),
             ],
         );
         let Some(policy) =
@@ -137,7 +119,11 @@ impl StageRoot for AuthzRoot {
         self.fetches_keys = policy.verifier.issuers.iter().any(|i| i.source.is_some())
             || policy.revocation.is_some();
         let mut runtime = AuthzRuntime::new(policy);
-        runtime.cache = TokenCache::over(shared_store(config, runtime.policy.token_cache_size));
+        // One store per configuration, shared by the native module's workers.
+        let capacity = runtime.policy.token_cache_size;
+        runtime.cache = TokenCache::over(fhirgate_proxy::shared_for_config(config, || {
+            TokenStore::new(capacity)
+        }));
         self.runtime = Some(Rc::new(RefCell::new(runtime)));
         true
     }

@@ -7,9 +7,8 @@ use fhirgate_core::consent::cache::{changes_path, read_changes, ConsentCache};
 use fhirgate_core::consent::ConsentPolicy;
 use fhirgate_core::pipeline::Stage;
 use fhirgate_proxy::{host, StageRoot};
-use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 pub const FILTER: &str = "fhirgate.consent";
@@ -27,19 +26,9 @@ pub struct SharedCache(Arc<Mutex<ConsentCache>>);
 
 impl SharedCache {
     fn for_config(config: &[u8], size: usize, ttl: u32) -> SharedCache {
-        type Caches = Mutex<HashMap<Vec<u8>, Weak<Mutex<ConsentCache>>>>;
-        static CACHES: OnceLock<Caches> = OnceLock::new();
-        let mut caches = CACHES
-            .get_or_init(Mutex::default)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(cache) = caches.get(config).and_then(Weak::upgrade) {
-            return SharedCache(cache);
-        }
-        caches.retain(|_, cache| cache.strong_count() > 0);
-        let cache = Arc::new(Mutex::new(ConsentCache::new(size, ttl)));
-        caches.insert(config.to_vec(), Arc::downgrade(&cache));
-        SharedCache(cache)
+        SharedCache(fhirgate_proxy::shared_for_config(config, || {
+            ConsentCache::new(size, ttl)
+        }))
     }
 
     /// The cache, held until the guard drops (never while another of its guards lives on this
@@ -94,6 +83,7 @@ impl StageRoot for ConsentRoot {
             &[
                 ("withheld", ""),
                 ("redacted", ""),
+                ("reduced", ""),
                 ("denied", ""),
                 ("part2_labelled", ""),
                 ("break_glass_released", ""),

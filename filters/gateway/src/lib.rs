@@ -52,18 +52,6 @@ fn stage_root(name: &str) -> Option<Box<dyn StageRoot>> {
     })
 }
 
-impl GatewayRoot {
-    /// Ticks the stages whose next tick has work that should not wait for it. For a host with
-    /// no timer (the native module), after each request.
-    pub fn flush(&mut self) {
-        for stage in &mut self.stages {
-            if stage.root.flush_due() {
-                stage.root.tick();
-            }
-        }
-    }
-}
-
 impl Context for GatewayRoot {
     fn on_http_call_response(
         &mut self,

@@ -189,16 +189,58 @@ const CALLOUT_INIT_SUCCESS: u32 = 0;
 /// `envoy_dynamic_module_type_metrics_result`: 0 is success.
 const METRICS_SUCCESS: u32 = 0;
 
-/// Declares Envoy's callbacks, and lists their names: the module probes for each when it
-/// loads ([`missing_callback`]).
+/// Declares Envoy's callbacks. They are not linked: the module looks each one up by name when
+/// Envoy loads it ([`bind_callbacks`]) and calls it through the table, so an Envoy that lacks
+/// one still loads the module, which then refuses to start, naming the callback, instead of
+/// failing in the dynamic loader (or crashing at the first call). The module's `.so` holds no
+/// relocation against any callback (a test reads them).
 macro_rules! envoy_callbacks {
     ($(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?;)*) => {
-        extern "C" {
-            $(fn $name($($arg: $ty),*) $(-> $ret)?;)*
+        /// Envoy's callbacks, as found when the module loaded.
+        #[allow(non_snake_case)]
+        struct Callbacks {
+            $($name: Option<unsafe extern "C" fn($($ty),*) $(-> $ret)?>,)*
         }
 
-        /// The callbacks this module calls, NUL-terminated for `dlsym`.
-        const CALLBACKS: &[&str] = &[$(concat!(stringify!($name), "\0")),*];
+        static BOUND: std::sync::OnceLock<Callbacks> = std::sync::OnceLock::new();
+
+        $(
+            /// Calls Envoy's callback of this name.
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
+                match BOUND.get().and_then(|c| c.$name) {
+                    Some(callback) => callback($($arg),*),
+                    // Never reached: Envoy calls no hook of a module whose init refused, and
+                    // init refuses unless every callback was found. Every callback returns an
+                    // integer, a bool, a pointer or nothing, for which all zeroes is a valid
+                    // value (a failure, null).
+                    None => std::mem::zeroed(),
+                }
+            }
+        )*
+
+        /// Looks up every callback in the process; the first one missing, if any.
+        pub fn bind_callbacks() -> Result<(), &'static str> {
+            let mut missing: Option<&'static str> = None;
+            let callbacks = Callbacks {
+                $($name: {
+                    let found = lookup(concat!(stringify!($name), "\0"));
+                    if found.is_null() {
+                        missing.get_or_insert(stringify!($name));
+                    }
+                    // SAFETY: `found` is the address of the function the ABI header declares
+                    // with this signature (or null, which is `None`: `Option` of a function
+                    // pointer has the pointer's layout).
+                    unsafe { std::mem::transmute::<*mut c_void, Option<unsafe extern "C" fn($($ty),*) $(-> $ret)?>>(found) }
+                },)*
+            };
+            // Bound even when one is missing, so the refusal can still be logged.
+            let _ = BOUND.set(callbacks);
+            match missing {
+                Some(name) => Err(name),
+                None => Ok(()),
+            }
+        }
     };
 }
 
@@ -361,31 +403,18 @@ extern "C" {
     fn dlsym(handle: *mut c_void, symbol: *const std::ffi::c_char) -> *mut c_void;
 }
 
-/// A callback no Envoy exports, probed for only by the test build (`--features test-hooks`)
-/// when FHIRGATE_TEST_ABI_PROBE=1: as an Envoy of another ABI would lack one this module calls.
-fn probe_test() -> &'static [&'static str] {
-    if cfg!(feature = "test-hooks") && std::env::var_os("FHIRGATE_TEST_ABI_PROBE").is_some() {
-        &["envoy_dynamic_module_callback_fhirgate_abi_probe_test\0"]
-    } else {
-        &[]
+/// The address of the process's function `name` (NUL-terminated), or null. The test build
+/// (`--features test-hooks`) takes the callback named by FHIRGATE_TEST_ABI_PROBE for missing,
+/// as in an Envoy of another ABI.
+fn lookup(name: &str) -> *mut c_void {
+    if cfg!(feature = "test-hooks")
+        && std::env::var("FHIRGATE_TEST_ABI_PROBE")
+            .is_ok_and(|hidden| name.trim_end_matches('\0') == hidden)
+    {
+        return std::ptr::null_mut();
     }
-}
-
-/// The first callback of the ABI this module was built for that the hosting Envoy does not
-/// export (without its `\0`), if any. Envoy 1.40 does not check a module's ABI version
-/// itself, and the module is linked for lazy binding (build.rs), so a missing callback would
-/// otherwise surface as a crash at its first call.
-pub fn missing_callback() -> Option<&'static str> {
-    CALLBACKS
-        .iter()
-        .chain(probe_test())
-        .copied()
-        .find(|name| {
-            // SAFETY: `name` is NUL-terminated; dlsym only reads it.
-            let found = unsafe { dlsym(std::ptr::null_mut(), name.as_ptr().cast()) };
-            found.is_null()
-        })
-        .map(|name| name.trim_end_matches('\0'))
+    // SAFETY: `name` is NUL-terminated; dlsym only reads it.
+    unsafe { dlsym(std::ptr::null_mut(), name.as_ptr().cast()) }
 }
 
 /// Writes a log line through Envoy's logger.
@@ -602,37 +631,21 @@ impl Filter {
         }
     }
 
-    /// Adds `value` to counter `id`, with one value per label it was defined with.
-    pub fn increment_counter(self, id: usize, labels: &[&str], value: u64) -> bool {
+    /// Adds `value` to counter `id` (`gauge`: sets gauge `id` to it), with one value per
+    /// label it was defined with.
+    pub fn update_metric(self, gauge: bool, id: usize, labels: &[&str], value: u64) -> bool {
+        let update: MetricFn = if gauge {
+            envoy_dynamic_module_callback_http_filter_set_gauge
+        } else {
+            envoy_dynamic_module_callback_http_filter_increment_counter
+        };
         // SAFETY: `self.0` is live (module invariants).
-        unsafe {
-            set_metric(
-                envoy_dynamic_module_callback_http_filter_increment_counter,
-                self.0,
-                id,
-                labels,
-                value,
-            )
-        }
-    }
-
-    /// Sets gauge `id`, with one value per label it was defined with.
-    pub fn set_gauge(self, id: usize, labels: &[&str], value: u64) -> bool {
-        // SAFETY: `self.0` is live (module invariants).
-        unsafe {
-            set_metric(
-                envoy_dynamic_module_callback_http_filter_set_gauge,
-                self.0,
-                id,
-                labels,
-                value,
-            )
-        }
+        unsafe { set_metric(update, self.0, id, labels, value) }
     }
 }
 
 /// The shape Envoy's stream-level and configuration-level callouts share.
-type CalloutFn = unsafe extern "C" fn(
+type CalloutFn = unsafe fn(
     *mut c_void,
     *mut u64,
     ModuleBuffer,
@@ -669,7 +682,7 @@ unsafe fn callout(
 }
 
 /// The shape of Envoy's stream-level metric updates (counters and gauges).
-type MetricFn = unsafe extern "C" fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> u32;
+type MetricFn = unsafe fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> u32;
 
 /// Updates metric `id` through `owner` (a stream or a configuration). Envoy refuses
 /// (InvalidLabels) a number of label values other than the metric was defined with.
@@ -738,32 +751,15 @@ impl ConfigHandle {
         (r == METRICS_SUCCESS).then_some(id)
     }
 
-    /// Adds `value` to counter `id` outside any stream (main thread).
-    pub fn increment_counter(self, id: usize, labels: &[&str], value: u64) -> bool {
+    /// As [`Filter::update_metric`], outside any stream (main thread).
+    pub fn update_metric(self, gauge: bool, id: usize, labels: &[&str], value: u64) -> bool {
+        let update: MetricFn = if gauge {
+            envoy_dynamic_module_callback_http_filter_config_set_gauge
+        } else {
+            envoy_dynamic_module_callback_http_filter_config_increment_counter
+        };
         // SAFETY: `self.0` is live and this runs on the main thread (module invariants).
-        unsafe {
-            set_metric(
-                envoy_dynamic_module_callback_http_filter_config_increment_counter,
-                self.0,
-                id,
-                labels,
-                value,
-            )
-        }
-    }
-
-    /// Sets gauge `id` outside any stream (main thread).
-    pub fn set_gauge(self, id: usize, labels: &[&str], value: u64) -> bool {
-        // SAFETY: as above.
-        unsafe {
-            set_metric(
-                envoy_dynamic_module_callback_http_filter_config_set_gauge,
-                self.0,
-                id,
-                labels,
-                value,
-            )
-        }
+        unsafe { set_metric(update, self.0, id, labels, value) }
     }
 
     /// Starts a call answered in `on_http_filter_config_http_callout_done` (main thread).
@@ -882,7 +878,10 @@ impl Drop for Held<'_> {
 /// It may cross threads because of this invariant, kept by [`crate::module`]: the root and
 /// every stream context made from it are touched (used, cloned from or dropped) only inside
 /// [`WorkerLock::hold`] or [`WorkerLock::try_hold`] of that worker, so the lock orders every
-/// access and no two threads ever see the shared counts or cells at once.
+/// access and no two threads ever see the shared counts or cells at once. The one exception is
+/// the value's own drop, wherever the last `Arc` of it goes: it is sound because no `Rc` of
+/// the root's graph lives anywhere but in the root and its streams' contexts, and every
+/// context is dropped (under the lock) before the stream lets go of its `Arc`.
 pub struct WorkerLock<T> {
     thread: std::sync::Arc<ThreadLock>,
     value: std::cell::RefCell<T>,

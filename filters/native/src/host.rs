@@ -122,10 +122,8 @@ fn update_metric(id: u32, value: u64) -> Result<(), Status> {
     let labels: Vec<&str> = target.label_value.as_deref().into_iter().collect();
     let (id, gauge) = (target.envoy_id, target.gauge);
     let updated = match (filter, config) {
-        (Some(filter), _) if gauge => filter.set_gauge(id, &labels, value),
-        (Some(filter), _) => filter.increment_counter(id, &labels, value),
-        (None, Some(config)) if gauge => config.set_gauge(id, &labels, value),
-        (None, Some(config)) => config.increment_counter(id, &labels, value),
+        (Some(filter), _) => filter.update_metric(gauge, id, &labels, value),
+        (None, Some(config)) => config.update_metric(gauge, id, &labels, value),
         (None, None) => false,
     };
     if updated {

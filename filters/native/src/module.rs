@@ -30,9 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
-/// Once, when Envoy loads the module: the host, the logger, the panic hook.
+/// Once, when Envoy loads the module: Envoy's callbacks, the host, the logger, the panic hook.
 pub fn program_init() -> bool {
-    if let Some(missing) = abi::missing_callback() {
+    if let Err(missing) = abi::bind_callbacks() {
         let line = format!(
             "fhirgate native module {}: built for Envoy's dynamic-module ABI {} (Envoy 1.40), \
              but this Envoy does not export {missing}: refusing to load",
@@ -115,6 +115,9 @@ pub fn config_new(handle: ConfigHandle, _name: &[u8], configuration: &[u8]) -> O
         ..Current::default()
     };
     let (configured, _) = host::with_current(current, || {
+        // This configuration defines its own metrics: ids the main thread cached for an
+        // earlier one would skip that.
+        fhirgate_proxy::forget_metric_ids();
         let mut root = GatewayRoot::default();
         root.on_configure(configuration.len())
     });
@@ -153,9 +156,11 @@ const IDLE: u64 = 1;
 /// (JWKS and revocation refreshes, audit batches, Consent change polls) with no traffic.
 pub const IDLE_PERIOD: Duration = Duration::from_millis(200);
 
-/// The schedulers the idle timer wakes, by configuration. A configuration removes its own on
-/// the main thread when Envoy destroys it, so the timer (which commits only while holding this
-/// lock) never commits a deleted scheduler, and the last reference drops on the main thread.
+/// The schedulers the idle timer wakes, by configuration. A configuration removes its own when
+/// it is dropped (on whichever thread held its last reference: Envoy's main thread, or a
+/// worker whose stream outlived Envoy's handle), before its scheduler is deleted; the timer
+/// commits only while holding this lock, so it never commits a deleted scheduler. The timer
+/// never holds a reference of its own past the lock.
 fn waking() -> &'static Mutex<HashMap<u64, Arc<Scheduler>>> {
     static WAKING: OnceLock<Mutex<HashMap<u64, Arc<Scheduler>>>> = OnceLock::new();
     WAKING.get_or_init(Mutex::default)
@@ -207,7 +212,7 @@ fn serve_idle(config: &Config) {
     for worker in workers {
         // Busy (None): it serves its root at its next hook.
         let _ = worker.try_hold(|cell| {
-            if guard::catching(|| serve_root(config, cell, None, false)).is_none() {
+            if guard::catching(|| serve_root(config, cell, None)).is_none() {
                 mark_broken(cell);
                 abi::log(LogLevel::Error, "fhirgate: an idle root failed");
             }
@@ -240,7 +245,8 @@ pub fn relay_calls(config: &Config) {
 /// Main thread: a relayed call's answer, to its worker's inbox; delivered now if the worker
 /// is idle (an audit batch's acknowledgement lets the next go at once).
 pub fn relayed_answer(config: &Config, callout_id: u64, answer: CallAnswer) {
-    if let Some((token, inbox)) = lock(&config.in_flight).remove(&callout_id) {
+    let relayed = lock(&config.in_flight).remove(&callout_id);
+    if let Some((token, inbox)) = relayed {
         lock(&inbox).push((token, answer));
         // What the root sends next goes with the scheduler's next event.
         serve_idle(config);
@@ -472,23 +478,8 @@ impl Stream {
                 c.on_log();
                 Status::Continue
             });
-            // What the request left to send (its audit record) goes now: no timer would.
-            if let Ok(inner) = self.inner.try_borrow() {
-                if let Some(worker) = &inner.worker {
-                    let (config, filter) = (&inner.config, inner.filter);
-                    let flushed = worker.hold(|cell| {
-                        let flushed =
-                            guard::catching(|| serve_root(config, cell, Some(filter), true));
-                        if flushed.is_none() {
-                            mark_broken(cell);
-                        }
-                        flushed
-                    });
-                    if flushed.is_none() {
-                        abi::log(LogLevel::Error, "fhirgate: the root failed after a request");
-                    }
-                }
-            }
+            // What it left to send (its audit record) goes with its root's next tick, on this
+            // worker or, idle, from the main thread, batched as in the Wasm module.
         }
     }
 
@@ -557,7 +548,7 @@ impl Stream {
             };
             let (result, after) = host::with_current(current, || {
                 guard::catching(|| {
-                    serve_root(&config, cell, Some(filter), false);
+                    serve_root(&config, cell, Some(filter));
                     #[cfg(feature = "test-hooks")]
                     if !logging {
                         test_panic(filter);
@@ -599,18 +590,21 @@ fn test_panic(filter: Filter) {
 }
 
 /// A worker's root, before a stream's hook (`filter`) or while the worker is idle (main
-/// thread, no stream): answers relayed to it, then its due tick; with `flush`, also the stages
-/// with work that should not wait for a tick.
-fn serve_root(config: &Config, cell: &RefCell<Worker>, filter: Option<Filter>, flush: bool) {
+/// thread, no stream): answers relayed to it, then its due tick.
+fn serve_root(config: &Config, cell: &RefCell<Worker>, filter: Option<Filter>) {
     // Borrowed: a hook inside a hook, whose outer hook served it.
     let Ok(mut worker) = cell.try_borrow_mut() else {
         return;
     };
+    // Half-updated by a panic: not run again (its worker builds a new one at its next stream).
+    if worker.broken {
+        return;
+    }
     let worker = &mut *worker;
     let answers = std::mem::take(&mut *lock(&worker.inbox));
     let now = SystemTime::now();
     let tick_due = worker.tick_period.is_some() && now >= worker.next_tick;
-    if answers.is_empty() && !tick_due && !flush {
+    if answers.is_empty() && !tick_due {
         return;
     }
     let root_context = |answer: Option<CallAnswer>| Current {
@@ -634,10 +628,6 @@ fn serve_root(config: &Config, cell: &RefCell<Worker>, filter: Option<Filter>, f
     if let (true, Some(period)) = (tick_due, worker.tick_period) {
         worker.next_tick = now + period;
         let (_, after) = host::with_current(root_context(None), || worker.root.on_tick());
-        calls.extend(after.root_calls);
-    }
-    if flush {
-        let (_, after) = host::with_current(root_context(None), || worker.root.flush());
         calls.extend(after.root_calls);
     }
     hand_over(config, calls);

@@ -16,8 +16,10 @@ use fhirgate_core::routing::RequestHead;
 use fhirgate_core::{headers, Rejection};
 use host::hostcalls;
 use proxy_wasm::types::MetricType;
+use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 thread_local! {
@@ -59,6 +61,14 @@ pub fn detail_label(event: &str) -> &'static str {
     }
 }
 
+/// Forgets the metric ids this thread cached, so the next [`declare`] defines every metric
+/// again. A host that creates several configurations on one thread, each with metrics of its
+/// own (the native module: every configuration on Envoy's main thread), calls it before each.
+pub fn forget_metric_ids() {
+    METRICS.with(|m| m.borrow_mut().clear());
+    GAUGES.with(|g| g.borrow_mut().clear());
+}
+
 fn metric_id(filter: &'static str, event: &'static str, detail: &'static str) -> Option<u32> {
     METRICS.with(|m| {
         let mut m = m.borrow_mut();
@@ -96,6 +106,36 @@ pub fn gauge(filter: &'static str, name: &'static str, value: u64) {
     }
 }
 
+/// The state of one kind `T` that every root configured with `config` shares in this process,
+/// made by `make` for the first. A host whose workers are threads of one process (the native
+/// module) shares it between them (one per configuration); each Wasm VM has its own statics,
+/// so there it is the worker's own. Dropped with the last root holding it.
+pub fn shared_for_config<T: Send + 'static>(
+    config: &[u8],
+    make: impl FnOnce() -> T,
+) -> Arc<Mutex<T>> {
+    type Registry = Mutex<HashMap<(TypeId, Vec<u8>), Weak<dyn Any + Send + Sync>>>;
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    let mut registry = REGISTRY
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let key = (TypeId::of::<T>(), config.to_vec());
+    let found = registry
+        .get(&key)
+        .and_then(Weak::upgrade)
+        .and_then(|shared| shared.downcast::<Mutex<T>>().ok());
+    if let Some(shared) = found {
+        return shared;
+    }
+    // Configurations gone (their roots dropped) free their entries.
+    registry.retain(|_, shared| shared.strong_count() > 0);
+    let shared = Arc::new(Mutex::new(make()));
+    let any: Arc<dyn Any + Send + Sync> = shared.clone();
+    registry.insert(key, Arc::downgrade(&any));
+    shared
+}
+
 /// The host side of one pipeline stage: compiles its configuration once per worker, owns
 /// what outlives a request (caches, queues, timers), and makes each request's [`Stage`].
 pub trait StageRoot {
@@ -107,11 +147,6 @@ pub trait StageRoot {
         None
     }
     fn tick(&mut self) {}
-    /// Whether the stage's next tick has work that should not wait for it (records to send).
-    /// A host without timers (the native module) asks after each request, and ticks it then.
-    fn flush_due(&self) -> bool {
-        false
-    }
     /// A call the root dispatched answered: true when it was this stage's.
     fn call_response(&mut self, _token: u32, _body_size: usize) -> bool {
         false
@@ -412,6 +447,36 @@ mod tests {
                 "{label}: {regex}"
             );
         }
+    }
+
+    #[test]
+    fn declaring_again_after_forgetting_defines_again() {
+        let defined = || crate::mock::with(|h| h.defined_metrics());
+        crate::declare("fhirgate.test", &[("events", "")]);
+        let first = defined();
+        crate::declare("fhirgate.test", &[("events", "")]);
+        assert_eq!(defined(), first, "ids are cached per thread");
+        crate::forget_metric_ids();
+        crate::declare("fhirgate.test", &[("events", "")]);
+        assert_eq!(
+            defined(),
+            first + 1,
+            "a new configuration defines its metrics"
+        );
+    }
+
+    #[test]
+    fn roots_configured_alike_share_one_state_of_each_kind() {
+        let a = crate::shared_for_config(b"config-a", || 1u32);
+        let again = crate::shared_for_config(b"config-a", || 2u32);
+        assert!(std::sync::Arc::ptr_eq(&a, &again));
+        let other = crate::shared_for_config(b"config-b", || 3u32);
+        assert_eq!(*other.lock().unwrap(), 3);
+        let other_kind = crate::shared_for_config(b"config-a", || 4u64);
+        assert_eq!(*other_kind.lock().unwrap(), 4);
+        drop((a, again));
+        let fresh = crate::shared_for_config(b"config-a", || 5u32);
+        assert_eq!(*fresh.lock().unwrap(), 5, "dropped with its last root");
     }
 
     #[test]

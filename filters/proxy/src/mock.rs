@@ -135,6 +135,11 @@ impl MockHost {
             .and_then(|v| std::str::from_utf8(v).ok())
     }
 
+    /// How many metrics were defined (each `define_metric` call).
+    pub fn defined_metrics(&self) -> usize {
+        self.metric_names.len()
+    }
+
     pub fn metric(&self, name: &str) -> u64 {
         self.metrics.get(name).copied().unwrap_or(0)
     }

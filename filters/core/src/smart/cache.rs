@@ -19,6 +19,7 @@ use super::token::VerifiedToken;
 use crate::bounded::BoundedMap;
 use sha2::{Digest, Sha256};
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -36,20 +37,42 @@ struct Entry {
 pub struct TokenStore {
     entries: BoundedMap<u64, Entry>,
     seeds: RandomState,
+    /// Opaque tokens introspection called inactive (by SHA-256), until when the answer stands:
+    /// shared with the entries, so an active answer on another worker cannot cache again a
+    /// token one worker found inactive.
+    inactive: HashMap<[u8; 32], i64>,
+    capacity: usize,
 }
 
 pub type SharedTokenStore = Arc<Mutex<TokenStore>>;
 
 impl TokenStore {
-    pub fn shared(capacity: usize) -> SharedTokenStore {
-        Arc::new(Mutex::new(TokenStore {
+    pub fn new(capacity: usize) -> TokenStore {
+        TokenStore {
             entries: BoundedMap::new(capacity),
             seeds: RandomState::new(),
-        }))
+            inactive: HashMap::new(),
+            capacity,
+        }
+    }
+
+    pub fn shared(capacity: usize) -> SharedTokenStore {
+        Arc::new(Mutex::new(TokenStore::new(capacity)))
     }
 
     fn slot(&self, token: &str) -> u64 {
         self.seeds.hash_one(token.as_bytes())
+    }
+
+    fn insert(&mut self, token: &str, verified: Verified) {
+        let slot = self.slot(token);
+        self.entries.insert(
+            slot,
+            Entry {
+                token: token.as_bytes().into(),
+                verified,
+            },
+        );
     }
 }
 
@@ -122,15 +145,7 @@ impl TokenCache {
     }
 
     pub fn put(&mut self, token: &str, verified: Verified) {
-        let mut store = self.store();
-        let slot = store.slot(token);
-        store.entries.insert(
-            slot,
-            Entry {
-                token: token.as_bytes().into(),
-                verified,
-            },
-        );
+        self.store().insert(token, verified);
     }
 
     /// Forgets `token`'s entry (an introspection that now calls it inactive).
@@ -143,6 +158,46 @@ impl TokenCache {
             .is_some_and(|e| same(&e.token, token.as_bytes()))
         {
             store.entries.remove(&slot);
+        }
+    }
+
+    /// Caches an introspection's active answer, unless a worker sharing the store found the
+    /// token inactive since (inactive wins).
+    pub fn put_unless_inactive(&mut self, token: &str, verified: Verified, now: i64) {
+        let key = TokenCache::digest(token);
+        let mut store = self.store();
+        if store.inactive.get(&key).is_none_or(|until| *until <= now) {
+            store.insert(token, verified);
+        }
+    }
+
+    /// Records that introspection found `token` inactive until `until`, and forgets any
+    /// entry an earlier answer cached. Bounded by the store's capacity (expired marks go first;
+    /// past it, the token is introspected again next time, which refuses it again).
+    pub fn mark_inactive(&mut self, token: &str, until: i64, now: i64) {
+        let key = TokenCache::digest(token);
+        self.forget(token);
+        let mut store = self.store();
+        let capacity = store.capacity.max(1);
+        if store.inactive.len() >= capacity {
+            store.inactive.retain(|_, u| *u > now);
+        }
+        if store.inactive.len() < capacity {
+            store.inactive.insert(key, until);
+        }
+    }
+
+    /// Whether introspection found `token` inactive and the answer still stands at `now`.
+    pub fn known_inactive(&mut self, token: &str, now: i64) -> bool {
+        let key = TokenCache::digest(token);
+        let mut store = self.store();
+        match store.inactive.get(&key) {
+            Some(until) if *until > now => true,
+            Some(_) => {
+                store.inactive.remove(&key);
+                false
+            }
+            None => false,
         }
     }
 
@@ -290,6 +345,38 @@ mod tests {
             one.get("a.b.c", 0).is_none(),
             "a clear reaches every worker"
         );
+    }
+
+    #[test]
+    fn an_inactive_answer_on_one_worker_wins_over_an_active_one_on_another() {
+        let store = TokenStore::shared(4);
+        let (mut one, mut other) = (TokenCache::over(store.clone()), TokenCache::over(store));
+        other.put("opaque", Arc::new((token(1000), Grant::default())));
+        one.mark_inactive("opaque", 60, 0);
+        assert!(
+            other.get("opaque", 1).is_none(),
+            "the earlier active entry is gone"
+        );
+        assert!(other.known_inactive("opaque", 1));
+        // A late active answer on the other worker cannot cache it again while the mark stands.
+        other.put_unless_inactive("opaque", Arc::new((token(1000), Grant::default())), 2);
+        assert!(one.get("opaque", 3).is_none());
+        // Once it lapses, introspection decides again.
+        assert!(!one.known_inactive("opaque", 61));
+        other.put_unless_inactive("opaque", Arc::new((token(1000), Grant::default())), 62);
+        assert!(one.get("opaque", 63).is_some());
+    }
+
+    #[test]
+    fn inactive_marks_stay_within_the_capacity() {
+        let mut c = TokenCache::new(2);
+        for i in 0..5 {
+            c.mark_inactive(&format!("t{i}"), 100, 0);
+        }
+        assert_eq!(c.store().inactive.len(), 2);
+        // Expired marks make room.
+        c.mark_inactive("late", 300, 200);
+        assert!(c.known_inactive("late", 201));
     }
 
     #[test]

@@ -15,7 +15,6 @@ use crate::outcome::IssueType;
 use crate::routing::{RequestHead, RoutedRequest, RoutingPolicy};
 use crate::Rejection;
 use serde_json::Value;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Everything the authorization filter runs on, compiled once in `on_configure`.
@@ -66,8 +65,6 @@ pub struct AuthzRuntime {
     pub policy: AuthzFilterPolicy,
     pub jwks: Vec<JwksState>,
     pub cache: TokenCache,
-    /// Opaque tokens introspection called inactive, until when the answer stands.
-    inactive: HashMap<[u8; 32], i64>,
     pub revoked: RevocationState,
 }
 
@@ -97,7 +94,6 @@ impl AuthzRuntime {
             policy,
             jwks,
             cache,
-            inactive: HashMap::new(),
             revoked: RevocationState::default(),
         }
     }
@@ -179,15 +175,10 @@ impl AuthzRuntime {
 
     /// Before introspecting: a token recently found inactive is refused without asking again.
     pub fn known_inactive(&mut self, authorization: Option<&str>, now: i64) -> Option<Rejection> {
-        let key = TokenCache::digest(bearer_token(authorization).ok()?);
-        match self.inactive.get(&key) {
-            Some(until) if *until > now => Some(TokenError::Inactive.rejection()),
-            Some(_) => {
-                self.inactive.remove(&key);
-                None
-            }
-            None => None,
-        }
+        let token = bearer_token(authorization).ok()?;
+        self.cache
+            .known_inactive(token, now)
+            .then(|| TokenError::Inactive.rejection())
     }
 
     /// The introspection answer (`status` None: none came). Active: the token is cached and
@@ -205,23 +196,18 @@ impl AuthzRuntime {
         ) else {
             return Err(Rejection::not_configured("fhirgate.authz"));
         };
-        let key = TokenCache::digest(token);
         match endpoint.read(status, body, now) {
             Ok(verified) => {
                 let grant = Grant::of(&verified);
-                self.cache.put(token, Arc::new((verified, grant)));
+                self.cache
+                    .put_unless_inactive(token, Arc::new((verified, grant)), now);
                 Ok(())
             }
             Err(IntrospectionError::Inactive) => {
-                // An earlier answer may have cached it as active: inactive wins.
-                self.cache.forget(token);
-                if self.inactive.len() >= self.policy.token_cache_size.max(1) {
-                    self.inactive.retain(|_, until| *until > now);
-                }
-                if self.inactive.len() < self.policy.token_cache_size.max(1) {
-                    self.inactive
-                        .insert(key, now + endpoint.negative_cache_seconds);
-                }
+                // An earlier answer (this worker's or another's) may have cached it as active:
+                // inactive wins, for every worker sharing the cache.
+                self.cache
+                    .mark_inactive(token, now + endpoint.negative_cache_seconds, now);
                 Err(TokenError::Inactive.rejection())
             }
             Err(IntrospectionError::WrongAudience) => Err(TokenError::WrongAudience.rejection()),
@@ -710,6 +696,17 @@ impl AuthzFilterPolicy {
         Ok(Arc::new((token, grant)))
     }
 
+    /// Whether this worker holds keys for `issuer`: false only for an issuer it verifies
+    /// with keys, whose keys it dropped as stale. Tokens it did not verify with keys (an
+    /// introspected one) are not judged here.
+    fn trusts_keys_of(&self, issuer: &str) -> bool {
+        self.verifier
+            .issuers
+            .iter()
+            .find(|i| i.issuer == issuer)
+            .is_none_or(|i| !i.keys.is_empty())
+    }
+
     fn verify(
         &self,
         authorization: Option<&str>,
@@ -718,7 +715,12 @@ impl AuthzFilterPolicy {
     ) -> Result<Verified, Rejection> {
         let token = bearer_token(authorization).map_err(|e| e.rejection())?;
         if let Some(hit) = cache.get(token, now) {
-            return Ok(hit);
+            // Another worker may have cached it (the native module's workers share the cache)
+            // while this one no longer trusts the issuer's keys (they went stale here): then
+            // it is verified again, and refused as it would be uncached.
+            if self.trusts_keys_of(&hit.0.issuer) {
+                return Ok(hit);
+            }
         }
         if self.introspection.is_some() && is_opaque(token) {
             return Err(Rejection::new(
@@ -2115,6 +2117,37 @@ mod tests {
             r.fetches_due(NOW);
             r.fetched(0, NOW, Some(200), JWKS.as_bytes());
             r.expire_stale_keys(NOW + 10 * 86_400);
+            assert_eq!(refusal(&mut r, "a"), (503, "keys-unavailable"));
+        }
+
+        #[test]
+        fn a_token_another_worker_cached_is_not_served_where_the_issuers_keys_went_stale() {
+            use crate::smart::cache::{TokenCache, TokenStore};
+            let store = TokenStore::shared(4);
+            let mut r = runtime();
+            r.cache = TokenCache::over(store.clone());
+            r.fetches_due(NOW);
+            r.fetched(0, NOW, Some(200), JWKS.as_bytes());
+            r.expire_stale_keys(NOW + 10 * 86_400);
+            // Another worker, whose keys are fresh, verifies and caches the token since.
+            let auth = bearer("a");
+            let verified = crate::smart::token::VerifiedToken {
+                issuer: "https://idp".into(),
+                subject: Some("u".into()),
+                client_id: None,
+                scopes: "user/*.rs".into(),
+                patient: None,
+                fhir_user: None,
+                tenant: None,
+                purpose_of_use: None,
+                jti: None,
+                expires_at: NOW + 60,
+            };
+            let grant = crate::smart::authz::Grant::of(&verified);
+            TokenCache::over(store).put(
+                auth.trim_start_matches("Bearer "),
+                std::sync::Arc::new((verified, grant)),
+            );
             assert_eq!(refusal(&mut r, "a"), (503, "keys-unavailable"));
         }
     }
