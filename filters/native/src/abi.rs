@@ -634,13 +634,8 @@ impl Filter {
     /// Adds `value` to counter `id` (`gauge`: sets gauge `id` to it), with one value per
     /// label it was defined with.
     pub fn update_metric(self, gauge: bool, id: usize, labels: &[&str], value: u64) -> bool {
-        let update: MetricFn = if gauge {
-            envoy_dynamic_module_callback_http_filter_set_gauge
-        } else {
-            envoy_dynamic_module_callback_http_filter_increment_counter
-        };
         // SAFETY: `self.0` is live (module invariants).
-        unsafe { set_metric(update, self.0, id, labels, value) }
+        unsafe { set_metric(MetricOwner::Stream, gauge, self.0, id, labels, value) }
     }
 }
 
@@ -681,29 +676,57 @@ unsafe fn callout(
     (result == CALLOUT_INIT_SUCCESS).then_some(id)
 }
 
-/// The shape of Envoy's stream-level metric updates (counters and gauges).
-type MetricFn = unsafe fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> u32;
+/// Label names or values as Envoy reads them (borrowed: valid while `texts` is).
+fn label_buffers(texts: &[&str]) -> Vec<ModuleBuffer> {
+    texts
+        .iter()
+        .map(|t| ModuleBuffer::of(t.as_bytes()))
+        .collect()
+}
 
-/// Updates metric `id` through `owner` (a stream or a configuration). Envoy refuses
-/// (InvalidLabels) a number of label values other than the metric was defined with.
+/// The array Envoy reads `buffers` from: null when there are none, as the header asks.
+fn buffers_ptr(buffers: &mut [ModuleBuffer]) -> *mut ModuleBuffer {
+    if buffers.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        buffers.as_mut_ptr()
+    }
+}
+
+/// What a metric update goes through: a stream, or a configuration (no stream).
+#[derive(Clone, Copy)]
+enum MetricOwner {
+    Stream,
+    Config,
+}
+
+/// Updates metric `id` through `owner` (a stream or a configuration, as `through` says). Envoy
+/// refuses (InvalidLabels) a number of label values other than the metric was defined with.
 ///
-/// SAFETY (for callers): `owner` is live for `update`'s kind.
+/// SAFETY (for callers): `owner` is live, of the kind `through` says.
 unsafe fn set_metric(
-    update: MetricFn,
+    through: MetricOwner,
+    gauge: bool,
     owner: *mut c_void,
     id: usize,
     labels: &[&str],
     value: u64,
 ) -> bool {
-    let mut values: Vec<ModuleBuffer> = labels
-        .iter()
-        .map(|v| ModuleBuffer::of(v.as_bytes()))
-        .collect();
-    let values_ptr = if values.is_empty() {
-        std::ptr::null_mut()
-    } else {
-        values.as_mut_ptr()
-    };
+    let mut values = label_buffers(labels);
+    let values_ptr = buffers_ptr(&mut values);
+    let update: unsafe fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> u32 =
+        match (through, gauge) {
+            (MetricOwner::Stream, false) => {
+                envoy_dynamic_module_callback_http_filter_increment_counter
+            }
+            (MetricOwner::Stream, true) => envoy_dynamic_module_callback_http_filter_set_gauge,
+            (MetricOwner::Config, false) => {
+                envoy_dynamic_module_callback_http_filter_config_increment_counter
+            }
+            (MetricOwner::Config, true) => {
+                envoy_dynamic_module_callback_http_filter_config_set_gauge
+            }
+        };
     // `values` and the label bytes are borrowed for the call only.
     update(owner, id, values_ptr, values.len(), value) == METRICS_SUCCESS
 }
@@ -727,15 +750,8 @@ impl ConfigHandle {
         } else {
             envoy_dynamic_module_callback_http_filter_config_define_counter
         };
-        let mut labels: Vec<ModuleBuffer> = label
-            .iter()
-            .map(|l| ModuleBuffer::of(l.as_bytes()))
-            .collect();
-        let labels_ptr = if labels.is_empty() {
-            std::ptr::null_mut()
-        } else {
-            labels.as_mut_ptr()
-        };
+        let mut labels = label_buffers(label.as_slice());
+        let labels_ptr = buffers_ptr(&mut labels);
         let mut id = 0usize;
         // SAFETY: `self.0` is live (inside config_new); the name and labels are borrowed for
         // the call (Envoy copies them into its symbol table); `id` is valid for writes.
@@ -753,13 +769,8 @@ impl ConfigHandle {
 
     /// As [`Filter::update_metric`], outside any stream (main thread).
     pub fn update_metric(self, gauge: bool, id: usize, labels: &[&str], value: u64) -> bool {
-        let update: MetricFn = if gauge {
-            envoy_dynamic_module_callback_http_filter_config_set_gauge
-        } else {
-            envoy_dynamic_module_callback_http_filter_config_increment_counter
-        };
         // SAFETY: `self.0` is live and this runs on the main thread (module invariants).
-        unsafe { set_metric(update, self.0, id, labels, value) }
+        unsafe { set_metric(MetricOwner::Config, gauge, self.0, id, labels, value) }
     }
 
     /// Starts a call answered in `on_http_filter_config_http_callout_done` (main thread).
